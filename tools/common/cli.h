@@ -1,0 +1,28 @@
+// What every kvq command-line tool shares: the one-line error report and exit codes
+// (0 ok, 1 runtime failure, 2 usage error), --version, and the output format switch.
+#pragma once
+
+#include <functional>
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+namespace kvq::cli {
+
+enum class OutputFormat { kText, kJson };
+
+// Runs `body` and turns exceptions into `TOOL: error: ...` on stderr (plus `hint: ...`)
+// and an exit code. CLI11 parse errors and --help are handled the CLI11 way (exit 2 / 0).
+int run(const char* tool, const std::function<int()>& body);
+
+// Adds --version (prints "TOOL VERSION (git REV, CUDA on|off)" and exits 0).
+void add_version_flag(CLI::App& app, const char* tool);
+
+// Adds --format text|json bound to `format`.
+void add_format_option(CLI::App& app, OutputFormat& format);
+
+// First existing path among `env_var`'s value and the fallbacks (relative to the
+// executable's repository checkout and to the current directory); "" if none exists.
+std::string default_path(const char* env_var, const std::string& shared_relative);
+
+}  // namespace kvq::cli
