@@ -4,8 +4,8 @@
 // past-only quantization, MiKV attention importance and Q/K balancing) runs on the same
 // forward code of every backend (CPU reference and CUDA) without forking it.
 //
-// Order of calls, per layer l, for each sequence s of the batch (s = index of the row in
-// the forward call's batch, see Backend::forward), for the chunk of n new tokens at
+// Order of calls, per layer l, for each sequence s of the batch (s = the cache slot the
+// row continues: ForwardOptions::slots[row], or the row index), for the n new tokens at
 // absolute positions pos0 .. pos0+n-1:
 //   1. q = x Wq (+bq), k = x Wk (+bk), v = x Wv (+bv)
 //   2. on_qkv(l, s, pos0, q_pre_rope, k_pre_rope, v)        k and v may be rewritten
@@ -25,7 +25,7 @@
 //          0 .. pos0+n-1; entries of masked keys (j > pos0+i, or outside a sliding
 //          window) are 0)
 // Views are valid only during the call. Backends call the hooks from one thread, in layer
-// order, sequences in increasing order within a layer, so observers need no locking.
+// order, rows in call order within a layer, so observers need no locking.
 #pragma once
 
 #include <cstdint>
