@@ -25,7 +25,9 @@ if(NOT KVQ_CUDA STREQUAL "OFF")
     endif()
     enable_language(CUDA)
     find_package(CUDAToolkit REQUIRED)
-    set(CMAKE_CUDA_STANDARD 20)
+    # C++17 for .cu files: CMake 3.25 (Debian 12) does not know nvcc's C++20 flag, and the
+    # kernels need nothing newer. Host code (lib/cuda/*.cpp) is C++20 through g++.
+    set(CMAKE_CUDA_STANDARD 17)
     set(CMAKE_CUDA_STANDARD_REQUIRED ON)
     set(KVQ_HAVE_CUDA ON)
   elseif(KVQ_CUDA STREQUAL "ON")

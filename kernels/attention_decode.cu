@@ -1,0 +1,274 @@
+// Decode attention: one new query per sequence over its whole KV cache (flash-decoding).
+// The keys of a sequence are cut into chunks, one block per (chunk, kv head, sequence);
+// a block serves all G query heads that share its kv head (GQA), so each K/V byte is read
+// once per step, which is the floor for this memory-bound kernel (METHODS.md, "Memory
+// arithmetic"). A second kernel merges the chunks' (max, sum, output) triples.
+//
+// Inside a block (4 warps): a row of head_dim 16-bit values is read by DP/8 lanes with one
+// 16-byte load each, so a warp instruction covers 32/(DP/8) whole rows, fully coalesced.
+// Pass 1 writes the chunk's scores for every head to shared memory, pass 2 turns them into
+// exp(s - max) per head, pass 3 accumulates P V in fp32 registers and reduces across lanes
+// and warps.
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/common.cuh"
+
+namespace kvq::kern {
+namespace {
+
+constexpr int kThreads = 128;
+constexpr int kWarps = kThreads / 32;
+constexpr int kMaxChunkFloats = 8192;  // G * chunk scores in shared memory (32 KB)
+
+struct DecodePlan {
+  int chunk = 0;
+  int splits = 0;
+};
+
+int padded_dim(int head_dim) {
+  return head_dim <= 16 ? 16 : head_dim <= 32 ? 32 : head_dim <= 64 ? 64 : 128;
+}
+
+DecodePlan plan(const AttentionArgs& a, int max_len, int sm_count) {
+  const int group = a.n_heads / a.kv_heads;
+  // Two blocks per SM at least: short caches are cut finer so the chip fills.
+  const int per_split = a.kv_heads * a.rows;
+  const int want = std::max(1, (2 * std::max(sm_count, 1) + per_split - 1) / per_split);
+  int chunk = (max_len + want - 1) / want;
+  chunk = ((chunk + 63) / 64) * 64;
+  const int cap = std::min(2048, (kMaxChunkFloats / group) / 64 * 64);
+  chunk = std::max(64, std::min(chunk, cap));
+  return {chunk, (max_len + chunk - 1) / chunk};
+}
+
+size_t smem_bytes(int group, int chunk, int dp) {
+  return (static_cast<size_t>(group) * chunk + static_cast<size_t>(kWarps) * group * dp +
+          2 * group) * sizeof(float);
+}
+
+template <typename T>
+__device__ __forceinline__ void load8(const T* p, bool ok, float (&v)[8]) {
+  uint4 raw = make_uint4(0, 0, 0, 0);
+  if (ok) raw = *reinterpret_cast<const uint4*>(p);
+  const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) v[i] = to_f(e[i]);
+}
+
+// part_o: [rows, n_heads, splits, head_dim], part_ml: [rows, n_heads, splits, 2] fp32.
+template <typename T, int DP, int GMAX>
+__global__ void __launch_bounds__(kThreads)
+attention_decode_kernel(AttentionArgs a, int chunk, int splits, float* part_o, float* part_ml) {
+  constexpr int LPR = DP / 8;       // lanes per row
+  constexpr int RPW = 32 / LPR;     // rows per warp instruction
+  extern __shared__ __align__(16) float sm[];
+  const int G = a.n_heads / a.kv_heads;
+  const int D = a.head_dim;
+  float* sc = sm;                                  // [G][chunk]
+  float* red = sm + G * chunk;                     // [kWarps][G][DP]
+  float* stat = red + kWarps * G * DP;             // [G][2]
+
+  const int s = blockIdx.x, kvh = blockIdx.y, r = blockIdx.z;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int lr = lane / LPR, lc = lane % LPR;
+  const int pos = a.pos0[r];
+  const int begin = s * chunk;
+  const int end = min(pos + 1, begin + chunk);
+  const int lo = a.window > 0 ? max(0, pos - a.window + 1) : 0;
+  const int64_t head0 = static_cast<int64_t>(r) * a.n_heads + kvh * G;  // first query head
+
+  if (begin >= end || end <= lo) {  // nothing to see in this chunk
+    for (int i = threadIdx.x; i < G * D; i += kThreads)
+      part_o[((head0 + i / D) * splits + s) * D + i % D] = 0.f;
+    if (threadIdx.x < G) {
+      part_ml[((head0 + threadIdx.x) * splits + s) * 2] = -INFINITY;
+      part_ml[((head0 + threadIdx.x) * splits + s) * 2 + 1] = 0.f;
+    }
+    return;
+  }
+  const int slot = a.slot[r];
+  const int64_t cache_base = (static_cast<int64_t>(slot) * a.kv_heads + kvh) * a.max_tokens * D;
+  const T* kc = static_cast<const T*>(a.k_cache) + cache_base;
+  const T* vc = static_cast<const T*>(a.v_cache) + cache_base;
+  const T* q = static_cast<const T*>(a.q);
+  const bool self = a.k_self != nullptr;
+  const int64_t self_off = (static_cast<int64_t>(r) * a.kv_heads + kvh) * D;
+  const bool col_ok = lc * 8 < D;
+
+  // Pass 1: scores.
+  {
+    float qv[GMAX][8];
+#pragma unroll
+    for (int g = 0; g < GMAX; ++g) load8(q + (head0 + g) * D + lc * 8, g < G && col_ok, qv[g]);
+    for (int j0 = begin + warp * RPW; j0 < end; j0 += kWarps * RPW) {
+      const int j = j0 + lr;
+      const bool row_ok = j < end;
+      const T* src = (self && j == pos) ? static_cast<const T*>(a.k_self) + self_off
+                                        : kc + static_cast<int64_t>(j) * D;
+      float kv[8];
+      load8(src + lc * 8, row_ok && col_ok, kv);
+#pragma unroll
+      for (int g = 0; g < GMAX; ++g) {
+        float dot = 0.f;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) dot += qv[g][e] * kv[e];
+#pragma unroll
+        for (int o = LPR / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+        if (g < G && lc == 0 && row_ok) sc[g * chunk + (j - begin)] = j < lo ? -INFINITY : dot * a.scale;
+      }
+    }
+  }
+  __syncthreads();
+
+  // Pass 2: p = exp(s - max) per head, and the chunk's sum.
+  const int cnt = end - begin;
+  for (int g = warp; g < G; g += kWarps) {
+    float m = -INFINITY;
+    for (int i = lane; i < cnt; i += 32) m = fmaxf(m, sc[g * chunk + i]);
+    m = warp_max(m);
+    float sum = 0.f;
+    for (int i = lane; i < cnt; i += 32) {
+      const float p = m == -INFINITY ? 0.f : expf(sc[g * chunk + i] - m);
+      sc[g * chunk + i] = p;
+      sum += p;
+    }
+    sum = warp_sum(sum);
+    if (lane == 0) {
+      stat[2 * g] = m;
+      stat[2 * g + 1] = sum;
+    }
+  }
+  __syncthreads();
+
+  // Pass 3: P V.
+  float acc[GMAX][8];
+#pragma unroll
+  for (int g = 0; g < GMAX; ++g)
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc[g][e] = 0.f;
+  for (int j0 = begin + warp * RPW; j0 < end; j0 += kWarps * RPW) {
+    const int j = j0 + lr;
+    const bool row_ok = j < end;
+    const T* src = (self && j == pos) ? static_cast<const T*>(a.v_self) + self_off
+                                      : vc + static_cast<int64_t>(j) * D;
+    float vv[8];
+    load8(src + lc * 8, row_ok && col_ok, vv);
+#pragma unroll
+    for (int g = 0; g < GMAX; ++g) {
+      const float p = (g < G && row_ok) ? sc[g * chunk + (j - begin)] : 0.f;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc[g][e] += p * vv[e];
+    }
+  }
+#pragma unroll
+  for (int g = 0; g < GMAX; ++g)
+#pragma unroll
+    for (int e = 0; e < 8; ++e)
+#pragma unroll
+      for (int o = LPR; o < 32; o <<= 1) acc[g][e] += __shfl_xor_sync(0xffffffffu, acc[g][e], o);
+  if (lr == 0) {
+#pragma unroll
+    for (int g = 0; g < GMAX; ++g)
+      if (g < G)
+#pragma unroll
+        for (int e = 0; e < 8; ++e) red[(warp * G + g) * DP + lc * 8 + e] = acc[g][e];
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < G * D; i += kThreads) {
+    const int g = i / D, d = i % D;
+    float v = 0.f;
+    for (int w = 0; w < kWarps; ++w) v += red[(w * G + g) * DP + d];
+    part_o[((head0 + g) * splits + s) * D + d] = v;
+  }
+  if (threadIdx.x < G) {
+    part_ml[((head0 + threadIdx.x) * splits + s) * 2] = stat[2 * threadIdx.x];
+    part_ml[((head0 + threadIdx.x) * splits + s) * 2 + 1] = stat[2 * threadIdx.x + 1];
+  }
+}
+
+// One block per (query head, row): out = sum_s w_s o_s / sum_s w_s l_s, w_s = exp(m_s - m).
+template <typename T>
+__global__ void attention_combine_kernel(AttentionArgs a, int splits, const float* part_o,
+                                         const float* part_ml) {
+  const int h = blockIdx.x, r = blockIdx.y;
+  const int D = a.head_dim;
+  const int64_t head = static_cast<int64_t>(r) * a.n_heads + h;
+  const float* ml = part_ml + head * splits * 2;
+  float m = -INFINITY;
+  for (int s = 0; s < splits; ++s) m = fmaxf(m, ml[2 * s]);
+  float l = 0.f;
+  for (int s = 0; s < splits; ++s) l += ml[2 * s] == -INFINITY ? 0.f : expf(ml[2 * s] - m) * ml[2 * s + 1];
+  T* out = static_cast<T*>(a.out) + head * D;  // n == 1: (r, 0, h)
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float o = 0.f;
+    for (int s = 0; s < splits; ++s)
+      if (ml[2 * s] != -INFINITY) o += expf(ml[2 * s] - m) * part_o[(head * splits + s) * D + d];
+    out[d] = from_f<T>(o / l);
+  }
+}
+
+template <typename T, int DP, int GMAX>
+cudaError_t launch_decode(const AttentionArgs& a, const DecodePlan& p, float* part_o,
+                          float* part_ml, cudaStream_t stream) {
+  const int group = a.n_heads / a.kv_heads;
+  const size_t smem = smem_bytes(group, p.chunk, DP);
+  cudaError_t e = cudaFuncSetAttribute(attention_decode_kernel<T, DP, GMAX>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(smem));
+  if (e != cudaSuccess) return e;
+  dim3 grid(p.splits, a.kv_heads, a.rows);
+  attention_decode_kernel<T, DP, GMAX><<<grid, kThreads, smem, stream>>>(a, p.chunk, p.splits,
+                                                                        part_o, part_ml);
+  e = launch_status();
+  if (e != cudaSuccess) return e;
+  attention_combine_kernel<T><<<dim3(a.n_heads, a.rows), 128, 0, stream>>>(a, p.splits, part_o,
+                                                                           part_ml);
+  return launch_status();
+}
+
+template <typename T, int DP>
+cudaError_t dispatch_group(const AttentionArgs& a, const DecodePlan& p, float* o, float* ml,
+                           cudaStream_t stream) {
+  const int group = a.n_heads / a.kv_heads;
+  if (group == 1) return launch_decode<T, DP, 1>(a, p, o, ml, stream);
+  if (group == 2) return launch_decode<T, DP, 2>(a, p, o, ml, stream);
+  if (group <= 4) return launch_decode<T, DP, 4>(a, p, o, ml, stream);
+  return launch_decode<T, DP, 8>(a, p, o, ml, stream);
+}
+
+template <typename T>
+cudaError_t dispatch_dim(const AttentionArgs& a, const DecodePlan& p, float* o, float* ml,
+                         cudaStream_t stream) {
+  switch (padded_dim(a.head_dim)) {
+    case 16: return dispatch_group<T, 16>(a, p, o, ml, stream);
+    case 32: return dispatch_group<T, 32>(a, p, o, ml, stream);
+    case 64: return dispatch_group<T, 64>(a, p, o, ml, stream);
+    default: return dispatch_group<T, 128>(a, p, o, ml, stream);
+  }
+}
+
+}  // namespace
+
+size_t attention_decode_workspace(const AttentionArgs& a, int max_len, int sm_count) {
+  if (a.kv_heads <= 0 || a.rows <= 0 || max_len <= 0) return 0;
+  const DecodePlan p = plan(a, max_len, sm_count);
+  return static_cast<size_t>(a.rows) * a.n_heads * p.splits * (a.head_dim + 2) * sizeof(float);
+}
+
+cudaError_t attention_decode(Act act, const AttentionArgs& a, int max_len, int sm_count,
+                             void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+  if (a.head_dim % 8 != 0 || a.head_dim > kMaxHeadDim || a.head_dim <= 0 || a.kv_heads <= 0 ||
+      a.n_heads % a.kv_heads != 0 || a.n_heads / a.kv_heads > kMaxGroup || a.n != 1)
+    return cudaErrorInvalidValue;
+  if (a.rows == 0) return cudaSuccess;
+  if (workspace_bytes < attention_decode_workspace(a, max_len, sm_count))
+    return cudaErrorInvalidValue;
+  const DecodePlan p = plan(a, max_len, sm_count);
+  float* part_o = static_cast<float*>(workspace);
+  float* part_ml = part_o + static_cast<size_t>(a.rows) * a.n_heads * p.splits * a.head_dim;
+  if (act == Act::kF16) return dispatch_dim<__half>(a, p, part_o, part_ml, stream);
+  return dispatch_dim<__nv_bfloat16>(a, p, part_o, part_ml, stream);
+}
+
+}  // namespace kvq::kern

@@ -1,0 +1,56 @@
+// Device-side helpers shared by kvq's kernels (nvcc only): the 16-bit element types behind
+// kern::Act, conversions, warp reductions and the launch-status helper.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/ops.cuh"
+
+namespace kvq::kern {
+
+template <typename T> __device__ __forceinline__ float to_f(T v);
+template <> __device__ __forceinline__ float to_f<__half>(__half v) { return __half2float(v); }
+template <> __device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
+// Round to nearest, ties to even (the hardware conversions __float2half_rn / _rn).
+template <typename T> __device__ __forceinline__ T from_f(float v);
+template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// The status of the launch just made (configuration errors show here; faults later).
+inline cudaError_t launch_status() { return cudaGetLastError(); }
+
+inline unsigned blocks_for(size_t count, unsigned threads) {
+  size_t b = (count + threads - 1) / threads;
+  return static_cast<unsigned>(b > 65535u * 16u ? 65535u * 16u : (b == 0 ? 1 : b));
+}
+
+// Dispatches a template on the element type: DISPATCH_ACT(act, T, body).
+#define KVQ_DISPATCH_ACT(act, T, ...)                     \
+  do {                                                    \
+    if ((act) == ::kvq::kern::Act::kF16) {                \
+      using T = __half;                                   \
+      __VA_ARGS__;                                        \
+    } else {                                              \
+      using T = __nv_bfloat16;                            \
+      __VA_ARGS__;                                        \
+    }                                                     \
+  } while (0)
+
+}  // namespace kvq::kern
