@@ -378,6 +378,24 @@ class CpuBackend final : public Backend {
             for (int c = 0; c < hd; ++c) ob(i, c) += pw * (vd[c] - vq[c]);
           }
         }
+        // The GEMM multiplies masked weights (0) by the values of later positions too, so a
+        // non-finite value there (an observer's inf) would poison earlier queries as 0*inf.
+        // Rare: redo such rows over their visible keys only.
+        if (!ob.allFinite()) {
+          for (int i = 0; i < nb; ++i) {
+            if (ob.row(i).allFinite()) continue;
+            const int p = p_first + i;
+            const int lo = window > 0 ? std::max(j0, p - window + 1) : 0;
+            ob.row(i).setZero();
+            for (int j = lo; j <= p; ++j) {
+              const float* vj = (past_only && j == p)
+                                    ? v_raw.data() + (row0 + i) * KV + g * hd
+                                    : cache_.v(l, slots[r]) + static_cast<int64_t>(j) * KV + g * hd;
+              const float pw = s(i, j - j0);
+              for (int c = 0; c < hd; ++c) ob(i, c) += pw * vj[c];
+            }
+          }
+        }
         if (hook_probs) {
           std::vector<float>& pr = probs[static_cast<size_t>(r) * n_heads + h];
           const int width = pos0[r] + n;
