@@ -693,6 +693,34 @@ std::unique_ptr<Backend> make_synthetic_cuda_backend(const ModelConfig& cfg, uin
   return std::make_unique<CudaBackend>(cfg, seed, opt);
 }
 
+double measure_copy_bandwidth(int device, size_t bytes, int reps) {
+  cuda::select_device(device);
+  DeviceBuffer a(bytes, "the bandwidth probe"), b(bytes, "the bandwidth probe");
+  KVQ_CUDA_CHECK(cudaMemset(a.get(), 1, bytes));
+  cudaEvent_t e0, e1;
+  KVQ_CUDA_CHECK(cudaEventCreate(&e0));
+  KVQ_CUDA_CHECK(cudaEventCreate(&e1));
+  std::vector<float> ms;
+  for (int i = 0; i < reps + 2; ++i) {
+    KVQ_CUDA_CHECK(cudaEventRecord(e0));
+    KVQ_CUDA_CHECK(cudaMemcpyAsync(b.get(), a.get(), bytes, cudaMemcpyDeviceToDevice));
+    KVQ_CUDA_CHECK(cudaEventRecord(e1));
+    KVQ_CUDA_CHECK(cudaEventSynchronize(e1));
+    float t = 0;
+    KVQ_CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
+    if (i >= 2) ms.push_back(t);  // the first two are warm-up
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  std::sort(ms.begin(), ms.end());
+  return 2.0 * static_cast<double>(bytes) / (ms[ms.size() / 2] * 1e-3);
+}
+
+void cuda_memory(int device, size_t& free_bytes, size_t& total_bytes) {
+  KVQ_CUDA_CHECK(cudaSetDevice(device));
+  KVQ_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+}
+
 std::string cuda_device_summary(int device) {
   const cuda::DeviceInfo i = cuda::select_device(device);
   char buf[256];

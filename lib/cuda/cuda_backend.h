@@ -37,6 +37,12 @@ std::string synthetic_model_names();  // "llama2-7b, llama2-13b, llama3-8b, test
 std::unique_ptr<Backend> make_synthetic_cuda_backend(const ModelConfig& cfg, uint64_t seed,
                                                      const CudaOptions& opt = {});
 
+// Device-to-device copy bandwidth in bytes/s, counting bytes read plus bytes written
+// (METHOD.md's memory ceiling): median of `reps` copies of `bytes`.
+double measure_copy_bandwidth(int device, size_t bytes = size_t(1) << 30, int reps = 10);
+// Free and total device memory in bytes.
+void cuda_memory(int device, size_t& free_bytes, size_t& total_bytes);
+
 // One-line description of the device ("NVIDIA H100 80GB HBM3, cc 9.0, 132 SMs, 79.1 GiB").
 std::string cuda_device_summary(int device);
 
