@@ -15,7 +15,7 @@ cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DKVQ_CUDA=ON \
   -DCMAKE_CUDA_ARCHITECTURES=90-real > "$OUT/configure.log" 2>&1 || { tail -30 "$OUT/configure.log"; exit 1; }
 targets="kvq_test_gpu kvq-gpubench"
 [ -f tools/kvq-eval.cpp ] && targets="$targets kvq-eval"
-cmake --build build-gpu --target $targets -j16 -k 0 > "$OUT/build.log" 2>&1 || {
+cmake --build build-gpu --target $targets -j16 -- -k 0 > "$OUT/build.log" 2>&1 || {
   grep -E "error|FAILED" -A4 "$OUT/build.log" | head -80; }
 echo "build: $(( $(date +%s) - t0 )) s"
 [ -x build-gpu/tests/kvq_test_gpu ] || { echo "kvq_test_gpu did not build"; exit 1; }
