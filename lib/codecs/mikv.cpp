@@ -16,8 +16,12 @@
 //     exactly H2O's top-k of the older tokens; streaming appends approximate it greedily.
 //   Query-key balancer (keys, balance=1): b_c = sqrt(max|Q_c| / max|K_c|) per channel,
 //     max over the tokens of the first append and, for Q, over the query heads of the
-//     group (1 where either max is 0). The cache stores codes of k / b; dequantize()
-//     returns b * k'' so simulated attention scores equal a kernel's (q * b) . k''.
+//     group (1 where either max is 0). Keys are *multiplied* by b_c and queries divided,
+//     so both end with max sqrt(max|Q_c| max|K_c|): an outlier key channel shrinks.
+//     (METHODS.md writes "keys divided by b_c" with the same b_c, which would grow outlier
+//     channels by sqrt(max|K_c| / max|Q_c|); we follow the stated intent, flattening.)
+//     The cache stores codes of k * b; dequantize() returns k'' / b (times 1/b_c in
+//     fp32) so simulated attention scores equal a kernel's (q / b) . k''.
 // Keys are quantized post-RoPE (the balancer must see the keys attention uses).
 // Bytes: 1 flag byte per (token, head) outside the window; fp16 hi: 2 * head_dim; int-b:
 // codes (4 * b * ceil(head_dim / 32)) + 4 (fp16 scale, zero); balancer 4 per channel.
@@ -146,7 +150,7 @@ class MikvCodec final : public ChunkedCodec {
       for (int h = 0; h < H; ++h) {
         for (int i = 0; i < hd; ++i) {
           const int c = h * hd + i;
-          x[i] = balance_ ? rows[t * dim + c] * st.inv_b[c] : rows[t * dim + c];
+          x[i] = balance_ ? rows[t * dim + c] * st.b[c] : rows[t * dim + c];
         }
         const bool is_hi = hi[t * H + h];
         out.raw.push_back(is_hi ? 1 : 0);
@@ -184,7 +188,7 @@ class MikvCodec final : public ChunkedCodec {
           dequantize_group_asym(q.data(), hd, sz, y, 1);
         }
         if (balance_)
-          for (int i = 0; i < hd; ++i) y[i] *= st.b[h * hd + i];
+          for (int i = 0; i < hd; ++i) y[i] *= st.inv_b[h * hd + i];
       }
   }
 
