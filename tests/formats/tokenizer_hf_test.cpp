@@ -4,6 +4,7 @@
 // BPE against a naive rescan-per-merge BPE on random text, and synthetic files for added
 // token flags and merge order.
 #include <chrono>
+#include <ctime>
 #include <cstdio>
 #include <map>
 #include <random>
@@ -23,7 +24,7 @@ std::vector<int32_t> as_ids(const nlohmann::json& a) { return a.get<std::vector<
 void check_vectors(const std::string& name) {
   const auto tok = load_tokenizer(kvq_test::shared_path("models/tokenizers/" + name).string());
   REQUIRE(tok->kind() == "hf-bpe");
-  const auto ref = read_json(kvq_test::source_dir() / "tests/data/tokenizer" / ("expected-" + name + ".json"));
+  const auto ref = read_json(kvq_test::tokenizer_data_dir() / ("expected-" + name + ".json"));
   int n = 0;
   for (const auto& c : ref["cases"]) {
     const std::string text = c["text"].get<std::string>();
@@ -234,12 +235,70 @@ TEST_CASE("HF encode throughput", "[tokenizer][hf][perf]") {
   for (const char* name : {"llama2-hf", "smollm-135m"}) {
     const auto tok = load_tokenizer(kvq_test::shared_path(std::string("models/tokenizers/") + name).string());
     const auto t0 = std::chrono::steady_clock::now();
+    const std::clock_t c0 = std::clock();
     const auto ids = tok->encode(wiki, false);
+    const double cpu = static_cast<double>(std::clock() - c0) / CLOCKS_PER_SEC;
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    std::printf("%s: WikiText-2 test %zu bytes -> %zu tokens in %.3f s (%.2f MB/s)\n", name, wiki.size(),
-                ids.size(), s, wiki.size() / s / 1e6);
-    // The issue asks for well under a few seconds on the 1.3 MB text; 3 s allows a slow CI core.
-    CHECK(s < 3.0);
+    std::printf("%s: WikiText-2 test %zu bytes -> %zu tokens: %.3f s CPU (%.2f MB/s), %.3f s wall\n", name,
+                wiki.size(), ids.size(), cpu, wiki.size() / cpu / 1e6, s);
+    // The issue asks for well under a few seconds on the 1.3 MB text. CPU time, not wall
+    // time: the test machines are shared and wall time there measured 3x the CPU time.
+    CHECK(cpu < 2.0);
     CHECK(tok->decode(ids) == wiki);
+  }
+}
+
+namespace {
+
+// The Llama 3 / Qwen2 layout on the SmolLM vocabulary, built exactly as
+// tests/data/tokenizer/gen_variant_vectors.py builds it for the `tokenizers` oracle.
+std::string write_split_variant(const std::string& name, const std::string& regex, bool ignore_merges) {
+  nlohmann::json j = read_json(kvq_test::shared_path("models/tokenizers/smollm-135m/tokenizer.json"));
+  j["pre_tokenizer"] = {{"type", "Sequence"},
+                        {"pretokenizers",
+                         {{{"type", "Split"}, {"pattern", {{"Regex", regex}}}, {"behavior", "Isolated"}, {"invert", false}},
+                          {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", false}}}}};
+  j["model"]["ignore_merges"] = ignore_merges;
+  j["post_processor"] = {
+      {"type", "Sequence"},
+      {"processors",
+       {{{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", false}, {"use_regex", true}},
+        {{"type", "TemplateProcessing"},
+         {"single", {{{"SpecialToken", {{"id", "<|endoftext|>"}, {"type_id", 0}}}}, {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}},
+         {"special_tokens",
+          {{"<|endoftext|>", {{"id", "<|endoftext|>"}, {"ids", {0}}, {"tokens", {"<|endoftext|>"}}}}}}}}}};
+  return write_tokenizer_json(name, j);  // no tokenizer_config.json beside it
+}
+
+}  // namespace
+
+TEST_CASE("Llama 3 and Qwen2 Split pre-tokenizers match tokenizers 0.23.2", "[tokenizer][hf]") {
+  const struct {
+    const char* name;
+    const char* regex;
+    bool ignore_merges;
+  } variants[] = {
+      {"smollm-llama3split",
+       R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)",
+       true},
+      {"smollm-qwen2split",
+       R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)",
+       false},
+  };
+  const std::string text =
+      kvq_test::read_text(kvq_test::shared_path("datasets/kvq-docs/valid.txt")).substr(0, 20000);
+  for (const auto& v : variants) {
+    const auto tok = load_tokenizer(write_split_variant(std::string("tok_") + v.name, v.regex, v.ignore_merges));
+    CHECK(tok->bos_id() == 0);
+    CHECK(tok->add_bos_by_default());
+    const auto ref = read_json(kvq_test::tokenizer_data_dir() / (std::string("expected-") + v.name + ".json"));
+    for (const auto& c : ref["cases"]) {
+      const std::string t = c["text"].get<std::string>();
+      INFO(v.name << " case: \"" << t << "\"");
+      CHECK(tok->encode(t, false) == as_ids(c["ids"]));
+      CHECK(tok->encode(t, true) == as_ids(c["ids_with_special"]));
+      CHECK(tok->decode(as_ids(c["ids"])) == c["decoded"].get<std::string>());
+    }
+    CHECK(tok->encode(text, false) == as_ids(ref["texts"]["kvq-docs-valid-20k"]));
   }
 }

@@ -21,7 +21,7 @@ std::vector<std::string> pieces(std::string_view text, tok::SplitPattern p) {
 }  // namespace
 
 TEST_CASE("split scanners match the regex module on fixed and random strings", "[tokenizer][split]") {
-  const auto ref = kvq_test::read_json(kvq_test::source_dir() / "tests/data/tokenizer/split-vectors.json");
+  const auto ref = kvq_test::read_json(kvq_test::tokenizer_data_dir() / "split-vectors.json");
   std::printf("split vectors: %s, seed %llu\n", ref["source"].get<std::string>().c_str(),
               static_cast<unsigned long long>(ref["seed"].get<uint64_t>()));
   int checked = 0;

@@ -10,6 +10,15 @@
 
 namespace kvq_test {
 
+// tests/data/tokenizer. source_dir() relies on KVQ_SOURCE_DIR, which ctest does not pass
+// through at the moment (tests/CMakeLists.txt hands catch_discover_tests the environment
+// as a list, so only its first entry is applied); fall back to this header's own path.
+inline std::filesystem::path tokenizer_data_dir() {
+  const auto p = source_dir() / "tests/data/tokenizer";
+  if (std::filesystem::is_directory(p)) return p;
+  return std::filesystem::path(__FILE__).parent_path().parent_path() / "data/tokenizer";
+}
+
 inline nlohmann::json read_json(const std::filesystem::path& p) {
   const auto bytes = read_bytes(p);
   return nlohmann::json::parse(bytes.begin(), bytes.end());
