@@ -20,6 +20,7 @@
 #include <nlohmann/json.hpp>
 
 #include "datasets/eval_tokens.h"
+#include "datasets/manifest.h"
 #include "datasets/perplexity.h"
 #include "datasets/protocol.h"
 #include "datasets/spec.h"
@@ -62,6 +63,29 @@ std::string tokenizer_path(const Options& o, const std::string& model_path) {
                         "pass --tokenizer (for stories260K: tok512.bin beside it)");
 }
 
+// For standard dataset names: compares the local file with its manifest (size, sha256).
+// A copy that differs still runs (it may be a deliberate edit) but is flagged, because its
+// numbers are not comparable with published ones.
+std::string check_against_manifest(const ds::ResolvedDataset& d) {
+  if (d.manifest.empty()) return "";
+  for (const auto& n : ds::dataset_names()) {
+    if (d.name != n.name) continue;
+    const std::string mpath = ds::manifest_dir() + "/" + d.manifest;
+    std::error_code ec;
+    if (!std::filesystem::exists(mpath, ec)) return "manifest " + mpath + " not found; not verified";
+    const ds::Manifest m = ds::load_manifest(mpath);
+    const ds::ManifestFile* entry = m.find(n.relative_path);
+    if (entry == nullptr) return "no manifest entry for " + std::string(n.relative_path);
+    const ds::FileCheck c = ds::check_file(d.path, *entry);
+    if (c.status == ds::CheckStatus::kSizeMismatch || c.status == ds::CheckStatus::kDigestMismatch) {
+      std::fprintf(stderr, "kvq-eval: warning: %s: %s (%s): results are not comparable with published ones\n",
+                   d.path.c_str(), c.message.c_str(), mpath.c_str());
+    }
+    return c.message;
+  }
+  return "";
+}
+
 int run_ppl(const Options& o) {
   const std::string model_path = o.model.empty() ? cli::default_model_path() : o.model;
   if (model_path.empty()) {
@@ -82,6 +106,7 @@ int run_ppl(const Options& o) {
   const int window = cfg.max_position > 0 ? cfg.max_position : 2048;
   const int seqlen = o.seqlen > 0 ? o.seqlen : std::min(window, 2048);
   const std::string text = ds::load_protocol_text(dataset.path, dataset.protocol);
+  const std::string data_check = check_against_manifest(dataset);
   const int threads = cli::apply_threads(o.threads);
   const std::unique_ptr<Backend> backend = make_backend(o.backend, model);
 
@@ -93,6 +118,7 @@ int run_ppl(const Options& o) {
                std::string(tok->kind()).c_str(), tok->vocab_size(), tok->add_bos_by_default() ? "added" : "not added");
   std::fprintf(stderr, "  dataset    %s (protocol %s, %s bytes of text)\n", dataset.path.c_str(),
                std::string(ds::protocol_name(dataset.protocol)).c_str(), cli::thousands(static_cast<int64_t>(text.size())).c_str());
+  if (!data_check.empty()) std::fprintf(stderr, "  data check %s\n", data_check.c_str());
   std::fprintf(stderr, "  seqlen     %d, max windows %s, batch %d\n", seqlen,
                o.max_windows < 0 ? "all" : std::to_string(o.max_windows).c_str(), o.batch);
   std::fprintf(stderr, "  backend    %s (asked: %s), %d threads\n", backend->name().c_str(), o.backend.c_str(), threads);
@@ -122,7 +148,7 @@ int run_ppl(const Options& o) {
                                      : cli::thousands(r.windows) + " (first " + cli::thousands(r.windows) + " of " +
                                            cli::thousands(windows_available) + ")";
   if (o.format == cli::OutputFormat::kJson) {
-    nlohmann::json j = {
+    nlohmann::ordered_json j = {
         {"task", "ppl"},
         {"model", cli::base_name(model_path)},
         {"model_path", model_path},
