@@ -171,15 +171,23 @@ void rope_for(const Fields& f, const std::string& path, ModelConfig& c) {
 
   // Scaling: rope_parameters (transformers 5) carries rope_type and its factors itself;
   // older files use a separate rope_scaling object with "type" or "rope_type".
+  auto type_of = [&](const json* obj, const std::string& prefix) -> std::string {
+    if (obj == nullptr) return "default";
+    const Fields sf(*obj, path, prefix);
+    if (const auto t = sf.opt_string("rope_type")) return *t;
+    if (const auto t = sf.opt_string("type")) return *t;
+    return "default";
+  };
   const json* s = params != nullptr ? params : scaling;
   const std::string prefix = params != nullptr ? "rope_parameters." : "rope_scaling.";
   if (s == nullptr) return;
   const Fields sf(*s, path, prefix);
-  std::string type = "default";
-  if (const auto t = sf.opt_string("rope_type")) {
-    type = *t;
-  } else if (const auto t2 = sf.opt_string("type")) {
-    type = *t2;
+  const std::string type = type_of(s, prefix);
+  // Both present (a file edited by hand after a transformers 5 save): they must agree,
+  // or one of them would be silently ignored.
+  if (params != nullptr && scaling != nullptr && type_of(scaling, "rope_scaling.") != type) {
+    throw FormatError(path, "\"rope_parameters\" (type '" + type + "') and \"rope_scaling\" (type '" +
+                                type_of(scaling, "rope_scaling.") + "') disagree");
   }
   if (type == "default") return;
   if (type == "linear") {

@@ -4,7 +4,8 @@
 // SHA-256 is small. Tested against the FIPS 180 example vectors (tests/formats/sha256_test).
 //
 // Goals: correct digests for any chunking of the input, lowercase hex output.
-// Non-goals: speed beyond ~200 MB/s plain C++ (no SHA-NI), HMAC, other SHA variants.
+// Non-goals: speed (plain C++, no SHA-NI: ~100 MB/s measured on the 2-core dev machine,
+// wikitext2_test.ids.u32, 1.37 MB in 14 ms, Release), HMAC, other SHA variants.
 #pragma once
 
 #include <array>

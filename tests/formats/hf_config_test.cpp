@@ -141,6 +141,10 @@ TEST_CASE("hf_config: Llama 3 rope_scaling llama3, head_dim, eos list", "[hf_con
   CHECK(c5.rope.theta == 500000.0);
   CHECK(c5.rope.factor == 32.0);
 
+  json both = j;
+  both["rope_scaling"] = {{"type", "linear"}, {"factor", 2.0}};
+  rejects<FormatError>(both, "\"rope_parameters\" (type 'llama3') and \"rope_scaling\" (type 'linear') disagree");
+
   j["rope_parameters"].erase("low_freq_factor");
   rejects<FormatError>(j, "\"rope_parameters.low_freq_factor\" is missing");
 }
