@@ -10,9 +10,8 @@
 
 namespace kvq_test {
 
-// tests/data/tokenizer. source_dir() relies on KVQ_SOURCE_DIR, which ctest does not pass
-// through at the moment (tests/CMakeLists.txt hands catch_discover_tests the environment
-// as a list, so only its first entry is applied); fall back to this header's own path.
+// tests/data/tokenizer. source_dir() needs KVQ_SOURCE_DIR (ctest sets it); when the test
+// binary is run by hand without it, fall back to this header's own path.
 inline std::filesystem::path tokenizer_data_dir() {
   const auto p = source_dir() / "tests/data/tokenizer";
   if (std::filesystem::is_directory(p)) return p;
