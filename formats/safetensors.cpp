@@ -143,16 +143,17 @@ SafetensorsFile parse_safetensors(const std::string& file, const uint8_t* bytes,
   }
 
   for (const auto& [name, entry] : root.items()) {
-    const int64_t at = key_offset(header, name, 8);
+    // Only on error: the search is linear in the header.
+    auto at = [&, &name = name] { return key_offset(header, name, 8); };
     if (name == "__metadata__") {
       if (entry.is_null()) continue;
       if (!entry.is_object()) {
-        throw FormatError(file, at, "\"__metadata__\" is a " + std::string(entry.type_name()) +
+        throw FormatError(file, at(), "\"__metadata__\" is a " + std::string(entry.type_name()) +
                                         ", expected an object of strings");
       }
       for (const auto& [k, v] : entry.items()) {
         if (!v.is_string()) {
-          throw FormatError(file, at, "\"__metadata__\" value for " + squote(k) + " is a " +
+          throw FormatError(file, at(), "\"__metadata__\" value for " + squote(k) + " is a " +
                                           std::string(v.type_name()) + ", expected a string");
         }
         out.metadata[k] = v.get<std::string>();
@@ -161,7 +162,7 @@ SafetensorsFile parse_safetensors(const std::string& file, const uint8_t* bytes,
     }
     const std::string what = "tensor " + squote(name);
     if (!entry.is_object()) {
-      throw FormatError(file, at, what + ": entry is a " + std::string(entry.type_name()) +
+      throw FormatError(file, at(), what + ": entry is a " + std::string(entry.type_name()) +
                                       ", expected an object with dtype, shape, data_offsets");
     }
     TensorView t;
@@ -170,27 +171,27 @@ SafetensorsFile parse_safetensors(const std::string& file, const uint8_t* bytes,
 
     const auto dt = entry.find("dtype");
     if (dt == entry.end() || !dt->is_string()) {
-      throw FormatError(file, at, what + ": \"dtype\" missing or not a string");
+      throw FormatError(file, at(), what + ": \"dtype\" missing or not a string");
     }
     const auto parsed = parse_dtype(dt->get<std::string>());
     if (!parsed) {
-      throw FormatError(file, at, what + ": unknown dtype " + squote(dt->get<std::string>()) +
+      throw FormatError(file, at(), what + ": unknown dtype " + squote(dt->get<std::string>()) +
                                       " (known: " + known_dtypes() + ")");
     }
     t.dtype = *parsed;
 
     const auto sh = entry.find("shape");
     if (sh == entry.end() || !sh->is_array()) {
-      throw FormatError(file, at, what + ": \"shape\" missing or not an array");
+      throw FormatError(file, at(), what + ": \"shape\" missing or not an array");
     }
     uint64_t numel = 1;
     bool overflow = false;
     for (const json& d : *sh) {
       if (!d.is_number_integer()) {
-        throw FormatError(file, at, what + ": shape entry " + d.dump() + " is not an integer");
+        throw FormatError(file, at(), what + ": shape entry " + d.dump() + " is not an integer");
       }
       if (d.is_number_unsigned() ? false : d.get<int64_t>() < 0) {
-        throw FormatError(file, at, what + ": negative dimension " + d.dump() + " in shape " +
+        throw FormatError(file, at(), what + ": negative dimension " + d.dump() + " in shape " +
                                         sh->dump());
       }
       const uint64_t dim = d.is_number_unsigned() ? d.get<uint64_t>()
@@ -204,12 +205,12 @@ SafetensorsFile parse_safetensors(const std::string& file, const uint8_t* bytes,
     uint64_t begin = 0, end = 0;
     if (off == entry.end() || !off->is_array() || off->size() != 2 ||
         !as_u64((*off)[0], &begin) || !as_u64((*off)[1], &end)) {
-      throw FormatError(file, at, what + ": \"data_offsets\" must be [begin, end] with "
+      throw FormatError(file, at(), what + ": \"data_offsets\" must be [begin, end] with "
                                          "non-negative integers, got " +
                                       (off == entry.end() ? std::string("nothing") : off->dump()));
     }
     if (begin > end) {
-      throw FormatError(file, at, what + ": data_offsets " + off->dump() + " has begin > end");
+      throw FormatError(file, at(), what + ": data_offsets " + off->dump() + " has begin > end");
     }
     if (end > data_size) {
       throw FormatError(file, static_cast<int64_t>(data_start + std::min(begin, data_size)),
@@ -221,7 +222,7 @@ SafetensorsFile parse_safetensors(const std::string& file, const uint8_t* bytes,
     uint64_t expect = 0;
     overflow = overflow || __builtin_mul_overflow(numel, dtype_size(t.dtype), &expect);
     if (overflow || expect != end - begin) {
-      throw FormatError(file, at, what + ": " + std::to_string(end - begin) +
+      throw FormatError(file, at(), what + ": " + std::to_string(end - begin) +
                                       " bytes of data, but dtype " +
                                       std::string(dtype_name(t.dtype)) + " x shape " +
                                       sh->dump() + " needs " +
