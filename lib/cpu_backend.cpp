@@ -11,6 +11,12 @@
 // Arithmetic: fp32 everywhere (HF's fp32 path), except the RMSNorm mean of squares and
 // the softmax denominators, accumulated in double (cheap, and removes summation-order
 // noise from the reference). Softmax subtracts the row maximum; masked keys get weight 0.
+// Sliding window (Mistral): query p sees keys j with p - W < j <= p, W keys including its
+// own, as transformers' sliding_window_overlay (kv_idx > q_idx - sliding_window).
+//
+// Cost (perf, testbed model, one 1024-token window, 1 thread, SSE2 build): 62% Eigen GEBP
+// kernels (the lm_head alone is 53% of the FLOPs), 5% expf in the softmax, ~8% page faults
+// and memset of per-call temporaries; 2.2 CPU-seconds per window = 22 GFLOP/s.
 #include "lib/cpu_backend.h"
 
 #include <algorithm>
