@@ -12,21 +12,25 @@
 
 namespace kvq::datasets {
 
-PerplexityResult evaluate_perplexity(Backend& backend, std::span<const int32_t> ids,
-                                     const PerplexityOptions& opt) {
-  const ModelConfig& cfg = backend.config();
+void check_perplexity_inputs(const ModelConfig& cfg, size_t n_tokens, const PerplexityOptions& opt) {
   if (opt.seqlen > cfg.max_position && cfg.max_position > 0) {
     throw InvalidArgument("--seqlen", std::to_string(opt.seqlen) + " is longer than the model's window of " +
                                           std::to_string(cfg.max_position) + " positions",
                           "use --seqlen " + std::to_string(cfg.max_position) + " or less");
   }
   if (opt.batch < 1) throw InvalidArgument("--batch", "must be at least 1");
-  const std::vector<Window> windows = cut_windows(ids.size(), opt.seqlen, opt.max_windows);
-  if (windows.empty()) {
-    throw InvalidArgument("--seqlen", "the dataset gives " + std::to_string(ids.size()) +
+  if (cut_windows(n_tokens, opt.seqlen, opt.max_windows).empty()) {
+    throw InvalidArgument("--seqlen", "the dataset gives " + std::to_string(n_tokens) +
                                           " tokens, fewer than one window of " + std::to_string(opt.seqlen),
-                          "use a shorter --seqlen or a longer dataset");
+                          opt.max_windows == 0 ? "--max-windows 0 evaluates nothing"
+                                               : "use a shorter --seqlen or a longer dataset");
   }
+}
+
+PerplexityResult evaluate_perplexity(Backend& backend, std::span<const int32_t> ids,
+                                     const PerplexityOptions& opt) {
+  check_perplexity_inputs(backend.config(), ids.size(), opt);
+  const std::vector<Window> windows = cut_windows(ids.size(), opt.seqlen, opt.max_windows);
 
   using Clock = std::chrono::steady_clock;
   const auto t0 = Clock::now();

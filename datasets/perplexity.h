@@ -45,8 +45,12 @@ struct PerplexityResult {
   double tokens_per_s = 0.0;  // scored tokens / seconds (= tokens fed through the model)
 };
 
-// Throws InvalidArgument when seqlen is outside 2..model window, or the stream is shorter
-// than one window; whatever the backend throws passes through.
+// Throws InvalidArgument when seqlen is outside 2..model window, the stream is shorter than
+// one window, or batch < 1. evaluate_perplexity checks this first; tools call it early so
+// that a bad --seqlen is reported before any work starts.
+void check_perplexity_inputs(const ModelConfig& cfg, size_t n_tokens, const PerplexityOptions& opt);
+
+// check_perplexity_inputs, then the evaluation; whatever the backend throws passes through.
 PerplexityResult evaluate_perplexity(Backend& backend, std::span<const int32_t> ids,
                                      const PerplexityOptions& opt);
 

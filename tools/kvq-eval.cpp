@@ -110,6 +110,14 @@ int run_ppl(const Options& o) {
   const int threads = cli::apply_threads(o.threads);
   const std::unique_ptr<Backend> backend = make_backend(o.backend, model);
 
+  const ds::EvalTokens tokens = ds::tokenize_for_eval(text, dataset.protocol, *tok, seqlen);
+  const int64_t windows_available = static_cast<int64_t>(tokens.ids.size()) / seqlen;
+  ds::PerplexityOptions popt;
+  popt.seqlen = seqlen;
+  popt.max_windows = o.max_windows;
+  popt.batch = o.batch;
+  ds::check_perplexity_inputs(cfg, tokens.ids.size(), popt);
+
   std::fprintf(stderr, "kvq-eval: task ppl, kvq %s\n", cli::build_info_text().c_str());
   std::fprintf(stderr, "  model      %s (%s, %d layers, hidden %d, heads %d/%d, vocab %d, window %d, %s)\n",
                model_path.c_str(), std::string(architecture_name(cfg.arch)).c_str(), cfg.n_layers, cfg.hidden,
@@ -122,10 +130,7 @@ int run_ppl(const Options& o) {
   std::fprintf(stderr, "  seqlen     %d, max windows %s, batch %d\n", seqlen,
                o.max_windows < 0 ? "all" : std::to_string(o.max_windows).c_str(), o.batch);
   std::fprintf(stderr, "  backend    %s (asked: %s), %d threads\n", backend->name().c_str(), o.backend.c_str(), threads);
-
-  const ds::EvalTokens tokens = ds::tokenize_for_eval(text, dataset.protocol, *tok, seqlen);
-  const int64_t windows_available = static_cast<int64_t>(tokens.ids.size()) / seqlen;
-  std::fprintf(stderr, "kvq-eval: %s tokens (tokenized in %.1fs)%s, %s windows of %d\n",
+  std::fprintf(stderr, "  tokens     %s (tokenized in %.1fs)%s, %s windows of %d\n",
                cli::thousands(tokens.tokens_total).c_str(), tokens.tokenize_seconds,
                tokens.tokens_total > static_cast<int64_t>(tokens.ids.size())
                    ? (", first " + cli::thousands(static_cast<int64_t>(tokens.ids.size())) + " used").c_str()
@@ -133,10 +138,6 @@ int run_ppl(const Options& o) {
                cli::thousands(windows_available).c_str(), seqlen);
 
   cli::Progress progress;
-  ds::PerplexityOptions popt;
-  popt.seqlen = seqlen;
-  popt.max_windows = o.max_windows;
-  popt.batch = o.batch;
   popt.progress = [&](const ds::PerplexityProgress& p) {
     progress.update(p.windows_done, p.windows_total, cli::strf("ppl %.4f", p.ppl), p.eta_s);
   };
@@ -208,7 +209,7 @@ int main(int argc, char** argv) {
   app.add_option("--tokenizer", o.tokenizer,
                  "tokenizer.json, tokenizer.model, llama2.c tokenizer .bin or a folder (default: the model folder)");
   app.add_option("--seqlen", o.seqlen, "Window length in tokens (0: min(model window, 2048))")
-      ->check(CLI::NonNegativeNumber)
+      ->check(CLI::Range(0, 1 << 24))
       ->capture_default_str();
   app.add_option("--max-windows", o.max_windows, "Evaluate only the first N windows (-1: all)")
       ->check(CLI::Range(int64_t{-1}, int64_t{1} << 40))
