@@ -4,8 +4,9 @@
 //     data of the first append that holds non-sink tokens (the prefill; the whole window
 //     in the simulated protocol): with outliers = f > 0, lo_c / hi_c are the order
 //     statistics v[k] / v[n-1-k] of channel c over those n tokens, k = floor(n * f / 2)
-//     (f/2 at each tail); with f = 0, the min / max. Key values outside [lo_c, hi_c] are
-//     outliers (so later tokens beyond the prefill's range become outliers, never clip).
+//     (f/2 at each tail); with f = 0, the min / max. With f > 0, key values outside
+//     [lo_c, hi_c] are outliers (so later tokens beyond the prefill's range become
+//     outliers); with f = 0 there is no sparse part and they clamp to the range.
 //   Values: per token and head, dynamic: the k = round_half_even(f * head_dim) entries of
 //     largest |x| (ties: lower channel first) are outliers; the range of the rest is
 //     (mid, half) = ((max+min)/2, (max-min)/2), stored as two fp16 per (token, head).
