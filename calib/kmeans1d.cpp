@@ -45,7 +45,7 @@ Pass assign(const WeightedPoints& p, const std::vector<double>& c) {
   const int64_t nc = num_chunks(n);
   const std::vector<double> mid = midpoints(c);
   std::vector<double> pw(static_cast<size_t>(nc) * k, 0.0), ps(pw.size(), 0.0), pc(nc, 0.0);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (nc > 1)
   for (int64_t ch = 0; ch < nc; ++ch) {
     double* cw = &pw[static_cast<size_t>(ch) * k];
     double* cs = &ps[static_cast<size_t>(ch) * k];
@@ -81,7 +81,7 @@ template <typename F>
 double chunked_sum(int64_t n, F f) {
   const int64_t nc = num_chunks(n);
   std::vector<double> part(nc, 0.0);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (nc > 1)
   for (int64_t ch = 0; ch < nc; ++ch) {
     double acc = 0.0;
     const int64_t end = std::min(n, (ch + 1) * kChunk);
@@ -117,7 +117,7 @@ double validate_points(const WeightedPoints& p) {
   const int64_t n = static_cast<int64_t>(p.x.size());
   // Find the first bad entry (deterministically the lowest index) for the message.
   int64_t bad = n;
-#pragma omp parallel for reduction(min : bad) schedule(static)
+#pragma omp parallel for reduction(min : bad) schedule(static) if (n > kChunk)
   for (int64_t i = 0; i < n; ++i) {
     const double wi = p.weight(static_cast<size_t>(i));
     if (!std::isfinite(p.x[static_cast<size_t>(i)]) || !std::isfinite(wi) || wi < 0.0) {
@@ -160,7 +160,7 @@ std::vector<double> kmeans_plus_plus(const WeightedPoints& p, int k, SplitMix64&
   // D2[i] = w_i * squared distance to the nearest centre so far.
   std::vector<double> d2(n);
   auto update = [&](double c) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n > kChunk)
     for (int64_t i = 0; i < n; ++i) {
       const double d = static_cast<double>(p.x[static_cast<size_t>(i)]) - c;
       const double v = p.weight(static_cast<size_t>(i)) * d * d;

@@ -130,7 +130,7 @@ ChannelThresholds per_channel_thresholds(std::span<const RowsView> seqs, int sin
   out.lo.resize(cols);
   out.hi.resize(cols);
   std::vector<int64_t> tail(cols, 0);
-#pragma omp parallel
+#pragma omp parallel if (rows * cols >= (int64_t{1} << 16))
   {
     std::vector<float> col(rows);
 #pragma omp for schedule(static)

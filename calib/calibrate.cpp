@@ -1,0 +1,342 @@
+// kvq-calibrate's pipeline (see calibrate.h).
+#include "calib/calibrate.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "calib/signposts.h"
+#include "calib/thresholds.h"
+#include "formats/error.h"
+#include "lib/backward/cpu_gradient.h"
+
+namespace fs = std::filesystem;
+
+namespace kvq::calib {
+
+namespace {
+
+constexpr char kMagic[8] = {'K', 'V', 'Q', 'S', 'P', 'I', 'L', '1'};
+
+// Spill file: magic, i32 layers, seqlen, q_dim, kv_dim, i64 start, f64 loss, then per
+// layer: qabs[q_dim], kabs[kv_dim], vabs[kv_dim], K, V, dK, dV (each [seqlen, kv_dim]).
+struct SpillHeader {
+  char magic[8];
+  int32_t layers, seqlen, q_dim, kv_dim;
+  int64_t start;
+  double loss;
+};
+static_assert(sizeof(SpillHeader) == 40, "spill header layout");
+
+struct Shape {
+  int layers, seqlen, q_dim, kv_dim;
+  int64_t mat() const { return static_cast<int64_t>(seqlen) * kv_dim; }
+  int64_t layer_floats() const { return q_dim + 2 * kv_dim + 4 * mat(); }
+  int64_t file_bytes() const {
+    return static_cast<int64_t>(sizeof(SpillHeader)) + layers * layer_floats() * 4;
+  }
+};
+
+std::string spill_path(const std::string& dir, size_t i) {
+  return dir + "/seq" + std::to_string(i) + ".bin";
+}
+
+// A finished spill file of sequence i (right size and header); its loss when valid.
+bool spill_valid(const std::string& path, const Shape& sh, int64_t start, double* loss) {
+  std::error_code ec;
+  if (!fs::exists(path, ec) || static_cast<int64_t>(fs::file_size(path, ec)) != sh.file_bytes()) return false;
+  std::ifstream in(path, std::ios::binary);
+  SpillHeader h{};
+  if (!in.read(reinterpret_cast<char*>(&h), sizeof h)) return false;
+  if (std::memcmp(h.magic, kMagic, 8) != 0 || h.layers != sh.layers || h.seqlen != sh.seqlen ||
+      h.q_dim != sh.q_dim || h.kv_dim != sh.kv_dim || h.start != start) {
+    return false;
+  }
+  *loss = h.loss;
+  return true;
+}
+
+void write_all(std::ofstream& out, const float* p, int64_t n, const std::string& path) {
+  out.write(reinterpret_cast<const char*>(p), static_cast<std::streamsize>(n * 4));
+  if (!out) throw IoError(path, "cannot write the calibration spill file (disk full?)");
+}
+
+void capture_sequence(const CpuGradient<float>& grad, std::span<const int32_t> seq,
+                      const Shape& sh, int64_t start, const std::string& path, double* loss_out) {
+  // Gradients arrive in layer order L-1 .. 0; keep the per-layer blocks until the end.
+  std::vector<std::vector<float>> blocks(static_cast<size_t>(sh.layers));
+  const double loss = grad.backward(seq, [&](const CpuGradient<float>::LayerView& v) {
+    std::vector<float>& b = blocks[static_cast<size_t>(v.layer)];
+    b.assign(static_cast<size_t>(sh.layer_floats()), 0.0f);
+    float* qabs = b.data();
+    float* kabs = qabs + sh.q_dim;
+    float* vabs = kabs + sh.kv_dim;
+    for (int t = 0; t < sh.seqlen; ++t) {
+      for (int c = 0; c < sh.q_dim; ++c) qabs[c] = std::max(qabs[c], std::fabs((*v.q_post_rope)(t, c)));
+      for (int c = 0; c < sh.kv_dim; ++c) {
+        kabs[c] = std::max(kabs[c], std::fabs((*v.k_post_rope)(t, c)));
+        vabs[c] = std::max(vabs[c], std::fabs((*v.v)(t, c)));
+      }
+    }
+    float* p = vabs + sh.kv_dim;
+    for (const auto* m : {v.k_pre_rope, v.v, v.dk_pre_rope, v.dv}) {
+      std::copy(m->data(), m->data() + sh.mat(), p);
+      p += sh.mat();
+    }
+  });
+  if (!std::isfinite(loss)) throw Error(path, "the loss of sequence at token " + std::to_string(start) + " is not finite");
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) throw IoError(tmp, "cannot create the calibration spill file");
+    SpillHeader h{};
+    std::memcpy(h.magic, kMagic, 8);
+    h.layers = sh.layers;
+    h.seqlen = sh.seqlen;
+    h.q_dim = sh.q_dim;
+    h.kv_dim = sh.kv_dim;
+    h.start = start;
+    h.loss = loss;
+    out.write(reinterpret_cast<const char*>(&h), sizeof h);
+    for (const auto& b : blocks) write_all(out, b.data(), static_cast<int64_t>(b.size()), tmp);
+    out.close();
+    if (!out) throw IoError(tmp, "cannot write the calibration spill file (disk full?)");
+  }
+  fs::rename(tmp, path);
+  *loss_out = loss;
+}
+
+// One layer's block of every sequence, read back from the spill files.
+struct LayerData {
+  std::vector<float> qabs, kabs, vabs;  // max over sequences
+  std::vector<std::vector<float>> k, v, dk, dv;  // per sequence [seqlen, kv_dim]
+};
+
+LayerData read_layer(const std::string& dir, size_t nseq, const Shape& sh, int layer) {
+  LayerData d;
+  d.qabs.assign(static_cast<size_t>(sh.q_dim), 0.0f);
+  d.kabs.assign(static_cast<size_t>(sh.kv_dim), 0.0f);
+  d.vabs.assign(static_cast<size_t>(sh.kv_dim), 0.0f);
+  std::vector<float> b(static_cast<size_t>(sh.layer_floats()));
+  for (size_t i = 0; i < nseq; ++i) {
+    const std::string path = spill_path(dir, i);
+    std::ifstream in(path, std::ios::binary);
+    const int64_t off = static_cast<int64_t>(sizeof(SpillHeader)) + layer * sh.layer_floats() * 4;
+    in.seekg(off);
+    if (!in.read(reinterpret_cast<char*>(b.data()), static_cast<std::streamsize>(b.size() * 4))) {
+      throw FormatError(path, off, "spill file truncated while reading layer " + std::to_string(layer),
+                        "delete the work folder and run again without --resume");
+    }
+    const float* p = b.data();
+    for (int c = 0; c < sh.q_dim; ++c) d.qabs[c] = std::max(d.qabs[c], p[c]);
+    p += sh.q_dim;
+    for (int c = 0; c < sh.kv_dim; ++c) d.kabs[c] = std::max(d.kabs[c], p[c]);
+    p += sh.kv_dim;
+    for (int c = 0; c < sh.kv_dim; ++c) d.vabs[c] = std::max(d.vabs[c], p[c]);
+    p += sh.kv_dim;
+    for (auto* dst : {&d.k, &d.v, &d.dk, &d.dv}) {
+      dst->emplace_back(p, p + sh.mat());
+      p += sh.mat();
+    }
+  }
+  return d;
+}
+
+FloatTensor tensor(std::vector<int64_t> shape, std::vector<float> data) {
+  FloatTensor t;
+  t.shape = std::move(shape);
+  t.data = std::move(data);
+  return t;
+}
+
+// Mean and standard deviation over the non-sink rows, accumulated in double.
+std::vector<float> moments(const std::vector<std::vector<float>>& seqs, int sink, const Shape& sh) {
+  double s = 0, s2 = 0;
+  int64_t n = 0;
+  for (const auto& m : seqs) {
+    for (int64_t i = static_cast<int64_t>(sink) * sh.kv_dim; i < sh.mat(); ++i) {
+      s += m[static_cast<size_t>(i)];
+      s2 += static_cast<double>(m[static_cast<size_t>(i)]) * m[static_cast<size_t>(i)];
+      ++n;
+    }
+  }
+  const double mean = s / static_cast<double>(n);
+  const double var = std::max(0.0, s2 / static_cast<double>(n) - mean * mean);
+  return {static_cast<float>(mean), static_cast<float>(std::sqrt(var))};
+}
+
+void check_options(const CalibrateOptions& o, const ModelConfig& cfg) {
+  if (o.starts.empty()) throw InvalidArgument("--nseq", "no calibration sequences");
+  if (o.seqlen < 2 || o.seqlen > cfg.max_position) {
+    throw InvalidArgument("--seqlen", std::to_string(o.seqlen) + " outside 2.." + std::to_string(cfg.max_position));
+  }
+  if (o.sink < 0 || o.sink >= o.seqlen) {
+    throw InvalidArgument("--sink", std::to_string(o.sink) + " sink tokens leave nothing of " +
+                                        std::to_string(o.seqlen) + "-token sequences");
+  }
+  if (o.output.empty()) throw InvalidArgument("-o", "no output path");
+  for (int b : o.bits) {
+    if (b < 1 || b > 8) throw InvalidArgument("--bits", std::to_string(b) + " outside 1..8");
+  }
+}
+
+}  // namespace
+
+CalibrateSummary run_calibration(std::shared_ptr<const Model> model, std::span<const int32_t> ids,
+                                 const CalibrateOptions& opt, Calibration base,
+                                 const ProgressFn& progress) {
+  const ModelConfig& cfg = model->config();
+  check_options(opt, cfg);
+  const Shape sh{cfg.n_layers, opt.seqlen, cfg.q_dim(), cfg.kv_dim()};
+  const std::string work = opt.work_dir.empty() ? opt.output + ".work" : opt.work_dir;
+  const size_t nseq = opt.starts.size();
+
+  // The header of the file; fractions sorted and containing the fit's fraction.
+  std::vector<double> fractions = opt.outlier_fractions;
+  if (opt.outlier_fraction > 0) fractions.push_back(opt.outlier_fraction);
+  std::sort(fractions.begin(), fractions.end());
+  fractions.erase(std::unique(fractions.begin(), fractions.end()), fractions.end());
+  std::vector<int> bits = opt.bits;
+  std::sort(bits.begin(), bits.end());
+  bits.erase(std::unique(bits.begin(), bits.end()), bits.end());
+  base.sink_tokens = opt.sink;
+  base.outlier_fraction = opt.outlier_fraction;
+  base.outlier_fractions = fractions;
+  base.nuq_bits = bits;
+  base.fisher_weighted = true;
+  base.wkvquant.reset();
+  base.complete_layers = 0;
+  base.tensors.clear();
+
+  CalibrateSummary sum;
+  std::error_code ec;
+  if (opt.resume && fs::exists(opt.output, ec)) {
+    Calibration prev = read_calibration(opt.output);
+    check_fingerprint(prev.fingerprint, base.fingerprint, opt.output, "calibration");
+    if (!(prev.provenance == base.provenance) || prev.sink_tokens != base.sink_tokens ||
+        prev.outlier_fraction != base.outlier_fraction || prev.outlier_fractions != base.outlier_fractions ||
+        prev.nuq_bits != base.nuq_bits) {
+      throw InvalidArgument(opt.output, "cannot resume: the file was made with other data or settings",
+                            "run without --resume to start over");
+    }
+    base.tensors = prev.tensors;
+    base.complete_layers = prev.complete_layers;
+    sum.resumed_layers = prev.complete_layers;
+  } else if (!opt.resume) {
+    fs::remove_all(work, ec);
+  }
+  fs::create_directories(work, ec);
+  if (ec) throw IoError(work, "cannot create the work folder: " + ec.message());
+
+  // 1. Capture.
+  const auto t0 = std::chrono::steady_clock::now();
+  sum.seq_loss.assign(nseq, 0.0);
+  if (base.complete_layers < cfg.n_layers) {
+    const CpuGradient<float> grad(model);
+    for (size_t i = 0; i < nseq; ++i) {
+      const int64_t s = opt.starts[i];
+      if (s < 0 || s + opt.seqlen > static_cast<int64_t>(ids.size())) {
+        throw InvalidArgument("starts", "sequence start " + std::to_string(s) + " outside the token stream");
+      }
+      const std::string path = spill_path(work, i);
+      if (opt.resume && spill_valid(path, sh, s, &sum.seq_loss[i])) {
+        ++sum.resumed_sequences;
+      } else {
+        capture_sequence(grad, ids.subspan(static_cast<size_t>(s), static_cast<size_t>(opt.seqlen)), sh, s,
+                         path, &sum.seq_loss[i]);
+      }
+      if (progress) progress("capture", static_cast<int64_t>(i + 1), static_cast<int64_t>(nseq));
+    }
+  }
+  const auto t1 = std::chrono::steady_clock::now();
+  sum.capture_seconds = std::chrono::duration<double>(t1 - t0).count();
+
+  // 2. Fit, layer by layer, writing the file after each.
+  sum.layers.resize(static_cast<size_t>(cfg.n_layers));
+  const int D = cfg.kv_dim(), hd = cfg.head_dim;
+  const int last = opt.stop_after_layers > 0 ? std::min(cfg.n_layers, base.complete_layers + opt.stop_after_layers)
+                                             : cfg.n_layers;
+  for (int l = base.complete_layers; l < last; ++l) {
+    const LayerData d = read_layer(work, nseq, sh, l);
+    std::vector<RowsView> kview, vview;
+    for (size_t i = 0; i < nseq; ++i) {
+      kview.push_back({d.k[i].data() + static_cast<int64_t>(opt.sink) * D, opt.seqlen - opt.sink, D});
+      vview.push_back({d.v[i].data() + static_cast<int64_t>(opt.sink) * D, opt.seqlen - opt.sink, D});
+    }
+    FloatTensors& T = base.tensors;
+    // Ranges, thresholds and moments.
+    const ChannelThresholds vr = per_channel_thresholds(vview, 0, 0.0);
+    std::vector<float> krange, vrange, kthr;
+    std::vector<float> fit_lo, fit_hi;
+    ChannelThresholds kmm = per_channel_thresholds(kview, 0, 0.0);
+    krange = kmm.min;
+    krange.insert(krange.end(), kmm.max.begin(), kmm.max.end());
+    vrange = vr.min;
+    vrange.insert(vrange.end(), vr.max.begin(), vr.max.end());
+    fit_lo = kmm.min;
+    fit_hi = kmm.max;
+    for (double f : fractions) {
+      const ChannelThresholds kt = per_channel_thresholds(kview, 0, f / 2);
+      kthr.insert(kthr.end(), kt.lo.begin(), kt.lo.end());
+      kthr.insert(kthr.end(), kt.hi.begin(), kt.hi.end());
+      if (f == opt.outlier_fraction) {
+        fit_lo = kt.lo;
+        fit_hi = kt.hi;
+      }
+    }
+    T[calibration_tensor_name(l, 'k', "channel_range")] = tensor({2, D}, krange);
+    T[calibration_tensor_name(l, 'v', "channel_range")] = tensor({2, D}, vrange);
+    T[calibration_tensor_name(l, 'k', "moments")] = tensor({2}, moments(d.k, opt.sink, sh));
+    T[calibration_tensor_name(l, 'v', "moments")] = tensor({2}, moments(d.v, opt.sink, sh));
+    if (!fractions.empty()) {
+      T[calibration_tensor_name(l, 'k', "outlier_threshold")] =
+          tensor({static_cast<int64_t>(fractions.size()), 2, D}, kthr);
+    }
+    // Fisher-weighted points.
+    std::vector<float> ku, kw, vu, vw;
+    for (size_t i = 0; i < nseq; ++i) {
+      const int64_t off = static_cast<int64_t>(opt.sink) * D;
+      const int64_t rows = opt.seqlen - opt.sink;
+      append_key_points(d.k[i].data() + off, d.dk[i].data() + off, rows, D, fit_lo, fit_hi, ku, kw);
+      append_value_points(d.v[i].data() + off, d.dv[i].data() + off, rows, D, hd, opt.outlier_fraction, vu, vw);
+    }
+    LayerFitSummary& ls = sum.layers[static_cast<size_t>(l)];
+    ls.k_points = static_cast<int64_t>(ku.size());
+    ls.v_points = static_cast<int64_t>(vu.size());
+    for (int b : bits) {
+      const SignpostFit kf = fit_signposts(ku, kw, b);
+      const SignpostFit vf = fit_signposts(vu, vw, b);
+      ls.k_cost.push_back(kf.cost);
+      ls.v_cost.push_back(vf.cost);
+      QNormAccumulator kq, vq;
+      for (size_t i = 0; i < nseq; ++i) {
+        const int64_t off = static_cast<int64_t>(opt.sink) * D;
+        const int64_t rows = opt.seqlen - opt.sink;
+        qnorm_add_keys(d.k[i].data() + off, rows, D, fit_lo, fit_hi, kf.signposts, kq);
+        qnorm_add_values(d.v[i].data() + off, rows, D, hd, opt.outlier_fraction, vf.signposts, vq);
+      }
+      const auto [ka, kb] = kq.fit();
+      const auto [va, vb] = vq.fit();
+      T[calibration_bits_name(l, KvKind::kKeys, b, "signposts")] = tensor({int64_t{1} << b}, kf.signposts);
+      T[calibration_bits_name(l, KvKind::kValues, b, "signposts")] = tensor({int64_t{1} << b}, vf.signposts);
+      T[calibration_bits_name(l, KvKind::kKeys, b, "qnorm")] = tensor({2}, {ka, kb});
+      T[calibration_bits_name(l, KvKind::kValues, b, "qnorm")] = tensor({2}, {va, vb});
+    }
+    T[calibration_tensor_name(l, 'q', "post_rope_absmax")] = tensor({cfg.q_dim()}, d.qabs);
+    T[calibration_tensor_name(l, 'k', "post_rope_absmax")] = tensor({D}, d.kabs);
+    T[calibration_tensor_name(l, 'v', "absmax")] = tensor({D}, d.vabs);
+    base.complete_layers = l + 1;
+    write_calibration(opt.output, base);
+    if (progress) progress("fit", l + 1, cfg.n_layers);
+  }
+  sum.complete_layers = base.complete_layers;
+  sum.fit_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+  if (base.complete_layers == cfg.n_layers) fs::remove_all(work, ec);
+  return sum;
+}
+
+}  // namespace kvq::calib

@@ -1,0 +1,66 @@
+// Fisher information from the CPU backward pass (see fisher.h).
+#include "calib/fisher.h"
+
+#include <string>
+
+#include "calib/rng.h"
+#include "formats/error.h"
+#include "lib/backward/cpu_gradient.h"
+
+namespace kvq::calib {
+
+std::vector<int64_t> sample_starts(int64_t n_tokens, int seqlen, int nseq, uint64_t seed) {
+  if (seqlen < 2) throw InvalidArgument("--seqlen", "need at least 2 tokens per sequence");
+  if (nseq < 1) throw InvalidArgument("--nseq", "need at least 1 sequence");
+  const int64_t range = n_tokens - seqlen - 1;
+  if (range < 1) {
+    throw InvalidArgument("--dataset", "the dataset has " + std::to_string(n_tokens) +
+                                           " tokens, too few for sequences of " +
+                                           std::to_string(seqlen) + " (need at least " +
+                                           std::to_string(seqlen + 2) + ")",
+                          "use a larger dataset or a smaller --seqlen");
+  }
+  SplitMix64 rng(seed);
+  std::vector<int64_t> starts(static_cast<size_t>(nseq));
+  for (int64_t& s : starts) s = static_cast<int64_t>(rng.below(static_cast<uint64_t>(range)));
+  return starts;
+}
+
+FisherInfo fisher_information(std::shared_ptr<const Model> model, std::span<const int32_t> ids,
+                              std::span<const int64_t> starts, int seqlen) {
+  const CpuGradient<float> grad(model);
+  const ModelConfig& cfg = grad.config();
+  const int kv = cfg.kv_dim();
+  const size_t per_layer = static_cast<size_t>(seqlen) * kv;
+  std::vector<std::vector<double>> ak(static_cast<size_t>(cfg.n_layers), std::vector<double>(per_layer, 0.0));
+  std::vector<std::vector<double>> av = ak;
+  FisherInfo out;
+  out.seqlen = seqlen;
+  out.kv_dim = kv;
+  for (int64_t s : starts) {
+    if (s < 0 || s + seqlen > static_cast<int64_t>(ids.size())) {
+      throw InvalidArgument("starts", "sequence start " + std::to_string(s) + " + " +
+                                          std::to_string(seqlen) + " outside the " +
+                                          std::to_string(ids.size()) + " tokens");
+    }
+    const double loss = grad.backward(ids.subspan(static_cast<size_t>(s), static_cast<size_t>(seqlen)),
+                                      [&](const CpuGradient<float>::LayerView& v) {
+                                        std::vector<double>& k = ak[static_cast<size_t>(v.layer)];
+                                        std::vector<double>& vv = av[static_cast<size_t>(v.layer)];
+                                        const float* dk = v.dk_pre_rope->data();
+                                        const float* dv = v.dv->data();
+                                        for (size_t i = 0; i < per_layer; ++i) {
+                                          k[i] += static_cast<double>(dk[i]) * dk[i];
+                                          vv[i] += static_cast<double>(dv[i]) * dv[i];
+                                        }
+                                      });
+    out.loss.push_back(loss);
+  }
+  for (int l = 0; l < cfg.n_layers; ++l) {
+    out.k.emplace_back(ak[static_cast<size_t>(l)].begin(), ak[static_cast<size_t>(l)].end());
+    out.v.emplace_back(av[static_cast<size_t>(l)].begin(), av[static_cast<size_t>(l)].end());
+  }
+  return out;
+}
+
+}  // namespace kvq::calib

@@ -1,0 +1,175 @@
+// NUQ signposts and Q-Norm (see signposts.h).
+#include "calib/signposts.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <string>
+
+#include "calib/kmeans1d.h"
+#include "formats/error.h"
+
+namespace kvq::calib {
+
+namespace {
+
+// The dense mask, mid and half of one value vector (one token, one head).
+struct ValueVec {
+  float mid = 0, half = 0;
+  std::vector<char> outlier;
+};
+
+ValueVec value_vector(const float* x, int hd, int k) {
+  ValueVec r;
+  r.outlier.assign(static_cast<size_t>(hd), 0);
+  if (k > 0) {
+    std::vector<int> idx(static_cast<size_t>(hd));
+    std::iota(idx.begin(), idx.end(), 0);
+    std::partial_sort(idx.begin(), idx.begin() + std::min(k, hd), idx.end(), [&](int a, int b) {
+      const float fa = std::fabs(x[a]), fb = std::fabs(x[b]);
+      return fa > fb || (fa == fb && a < b);
+    });
+    for (int i = 0; i < std::min(k, hd); ++i) r.outlier[static_cast<size_t>(idx[static_cast<size_t>(i)])] = 1;
+  }
+  float mn = INFINITY, mx = -INFINITY;
+  for (int c = 0; c < hd; ++c) {
+    if (r.outlier[static_cast<size_t>(c)]) continue;
+    mn = std::min(mn, x[c]);
+    mx = std::max(mx, x[c]);
+  }
+  if (mn <= mx) {
+    r.mid = 0.5f * (mn + mx);
+    r.half = 0.5f * (mx - mn);
+  }
+  return r;
+}
+
+float clamp1(float u) { return std::min(1.0f, std::max(-1.0f, u)); }
+
+}  // namespace
+
+void append_key_points(const float* k, const float* grad, int64_t rows, int dim,
+                       const std::vector<float>& lo, const std::vector<float>& hi,
+                       std::vector<float>& u, std::vector<float>& w) {
+  for (int64_t t = 0; t < rows; ++t) {
+    for (int c = 0; c < dim; ++c) {
+      const float x = k[t * dim + c];
+      if (x < lo[c] || x > hi[c]) continue;
+      const float mid = 0.5f * (lo[c] + hi[c]), half = 0.5f * (hi[c] - lo[c]);
+      if (!(half > 0.0f)) continue;
+      u.push_back(clamp1((x - mid) / half));
+      const float g = grad ? grad[t * dim + c] : 1.0f;
+      w.push_back(g * g);
+    }
+  }
+}
+
+int value_outliers_per_head(double fraction, int head_dim) {
+  return static_cast<int>(std::nearbyint(fraction * head_dim));  // default mode: to even
+}
+
+void append_value_points(const float* v, const float* grad, int64_t rows, int dim, int head_dim,
+                         double fraction, std::vector<float>& u, std::vector<float>& w) {
+  const int k = value_outliers_per_head(fraction, head_dim);
+  for (int64_t t = 0; t < rows; ++t) {
+    for (int h0 = 0; h0 < dim; h0 += head_dim) {
+      const float* x = v + t * dim + h0;
+      const ValueVec vv = value_vector(x, head_dim, k);
+      if (!(vv.half > 0.0f)) continue;
+      for (int c = 0; c < head_dim; ++c) {
+        if (vv.outlier[static_cast<size_t>(c)]) continue;
+        u.push_back(clamp1((x[c] - vv.mid) / vv.half));
+        const float g = grad ? grad[t * dim + h0 + c] : 1.0f;
+        w.push_back(g * g);
+      }
+    }
+  }
+}
+
+SignpostFit fit_signposts(const std::vector<float>& u, const std::vector<float>& w, int bits) {
+  if (u.empty()) throw InvalidArgument("signposts", "no calibration points to fit signposts on");
+  if (bits < 1 || bits > 8) throw InvalidArgument("--bits", "bits " + std::to_string(bits) + " outside 1..8");
+  SignpostFit fit;
+  const bool any = std::any_of(w.begin(), w.end(), [](float x) { return x > 0.0f; });
+  const int k = 1 << bits;
+  const KMeans1D km = any ? exact_kmeans({u, w}, k) : exact_kmeans({u, {}}, k);
+  fit.weighted = any;
+  fit.cost = km.cost;
+  std::vector<float> s(km.centroids.size());
+  for (size_t i = 0; i < s.size(); ++i) s[i] = std::min(1.0f, std::max(-1.0f, static_cast<float>(km.centroids[i])));
+  // Strictly increasing within [-1, 1]: push repeats up to the next float, then, if that
+  // ran past 1, pull the top down the same way.
+  for (size_t i = 1; i < s.size(); ++i) {
+    if (!(s[i] > s[i - 1])) s[i] = std::nextafter(s[i - 1], 2.0f);
+  }
+  if (s.back() > 1.0f) {
+    s.back() = 1.0f;
+    for (size_t i = s.size() - 1; i-- > 0;) {
+      if (!(s[i] < s[i + 1])) s[i] = std::nextafter(s[i + 1], -2.0f);
+    }
+  }
+  fit.signposts = std::move(s);
+  return fit;
+}
+
+int nearest_signpost(const std::vector<float>& lut, float u) {
+  const auto it = std::lower_bound(lut.begin(), lut.end(), u);
+  if (it == lut.begin()) return 0;
+  if (it == lut.end()) return static_cast<int>(lut.size()) - 1;
+  const int hi = static_cast<int>(it - lut.begin());
+  return (u - lut[static_cast<size_t>(hi - 1)] <= lut[static_cast<size_t>(hi)] - u) ? hi - 1 : hi;
+}
+
+void QNormAccumulator::add(double o, double d) {
+  ++n_;
+  so_ += o;
+  so2_ += o * o;
+  sd_ += d;
+  sd2_ += d * d;
+}
+
+std::pair<float, float> QNormAccumulator::fit() const {
+  if (n_ == 0) return {1.0f, 0.0f};
+  const double n = static_cast<double>(n_);
+  const double mo = so_ / n, md = sd_ / n;
+  const double vo = std::max(0.0, so2_ / n - mo * mo), vd = std::max(0.0, sd2_ / n - md * md);
+  const double a = vd > 0 ? std::sqrt(vo / vd) : 1.0;
+  if (!(a > 0.0) || !std::isfinite(a)) return {1.0f, static_cast<float>(mo - md)};
+  return {static_cast<float>(a), static_cast<float>(mo - a * md)};
+}
+
+void qnorm_add_keys(const float* k, int64_t rows, int dim, const std::vector<float>& lo,
+                    const std::vector<float>& hi, const std::vector<float>& lut,
+                    QNormAccumulator& acc) {
+  for (int64_t t = 0; t < rows; ++t) {
+    for (int c = 0; c < dim; ++c) {
+      const float x = k[t * dim + c];
+      if (x < lo[c] || x > hi[c]) continue;
+      const float mid = 0.5f * (lo[c] + hi[c]), half = 0.5f * (hi[c] - lo[c]);
+      const float d = half > 0.0f
+                          ? lut[static_cast<size_t>(nearest_signpost(lut, clamp1((x - mid) / half)))] * half + mid
+                          : mid;
+      acc.add(x, d);
+    }
+  }
+}
+
+void qnorm_add_values(const float* v, int64_t rows, int dim, int head_dim, double fraction,
+                      const std::vector<float>& lut, QNormAccumulator& acc) {
+  const int k = value_outliers_per_head(fraction, head_dim);
+  for (int64_t t = 0; t < rows; ++t) {
+    for (int h0 = 0; h0 < dim; h0 += head_dim) {
+      const float* x = v + t * dim + h0;
+      const ValueVec vv = value_vector(x, head_dim, k);
+      for (int c = 0; c < head_dim; ++c) {
+        if (vv.outlier[static_cast<size_t>(c)]) continue;
+        const float d = vv.half > 0.0f
+                            ? lut[static_cast<size_t>(nearest_signpost(lut, clamp1((x[c] - vv.mid) / vv.half)))] * vv.half + vv.mid
+                            : vv.mid;
+        acc.add(x[c], d);
+      }
+    }
+  }
+}
+
+}  // namespace kvq::calib

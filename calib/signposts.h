@@ -1,0 +1,72 @@
+// KVQuant's NUQ signposts and Q-Norm, from calibration activations and their Fisher
+// information. The normalisation follows what lib/codecs/kvquant.cpp does at run time, so
+// the signposts are fitted on the distribution the codec will quantize:
+//   keys (pre-RoPE): per channel c, static range [lo_c, hi_c] (the calibration's tail
+//     thresholds); dense points u = (x - mid) / half with mid = (lo+hi)/2,
+//     half = (hi-lo)/2; x outside [lo_c, hi_c] is an outlier and not a point.
+//   values: per token and head, the k = round_half_even(f * head_dim) entries of largest
+//     |x| (ties: lower channel first) are outliers; mid/half from the rest.
+// Each point is weighted by its Fisher information F = (dL/dx)^2 from the same sequence
+// (KVQuant weights every activation by its own squared gradient); sink tokens are not
+// given to these functions at all. Channels/vectors with half == 0 give no points.
+#pragma once
+
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+namespace kvq::calib {
+
+// Appends the dense key points of rows [rows, dim] (row-major) and their weights g^2.
+// grad may be nullptr (unit weights).
+void append_key_points(const float* k, const float* grad, int64_t rows, int dim,
+                       const std::vector<float>& lo, const std::vector<float>& hi,
+                       std::vector<float>& u, std::vector<float>& w);
+
+// round_half_even(f * head_dim), as the codec counts value outliers per token and head.
+int value_outliers_per_head(double fraction, int head_dim);
+
+// Appends the dense value points of rows [rows, dim] (dim = heads * head_dim).
+void append_value_points(const float* v, const float* grad, int64_t rows, int dim, int head_dim,
+                         double fraction, std::vector<float>& u, std::vector<float>& w);
+
+// 2^bits signposts from Fisher-weighted exact k-means (calib/kmeans1d.h) over the points,
+// as floats, strictly increasing, within [-1, 1]. When the points have fewer distinct
+// values than 2^bits (or k-means gives centroids that round to the same float), the
+// repeated ones are moved to the neighbouring floats so that a LUT stays strictly
+// increasing (the codec requires it); their cells are then empty, which costs nothing.
+// All-zero weights (no gradient reached these points) fall back to unit weights.
+// Throws InvalidArgument when there are no points.
+struct SignpostFit {
+  std::vector<float> signposts;
+  double cost = 0.0;        // weighted k-means cost on the points
+  bool weighted = true;     // false when the unit-weight fallback was used
+};
+SignpostFit fit_signposts(const std::vector<float>& u, const std::vector<float>& w, int bits);
+
+// Index of the nearest signpost (lut ascending), the lower one on a tie.
+int nearest_signpost(const std::vector<float>& lut, float u);
+
+// Q-Norm: x'' = a x' + b on dequantized dense values so that their mean and standard
+// deviation match the originals' (KVQuant's Q-Norm; the codec's fit, done offline).
+class QNormAccumulator {
+ public:
+  void add(double original, double dequantized);
+  // (a, b); (1, 0) when nothing was added or the dequantized values are constant.
+  std::pair<float, float> fit() const;
+  int64_t count() const { return n_; }
+
+ private:
+  int64_t n_ = 0;
+  double so_ = 0, so2_ = 0, sd_ = 0, sd2_ = 0;
+};
+
+// Feeds the dense (non-outlier) key elements of rows through the b-bit NUQ quantizer
+// (clamp, nearest signpost, dequantize) into acc.
+void qnorm_add_keys(const float* k, int64_t rows, int dim, const std::vector<float>& lo,
+                    const std::vector<float>& hi, const std::vector<float>& lut,
+                    QNormAccumulator& acc);
+void qnorm_add_values(const float* v, int64_t rows, int dim, int head_dim, double fraction,
+                      const std::vector<float>& lut, QNormAccumulator& acc);
+
+}  // namespace kvq::calib

@@ -1,0 +1,315 @@
+// kvq-calibrate: fits KVQuant/MiKV/FP8 calibration to a checkpoint and writes the
+// calibration file (docs/calibration-format.md) that kvq-convert turns into profiles.
+//
+//   kvq-calibrate --model DIR|FILE --dataset PATH [--tokenizer PATH] [--nseq 16]
+//                 [--seqlen 2048] [--seed 0] [--outliers 1%] [--sink 1] [--bits 2,3,4]
+//                 -o calib.kvqc [--resume] [--threads N] [--format text|json]
+//
+// The pipeline (calib/calibrate.h): sample sequences, CPU forward+backward per sequence
+// (Fisher information), then per layer thresholds, Fisher-weighted NUQ signposts, Q-Norm
+// and absmax, writing the file after every layer (--resume continues an interrupted run).
+// The effective configuration and progress with ETA go to stderr, the summary to stdout.
+// docs/calibrate.md has the details and measured figures.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "calib/calibrate.h"
+#include "calib/fisher.h"
+#include "calib/thresholds.h"
+#include "datasets/eval_tokens.h"
+#include "datasets/text_file.h"
+#include "formats/calibration.h"
+#include "formats/error.h"
+#include "formats/fingerprint.h"
+#include "formats/sha256.h"
+#include "formats/tokenizer.h"
+#include "formats/version.h"
+#include "lib/model.h"
+#include "tools/common/backend_select.h"
+#include "tools/common/cli.h"
+#include "tools/common/data_paths.h"
+#include "tools/common/progress.h"
+#include "tools/common/report.h"
+
+namespace {
+
+using namespace kvq;
+namespace fs = std::filesystem;
+
+struct Options {
+  std::string model;
+  std::string dataset;
+  std::string tokenizer;
+  int nseq = 16;
+  int seqlen = 2048;
+  uint64_t seed = 0;
+  std::string outliers = "1%";
+  int sink = 1;
+  std::string bits = "2,3,4";
+  std::string starts;  // explicit, comma-separated
+  std::string output;
+  bool resume = false;
+  int stop_after_layers = 0;
+  std::string fisher_out;
+  int threads = 0;
+  cli::OutputFormat format = cli::OutputFormat::kText;
+};
+
+std::vector<int64_t> parse_list(const std::string& text, const char* flag) {
+  std::vector<int64_t> out;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    try {
+      size_t used = 0;
+      const long long v = std::stoll(item, &used);
+      if (used != item.size()) throw std::invalid_argument(item);
+      out.push_back(v);
+    } catch (const std::exception&) {
+      throw InvalidArgument(flag, "cannot parse '" + item + "' as an integer", "write a list like 2,3,4");
+    }
+  }
+  if (out.empty()) throw InvalidArgument(flag, "empty list");
+  return out;
+}
+
+std::string tokenizer_path(const Options& o, const std::string& model_path) {
+  if (!o.tokenizer.empty()) return o.tokenizer;
+  std::error_code ec;
+  if (fs::is_directory(model_path, ec)) return model_path;
+  throw InvalidArgument(model_path, "a llama2.c checkpoint carries no tokenizer",
+                        "pass --tokenizer (for stories260K: tok512.bin beside it)");
+}
+
+// "kvq-docs/calib.txt": the file and its folder, what provenance calls the dataset.
+std::string dataset_label(const std::string& path) {
+  const fs::path p = fs::absolute(path).lexically_normal();
+  return p.parent_path().filename().string() + "/" + p.filename().string();
+}
+
+void write_fisher(const std::string& dir, const calib::FisherInfo& f, const std::vector<int64_t>& starts) {
+  fs::create_directories(dir);
+  for (size_t l = 0; l < f.k.size(); ++l) {
+    for (int kind = 0; kind < 2; ++kind) {
+      const std::string name = "layer" + std::to_string(l) + (kind == 0 ? ".k_proj" : ".v_proj") + ".fisher.f32";
+      const std::vector<float>& a = kind == 0 ? f.k[l] : f.v[l];
+      std::ofstream out(dir + "/" + name, std::ios::binary | std::ios::trunc);
+      out.write(reinterpret_cast<const char*>(a.data()), static_cast<std::streamsize>(a.size() * 4));
+      if (!out) throw IoError(dir + "/" + name, "cannot write");
+      nlohmann::ordered_json side = {{"what", "sum over sequences of squared dLoss/d(output) [position, channels]"},
+                                     {"nseq", starts.size()},
+                                     {"seqlen", f.seqlen},
+                                     {"starts", starts},
+                                     {"shape", {f.seqlen, f.kv_dim}},
+                                     {"dtype", "f32"}};
+      std::ofstream js(dir + "/" + name + ".json");
+      js << side.dump(1) << "\n";
+    }
+  }
+}
+
+int run(const Options& o) {
+  const std::string model_path = o.model.empty() ? cli::default_model_path() : o.model;
+  if (model_path.empty()) throw InvalidArgument("--model", "no model given and none found", "pass --model DIR|FILE");
+  std::string dataset = o.dataset;
+  if (dataset.empty()) dataset = cli::default_path("KVQ_CALIB_DATA", "datasets/kvq-docs/calib.txt");
+  if (dataset.empty()) throw InvalidArgument("--dataset", "no dataset given and kvq-docs/calib.txt not found");
+  if (o.output.empty()) throw InvalidArgument("-o", "no output path given");
+  const calib::OutlierSpec outl = calib::parse_outlier_spec(o.outliers);
+  std::vector<int> bits;
+  for (int64_t b : parse_list(o.bits, "--bits")) {
+    if (b < 1 || b > 8) throw InvalidArgument("--bits", std::to_string(b) + " outside 1..8");
+    bits.push_back(static_cast<int>(b));
+  }
+
+  const std::shared_ptr<const Model> model = load_model(model_path);
+  const ModelConfig& cfg = model->config();
+  const std::unique_ptr<Tokenizer> tok = load_tokenizer(tokenizer_path(o, model_path));
+  datasets::check_tokenizer_vocab(*tok, model->embedding().shape[0], model_path);
+  const int seqlen = std::min(o.seqlen, cfg.max_position);
+  const int threads = cli::apply_threads(o.threads);
+  const std::string text = datasets::read_text_file(dataset);
+  const std::vector<int32_t> ids = tok->encode(text);
+  const std::vector<int64_t> starts = o.starts.empty() ? calib::sample_starts(static_cast<int64_t>(ids.size()), seqlen, o.nseq, o.seed)
+                                                       : parse_list(o.starts, "--starts");
+
+  std::fprintf(stderr, "kvq-calibrate: kvq %s\n", cli::build_info_text().c_str());
+  std::fprintf(stderr, "  model      %s (%d layers, hidden %d, heads %d/%d, head_dim %d, window %d)\n",
+               model_path.c_str(), cfg.n_layers, cfg.hidden, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim,
+               cfg.max_position);
+  std::fprintf(stderr, "  tokenizer  %s (%s)\n", tok->path().c_str(), std::string(tok->kind()).c_str());
+  std::fprintf(stderr, "  dataset    %s (%s tokens)\n", dataset.c_str(), cli::thousands(static_cast<int64_t>(ids.size())).c_str());
+  std::fprintf(stderr, "  sequences  %zu x %d tokens%s, seed %llu%s\n", starts.size(), seqlen,
+               seqlen < o.seqlen ? " (clamped to the model window)" : "", static_cast<unsigned long long>(o.seed),
+               o.starts.empty() ? "" : " (explicit --starts)");
+  std::fprintf(stderr, "  outliers   %g%% (%g%% per tail), sink %d, bits %s\n", outl.total_fraction * 100,
+               outl.tail_fraction() * 100, o.sink, o.bits.c_str());
+  std::fprintf(stderr, "  output     %s%s, %d threads\n", o.output.c_str(), o.resume ? " (resume)" : "", threads);
+
+  if (!o.fisher_out.empty()) {
+    const calib::FisherInfo f = calib::fisher_information(model, ids, starts, seqlen);
+    write_fisher(o.fisher_out, f, starts);
+    std::fprintf(stderr, "kvq-calibrate: Fisher information written to %s\n", o.fisher_out.c_str());
+  }
+
+  Calibration base;
+  base.fingerprint = compute_fingerprint(model_path);
+  base.provenance.dataset = dataset_label(dataset);
+  base.provenance.dataset_sha256 = sha256_file_hex(dataset);
+  base.provenance.sequences = static_cast<int64_t>(starts.size());
+  base.provenance.tokens = seqlen;
+  base.provenance.seed = o.seed;
+  base.provenance.tool = "kvq-calibrate";
+  base.provenance.version = kVersion;
+  base.provenance.git_revision = kGitRevision;
+
+  calib::CalibrateOptions copt;
+  copt.seqlen = seqlen;
+  copt.starts = starts;
+  copt.outlier_fraction = outl.total_fraction;
+  copt.sink = o.sink;
+  copt.bits = bits;
+  copt.output = o.output;
+  copt.resume = o.resume;
+  copt.stop_after_layers = o.stop_after_layers;
+
+  cli::Progress progress;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto stage_t0 = t0;
+  std::string stage_name;
+  const calib::CalibrateSummary s = calib::run_calibration(
+      model, ids, copt, base, [&](const char* stage, int64_t done, int64_t total) {
+        const auto now = std::chrono::steady_clock::now();
+        if (stage_name != stage) {
+          if (!stage_name.empty()) progress.finish();
+          stage_name = stage;
+          stage_t0 = now;
+        }
+        const double el = std::chrono::duration<double>(now - stage_t0).count();
+        progress.update(done, total, std::string(stage) + (std::string(stage) == "capture" ? " (forward+backward)" : " (layer)"),
+                        done > 0 ? el / static_cast<double>(done) * static_cast<double>(total - done) : -1.0);
+      });
+  progress.finish();
+
+  double mean_loss = 0;
+  for (double l : s.seq_loss) mean_loss += l;
+  mean_loss /= static_cast<double>(s.seq_loss.size());
+  const std::string digest = sha256_file_hex(o.output);
+  if (o.format == cli::OutputFormat::kJson) {
+    nlohmann::ordered_json layers = nlohmann::ordered_json::array();
+    for (size_t l = 0; l < s.layers.size(); ++l) {
+      if (s.layers[l].k_cost.empty()) continue;
+      layers.push_back({{"layer", l},
+                        {"k_points", s.layers[l].k_points},
+                        {"v_points", s.layers[l].v_points},
+                        {"bits", bits},
+                        {"k_kmeans_cost", s.layers[l].k_cost},
+                        {"v_kmeans_cost", s.layers[l].v_cost}});
+    }
+    nlohmann::ordered_json j = {{"tool", "kvq-calibrate"},
+                                {"model", cli::base_name(model_path)},
+                                {"dataset", base.provenance.dataset},
+                                {"sequences", starts.size()},
+                                {"seqlen", seqlen},
+                                {"seed", o.seed},
+                                {"starts", starts},
+                                {"outlier_fraction", outl.total_fraction},
+                                {"sink", o.sink},
+                                {"bits", bits},
+                                {"mean_loss", mean_loss},
+                                {"resumed_sequences", s.resumed_sequences},
+                                {"resumed_layers", s.resumed_layers},
+                                {"complete_layers", s.complete_layers},
+                                {"capture_seconds", s.capture_seconds},
+                                {"fit_seconds", s.fit_seconds},
+                                {"output", o.output},
+                                {"output_sha256", digest},
+                                {"layers", layers},
+                                {"threads", threads},
+                                {"kvq", cli::build_info()}};
+    std::printf("%s\n", j.dump(2).c_str());
+  } else {
+    cli::print_key_values({
+        {"model", cli::base_name(model_path)},
+        {"dataset", base.provenance.dataset},
+        {"sequences", cli::strf("%zu x %d tokens (seed %llu)", starts.size(), seqlen, static_cast<unsigned long long>(o.seed))},
+        {"mean loss", cli::strf("%.6f nats/token", mean_loss)},
+        {"resumed", cli::strf("%d sequences, %d layers", s.resumed_sequences, s.resumed_layers)},
+        {"layers", cli::strf("%d of %d complete", s.complete_layers, cfg.n_layers)},
+        {"time", cli::strf("capture %.1f s, fit %.1f s", s.capture_seconds, s.fit_seconds)},
+        {"output", o.output},
+        {"sha256", digest},
+    });
+    std::vector<std::vector<std::string>> rows;
+    for (size_t l = 0; l < s.layers.size(); ++l) {
+      if (s.layers[l].k_cost.empty()) continue;
+      for (size_t b = 0; b < bits.size(); ++b) {
+        rows.push_back({std::to_string(l), std::to_string(bits[b]), cli::thousands(s.layers[l].k_points),
+                        cli::strf("%.6g", s.layers[l].k_cost[b]), cli::thousands(s.layers[l].v_points),
+                        cli::strf("%.6g", s.layers[l].v_cost[b])});
+      }
+    }
+    if (!rows.empty()) {
+      std::printf("\n");
+      cli::print_table({"layer", "bits", "k points", "k cost", "v points", "v cost"}, rows);
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"kvq-calibrate: fit KV-cache quantization calibration (Fisher information, NUQ signposts, "
+               "outlier thresholds, Q-Norm, absmax) to a model"};
+  Options o;
+  app.add_option("--model", o.model,
+                 "Hugging Face folder or llama2.c .bin (default: $KVQ_MODEL, else ../shared/models/kvq-testbed-llama2-23m)");
+  app.add_option("--dataset", o.dataset,
+                 "Calibration text file (default: $KVQ_CALIB_DATA, else ../shared/datasets/kvq-docs/calib.txt); "
+                 "never the evaluation split");
+  app.add_option("--tokenizer", o.tokenizer, "Tokenizer file or folder (default: the model folder)");
+  app.add_option("--nseq", o.nseq, "Calibration sequences")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--seqlen", o.seqlen, "Tokens per sequence (clamped to the model window)")
+      ->check(CLI::Range(2, 1 << 20))
+      ->capture_default_str();
+  app.add_option("--seed", o.seed, "Seed of the sequence start sampler")->capture_default_str();
+  app.add_option("--starts", o.starts, "Explicit sequence starts (comma-separated token offsets) instead of sampling");
+  app.add_option("--outliers", o.outliers, "Outlier share, both tails together (1% = 0.5% per tail)")->capture_default_str();
+  app.add_option("--sink", o.sink, "Attention-sink tokens at the start of each sequence, left out")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--bits", o.bits, "NUQ bit widths to fit signposts for")->capture_default_str();
+  app.add_option("-o,--output", o.output, "Calibration file to write (.kvqc)")->required();
+  app.add_flag("--resume", o.resume, "Continue an interrupted run from its last complete layer");
+  app.add_option("--stop-after-layers", o.stop_after_layers,
+                 "Stop after writing N layers (tests of --resume; 0: all)")
+      ->check(CLI::NonNegativeNumber)
+      ->group("");
+  app.add_option("--fisher-out", o.fisher_out,
+                 "Also write the Fisher information (hf_oracle.py fisher layout) to this folder")
+      ->group("");
+  cli::add_threads_option(app, o.threads);
+  cli::add_format_option(app, o.format);
+  cli::add_version_flag(app, "kvq-calibrate");
+
+  return kvq::cli::run("kvq-calibrate", [&]() -> int {
+    try {
+      app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+      if (e.get_exit_code() == 0) return app.exit(e);
+      throw;
+    }
+    return run(o);
+  });
+}
