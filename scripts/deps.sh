@@ -5,6 +5,8 @@ set -euo pipefail
 
 packages=(cmake ninja-build g++ pkg-config libeigen3-dev libcli11-dev catch2
           nlohmann-json3-dev libsentencepiece-dev zlib1g-dev)
+# The fuzz targets (fuzz/, scripts/fuzz.sh) need clang with its libFuzzer runtime.
+if [[ "${KVQ_FUZZ:-0}" == 1 ]]; then packages+=(clang libclang-rt-dev libomp-dev); fi
 packages+=("$@")
 
 missing=()
