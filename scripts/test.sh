@@ -3,12 +3,14 @@
 # GPU tests are compiled everywhere and reported as skipped on machines without a GPU.
 #   scripts/test.sh                 # everything
 #   scripts/test.sh -L formats      # extra arguments go to ctest
+# python3 (stdlib only) is installed because tests/cli/*.sh craft bad files with it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/deps.sh
+scripts/deps.sh python3
 build=${KVQ_BUILD_DIR:-build}
 jobs=${KVQ_JOBS:-$(nproc)}
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DKVQ_CUDA="${KVQ_CUDA:-AUTO}" >/dev/null
 cmake --build "$build" -j "$jobs"
-ctest --test-dir "$build" --output-on-failure -j "$jobs" "$@"
+# Every test is bounded so that a hang fails CI instead of stalling it.
+ctest --test-dir "$build" --output-on-failure -j "$jobs" --timeout "${KVQ_TEST_TIMEOUT:-900}" "$@"
