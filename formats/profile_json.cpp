@@ -93,7 +93,9 @@ std::string JsonObject::get_enum(const char* key,
   std::string list;
   for (std::string_view a : allowed) {
     if (!list.empty()) list += ", ";
-    list += "\"" + std::string(a) + "\"";
+    list += '"';
+    list.append(a.data(), a.size());
+    list += '"';
   }
   fail(key, "must be one of " + list + ", found " + short_dump(v));
 }

@@ -13,7 +13,7 @@ metadata JSON and checks what docs/profile-format.md promises a foreign reader:
 
 Usage: python3 tests/python/check_profile.py FILE... [--framework numpy|pt]
 (default numpy; pt needs torch). Exit 0 when every file passes, 1 otherwise.
-Example on the GPU machine: python3 tests/python/check_profile.py tests/data/profiles/*
+Example on the GPU machine: python3 tests/python/check_profile.py tests/data/profiles/*.kvq[pc]
 """
 import argparse
 import hashlib
