@@ -1,0 +1,116 @@
+// A packed KV cache of one layer on the GPU: the device twin of a codec's CPU reference
+// cache (lib/codecs/), built from the same Codec object and its parameters, holding
+// exactly the codes, scales, zeros and outlier records the CPU would hold (bit-identical,
+// tests/gpu/kv_packed_test.cpp), and the fused decode attention that reads them
+// (kernels/kv_decode_packed.cu). Layouts: kernels/kv_ops.cuh.
+//
+// Codecs with a GPU path (others throw UnsupportedError naming the codec):
+//   intB axis=token (any group that is a multiple of 8, sym or asym, stage pre or post),
+//   kivi (keys per channel in groups of G + fp16 residual ring, values per token),
+//   kvquant (pre-RoPE keys with static ranges, NUQ LUT, dense-and-sparse outliers, fp16
+//     sinks, Q-Norm given or identity; values dynamic with per-token top-k outliers),
+//   wkvquant (smoothing + per-token groups; the decode kernel attends to the quantized
+//     diagonal, i.e. poq is the caller's business).
+// Not yet: intB axis=channel, q8_0/q4_0, fp8, hadamard, mikv, fp16.
+//
+// Goals: the real memory layout and the decode-time read path. Non-goals: the backend's
+// forward pass (lib/cuda/cuda_backend.cpp still uses its fp16 cache), paged allocation.
+// The header needs no CUDA headers (tools include it); streams are passed as void*.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "lib/codecs/chunked.h"
+#include "lib/codecs/codec.h"
+
+namespace kvq::cuda {
+
+// Empty when the codec has a GPU path, else why not.
+std::string packed_unsupported_reason(const codecs::Codec& codec);
+
+class PackedKvCache {
+ public:
+  // k, v: the layer's key and value codecs (same shape). n_heads: query heads (GQA group
+  // n_heads / n_kv_heads <= 8). inv_freq: RoPE inverse frequencies [head_dim/2]
+  // (lib/rope.h rope_inv_freq), needed when the key codec stores pre-RoPE keys.
+  PackedKvCache(const codecs::Codec& k, const codecs::Codec& v, int slots, int max_tokens,
+                int n_heads, std::vector<double> inv_freq = {}, bool rope_interleaved = false,
+                int device = 0);
+  ~PackedKvCache();
+  PackedKvCache(const PackedKvCache&) = delete;
+  PackedKvCache& operator=(const PackedKvCache&) = delete;
+
+  // Appends n tokens of keys and values to `slot`: device fp32 [n, ld] each (post-RoPE or
+  // pre-RoPE as the key codec's stage() says). Throws InvalidArgument past max_tokens and
+  // ResourceError when KVQuant outlier records overflow their capacity (checked with one
+  // synchronization when `check` is set).
+  void append(int slot, const float* k_dev, const float* v_dev, int n, int64_t ld,
+              bool check = true);
+  // The same from host memory.
+  void append_host(int slot, const float* k, const float* v, int n, int64_t ld);
+  int64_t size(int slot) const;
+  int max_tokens() const;
+
+  // Selects the rows of the next decode calls (row r reads slot slots[r] over its current
+  // size) and sizes the workspace.
+  void prepare(const std::vector<int>& slots);
+  // q: [rows, n_heads, head_dim] fp16 (bf16 when `bf16`), device; out: same shape.
+  void decode(const void* q_dev, void* out_dev, bool bf16 = false, void* stream = nullptr);
+  // Bytes the prepared decode reads from the cache (codes, scales/zeros, channel
+  // metadata, full-precision parts, outlier offsets and records; LUTs and per-channel
+  // static parameters once per block are not counted: they are cache hits).
+  double decode_bytes() const;
+  // Device bytes held for one slot at its current size (what the CPU cache's bytes()
+  // would count, with the GPU's per-head CSR offsets).
+  size_t slot_bytes(int slot) const;
+
+  // The quantized (final) tokens [t0, t1) of one side in the CPU reference's chunk order
+  // (codes, halves, outliers, row_counts), for bit-exact comparisons.
+  codecs::Chunk download(bool key, int slot, int64_t t0, int64_t t1) const;
+  // Tokens of `slot` that are final on one side (the rest sit in the fp16 residual).
+  int64_t quantized_tokens(bool key, int slot) const;
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+// fp32 random rows on the device for benchmarks: dst[r, c] uniform in [-1, 1) times
+// `scale`, columns c % period == 0 scaled by `outlier` (planted outlier channels).
+void fill_random_rows(float* dst, int64_t rows, int cols, uint64_t seed, float scale,
+                      int period, float outlier);
+
+// Device memory owned by a unique_ptr (no CUDA headers for tools).
+struct DeviceFree {
+  void operator()(void* p) const;
+};
+using DeviceMemory = std::unique_ptr<void, DeviceFree>;
+DeviceMemory device_alloc(size_t bytes, const char* what);
+void copy_to_device(void* dst, const void* src, size_t bytes);
+
+// The existing fp16 decode attention (kernels/attention_decode.cu) over a plain fp16
+// cache [slots, kv_heads, max_tokens, head_dim], as a baseline with the same interface.
+class Fp16DecodeBaseline {
+ public:
+  Fp16DecodeBaseline(int slots, int max_tokens, int n_heads, int kv_heads, int head_dim,
+                     uint64_t seed, int device = 0);
+  ~Fp16DecodeBaseline();
+  void prepare(const std::vector<int>& slots, int len);
+  void decode(const void* q_dev, void* out_dev, void* stream = nullptr);
+  double decode_bytes() const;  // K and V bytes read
+
+ private:
+  struct State;
+  std::unique_ptr<State> st_;
+};
+
+// Median over `reps` timed runs (device events) after `warmup` runs, in milliseconds.
+double time_device_ms(const std::function<void()>& fn, int warmup, int reps);
+
+}  // namespace kvq::cuda

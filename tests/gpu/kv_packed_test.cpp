@@ -1,0 +1,344 @@
+// The GPU packed KV cache (lib/cuda/packed_cache.h) against the CPU reference codecs
+// (lib/codecs/): per codec, on random keys/values with planted outlier channels, tied
+// values and awkward lengths (1, 7, 129, 300 tokens, streamed in uneven appends), from a
+// printed seed (KVQ_TEST_SEED replays):
+//  1. the packed bytes (codes, scales/zeros, outlier records, per-token counts) equal the
+//     CPU's bit for bit, via ChunkedCodec::freeze/encode on the rows the CPU cache sees;
+//  2. decode attention over the packed cache equals attention in fp64 over the CPU
+//     cache's dequantized (simulated) K/V, RoPE applied in fp64 for pre-RoPE keys, within
+//     the tolerance derived in attention_tolerance() below; outputs poisoned with NaN
+//     bits first, GQA and MHA, batch 3, head_dim 64 and 128.
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "formats/dtype.h"
+#include "formats/error.h"
+#include "lib/codecs/chunked.h"
+#include "lib/codecs/codec.h"
+#include "lib/cuda/packed_cache.h"
+#include "lib/rope.h"
+#include "tests/catch.h"
+#include "tests/support/test_support.h"
+
+namespace {
+
+using namespace kvq;
+using codecs::KvSide;
+
+struct Shape {
+  int H, n_heads, hd;
+};
+
+// Keys/values [T, H*hd]: N(0, 1), channel 5 of every head x8 (outlier channel), every
+// third token on a 1/8 grid (exact ties for min/max and top-k), one constant token.
+std::vector<float> make_rows(std::mt19937_64& rng, int T, int dim, int hd, bool outliers) {
+  std::normal_distribution<float> nd(0.f, 1.f);
+  std::vector<float> x(static_cast<size_t>(T) * dim);
+  for (int t = 0; t < T; ++t)
+    for (int c = 0; c < dim; ++c) {
+      float v = nd(rng);
+      if (outliers && c % hd == 5) v *= 8.f;
+      if (t % 3 == 1) v = std::nearbyint(v * 8.f) / 8.f;
+      if (t == 2) v = 0.75f;
+      x[static_cast<size_t>(t) * dim + c] = v;
+    }
+  return x;
+}
+
+std::unique_ptr<codecs::Codec> make(const std::string& spec, KvSide side, const Shape& s,
+                                    const codecs::CodecParams* given) {
+  codecs::KvShape ks{s.H, s.hd, s.n_heads};
+  return codecs::make_codec(codecs::parse_codec_spec(spec), side, 0, ks, given);
+}
+
+// The bytes the CPU reference holds for the first `qn` final tokens: the rows the CPU
+// cache sees (fp16-rounded for windowed codecs), frozen on the first append(s) as the
+// cache does, encoded at once (every codec's encoding is per token or per complete group,
+// so one encode equals the cache's chunk sequence).
+codecs::Chunk cpu_chunk(const codecs::Codec& c, const std::vector<float>& rows,
+                        const std::vector<int>& pieces, int64_t qn) {
+  const auto& cc = dynamic_cast<const codecs::ChunkedCodec&>(c);
+  const int dim = c.shape().dim();
+  std::vector<float> x = rows;
+  if (cc.uses_window())
+    for (float& v : x) v = half_to_float(float_to_half(v));
+  auto st = cc.new_state();
+  int64_t pos = 0;
+  for (int n : pieces) {
+    ConstMatrixView view{x.data() + pos * dim, n, dim, dim};
+    if (cc.freeze(*st, view, pos, {})) break;
+    pos += n;
+  }
+  codecs::Chunk ch;
+  ch.pos0 = 0;
+  ch.n = qn;
+  if (qn > 0) cc.encode(*st, x.data(), 0, qn, {}, ch);
+  return ch;
+}
+
+void require_same(const codecs::Chunk& cpu, const codecs::Chunk& gpu, const std::string& what) {
+  INFO(what);
+  REQUIRE(cpu.codes.size() == gpu.codes.size());
+  REQUIRE(cpu.halves.size() == gpu.halves.size());
+  REQUIRE(cpu.outliers.size() == gpu.outliers.size());
+  REQUIRE(cpu.row_counts == gpu.row_counts);
+  size_t bad = 0;
+  for (size_t i = 0; i < cpu.codes.size(); ++i) bad += cpu.codes[i] != gpu.codes[i];
+  for (size_t i = 0; i < cpu.halves.size(); ++i) bad += cpu.halves[i] != gpu.halves[i];
+  for (size_t i = 0; i < cpu.outliers.size(); ++i)
+    bad += cpu.outliers[i].index != gpu.outliers[i].index || cpu.outliers[i].value != gpu.outliers[i].value;
+  REQUIRE(bad == 0);
+}
+
+// Tolerance of one output element (derivation):
+//  - K', V' are the same fp32 values on both sides (same stored codes and scales, same
+//    fma/multiply formulas from kv_layout.h), q is fp16-exact.
+//  - Score s_j = scale * q . k_j in fp32: |err| <= hd * 2^-24 * A_j, A_j = scale * sum |q_i k_ji|
+//    (sequential fma per lane, then a tree over lanes: at most hd roundings).
+//    Pre-RoPE keys: the rotated key's components err by <= 2^-17 relative (angle reduced in
+//    double then rounded to fp32: 2^-24 * 2pi; sincosf <= 2 ulp; the fp32 rotation
+//    recurrence, <= 31 steps x 4 roundings of 2^-24 each: 7.4e-6 = 2^-17 total), so
+//    A_j * 2^-17 * 2 more (the pair mixes two components).
+//  - Softmax weights p_j = exp(s_j - m) / l: relative error <= 2 * max_j |err s_j| + the fp32
+//    exp and sums, (L + 64) * 2^-24 for L keys summed in chunks then combined.
+//  - o = sum p_j v_j: |err| <= (2 delta + (L + 64) 2^-23) * max_j |v_jd|, then the result is
+//    rounded once to fp16: 2^-11 |o|.
+double attention_tolerance(double ref, double delta, int L, double vmax) {
+  return std::ldexp(1.0, -11) * std::fabs(ref) +
+         (2 * delta + (L + 64) * std::ldexp(1.0, -23)) * vmax + 1e-7;
+}
+
+struct Result {
+  double worst_ratio = 0, worst_err = 0;
+};
+
+// One codec (key and value specs) on one shape: 3 slots streamed in uneven appends.
+Result run_case(const std::string& kspec, const std::string& vspec, const Shape& s, uint64_t seed,
+                const codecs::CodecParams* kgiven = nullptr, const codecs::CodecParams* vgiven = nullptr) {
+  std::mt19937_64 rng(seed);
+  auto kc = make(kspec, KvSide::kKey, s, kgiven);
+  auto vc = make(vspec, KvSide::kValue, s, vgiven);
+  const int dim = s.H * s.hd;
+  const std::vector<std::vector<int>> pieces = {{200, 1, 1, 37, 61}, {129}, {7, 1, 1, 1}};
+  const int max_tokens = 320;
+  RopeConfig rc;
+  rc.theta = 10000.0;
+  const std::vector<double> inv_freq = rope_inv_freq(rc, s.hd);
+  const bool pre = kc->stage() == codecs::RopeStage::kPreRope;
+  cuda::PackedKvCache gpu(*kc, *vc, 3, max_tokens, s.n_heads, pre ? inv_freq : std::vector<double>{});
+  std::vector<std::vector<float>> K(3), V(3);
+  std::vector<std::unique_ptr<codecs::KvCache>> ck(3), cv(3);
+  for (int slot = 0; slot < 3; ++slot) {
+    int T = 0;
+    for (int n : pieces[slot]) T += n;
+    K[slot] = make_rows(rng, T, dim, s.hd, true);
+    V[slot] = make_rows(rng, T, dim, s.hd, slot != 1);
+    ck[slot] = kc->make_cache();
+    cv[slot] = vc->make_cache();
+    int pos = 0;
+    for (int n : pieces[slot]) {
+      const float* kp = K[slot].data() + static_cast<size_t>(pos) * dim;
+      const float* vp = V[slot].data() + static_cast<size_t>(pos) * dim;
+      gpu.append_host(slot, kp, vp, n, dim);
+      ck[slot]->append(ConstMatrixView{kp, n, dim, dim});
+      cv[slot]->append(ConstMatrixView{vp, n, dim, dim});
+      pos += n;
+    }
+    REQUIRE(gpu.size(slot) == T);
+    // 1. Bit-exact packed bytes.
+    for (bool key : {true, false}) {
+      const auto& codec = key ? *kc : *vc;
+      const int64_t qn = gpu.quantized_tokens(key, slot);
+      const auto cpu = cpu_chunk(codec, key ? K[slot] : V[slot], pieces[slot], qn);
+      const auto dev = gpu.download(key, slot, 0, qn);
+      require_same(cpu, dev, codec.describe() + (key ? " keys" : " values") + ", slot " +
+                                 std::to_string(slot) + ", " + std::to_string(qn) + " final tokens");
+    }
+  }
+
+  // 2. Decode attention: rows read slots {0, 1, 2, 0} (a slot twice: batch rows are independent).
+  const std::vector<int> rows = {0, 1, 2, 0};
+  const int R = static_cast<int>(rows.size());
+  std::normal_distribution<float> nd(0.f, 1.f);
+  std::vector<uint16_t> qh(static_cast<size_t>(R) * s.n_heads * s.hd);
+  for (auto& h : qh) h = float_to_half(nd(rng));
+  void* dq = nullptr;
+  void* dout = nullptr;
+  REQUIRE(cudaMalloc(&dq, qh.size() * 2) == cudaSuccess);
+  REQUIRE(cudaMalloc(&dout, qh.size() * 2) == cudaSuccess);
+  REQUIRE(cudaMemcpy(dq, qh.data(), qh.size() * 2, cudaMemcpyHostToDevice) == cudaSuccess);
+  REQUIRE(cudaMemset(dout, 0xFF, qh.size() * 2) == cudaSuccess);  // NaN poison
+  gpu.prepare(rows);
+  gpu.decode(dq, dout);
+  std::vector<uint16_t> oh(qh.size());
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+  REQUIRE(cudaMemcpy(oh.data(), dout, oh.size() * 2, cudaMemcpyDeviceToHost) == cudaSuccess);
+  cudaFree(dq);
+  cudaFree(dout);
+
+  Result res;
+  const int G = s.n_heads / s.H;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(s.hd));
+  for (int r = 0; r < R; ++r) {
+    const int slot = rows[r];
+    const int L = static_cast<int>(gpu.size(slot));
+    std::vector<float> kd(static_cast<size_t>(L) * dim), vd(kd.size());
+    ck[slot]->dequantize(0, L, MatrixView{kd.data(), L, dim, dim});
+    cv[slot]->dequantize(0, L, MatrixView{vd.data(), L, dim, dim});
+    std::vector<double> kr(kd.begin(), kd.end());
+    if (pre)  // RoPE in fp64 (rotate-half), position = token index
+      for (int t = 0; t < L; ++t)
+        for (int h = 0; h < s.H; ++h)
+          for (int i = 0; i < s.hd / 2; ++i) {
+            double* a = &kr[static_cast<size_t>(t) * dim + h * s.hd + i];
+            double* b = a + s.hd / 2;
+            const double ang = t * inv_freq[i], c = std::cos(ang), sn = std::sin(ang);
+            const double x0 = *a, x1 = *b;
+            *a = x0 * c - x1 * sn;
+            *b = x1 * c + x0 * sn;
+          }
+    for (int qh_i = 0; qh_i < s.n_heads; ++qh_i) {
+      const int h = qh_i / G;
+      const uint16_t* qrow = qh.data() + (static_cast<size_t>(r) * s.n_heads + qh_i) * s.hd;
+      std::vector<double> sc(L);
+      double m = -INFINITY, delta = 0;
+      for (int t = 0; t < L; ++t) {
+        double dot = 0, A = 0, Ar = 0;
+        const size_t base = static_cast<size_t>(t) * dim + h * s.hd;
+        for (int i = 0; i < s.hd; ++i) {
+          const double qv = half_to_float(qrow[i]), kv = kr[base + i];
+          dot += qv * kv;
+          A += std::fabs(qv) * std::fabs(kv);
+          // RoPE error of component i: <= 2^-17 (|a| + |b|) of its unrotated pair (a, b).
+          const int partner = i < s.hd / 2 ? i + s.hd / 2 : i - s.hd / 2;
+          Ar += std::fabs(qv) * (std::fabs(kd[base + i]) + std::fabs(kd[base + partner]));
+        }
+        sc[t] = dot * scale;
+        m = std::max(m, sc[t]);
+        delta = std::max(delta, scale * (A * s.hd * std::ldexp(1.0, -24) +
+                                         (pre ? Ar * std::ldexp(1.0, -17) : 0.0)));
+      }
+      double l = 0;
+      for (int t = 0; t < L; ++t) l += std::exp(sc[t] - m);
+      for (int d = 0; d < s.hd; ++d) {
+        double o = 0, vmax = 0;
+        for (int t = 0; t < L; ++t) {
+          const double v = vd[static_cast<size_t>(t) * dim + h * s.hd + d];
+          o += std::exp(sc[t] - m) * v;
+          vmax = std::max(vmax, std::fabs(v));
+        }
+        o /= l;
+        const double got = half_to_float(oh[(static_cast<size_t>(r) * s.n_heads + qh_i) * s.hd + d]);
+        REQUIRE(std::isfinite(got));
+        const double tol = attention_tolerance(o, delta, L, vmax);
+        const double err = std::fabs(got - o);
+        if (err > tol) {
+          INFO("row " << r << " head " << qh_i << " dim " << d << ": got " << got << ", ref " << o
+                      << ", tol " << tol << " (" << kspec << " / " << vspec << ")");
+          REQUIRE(err <= tol);
+        }
+        res.worst_ratio = std::max(res.worst_ratio, err / tol);
+        res.worst_err = std::max(res.worst_err, err);
+      }
+    }
+  }
+  return res;
+}
+
+void run_all(const std::string& kspec, const std::string& vspec, uint64_t fallback_seed,
+             const codecs::CodecParams* kgiven = nullptr, const codecs::CodecParams* vgiven = nullptr) {
+  const uint64_t seed = kvq_test::test_seed(fallback_seed);
+  for (const Shape& s : {Shape{2, 8, 128}, Shape{3, 3, 64}, Shape{1, 2, 32}}) {
+    const Result r = run_case(kspec, vspec, s, seed, kgiven, vgiven);
+    std::printf("kv packed %s / %s, kv_heads %d, heads %d, head_dim %d: bytes equal; decode max err %.3g "
+                "(%.2f of tolerance), seed %llu\n",
+                kspec.c_str(), vspec.c_str(), s.H, s.n_heads, s.hd, r.worst_err, r.worst_ratio,
+                static_cast<unsigned long long>(seed));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("kv packed: uniform int-b per token, GPU bytes == CPU bytes, decode == simulated", "[gpu][kv]") {
+  run_all("int4", "int4", 901);
+  run_all("int2:group=32,sym=1", "int2:group=32", 902);
+  run_all("int3:group=32", "int3:sym=1", 903);
+  run_all("int8:group=16", "int8:group=8", 904);
+}
+
+TEST_CASE("kv packed: KIVI channel-grouped keys + fp16 residual, per-token values", "[gpu][kv]") {
+  run_all("kivi:bits=2,group=32,residual=64", "kivi:bits=2,group=32,residual=64", 911);
+  run_all("kivi:bits=4,group=16,residual=32", "kivi:bits=4,group=16,residual=32", 912);
+}
+
+TEST_CASE("kv packed: KVQuant pre-RoPE LUT keys, outliers, sinks; dynamic values", "[gpu][kv]") {
+  run_all("kvquant:bits=4", "kvquant:bits=4", 921);
+  run_all("kvquant:bits=3,outliers=0.05,sink=4", "kvquant:bits=3,outliers=0.05,sink=4", 922);
+  run_all("kvquant:bits=2,outliers=0", "kvquant:bits=2,outliers=0,sink=0", 923);
+  // Calibrated parameters: a non-uniform LUT, given key ranges and Q-Norm.
+  for (int hd : {128}) {
+    const Shape s{2, 8, hd};
+    codecs::CodecParams kg, vg;
+    kg.tensors["lut"] = {-1.f, -0.6f, -0.35f, -0.2f, -0.1f, -0.05f, -0.02f, 0.f,
+                         0.01f, 0.04f, 0.09f, 0.18f, 0.3f, 0.5f, 0.75f, 1.f};
+    vg.tensors["lut"] = kg.tensors["lut"];
+    std::vector<float> lo(s.H * hd), hi(s.H * hd);
+    for (int c = 0; c < s.H * hd; ++c) {
+      lo[c] = c % hd == 5 ? -12.f : -2.2f;
+      hi[c] = c % hd == 5 ? 12.f : 2.5f;
+    }
+    kg.tensors["k_lo"] = lo;
+    kg.tensors["k_hi"] = hi;
+    kg.numbers["qnorm_scale"] = 1.03;
+    kg.numbers["qnorm_offset"] = -0.01;
+    vg.numbers["qnorm_scale"] = 0.98;
+    vg.numbers["qnorm_offset"] = 0.002;
+    const uint64_t seed = kvq_test::test_seed(924);
+    const Result r = run_case("kvquant:bits=4", "kvquant:bits=4", s, seed, &kg, &vg);
+    std::printf("kv packed kvquant calibrated (LUT, ranges, Q-Norm): decode max err %.3g (%.2f of "
+                "tolerance), seed %llu\n", r.worst_err, r.worst_ratio, (unsigned long long)seed);
+  }
+}
+
+TEST_CASE("kv packed: WKVQuant smoothing + per-token groups", "[gpu][kv]") {
+  const uint64_t seed = kvq_test::test_seed(931);
+  std::mt19937_64 rng(seed);
+  for (const Shape& s : {Shape{2, 8, 128}, Shape{3, 3, 64}}) {
+    codecs::CodecParams g;
+    std::uniform_real_distribution<float> ud(0.25f, 4.f), dd(-1.f, 1.f);
+    std::vector<float> delta(s.H * s.hd), sc(s.H * s.hd);
+    for (auto& v : delta) v = dd(rng);
+    for (auto& v : sc) v = ud(rng);
+    g.tensors["delta"] = delta;
+    g.tensors["s"] = sc;
+    const Result r = run_case("wkvquant:bits=4,group=32", "wkvquant:bits=3", s, seed, &g, &g);
+    std::printf("kv packed wkvquant, kv_heads %d, head_dim %d: decode max err %.3g (%.2f of tolerance), seed %llu\n",
+                s.H, s.hd, r.worst_err, r.worst_ratio, (unsigned long long)seed);
+  }
+}
+
+TEST_CASE("kv packed: codecs without a GPU path and bad use are typed errors", "[gpu][kv]") {
+  const Shape s{2, 4, 64};
+  auto k = make("fp8", KvSide::kKey, s, nullptr);
+  auto v = make("int4", KvSide::kValue, s, nullptr);
+  REQUIRE_THROWS_AS(cuda::PackedKvCache(*k, *v, 1, 16, 4), UnsupportedError);
+  auto k2 = make("int4:axis=channel", KvSide::kKey, s, nullptr);
+  REQUIRE_THROWS_AS(cuda::PackedKvCache(*k2, *v, 1, 16, 4), UnsupportedError);
+  auto k3 = make("int4", KvSide::kKey, s, nullptr);
+  cuda::PackedKvCache c(*k3, *v, 1, 16, 4);
+  std::vector<float> rows(17 * 128, 0.5f);
+  REQUIRE_THROWS_AS(c.append_host(0, rows.data(), rows.data(), 17, 128), InvalidArgument);
+  REQUIRE_THROWS_AS(c.decode(nullptr, nullptr), InvalidArgument);  // before prepare
+  auto kq = make("kvquant", KvSide::kKey, s, nullptr);
+  auto vq = make("kvquant", KvSide::kValue, s, nullptr);
+  REQUIRE_THROWS_AS(cuda::PackedKvCache(*kq, *vq, 1, 16, 4), InvalidArgument);  // no inv_freq
+}

@@ -1,0 +1,146 @@
+// kvq-kvbench: speed of decode attention over the packed KV cache (not a test). One layer,
+// one new query per sequence, for each head shape (Llama-2-7B: 32 heads x 128, MHA;
+// Llama-3-8B: 32 query / 8 kv heads x 128), batch and context, against the fp16 decode
+// kernel (kernels/attention_decode.cu) in the same run. Bytes are counted first (every
+// byte the kernel must read: codes, scales/zeros, channel metadata, fp16 residual/sinks,
+// outlier offsets and records) and turned into effective GB/s; the floor is bytes over the
+// measured device-to-device copy bandwidth (bytes read + written, METHOD.md).
+// Cache contents: uniform random rows with planted outlier channels (every 32nd channel
+// x6), appended through the real append kernels in chunks of 4096 tokens.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "formats/dtype.h"
+#include "formats/error.h"
+#include "formats/version.h"
+#include "lib/codecs/codec.h"
+#include "tools/common/cli.h"
+#if KVQ_HAVE_CUDA
+#include "lib/cuda/cuda_backend.h"
+#include "lib/cuda/packed_cache.h"
+#include "lib/rope.h"
+#endif
+
+namespace {
+
+struct HeadShape {
+  std::string name;
+  int n_heads, kv_heads, head_dim;
+};
+
+HeadShape head_shape(const std::string& n) {
+  if (n == "llama2-7b") return {n, 32, 32, 128};
+  if (n == "llama3-8b") return {n, 32, 8, 128};
+  throw kvq::InvalidArgument("--shapes", "unknown head shape '" + n + "'", "shapes: llama2-7b, llama3-8b");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"kvq-kvbench: decode attention over packed KV caches vs fp16 (one layer)"};
+  kvq::cli::add_version_flag(app, "kvq-kvbench");
+  std::vector<std::string> shapes = {"llama2-7b", "llama3-8b"};
+  std::vector<int> contexts = {4096, 8192, 16384, 32768, 65536, 131072};
+  std::vector<int> batches = {1, 8};
+  std::vector<std::string> codecs = {"int4", "int2", "kivi:bits=4", "kivi:bits=2", "kvquant:bits=4",
+                                     "kvquant:bits=2"};
+  int reps = 20, device = 0;
+  std::string json_out;
+  app.add_option("--shapes", shapes, "Head shapes: llama2-7b, llama3-8b")->capture_default_str()->delimiter(',');
+  app.add_option("--contexts", contexts, "Context lengths")->capture_default_str()->delimiter(',');
+  app.add_option("--batch", batches, "Batch sizes")->capture_default_str()->delimiter(',');
+  app.add_option("--kv", codecs, "Codec specs (key and value), repeatable")->capture_default_str();
+  app.add_option("--reps", reps, "Timed runs per point (median)")->capture_default_str();
+  app.add_option("--device", device, "CUDA device")->capture_default_str();
+  app.add_option("--json", json_out, "Also write the results as JSON to this file");
+  CLI11_PARSE(app, argc, argv);
+  return kvq::cli::run("kvq-kvbench", [&]() -> int {
+#if !KVQ_HAVE_CUDA
+    throw kvq::UnsupportedError("kvq-kvbench", "this build of kvq has no CUDA backend",
+                                "rebuild with -DKVQ_CUDA=ON");
+#else
+    using namespace kvq;
+    const std::string dev = cuda_device_summary(device);
+    const double bw = measure_copy_bandwidth(device);
+    std::fprintf(stderr, "kvq-kvbench: %s; copy bandwidth %.0f GB/s (read+write); one layer; reps %d\n",
+                 dev.c_str(), bw / 1e9, reps);
+    std::printf("%-10s %5s %7s %-16s %9s %9s %8s %7s %8s %8s\n", "shape", "batch", "context", "kv",
+                "MB read", "time us", "GB/s", "%copy", "floor us", "vs fp16");
+    nlohmann::json results = nlohmann::json::array();
+    RopeConfig rc;
+    rc.theta = 10000.0;
+    for (const auto& sn : shapes) {
+      const HeadShape hs = head_shape(sn);
+      const int dim = hs.kv_heads * hs.head_dim;
+      const std::vector<double> inv_freq = rope_inv_freq(rc, hs.head_dim);
+      for (int B : batches)
+        for (int ctx : contexts) {
+          std::vector<int> slots(B);
+          for (int b = 0; b < B; ++b) slots[b] = b;
+          const size_t qn = static_cast<size_t>(B) * hs.n_heads * hs.head_dim;
+          std::vector<uint16_t> qh(qn);
+          for (size_t i = 0; i < qn; ++i)
+            qh[i] = float_to_half(static_cast<float>(std::sin(0.37 * static_cast<double>(i))));
+          auto dq = cuda::device_alloc(qn * 2, "queries");
+          auto dout = cuda::device_alloc(qn * 2, "attention output");
+          cuda::copy_to_device(dq.get(), qh.data(), qn * 2);
+          double base_ms = 0;
+          {
+            cuda::Fp16DecodeBaseline base(B, ctx, hs.n_heads, hs.kv_heads, hs.head_dim, 7);
+            base.prepare(slots, ctx);
+            base_ms = cuda::time_device_ms([&] { base.decode(dq.get(), dout.get()); }, 3, reps);
+            const double bytes = base.decode_bytes();
+            std::printf("%-10s %5d %7d %-16s %9.1f %9.1f %8.0f %6.0f%% %8.1f %7.2fx\n", sn.c_str(), B,
+                        ctx, "fp16", bytes / 1e6, base_ms * 1e3, bytes / (base_ms * 1e-3) / 1e9,
+                        100 * bytes / (base_ms * 1e-3) / bw, bytes / bw * 1e6, 1.0);
+            results.push_back({{"shape", sn}, {"batch", B}, {"context", ctx}, {"kv", "fp16"},
+                               {"bytes", bytes}, {"ms", base_ms}});
+          }
+          const int chunk = 4096;
+          auto kbuf = cuda::device_alloc(static_cast<size_t>(chunk) * dim * 4, "bench keys");
+          auto vbuf = cuda::device_alloc(static_cast<size_t>(chunk) * dim * 4, "bench values");
+          for (const auto& spec_text : codecs) {
+            const auto spec = codecs::parse_codec_spec(spec_text);
+            const codecs::KvShape ks{hs.kv_heads, hs.head_dim, hs.n_heads};
+            auto kc = codecs::make_codec(spec, codecs::KvSide::kKey, 0, ks);
+            auto vc = codecs::make_codec(spec, codecs::KvSide::kValue, 0, ks);
+            cuda::PackedKvCache cache(*kc, *vc, B, ctx, hs.n_heads, inv_freq);
+            for (int b = 0; b < B; ++b)
+              for (int t = 0; t < ctx; t += chunk) {
+                const int n = std::min(chunk, ctx - t);
+                const uint64_t seed = (static_cast<uint64_t>(b) << 32) + t;
+                cuda::fill_random_rows(static_cast<float*>(kbuf.get()), n, dim, 2 * seed + 1, 1.f, 32, 6.f);
+                cuda::fill_random_rows(static_cast<float*>(vbuf.get()), n, dim, 2 * seed + 2, 1.f, 32, 6.f);
+                cache.append(b, static_cast<float*>(kbuf.get()), static_cast<float*>(vbuf.get()), n, dim,
+                             t + n == ctx);
+              }
+            cache.prepare(slots);
+            const double ms = cuda::time_device_ms([&] { cache.decode(dq.get(), dout.get()); }, 3, reps);
+            const double bytes = cache.decode_bytes();
+            std::printf("%-10s %5d %7d %-16s %9.1f %9.1f %8.0f %6.0f%% %8.1f %7.2fx\n", sn.c_str(), B, ctx,
+                        spec_text.c_str(), bytes / 1e6, ms * 1e3, bytes / (ms * 1e-3) / 1e9,
+                        100 * bytes / (ms * 1e-3) / bw, bytes / bw * 1e6, base_ms / ms);
+            std::fflush(stdout);
+            results.push_back({{"shape", sn}, {"batch", B}, {"context", ctx}, {"kv", kc->describe()},
+                               {"bytes", bytes}, {"ms", ms}, {"speedup", base_ms / ms}});
+          }
+        }
+    }
+    if (!json_out.empty()) {
+      nlohmann::json j = {{"device", dev}, {"copy_bandwidth", bw}, {"results", results}};
+      FILE* f = std::fopen(json_out.c_str(), "w");
+      if (!f) throw IoError(json_out, "cannot write");
+      const std::string s = j.dump(1);
+      std::fwrite(s.data(), 1, s.size(), f);
+      std::fclose(f);
+    }
+    return 0;
+#endif
+  });
+}
