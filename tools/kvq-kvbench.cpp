@@ -29,6 +29,7 @@
 
 namespace {
 
+#if KVQ_HAVE_CUDA
 struct HeadShape {
   std::string name;
   int n_heads, kv_heads, head_dim;
@@ -39,6 +40,7 @@ HeadShape head_shape(const std::string& n) {
   if (n == "llama3-8b") return {n, 32, 8, 128};
   throw kvq::InvalidArgument("--shapes", "unknown head shape '" + n + "'", "shapes: llama2-7b, llama3-8b");
 }
+#endif
 
 }  // namespace
 
