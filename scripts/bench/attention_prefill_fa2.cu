@@ -1,0 +1,404 @@
+// CANDIDATE replacement for kernels/attention_prefill.cu, not yet run on a GPU (the session
+// that wrote it had no device time left; see notes/cuda-perf.md). Same launcher and
+// semantics. To validate and measure in one device call: `bash scripts/gpu/prefill_check.sh`
+// (builds kvq with this file swapped in, in a copy of the tree, runs tests/gpu, the
+// microbenchmark against the shipped kernel, and the model benchmark). Move it to
+// kernels/attention_prefill.cu only when the parity tests pass and it is faster.
+//
+// Causal prefill attention (any chunk length, GQA, sliding window, past-only diagonal),
+// FlashAttention-2 style on mma.sync tensor-core instructions (m16n8k16, 16-bit operands,
+// fp32 accumulators). Memory is O(tile), never [queries, keys].
+//
+// Work split: a block of 4 warps owns 64 queries of one head; warp w owns query rows
+// [16w, 16w+16). Each warp keeps in registers its Q fragments (loaded once through shared
+// memory), its S = Q K^T strip [16, 64] for the current key tile, the online-softmax state
+// (row max m, partial row sums l) and its O strip [16, DP]. S turns into the A operand of
+// P V without leaving registers: the m16n8k16 accumulator layout of two adjacent key
+// n-tiles is exactly the A-fragment layout of one 16-key k-step, so P is rounded to 16 bits
+// in place. Only the K/V tiles live in shared memory, double-buffered with cp.async so the
+// next tile streams in while this one is multiplied.
+//
+// Causal structure: key tiles above the block's last query are never loaded; a warp skips
+// the tiles its 16 rows cannot see (the block's diagonal tile is partly invisible to the
+// lower warps), and only tiles that cross a warp's diagonal (or the sliding-window edge)
+// evaluate the mask. Blocks are launched heaviest (latest queries, most keys) first so the
+// tail of the grid is short.
+//
+// Shared memory (DP = head_dim rounded up to 16, rows padded by 16 bytes so that the 8 row
+// addresses of each ldmatrix fall in distinct bank groups): 2 stages x (K, V) x [64][DP+8]
+// 16-bit = 68 KB for DP = 128, so three blocks (12 warps) fit on an H100 SM. The Q tile is
+// staged through the second stage's K buffer before the first prefetch into it.
+//
+// head_dim: 64 and 128 run at full width; other multiples of 8 up to 128 run on the next
+// DP (16, 32, 64, 128) with zero padding columns (the padding costs tensor-core work only).
+// Past-only quantization (k_self/v_self) masks the diagonal in the tiles and adds the
+// diagonal key/value afterwards as one more online-softmax step in scalar code (slower,
+// but it touches one key per query).
+//
+// Precision: scores are fp32 sums of exact 16-bit products; exp2 of fp32 (CUDA exp2f,
+// <= 2 ulp) with the softmax scale folded into log2 units; P is rounded to 16 bits before
+// P V (relative 2^-9 for bf16, 2^-12 for fp16 per weight) while the normaliser l sums the
+// fp32 P, as in the previous wmma kernel; the output is rounded once (round to nearest
+// even). The bound in tests/gpu/kernel_parity_test.cpp follows from this.
+#include <cmath>
+
+#include "kernels/common.cuh"
+
+namespace kvq::kern {
+namespace {
+
+// Blocks per SM the register allocation aims at (__launch_bounds__ min blocks): 3 x 4 warps
+// caps registers at 170, 2 leaves them free (188 used for DP = 128, no spills). Overridable
+// so scripts/bench/attn_prefill_bench.cu can time both from one source.
+#ifndef KVQ_FA_MIN_BLOCKS_128
+#define KVQ_FA_MIN_BLOCKS_128 3
+#endif
+#ifndef KVQ_FA_MIN_BLOCKS_64
+#define KVQ_FA_MIN_BLOCKS_64 4
+#endif
+
+constexpr int kWarps = 4;
+constexpr int kThreads = 32 * kWarps;
+constexpr int kBQ = 16 * kWarps;  // queries per block
+constexpr int kBK = 64;           // keys per tile
+
+template <int DP>
+struct FaSmem {
+  static constexpr int kLd = DP + 8;                      // 16-bit elements per smem row
+  static constexpr int kTile = kBK * kLd;                 // elements per K or V tile
+  static constexpr size_t kBytes = 4 * static_cast<size_t>(kTile) * 2;  // 2 stages x (K, V)
+};
+static_assert(kBQ <= kBK, "the Q tile is staged in one K buffer");
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+// 16-byte global -> shared copy; src_bytes = 0 writes zeros and reads nothing.
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+// d[16x8] += a[16x16] b[16x8], fp32 accumulate.
+template <typename T>
+__device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
+template <>
+__device__ __forceinline__ void mma16816<__half>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                 uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <>
+__device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                        uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two floats -> one register of two 16-bit values (lo in the low half), round to nearest even.
+template <typename T> __device__ __forceinline__ uint32_t pack2(float lo, float hi);
+template <> __device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
+  __half2 v = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+template <> __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// Fragment ownership (PTX ISA, mma.m16n8k16): lane = 4 g + t holds accumulator elements
+// (row g, cols 2t, 2t+1) in [0], [1] and (row g + 8, same cols) in [2], [3] of each n-tile.
+template <typename T, int DP>
+__global__ void __launch_bounds__(kThreads, DP == 128 ? KVQ_FA_MIN_BLOCKS_128 : KVQ_FA_MIN_BLOCKS_64)
+attention_prefill_fa2(AttentionArgs a) {
+  using S = FaSmem<DP>;
+  constexpr int kLd = S::kLd;
+  constexpr int kNT = kBK / 8;  // key n-tiles of S per tile
+  constexpr int kDT = DP / 8;   // dim n-tiles of O
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sm = reinterpret_cast<T*>(smem_raw);
+
+  const int D = a.head_dim;
+  const int qt = static_cast<int>(gridDim.x) - 1 - static_cast<int>(blockIdx.x);  // heavy first
+  const int h = blockIdx.y, r = blockIdx.z, q0 = qt * kBQ;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int g = lane >> 2, t4 = lane & 3;
+  const int kvh = h / (a.n_heads / a.kv_heads);
+  const int slot = a.slot[r], p0 = a.pos0[r];
+  const int nq = min(kBQ, a.n - q0);
+  const int window = a.window;
+  const bool self = a.k_self != nullptr;
+  const T* q = static_cast<const T*>(a.q);
+  const int64_t cache_base = (static_cast<int64_t>(slot) * a.kv_heads + kvh) * a.max_tokens * D;
+  const T* kc = static_cast<const T*>(a.k_cache) + cache_base;
+  const T* vc = static_cast<const T*>(a.v_cache) + cache_base;
+
+  const int key_end = p0 + q0 + nq;  // keys [key_begin, key_end): the last query's position + 1
+  int key_begin = window > 0 ? max(0, p0 + q0 - window + 1) : 0;
+  key_begin = (key_begin / kBK) * kBK;
+  const int n_tiles = (key_end - key_begin + kBK - 1) / kBK;
+  const int vecs = D >> 3;  // 16-byte vectors per row
+
+  // Padding columns [D, DP) of every buffer are zero for the whole kernel (cp.async writes
+  // columns < D only), so they add nothing to Q K^T and nothing non-finite to P V.
+  if (D < DP) {
+    const int pad = DP - D;
+    for (int idx = tid; idx < 4 * kBK * pad; idx += kThreads) {
+      const int rr = idx / pad, c = D + idx % pad;  // rr: row over the 4 buffers
+      sm[(rr / kBK) * S::kTile + (rr % kBK) * kLd + c] = from_f<T>(0.f);
+    }
+  }
+
+  // K and V rows [kt, kt + 64) into stage `st`; rows past key_end become zeros without
+  // reading (the cache there may hold anything, NaN bits included).
+  auto load_kv = [&](int st, int kt) {
+    const int valid = min(kBK, key_end - kt);
+    T* ks = sm + (2 * st) * S::kTile;
+    T* vs = ks + S::kTile;
+    for (int idx = tid; idx < kBK * vecs; idx += kThreads) {
+      const int row = idx / vecs, v = idx - row * vecs;
+      const bool ok = row < valid;
+      const int64_t off = static_cast<int64_t>(ok ? kt + row : 0) * D + v * 8;
+      cp_async16(smem_addr(ks + row * kLd + v * 8), kc + off, ok ? 16 : 0);
+      cp_async16(smem_addr(vs + row * kLd + v * 8), vc + off, ok ? 16 : 0);
+    }
+  };
+
+  // Q tile -> stage 1's K buffer (free until the prefetch of tile 1) -> registers.
+  T* qs = sm + 2 * S::kTile;
+  for (int idx = tid; idx < kBQ * vecs; idx += kThreads) {
+    const int row = idx / vecs, v = idx - row * vecs;
+    const bool ok = row < nq;
+    const T* src = q + ((static_cast<int64_t>(r) * a.n + q0 + (ok ? row : 0)) * a.n_heads + h) * D + v * 8;
+    cp_async16(smem_addr(qs + row * kLd + v * 8), src, ok ? 16 : 0);
+  }
+  cp_async_commit();
+  load_kv(0, key_begin);
+  cp_async_commit();
+  cp_async_wait<1>();
+  __syncthreads();
+  uint32_t qf[DP / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < DP / 16; ++kk)
+    ldsm_x4(qf[kk], smem_addr(qs + (warp * 16 + (lane & 15)) * kLd + kk * 16 + (lane >> 4) * 8));
+  __syncthreads();  // every warp holds its Q before stage 1 is overwritten
+
+  // Per-lane ldmatrix offsets (elements): K (non-transposed, matrices ordered
+  // keys 0-7/dims 0-7, keys 0-7/dims 8-15, keys 8-15/dims 0-7, keys 8-15/dims 8-15) and
+  // V (transposed, keys 0-7/dims 0-7, keys 8-15/dims 0-7, keys 0-7/dims 8-15, ...).
+  const int k_lane = (((lane >> 4) << 3) + (lane & 7)) * kLd + ((lane >> 3) & 1) * 8;
+  const int v_lane = ((((lane >> 3) & 1) << 3) + (lane & 7)) * kLd + (lane >> 4) * 8;
+
+  const float sl = a.scale * 1.4426950408889634f;  // scores -> log2 units
+  float o[kDT][4];
+#pragma unroll
+  for (int i = 0; i < kDT; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;  // rows g and g + 8 (raw scores)
+  const int wp0 = p0 + q0 + warp * 16;  // position of the warp's first row
+  const int wp1 = wp0 + 15;
+  const int pos0 = wp0 + g, pos1 = wp0 + g + 8;
+
+  for (int it = 0; it < n_tiles; ++it) {
+    const int kt = key_begin + it * kBK;
+    const int st = it & 1;
+    if (it + 1 < n_tiles) load_kv(st ^ 1, kt + kBK);
+    cp_async_commit();  // possibly empty: keeps "all but the newest group" = this tile
+    cp_async_wait<1>();
+    __syncthreads();
+
+    // Tiles entirely after the warp's last row, or entirely before its window, are skipped.
+    const bool visible = kt <= wp1 && !(window > 0 && kt + kBK - 1 < wp0 - window + 1);
+    if (visible) {
+      const uint32_t ks = smem_addr(sm + (2 * st) * S::kTile);
+      const uint32_t vs = ks + S::kTile * 2;
+      float s[kNT][4];
+#pragma unroll
+      for (int i = 0; i < kNT; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < DP / 16; ++kk) {
+#pragma unroll
+        for (int np = 0; np < kNT / 2; ++np) {
+          uint32_t b[4];
+          ldsm_x4(b, ks + (k_lane + np * 16 * kLd + kk * 16) * 2);
+          mma16816<T>(s[2 * np], qf[kk], b[0], b[1]);
+          mma16816<T>(s[2 * np + 1], qf[kk], b[2], b[3]);
+        }
+      }
+
+      // Mask only where some key of the tile may be invisible to some row of the warp: the
+      // causal diagonal (the past-only diagonal lies there too) or the window's far edge.
+      if (kt + kBK - 1 >= wp0 || (window > 0 && kt < wp1 - window + 1)) {
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int j = kt + nt * 8 + 2 * t4 + (e & 1);
+            const int p = e < 2 ? pos0 : pos1;
+            const bool ok = j <= p && (window == 0 || p - j < window) && !(self && j == p);
+            if (!ok) s[nt][e] = -INFINITY;
+          }
+      }
+
+      // Online softmax on the fragments: row max over the quad's 4 lanes, rescale, exp2.
+      float mx0 = m0, mx1 = m1;
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt) {
+        mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
+        mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
+      }
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+      // A row with every key so far masked keeps max -inf: subtract 0 instead, so exp2
+      // gives 0 for the masked scores and alpha = exp2(-inf) = 0 (never inf - inf).
+      const float ms0 = mx0 == -INFINITY ? 0.f : mx0 * sl;
+      const float ms1 = mx1 == -INFINITY ? 0.f : mx1 * sl;
+      const float alpha0 = exp2f(m0 * sl - ms0), alpha1 = exp2f(m1 * sl - ms1);
+      m0 = mx0;
+      m1 = mx1;
+      float sum0 = 0.f, sum1 = 0.f;
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt) {
+        s[nt][0] = exp2f(fmaf(s[nt][0], sl, -ms0));
+        s[nt][1] = exp2f(fmaf(s[nt][1], sl, -ms0));
+        s[nt][2] = exp2f(fmaf(s[nt][2], sl, -ms1));
+        s[nt][3] = exp2f(fmaf(s[nt][3], sl, -ms1));
+        sum0 += s[nt][0] + s[nt][1];
+        sum1 += s[nt][2] + s[nt][3];
+      }
+      l0 = l0 * alpha0 + sum0;  // partial: this lane's columns; the quad sums at the end
+      l1 = l1 * alpha1 + sum1;
+#pragma unroll
+      for (int i = 0; i < kDT; ++i) {
+        o[i][0] *= alpha0;
+        o[i][1] *= alpha0;
+        o[i][2] *= alpha1;
+        o[i][3] *= alpha1;
+      }
+
+      // O += P V: key n-tiles 2kk, 2kk+1 of S are the A fragment of k-step kk.
+#pragma unroll
+      for (int kk = 0; kk < kNT / 2; ++kk) {
+        const uint32_t pa[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
+                                pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+        for (int dp = 0; dp < DP / 16; ++dp) {
+          uint32_t b[4];
+          ldsm_x4_trans(b, vs + (v_lane + kk * 16 * kLd + dp * 16) * 2);
+          mma16816<T>(o[2 * dp], pa, b[0], b[1]);
+          mma16816<T>(o[2 * dp + 1], pa, b[2], b[3]);
+        }
+      }
+    }
+    __syncthreads();  // this stage is read by all warps before the next prefetch refills it
+  }
+
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+
+  const int row0 = warp * 16 + g, row1 = row0 + 8;  // rows within the block's tile
+  // Past-only: the diagonal key/value come from k_self/v_self, one more online step per
+  // row. The quad splits the dot product over dims (lane t takes dims t, t+4, ...).
+  if (self) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int row = half == 0 ? row0 : row1;
+      const bool mine = row < nq;
+      const int64_t tok = static_cast<int64_t>(r) * a.n + q0 + (mine ? row : 0);
+      const T* ksf = static_cast<const T*>(a.k_self) + (tok * a.kv_heads + kvh) * D;
+      const T* vsf = static_cast<const T*>(a.v_self) + (tok * a.kv_heads + kvh) * D;
+      const T* qrow = q + (tok * a.n_heads + h) * D;
+      float dot = 0.f;
+      if (mine)
+        for (int d = t4; d < D; d += 4) dot += to_f(qrow[d]) * to_f(ksf[d]);
+      dot += __shfl_xor_sync(0xffffffffu, dot, 1);
+      dot += __shfl_xor_sync(0xffffffffu, dot, 2);
+      if (mine) {
+        float& m = half == 0 ? m0 : m1;
+        float& l = half == 0 ? l0 : l1;
+        const float m_new = fmaxf(m, dot);
+        const float alpha = exp2f((m - m_new) * sl);  // m = -inf (nothing else seen): 0
+        const float p = exp2f((dot - m_new) * sl);
+        l = l * alpha + p;
+        m = m_new;
+#pragma unroll
+        for (int i = 0; i < kDT; ++i) {
+          const int c = i * 8 + 2 * t4;
+          const float v0 = c < D ? to_f(vsf[c]) : 0.f, v1 = c < D ? to_f(vsf[c + 1]) : 0.f;
+          o[i][2 * half] = o[i][2 * half] * alpha + p * v0;
+          o[i][2 * half + 1] = o[i][2 * half + 1] * alpha + p * v1;
+        }
+      }
+    }
+  }
+
+  T* out = static_cast<T*>(a.out);
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int row = half == 0 ? row0 : row1;
+    if (row >= nq) continue;
+    const float l = half == 0 ? l0 : l1;
+    T* orow = out + ((static_cast<int64_t>(r) * a.n + q0 + row) * a.n_heads + h) * D;
+#pragma unroll
+    for (int i = 0; i < kDT; ++i) {
+      const int c = i * 8 + 2 * t4;
+      if (c < D)
+        *reinterpret_cast<uint32_t*>(orow + c) = pack2<T>(o[i][2 * half] / l, o[i][2 * half + 1] / l);
+    }
+  }
+}
+
+template <typename T, int DP>
+cudaError_t launch_prefill(const AttentionArgs& a, cudaStream_t stream) {
+  const size_t smem = FaSmem<DP>::kBytes;
+  cudaError_t e = cudaFuncSetAttribute(attention_prefill_fa2<T, DP>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  if (e != cudaSuccess) return e;
+  dim3 grid((a.n + kBQ - 1) / kBQ, a.n_heads, a.rows);
+  attention_prefill_fa2<T, DP><<<grid, kThreads, smem, stream>>>(a);
+  return launch_status();
+}
+
+template <typename T>
+cudaError_t dispatch_prefill(const AttentionArgs& a, cudaStream_t stream) {
+  if (a.head_dim <= 16) return launch_prefill<T, 16>(a, stream);
+  if (a.head_dim <= 32) return launch_prefill<T, 32>(a, stream);
+  if (a.head_dim <= 64) return launch_prefill<T, 64>(a, stream);
+  return launch_prefill<T, 128>(a, stream);
+}
+
+}  // namespace
+
+cudaError_t attention_prefill(Act act, const AttentionArgs& a, cudaStream_t stream) {
+  if (a.head_dim % 8 != 0 || a.head_dim > kMaxHeadDim || a.head_dim <= 0 || a.kv_heads <= 0 ||
+      a.n_heads % a.kv_heads != 0)
+    return cudaErrorInvalidValue;
+  if (a.rows == 0 || a.n == 0) return cudaSuccess;
+  if (act == Act::kF16) return dispatch_prefill<__half>(a, stream);
+  return dispatch_prefill<__nv_bfloat16>(a, stream);
+}
+
+}  // namespace kvq::kern
