@@ -226,8 +226,12 @@ std::string calibration_tensor_name(int layer, char kind, std::string_view quant
 }
 
 std::string calibration_bits_name(int layer, KvKind kind, int bits, std::string_view quantity) {
-  return calibration_tensor_name(layer, kind_letter(kind),
-                                 "b" + std::to_string(bits) + "." + std::string(quantity));
+  // Appended piecewise: GCC 12 warns falsely (-Wrestrict) on "b" + std::to_string(...).
+  std::string q = "b";
+  q += std::to_string(bits);
+  q += '.';
+  q += quantity;
+  return calibration_tensor_name(layer, kind_letter(kind), q);
 }
 
 TensorRules calibration_tensor_rules(const Calibration& c, const std::string& where) {

@@ -471,7 +471,11 @@ Profile make_profile(const ProfileSpec& spec, const Calibration* calib,
 
 std::string profile_bits_label(const Profile& p) {
   if (p.keys.bits == p.values.bits) return std::to_string(p.keys.bits);
-  return "k" + std::to_string(p.keys.bits) + "v" + std::to_string(p.values.bits);
+  std::string s = "k";  // appended piecewise: GCC 12's false -Wrestrict on "k" + to_string
+  s += std::to_string(p.keys.bits);
+  s += 'v';
+  s += std::to_string(p.values.bits);
+  return s;
 }
 
 std::string expand_output_template(const std::string& tmpl, const Profile& p) {
