@@ -123,7 +123,8 @@ const json& JsonObject::get_array(const char* key) const {
 json parse_document(const std::string& file, const std::string& key, const std::string& text) {
   try {
     return json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
+    // parse_error, and out_of_range.406 for numbers beyond double ("1e999").
     const std::string_view w = e.what();
     const size_t close = w.find("] ");
     throw FormatError(file, "metadata '" + key + "' is not valid JSON: " +

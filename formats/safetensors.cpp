@@ -62,6 +62,10 @@ json parse_json(const std::string& file, int64_t base, std::string_view text,
   } catch (const json::parse_error& e) {
     const int64_t at = e.byte > 0 ? static_cast<int64_t>(e.byte) - 1 : 0;
     throw FormatError(file, base + at, "header is not valid JSON: " + json_error_text(e));
+  } catch (const json::out_of_range& e) {
+    // A number too large for a double ("1e999") is out_of_range.406, not a parse_error
+    // (found by fuzz/safetensors_fuzz.cpp; regression input in fuzz/regressions/).
+    throw FormatError(file, base, "header is not valid JSON: " + json_error_text(e));
   }
 }
 

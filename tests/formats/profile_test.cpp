@@ -348,6 +348,22 @@ TEST_CASE("profile: header problems are refused with the field named", "[profile
   edit_metadata(path, [](auto& m) { m["profile"] = "{\"method\": "; });
   refused(path, "metadata 'profile' is not valid JSON");
   reset();
+  // Numbers beyond double are nlohmann out_of_range errors, not parse errors: still a
+  // FormatError (found by fuzzing), in the document and in the safetensors header.
+  edit_metadata(path, [](auto& m) { m["profile"] = "{\"method\": 1e999}"; });
+  refused(path, "metadata 'profile' is not valid JSON");
+  {
+    const std::string header = R"({"__metadata__":{"format":"kvq-profile"},"t":{"dtype":"F32","shape":[1e999],"data_offsets":[0,4]}})";
+    std::vector<uint8_t> raw(8);
+    const uint64_t n = header.size();
+    std::memcpy(raw.data(), &n, 8);
+    raw.insert(raw.end(), header.begin(), header.end());
+    raw.insert(raw.end(), 4, 0);
+    const fs::path big = kvq_test::scratch_dir("profile-bad") / "overflow.kvqp";
+    kvq_test::write_bytes(big, raw.data(), raw.size());
+    refused(big.string(), "header is not valid JSON");
+  }
+  reset();
   edit_document(path, [](json& d) { d["method"] = "gptq"; });
   CHECK_THAT(std::string(expect_error<UnsupportedError>([&] { read_profile(path); }).what()),
              HasSubstr("profile method 'gptq' is not one this kvq implements"));
