@@ -107,7 +107,7 @@ TEST_CASE("missing, empty and blank dataset files are typed errors naming the fi
   CHECK_THROWS_AS(read_text_file(kvq_test::scratch_dir("dir").string()), IoError);
 }
 
-TEST_CASE("JSON-lines: plain and gzip give the same rows; max_rows stops early", "[jsonl]") {
+TEST_CASE("JSON-lines: plain and gzip give the same rows, max_rows stops early", "[jsonl]") {
   // Awkward content: escapes, UTF-8, a CRLF line end, blank lines between rows, a last
   // line with no newline, other fields around "text".
   std::string body;
