@@ -212,7 +212,7 @@ TEST_CASE("profile: a newer minor version with unknown keys and tensors loads", 
   CHECK(r.keys == p.keys);
 }
 
-TEST_CASE("profile: a corrupted tensor byte fails the digest; --no-verify skips it", "[profile]") {
+TEST_CASE("profile: a corrupted tensor byte fails the digest, --no-verify skips it", "[profile]") {
   const Profile p = kvq_test::synthetic_profile("kvquant:bits=3");
   const std::string path = write_tmp(p);
   std::vector<uint8_t> bytes = kvq_test::read_bytes(path);

@@ -280,7 +280,7 @@ TEST_CASE("kv packed: KIVI channel-grouped keys + fp16 residual, per-token value
   run_all("kivi:bits=4,group=16,residual=32", "kivi:bits=4,group=16,residual=32", 912);
 }
 
-TEST_CASE("kv packed: KVQuant pre-RoPE LUT keys, outliers, sinks; dynamic values", "[gpu][kv]") {
+TEST_CASE("kv packed: KVQuant pre-RoPE LUT keys, outliers, sinks, dynamic values", "[gpu][kv]") {
   run_all("kvquant:bits=4", "kvquant:bits=4", 921);
   run_all("kvquant:bits=3,outliers=0.05,sink=4", "kvquant:bits=3,outliers=0.05,sink=4", 922);
   run_all("kvquant:bits=2,outliers=0", "kvquant:bits=2,outliers=0,sink=0", 923);

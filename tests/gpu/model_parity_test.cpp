@@ -171,7 +171,7 @@ TEST_CASE("cuda model: incremental decoding reproduces the full forward position
   CHECK(worst < kLogitRelTol);
 }
 
-TEST_CASE("cuda model: a batch of two sequences equals each alone; slots and truncate", "[gpu]") {
+TEST_CASE("cuda model: a batch of two sequences equals each alone, slots and truncate", "[gpu]") {
   const auto ids = reference()["logits_check"]["input_ids"].get<std::vector<int32_t>>();
   auto gpu = kvq::make_cuda_backend(testbed());
   const int V = testbed()->config().vocab;
@@ -258,7 +258,7 @@ struct Recorder : kvq::ForwardObserver {
 
 }  // namespace
 
-TEST_CASE("cuda model: observer hooks see what the CPU hooks see; POQ identity is a no-op", "[gpu]") {
+TEST_CASE("cuda model: observer hooks see what the CPU hooks see, POQ identity is a no-op", "[gpu]") {
   const auto ids = reference()["logits_check"]["input_ids"].get<std::vector<int32_t>>();
   auto cpu = kvq::make_cpu_backend(testbed());
   auto gpu = kvq::make_cuda_backend(testbed());

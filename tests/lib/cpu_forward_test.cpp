@@ -287,7 +287,7 @@ TEST_CASE("cpu: hooks see queries and keys before and after RoPE", "[lib][cpu][h
   }
 }
 
-TEST_CASE("cpu: observer-modified values change the logits; identity past-only does not",
+TEST_CASE("cpu: observer-modified values change the logits, identity past-only does not",
           "[lib][cpu][hooks]") {
   const uint64_t seed = kvq_test::test_seed(6);
   const kvq::ModelConfig cfg = variant(0);
@@ -549,7 +549,7 @@ TEST_CASE("generate: greedy decoding equals argmax of full forwards, batched or 
   CHECK(g[0].tokens == std::vector<int32_t>(both[0].tokens.begin(), first + 1));
 }
 
-TEST_CASE("sampling: argmax ties and NaNs; seeded sampling is reproducible", "[lib][sampling]") {
+TEST_CASE("sampling: argmax ties and NaNs, seeded sampling is reproducible", "[lib][sampling]") {
   const float nan = std::numeric_limits<float>::quiet_NaN();
   const std::vector<float> x = {nan, 1.0f, 3.0f, 3.0f, -2.0f};
   CHECK(kvq::argmax(x.data(), 5) == 2);

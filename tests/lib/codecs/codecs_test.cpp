@@ -281,7 +281,7 @@ TEST_CASE("KVQuant values: top-k outliers per token and head, NUQ with fp16 rang
   }
 }
 
-TEST_CASE("KVQuant Q-Norm matches mean and std of the dense values; calibrated ranges clip to outliers", "[codecs]") {
+TEST_CASE("KVQuant Q-Norm matches mean and std of the dense values, calibrated ranges clip to outliers", "[codecs]") {
   std::mt19937_64 rng(kvq_test::test_seed(107));
   const KvShape shape{2, 64, 2};
   const int dim = shape.dim();

@@ -108,7 +108,7 @@ TEST_CASE("POQ keeps the diagonal at full precision", "[codecs][sim]") {
   REQUIRE(f.nll(&w).per_token[0] == ref.per_token[0]);
 }
 
-TEST_CASE("chunked forwards continue the observer's caches; a gap is an error", "[codecs][sim]") {
+TEST_CASE("chunked forwards continue the observer's caches, a gap is an error", "[codecs][sim]") {
   Fixture f;
   const int T = static_cast<int>(kIds.size());
   SimQuantObserver one(f.model->config(), parse_codec_spec("int4"));
