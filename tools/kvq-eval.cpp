@@ -6,33 +6,52 @@
 //   kvq-eval --task ppl --model DIR|FILE --dataset PATH|NAME --seqlen N [--max-windows N]
 //            [--tokenizer PATH] [--protocol wikitext|text|c4] [--backend cpu|cuda|auto]
 //            [--threads N] [--batch N] [--format text|json]
+//            [--kv SPEC | --profile FILE.kvqp [--no-verify]] [--poq]   simulated KV quantization
+//            (a profile must carry this model's fingerprint)
+//            [--compare fp16|SPEC ...] [--plot FILE.svg] [--max-ppl-increase 1%]
+//
+// --kv runs the papers' protocol: every window is one forward pass from an empty cache with
+// K/V quantized then dequantized by lib/codecs/sim_observer (--poq: past-only, the diagonal
+// stays at full precision). Compare mode runs every --compare method on the same windows
+// and prints one table (datasets/compare.h); "fp16" is the unquantized reference row.
+// Exit codes: 0 ok, 1 runtime failure, 2 usage error, 3 a --max-* threshold failed (the
+// results are still printed; each failing row and metric is named on stderr). 3 and not 1
+// so that a CI script can tell "the quantization regressed" from "the run broke".
 //
 // Output: the effective configuration on stderr first, then progress lines on stderr, the
 // results on stdout (a table, or one JSON object with --format json).
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <map>
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "datasets/compare.h"
 #include "datasets/eval_tokens.h"
 #include "datasets/manifest.h"
 #include "datasets/perplexity.h"
 #include "datasets/protocol.h"
 #include "datasets/spec.h"
 #include "formats/error.h"
+#include "formats/fingerprint.h"
+#include "formats/profile.h"
 #include "formats/tokenizer.h"
 #include "lib/backend_factory.h"
+#include "lib/codecs/codec.h"
+#include "lib/codecs/sim_observer.h"
 #include "lib/model.h"
 #include "tools/common/backend_select.h"
 #include "tools/common/cli.h"
 #include "tools/common/data_paths.h"
 #include "tools/common/progress.h"
 #include "tools/common/report.h"
+#include "tools/common/svg_plot.h"
 
 namespace {
 
@@ -51,7 +70,121 @@ struct Options {
   int threads = 0;
   std::string backend = "auto";
   cli::OutputFormat format = cli::OutputFormat::kText;
+  std::string kv;                    // "" = no simulated quantization
+  bool poq = false;
+  std::string profile;
+  bool no_verify = false;
+  std::vector<std::string> compare;  // compare mode when non-empty
+  std::string plot;
+  std::string max_ppl_increase;
 };
+
+constexpr int kExitThreshold = 3;
+
+// One KV method to evaluate: "fp16" (no observer: the model's own precision) or a codec
+// spec run through SimQuantObserver.
+struct KvRun {
+  std::string label;
+  std::optional<codecs::CodecSpec> spec;  // keys (and values unless v_spec)
+  std::optional<codecs::CodecSpec> v_spec;
+  codecs::SimOptions sim;
+
+  std::unique_ptr<codecs::SimQuantObserver> observer(const ModelConfig& cfg) const {
+    if (v_spec) return std::make_unique<codecs::SimQuantObserver>(cfg, *spec, *v_spec, sim);
+    return std::make_unique<codecs::SimQuantObserver>(cfg, *spec, sim);
+  }
+};
+
+std::string group_opt(int g) { return g > 0 ? ",group=" + std::to_string(g) : std::string(); }
+
+// The --kv spec that applies one kind's scheme of a profile (docs/profile-format.md,
+// "Methods"), and the calibrated tensors of one layer as codec parameters.
+std::string scheme_spec(const Profile& p, const KindScheme& s) {
+  const std::string b = std::to_string(s.bits);
+  switch (p.method) {
+    case Method::kInt:
+      return "int" + b + ":axis=" + (s.axis == QuantAxis::kChannel ? "channel" : "token") + group_opt(s.group) +
+             ",sym=" + (s.symmetric ? "1" : "0") + ",stage=" + (s.pre_rope ? "pre" : "post");
+    case Method::kKivi:
+      return "kivi:bits=" + b + group_opt(s.group) + ",residual=" + std::to_string(p.options.residual);
+    case Method::kKvquant:
+      return "kvquant:bits=" + b + ",outliers=" + cli::strf("%.17g", s.outlier_fraction) +
+             ",sink=" + std::to_string(p.options.sink_tokens) + ",qnorm=" + (s.qnorm ? "1" : "0");
+    case Method::kWkvquant:
+      return "wkvquant:bits=" + b + group_opt(s.group) + ",poq=" + (p.options.poq ? "1" : "0");
+    case Method::kQ8_0: return "q8_0";
+    case Method::kQ4_0: return "q4_0";
+    case Method::kFp8: return std::string("fp8:") + (p.options.fp8_format == Fp8Format::kE5M2 ? "e5m2" : "e4m3");
+    case Method::kHadamard: return "hadamard:bits=" + b + ",seed=" + std::to_string(p.options.hadamard_seed);
+    case Method::kMikv: break;
+  }
+  throw UnsupportedError("--profile", std::string(method_name(p.method)) + " profiles cannot be simulated by kvq-eval yet",
+                         "use --kv mikv:... for MiKV's simulated protocol");
+}
+
+codecs::CodecParams layer_params(const Profile& p, int layer, KvKind kind) {
+  codecs::CodecParams c;
+  auto get = [&](const char* q) { return p.find(profile_tensor_name(layer, kind, q)); };
+  if (const FloatTensor* t = get("signposts")) c.tensors["lut"] = t->data;
+  if (kind == KvKind::kKeys && p.method == Method::kKvquant) {
+    if (const FloatTensor* t = get("channel_range")) {
+      const size_t d = t->data.size() / 2;
+      c.tensors["k_lo"].assign(t->data.begin(), t->data.begin() + static_cast<std::ptrdiff_t>(d));
+      c.tensors["k_hi"].assign(t->data.begin() + static_cast<std::ptrdiff_t>(d), t->data.end());
+    }
+  }
+  if (const FloatTensor* t = get("qnorm")) {
+    c.numbers["qnorm_scale"] = t->data.at(0);
+    c.numbers["qnorm_offset"] = t->data.at(1);
+  }
+  if (const FloatTensor* t = get("smooth_delta")) c.tensors["delta"] = t->data;
+  if (const FloatTensor* t = get("smooth_scale")) c.tensors["s"] = t->data;
+  if (const FloatTensor* t = get("fp8_scale")) c.tensors["scale"] = t->data;
+  return c;
+}
+
+// A profile as a simulated run: refused (one line) when it was made for another model or
+// uses what the simulation cannot express (per-layer schemes, sinks outside kvquant).
+KvRun profile_run(const std::string& path, const Profile& p, const ModelFingerprint& model_fp, const ModelConfig& cfg) {
+  check_fingerprint(p.fingerprint, model_fp, path);
+  for (const auto& l : p.layers)
+    if (!(l.keys == p.keys && l.values == p.values))
+      throw UnsupportedError(path, "per-layer schemes cannot be simulated by kvq-eval yet");
+  if (p.options.sink_tokens > 0 && p.method != Method::kKvquant)
+    throw UnsupportedError(path, "sink tokens are only simulated for kvquant profiles");
+  KvRun r;
+  r.label = cli::base_name(path);
+  r.spec = codecs::parse_codec_spec(scheme_spec(p, p.keys));
+  r.v_spec = codecs::parse_codec_spec(scheme_spec(p, p.values));
+  for (int l = 0; l < cfg.n_layers; ++l) {
+    r.sim.k_params.push_back(layer_params(p, l, KvKind::kKeys));
+    r.sim.v_params.push_back(layer_params(p, l, KvKind::kValues));
+  }
+  return r;
+}
+
+struct KvRunResult {
+  ds::PerplexityResult ppl;
+  double bits_per_element = 16.0;
+  double kv_bytes_per_token = 0.0;
+};
+
+// Evaluates one method on the windows of popt. Bits per element come from the bytes the
+// simulated caches held (metadata included); KV bytes per token = K+V of every layer.
+KvRunResult run_one(Backend& backend, const ModelConfig& cfg, const ds::EvalTokens& tokens,
+                    ds::PerplexityOptions popt, const KvRun& run) {
+  KvRunResult out;
+  const double elems_per_token = 2.0 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim;
+  std::unique_ptr<codecs::SimQuantObserver> obs;
+  if (run.spec) {
+    obs = run.observer(cfg);
+    popt.observer = obs.get();
+  }
+  out.ppl = ds::evaluate_perplexity(backend, tokens.ids, popt);
+  if (obs) out.bits_per_element = obs->stats().bits_per_element();
+  out.kv_bytes_per_token = out.bits_per_element * elems_per_token / 8.0;
+  return out;
+}
 
 // Where the tokenizer comes from: --tokenizer, else the model folder. llama2.c .bin files
 // hold no tokenizer.
@@ -118,6 +251,45 @@ int run_ppl(const Options& o) {
   popt.batch = o.batch;
   ds::check_perplexity_inputs(cfg, tokens.ids.size(), popt);
 
+  // The KV methods, each checked (spec syntax and options, by building its observer once)
+  // before anything is printed.
+  std::vector<KvRun> runs;
+  std::optional<ModelFingerprint> model_fp;  // computed once, for profiles only
+  auto add_run = [&](const std::string& text) {
+    KvRun r;
+    r.label = text;
+    if (text.size() > 5 && text.ends_with(".kvqp")) {
+      ProfileReadOptions ro;
+      ro.verify_digest = !o.no_verify;
+      const Profile p = read_profile(text, ro);
+      if (!model_fp) model_fp = compute_fingerprint(model_path);
+      r = profile_run(text, p, *model_fp, cfg);
+    } else if (text != "fp16") {
+      r.spec = codecs::parse_codec_spec(text);
+    }
+    if (r.spec) {
+      r.sim.past_only = o.poq;
+      const auto check = r.observer(cfg);  // make_codec's checks, now
+      if (r.label == text && !r.v_spec) r.label = check->k_codec(0).describe();
+      if (o.poq) r.label += " (poq)";
+    }
+    runs.push_back(std::move(r));
+  };
+  const bool compare_mode = !o.compare.empty();
+  if (compare_mode) {
+    if (!o.kv.empty() || !o.profile.empty())
+      throw InvalidArgument(o.kv.empty() ? "--profile" : "--kv", "does not go with --compare", "pass it as --compare SPEC|FILE.kvqp");
+    if (std::find(o.compare.begin(), o.compare.end(), "fp16") == o.compare.end()) add_run("fp16");
+    for (const auto& c : o.compare) add_run(c);
+  } else {
+    if (!o.plot.empty() || !o.max_ppl_increase.empty())
+      throw InvalidArgument(o.plot.empty() ? "--max-ppl-increase" : "--plot", "needs compare mode", "add --compare fp16 --compare SPEC ...");
+    if (!o.kv.empty() && !o.profile.empty()) throw InvalidArgument("--profile", "give --kv or --profile, not both");
+    add_run(!o.profile.empty() ? o.profile : o.kv.empty() ? "fp16" : o.kv);
+  }
+  ds::Thresholds thresholds;
+  if (!o.max_ppl_increase.empty()) thresholds.max_ppl_increase_pct = ds::parse_percent(o.max_ppl_increase, "--max-ppl-increase");
+
   std::fprintf(stderr, "kvq-eval: task ppl, kvq %s\n", cli::build_info_text().c_str());
   std::fprintf(stderr, "  model      %s (%s, %d layers, hidden %d, heads %d/%d, vocab %d, window %d, %s)\n",
                model_path.c_str(), std::string(architecture_name(cfg.arch)).c_str(), cfg.n_layers, cfg.hidden,
@@ -136,13 +308,58 @@ int run_ppl(const Options& o) {
                    ? (", first " + cli::thousands(static_cast<int64_t>(tokens.ids.size())) + " used").c_str()
                    : "",
                cli::thousands(windows_available).c_str(), seqlen);
+  for (const auto& run : runs)
+    std::fprintf(stderr, "  kv         %s%s\n", run.label.c_str(), run.spec ? "" : " (no simulated quantization)");
 
-  cli::Progress progress;
-  popt.progress = [&](const ds::PerplexityProgress& p) {
-    progress.update(p.windows_done, p.windows_total, cli::strf("ppl %.4f", p.ppl), p.eta_s);
-  };
-  const ds::PerplexityResult r = ds::evaluate_perplexity(*backend, tokens.ids, popt);
-  progress.finish();
+  std::vector<KvRunResult> results;
+  for (const auto& run : runs) {
+    cli::Progress progress;
+    popt.progress = [&](const ds::PerplexityProgress& p) {
+      progress.update(p.windows_done, p.windows_total,
+                      (compare_mode ? run.label + " " : std::string()) + cli::strf("ppl %.4f", p.ppl), p.eta_s);
+    };
+    results.push_back(run_one(*backend, cfg, tokens, popt, run));
+    progress.finish();
+  }
+
+  if (compare_mode) {
+    ds::CompareTable table;
+    table.model = cli::base_name(model_path);
+    table.data = (dataset.name.empty() ? cli::base_name(dataset.path) : dataset.name) + " (" +
+                 std::string(ds::protocol_name(dataset.protocol)) + " protocol, " +
+                 cli::thousands(results[0].ppl.windows) + " windows)";
+    table.device = backend->name();
+    table.revision = cli::build_info_text();
+    table.seqlen = seqlen;
+    for (size_t i = 0; i < runs.size(); ++i) {
+      ds::CompareRow row;
+      row.method = runs[i].label;
+      row.reference = !runs[i].spec.has_value();
+      row.effective_bits = results[i].bits_per_element;
+      row.kv_bytes_per_token = results[i].kv_bytes_per_token;
+      row.ppl = results[i].ppl.ppl;
+      row.tokens_per_s = results[i].ppl.tokens_per_s;
+      table.rows.push_back(row);
+    }
+    ds::fill_deltas(table);
+    if (o.format == cli::OutputFormat::kJson) {
+      std::printf("%s\n", ds::format_compare_json(table).c_str());
+    } else {
+      std::printf("%s", ds::format_compare_text(table).c_str());
+    }
+    std::fflush(stdout);
+    if (!o.plot.empty()) {
+      std::vector<cli::PlotPoint> pts;
+      for (const auto& row : table.rows) pts.push_back({row.method, row.kv_bytes_per_token, row.ppl, row.reference});
+      cli::write_svg_plot(o.plot, pts);
+      std::fprintf(stderr, "kvq-eval: wrote %s\n", o.plot.c_str());
+    }
+    const auto failures = ds::check_thresholds(table, thresholds);
+    for (const auto& f : failures) std::fprintf(stderr, "kvq-eval: threshold failed: %s\n", f.message().c_str());
+    return failures.empty() ? 0 : kExitThreshold;
+  }
+
+  const ds::PerplexityResult& r = results[0].ppl;
 
   const std::string windows_text =
       r.windows == windows_available ? cli::thousands(r.windows) + " (all)"
@@ -170,6 +387,10 @@ int run_ppl(const Options& o) {
         {"backend", backend->name()},
         {"threads", threads},
         {"batch", o.batch},
+        {"kv", runs[0].label},
+        {"poq", o.poq},
+        {"bits_per_element", results[0].bits_per_element},
+        {"kv_bytes_per_token", results[0].kv_bytes_per_token},
         {"kvq", cli::build_info()},
     };
     std::printf("%s\n", j.dump(2).c_str());
@@ -186,6 +407,9 @@ int run_ppl(const Options& o) {
         {"nll", cli::strf("%.6f nats/token", r.mean_nll)},
         {"time", cli::strf("%.1f s", r.seconds)},
         {"tokens/s", cli::strf("%.1f", r.tokens_per_s)},
+        {"kv", runs[0].label},
+        {"bits/elem", cli::strf("%.4f (metadata included)", results[0].bits_per_element)},
+        {"kv bytes/token", cli::strf("%.1f (K+V, all layers)", results[0].kv_bytes_per_token)},
         {"backend", backend->name() + ", " + std::to_string(threads) + " threads"},
         {"kvq", cli::build_info_text()},
     });
@@ -196,7 +420,8 @@ int run_ppl(const Options& o) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"kvq-eval: evaluate a model on a dataset (today: perplexity, --task ppl)"};
+  CLI::App app{"kvq-eval: evaluate a model on a dataset (today: perplexity, --task ppl)\n"
+               "exit codes: 0 ok, 1 runtime failure, 2 usage error, 3 a --max-* threshold failed"};
   Options o;
   app.add_option("--task", o.task, "Evaluation task")->check(CLI::IsMember({"ppl"}))->capture_default_str();
   app.add_option("--model", o.model,
@@ -215,6 +440,17 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(int64_t{-1}, int64_t{1} << 40))
       ->capture_default_str();
   app.add_option("--batch", o.batch, "Windows per forward call")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--kv", o.kv,
+                 "Simulated KV quantization METHOD[:k=v,...] (int2|int3|int4|int8, kivi, kvquant, wkvquant, mikv, "
+                 "q8_0, q4_0, fp8, hadamard, fp16; default: none)");
+  app.add_option("--profile", o.profile, "Simulate the KV quantization of a .kvqp profile made for this model");
+  app.add_flag("--no-verify", o.no_verify, "Do not verify the profile's tensor digest");
+  app.add_flag("--poq", o.poq, "Past-only quantization: the diagonal (j == t) stays at full precision");
+  app.add_option("--compare", o.compare,
+                 "Compare mode: a KV method (fp16, a --kv spec or a .kvqp profile), repeatable; fp16 is always the reference row");
+  app.add_option("--plot", o.plot, "Compare mode: write PPL vs KV bytes/token as an SVG file");
+  app.add_option("--max-ppl-increase", o.max_ppl_increase,
+                 "Compare mode: exit 3 when a method's PPL exceeds fp16's by more than this (\"1%\" or 0.01)");
   cli::add_backend_option(app, o.backend);
   cli::add_threads_option(app, o.threads);
   cli::add_format_option(app, o.format);
