@@ -222,6 +222,9 @@ ModelConfig parse_hf_config(const std::string& json_text, const std::string& pat
     const size_t close = w.find("] ");
     throw FormatError(path, at, "not valid JSON: " +
                                     std::string(close == std::string_view::npos ? w : w.substr(close + 2)));
+  } catch (const json::exception& e) {
+    // out_of_range.406: a number beyond double range ("1e999") is not a parse_error.
+    throw FormatError(path, std::string("not valid JSON: ") + e.what());
   }
   if (!root.is_object()) throw FormatError(path, "config is not a JSON object");
   const Fields f(root, path);

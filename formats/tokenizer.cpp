@@ -37,6 +37,9 @@ TokenizerConfig read_tokenizer_config(const std::string& path) {
     j = json::parse(text);
   } catch (const json::parse_error& e) {
     throw FormatError(path, static_cast<int64_t>(e.byte), std::string("not valid JSON: ") + e.what());
+  } catch (const json::exception& e) {
+    // out_of_range.406: a number beyond double range ("1e999") is not a parse_error.
+    throw FormatError(path, std::string("not valid JSON: ") + e.what());
   }
   if (!j.is_object()) throw FormatError(path, "expected a JSON object");
   const auto flag = [&](const char* key) -> std::optional<bool> {

@@ -164,6 +164,9 @@ class HfBpeTokenizer final : public Tokenizer {
       j = json::parse(text);
     } catch (const json::parse_error& e) {
       throw FormatError(path, static_cast<int64_t>(e.byte), std::string("not valid JSON: ") + e.what());
+    } catch (const json::exception& e) {
+      // out_of_range.406: a number beyond double range ("1e999") is not a parse_error.
+      throw FormatError(path, std::string("not valid JSON: ") + e.what());
     }
     try {
       if (!j.is_object()) throw FormatError(path, "expected a JSON object at the top level");

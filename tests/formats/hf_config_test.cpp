@@ -260,6 +260,11 @@ TEST_CASE("hf_config: invalid JSON gives the byte offset", "[hf_config]") {
       [] { (void)parse_hf_config("{\"hidden_size\": 12,,}", "bad/config.json"); });
   CHECK_THAT(std::string(e.what()), HasSubstr("bad/config.json: offset 19: not valid JSON"));
   CHECK(e.offset() == 19);
+  // A number beyond double range is nlohmann's out_of_range, not a parse_error: still a
+  // FormatError naming the file (found by fuzzing the safetensors header parser).
+  const auto e_big = expect_error<FormatError>(
+      [] { (void)parse_hf_config("{\"rope_theta\": 1e999}", "big/config.json"); });
+  CHECK_THAT(std::string(e_big.what()), HasSubstr("big/config.json: not valid JSON"));
   const auto e2 = expect_error<FormatError>([] { (void)parse_hf_config("[]", "arr/config.json"); });
   CHECK_THAT(std::string(e2.what()), HasSubstr("not a JSON object"));
   const auto dir = kvq_test::scratch_dir("hf-missing");

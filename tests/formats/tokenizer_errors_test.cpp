@@ -3,6 +3,7 @@
 #include <fstream>
 
 #include "formats/error.h"
+#include "formats/atomic_file.h"
 #include "formats/tokenizer.h"
 #include "tests/catch.h"
 #include "tests/formats/expect_error.h"
@@ -49,6 +50,15 @@ TEST_CASE("tokenizer.json that is not JSON", "[tokenizer][errors]") {
   CHECK_THAT(std::string(e.what()), HasSubstr(p));
   CHECK_THAT(std::string(e.what()), HasSubstr("not valid JSON"));
   CHECK(e.offset() > 0);
+  // A number beyond double range throws out_of_range, not parse_error, inside nlohmann.
+  const std::string big = write("tok_bignum", "tokenizer.json", "{\"model\": 1e999}");
+  const auto e_big = kvq_test::expect_error<FormatError>([&] { load_tokenizer(big); });
+  CHECK_THAT(std::string(e_big.what()), HasSubstr("not valid JSON"));
+  const std::string big_cfg_dir = (kvq_test::scratch_dir("tok_bigcfg")).string();
+  write_file_atomic(big_cfg_dir + "/tokenizer_config.json", std::string_view("{\"x\": -1e999}"));
+  const auto e_cfg = kvq_test::expect_error<FormatError>(
+      [&] { (void)read_tokenizer_config(big_cfg_dir + "/tokenizer_config.json"); });
+  CHECK_THAT(std::string(e_cfg.what()), HasSubstr("tokenizer_config.json: not valid JSON"));
 }
 
 TEST_CASE("tokenizer.json with an unsupported model or component", "[tokenizer][errors]") {
