@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the GPU machine: kvq-gpubench and the PyTorch + transformers baseline on the same
-# shapes, then the side-by-side table (docs/results-cuda.md takes it).
+# shapes, then the side-by-side table (docs/results.md, "CUDA backend results", takes it).
 # Usage: bash scripts/bench/run_bench.sh   (builds build-gpu if needed; logs under $OUT)
 set -uo pipefail
 OUT=${OUT:-/tmp/kvq-out}
