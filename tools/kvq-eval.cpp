@@ -21,6 +21,7 @@
 // Output: the effective configuration on stderr first, then progress lines on stderr, the
 // results on stdout (a table, or one JSON object with --format json).
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <map>
@@ -38,6 +39,8 @@
 #include "datasets/perplexity.h"
 #include "datasets/protocol.h"
 #include "datasets/spec.h"
+#include "datasets/kld.h"
+#include "datasets/windows.h"
 #include "formats/error.h"
 #include "formats/fingerprint.h"
 #include "formats/profile.h"
@@ -77,6 +80,7 @@ struct Options {
   std::vector<std::string> compare;  // compare mode when non-empty
   std::string plot;
   std::string max_ppl_increase;
+  std::string max_kld, min_top1;
 };
 
 constexpr int kExitThreshold = 3;
@@ -141,6 +145,76 @@ codecs::CodecParams layer_params(const Profile& p, int layer, KvKind kind) {
   if (const FloatTensor* t = get("smooth_scale")) c.tensors["s"] = t->data;
   if (const FloatTensor* t = get("fp8_scale")) c.tensors["scale"] = t->data;
   return c;
+}
+
+// --task kld: exact per-token KL(p_ref || p_quant) with no stored reference. Per window,
+// the reference (unquantized) pass runs once and its log-softmax is kept for that window
+// only ([seqlen-1, vocab] floats), then every quantized run's pass is compared with it.
+// The runs' KL values are kept (8 bytes per token per run) for the median and p99.
+// Log-softmax in double over fp32 logits: identical logits give exactly 0.
+struct KldRun {
+  std::vector<double> kl;
+  int64_t top1 = 0;
+  double nll = 0.0;
+  double bits = 16.0;
+};
+
+void log_softmax_rows(const Logits& lg, std::vector<double>& out) {
+  out.resize(static_cast<size_t>(lg.n) * lg.vocab);
+  for (int i = 0; i < lg.n; ++i) {
+    const float* x = lg.at(0, i);
+    double m = x[0];
+    for (int v = 1; v < lg.vocab; ++v) m = std::max(m, static_cast<double>(x[v]));
+    double z = 0.0;
+    for (int v = 0; v < lg.vocab; ++v) z += std::exp(static_cast<double>(x[v]) - m);
+    const double lz = m + std::log(z);
+    double* o = out.data() + static_cast<size_t>(i) * lg.vocab;
+    for (int v = 0; v < lg.vocab; ++v) o[v] = static_cast<double>(x[v]) - lz;
+  }
+}
+
+std::vector<KldRun> run_kld(Backend& backend, const ModelConfig& cfg, const ds::EvalTokens& tokens, int seqlen,
+                            int64_t max_windows, const std::vector<KvRun>& runs) {
+  const auto windows = ds::cut_windows(tokens.ids.size(), seqlen, max_windows);
+  std::vector<std::unique_ptr<codecs::SimQuantObserver>> obs;
+  for (const auto& r : runs) obs.push_back(r.spec ? r.observer(cfg) : nullptr);
+  std::vector<KldRun> out(runs.size());
+  std::vector<double> ref, q;
+  const int n = seqlen - 1;
+  cli::Progress progress;
+  int64_t done = 0;
+  for (const auto& w : windows) {
+    const std::span<const int32_t> in(tokens.ids.data() + w.begin, static_cast<size_t>(n));
+    const int32_t* target = tokens.ids.data() + w.begin + 1;
+    backend.reset(1, seqlen);
+    log_softmax_rows(backend.forward(in, n), ref);
+    for (size_t r = 0; r < runs.size(); ++r) {
+      ForwardOptions fo;
+      fo.observer = obs[r].get();
+      backend.reset(1, seqlen);
+      log_softmax_rows(backend.forward(in, n, fo), q);
+      const int V = cfg.vocab;
+      for (int i = 0; i < n; ++i) {
+        const double* a = ref.data() + static_cast<size_t>(i) * V;
+        const double* b = q.data() + static_cast<size_t>(i) * V;
+        double kl = 0.0;
+        int am = 0, bm = 0;
+        for (int v = 0; v < V; ++v) {
+          if (a[v] > a[am]) am = v;
+          if (b[v] > b[bm]) bm = v;
+          kl += std::exp(a[v]) * (a[v] - b[v]);
+        }
+        out[r].kl.push_back(std::max(kl, 0.0));  // rounding can give -1e-17 for equal rows
+        out[r].top1 += am == bm;
+        out[r].nll -= b[target[i]];
+      }
+    }
+    progress.update(++done, static_cast<int64_t>(windows.size()), "kld", 0.0);
+  }
+  progress.finish();
+  for (size_t r = 0; r < runs.size(); ++r)
+    if (obs[r]) out[r].bits = obs[r]->stats().bits_per_element();
+  return out;
 }
 
 // A profile as a simulated run: refused (one line) when it was made for another model or
@@ -275,22 +349,29 @@ int run_ppl(const Options& o) {
     }
     runs.push_back(std::move(r));
   };
-  const bool compare_mode = !o.compare.empty();
-  if (compare_mode) {
+  const bool kld = o.task == "kld";
+  const bool compare_mode = !o.compare.empty() || kld;  // kld always compares with fp16
+  if (kld && o.compare.empty()) {
+    if (!o.kv.empty() && !o.profile.empty()) throw InvalidArgument("--profile", "give --kv or --profile, not both");
+    add_run("fp16");
+    if (!o.kv.empty() || !o.profile.empty()) add_run(!o.profile.empty() ? o.profile : o.kv);
+  } else if (compare_mode) {
     if (!o.kv.empty() || !o.profile.empty())
       throw InvalidArgument(o.kv.empty() ? "--profile" : "--kv", "does not go with --compare", "pass it as --compare SPEC|FILE.kvqp");
     if (std::find(o.compare.begin(), o.compare.end(), "fp16") == o.compare.end()) add_run("fp16");
     for (const auto& c : o.compare) add_run(c);
   } else {
-    if (!o.plot.empty() || !o.max_ppl_increase.empty())
+    if (!o.plot.empty() || !o.max_ppl_increase.empty() || !o.max_kld.empty() || !o.min_top1.empty())
       throw InvalidArgument(o.plot.empty() ? "--max-ppl-increase" : "--plot", "needs compare mode", "add --compare fp16 --compare SPEC ...");
     if (!o.kv.empty() && !o.profile.empty()) throw InvalidArgument("--profile", "give --kv or --profile, not both");
     add_run(!o.profile.empty() ? o.profile : o.kv.empty() ? "fp16" : o.kv);
   }
   ds::Thresholds thresholds;
+  if (!o.max_kld.empty()) thresholds.max_kld = ds::parse_fraction(o.max_kld, "--max-kld");
+  if (!o.min_top1.empty()) thresholds.min_top1 = ds::parse_fraction(o.min_top1, "--min-top1");
   if (!o.max_ppl_increase.empty()) thresholds.max_ppl_increase_pct = ds::parse_percent(o.max_ppl_increase, "--max-ppl-increase");
 
-  std::fprintf(stderr, "kvq-eval: task ppl, kvq %s\n", cli::build_info_text().c_str());
+  std::fprintf(stderr, "kvq-eval: task %s, kvq %s\n", o.task.c_str(), cli::build_info_text().c_str());
   std::fprintf(stderr, "  model      %s (%s, %d layers, hidden %d, heads %d/%d, vocab %d, window %d, %s)\n",
                model_path.c_str(), std::string(architecture_name(cfg.arch)).c_str(), cfg.n_layers, cfg.hidden,
                cfg.n_heads, cfg.n_kv_heads, cfg.vocab, cfg.max_position, std::string(dtype_name(cfg.dtype)).c_str());
@@ -312,7 +393,24 @@ int run_ppl(const Options& o) {
     std::fprintf(stderr, "  kv         %s%s\n", run.label.c_str(), run.spec ? "" : " (no simulated quantization)");
 
   std::vector<KvRunResult> results;
+  std::vector<KldRun> klds;
+  if (kld) {
+    klds = run_kld(*backend, cfg, tokens, seqlen, o.max_windows, runs);
+    const double elems_per_token = 2.0 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim;
+    for (const auto& k : klds) {
+      KvRunResult r;
+      r.ppl.tokens_scored = static_cast<int64_t>(k.kl.size());
+      r.ppl.windows = r.ppl.tokens_scored / (seqlen - 1);
+      r.ppl.mean_nll = k.nll / static_cast<double>(k.kl.size());
+      r.ppl.ppl = std::exp(r.ppl.mean_nll);
+      r.ppl.tokens_per_s = ds::kNotMeasured;
+      r.bits_per_element = k.bits;
+      r.kv_bytes_per_token = k.bits * elems_per_token / 8.0;
+      results.push_back(r);
+    }
+  }
   for (const auto& run : runs) {
+    if (kld) break;
     cli::Progress progress;
     popt.progress = [&](const ds::PerplexityProgress& p) {
       progress.update(p.windows_done, p.windows_total,
@@ -339,6 +437,16 @@ int run_ppl(const Options& o) {
       row.kv_bytes_per_token = results[i].kv_bytes_per_token;
       row.ppl = results[i].ppl.ppl;
       row.tokens_per_s = results[i].ppl.tokens_per_s;
+      if (kld) {
+        std::vector<double> sorted = klds[i].kl;
+        std::sort(sorted.begin(), sorted.end());
+        double sum = 0.0;
+        for (double v : sorted) sum += v;
+        row.kld_mean = sum / static_cast<double>(sorted.size());
+        row.kld_median = ds::percentile_sorted(sorted, 50.0);
+        row.kld_p99 = ds::percentile_sorted(sorted, 99.0);
+        row.top1 = static_cast<double>(klds[i].top1) / static_cast<double>(sorted.size());
+      }
       table.rows.push_back(row);
     }
     ds::fill_deltas(table);
@@ -350,8 +458,11 @@ int run_ppl(const Options& o) {
     std::fflush(stdout);
     if (!o.plot.empty()) {
       std::vector<cli::PlotPoint> pts;
-      for (const auto& row : table.rows) pts.push_back({row.method, row.kv_bytes_per_token, row.ppl, row.reference});
-      cli::write_svg_plot(o.plot, pts);
+      for (const auto& row : table.rows)
+        pts.push_back({row.method, row.kv_bytes_per_token, kld ? row.kld_mean : row.ppl, row.reference});
+      cli::PlotOptions po;
+      if (kld) po.y_label = "mean KL divergence from fp16 (nats/token)";
+      cli::write_svg_plot(o.plot, pts, po);
       std::fprintf(stderr, "kvq-eval: wrote %s\n", o.plot.c_str());
     }
     const auto failures = ds::check_thresholds(table, thresholds);
@@ -423,7 +534,7 @@ int main(int argc, char** argv) {
   CLI::App app{"kvq-eval: evaluate a model on a dataset (today: perplexity, --task ppl)\n"
                "exit codes: 0 ok, 1 runtime failure, 2 usage error, 3 a --max-* threshold failed"};
   Options o;
-  app.add_option("--task", o.task, "Evaluation task")->check(CLI::IsMember({"ppl"}))->capture_default_str();
+  app.add_option("--task", o.task, "Evaluation task")->check(CLI::IsMember({"ppl", "kld"}))->capture_default_str();
   app.add_option("--model", o.model,
                  "Hugging Face folder or llama2.c .bin (default: $KVQ_MODEL, else ../shared/models/kvq-testbed-llama2-23m)");
   app.add_option("--dataset", o.dataset,
@@ -451,6 +562,8 @@ int main(int argc, char** argv) {
   app.add_option("--plot", o.plot, "Compare mode: write PPL vs KV bytes/token as an SVG file");
   app.add_option("--max-ppl-increase", o.max_ppl_increase,
                  "Compare mode: exit 3 when a method's PPL exceeds fp16's by more than this (\"1%\" or 0.01)");
+  app.add_option("--max-kld", o.max_kld, "Exit 3 when a method's mean KL divergence (nats, --task kld) exceeds this");
+  app.add_option("--min-top1", o.min_top1, "Exit 3 when a method's top-1 agreement with fp16 (--task kld) is below this");
   cli::add_backend_option(app, o.backend);
   cli::add_threads_option(app, o.threads);
   cli::add_format_option(app, o.format);
