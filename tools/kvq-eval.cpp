@@ -39,6 +39,7 @@
 #include "datasets/perplexity.h"
 #include "datasets/protocol.h"
 #include "datasets/spec.h"
+#include "datasets/retrieval.h"
 #include "datasets/kld.h"
 #include "datasets/windows.h"
 #include "formats/error.h"
@@ -80,7 +81,12 @@ struct Options {
   std::vector<std::string> compare;  // compare mode when non-empty
   std::string plot;
   std::string max_ppl_increase;
-  std::string max_kld, min_top1;
+  std::string max_kld, min_top1, min_passkey, min_lines;
+  int context = 0;          // passkey prompt tokens (0: seqlen - max_new_tokens)
+  int lines = 17;
+  int trials = 10;
+  uint64_t seed = 1234;
+  int max_new_tokens = 10;
 };
 
 constexpr int kExitThreshold = 3;
@@ -239,6 +245,7 @@ KvRun profile_run(const std::string& path, const Profile& p, const ModelFingerpr
 
 struct KvRunResult {
   ds::PerplexityResult ppl;
+  double accuracy = ds::kNotMeasured;  // passkey / lines
   double bits_per_element = 16.0;
   double kv_bytes_per_token = 0.0;
 };
@@ -317,13 +324,19 @@ int run_ppl(const Options& o) {
   const int threads = cli::apply_threads(o.threads);
   const std::unique_ptr<Backend> backend = make_backend(o.backend, model);
 
-  const ds::EvalTokens tokens = ds::tokenize_for_eval(text, dataset.protocol, *tok, seqlen);
+  // passkey / lines: greedy retrieval on seeded prompts (datasets/retrieval.h); the
+  // dataset's text is the passkey filler, and no perplexity windows are cut.
+  const bool retrieval = o.task == "passkey" || o.task == "lines";
+  const ds::EvalTokens tokens = retrieval ? ds::EvalTokens{} : ds::tokenize_for_eval(text, dataset.protocol, *tok, seqlen);
+  std::vector<ds::RetrievalSample> samples;
+  if (o.task == "passkey") samples = ds::make_passkey_samples(*tok, text, o.context > 0 ? o.context : seqlen - o.max_new_tokens, o.trials, o.seed);
+  if (o.task == "lines") samples = ds::make_line_samples(*tok, o.lines, o.trials, o.seed);
   const int64_t windows_available = static_cast<int64_t>(tokens.ids.size()) / seqlen;
   ds::PerplexityOptions popt;
   popt.seqlen = seqlen;
   popt.max_windows = o.max_windows;
   popt.batch = o.batch;
-  ds::check_perplexity_inputs(cfg, tokens.ids.size(), popt);
+  if (!retrieval) ds::check_perplexity_inputs(cfg, tokens.ids.size(), popt);
 
   // The KV methods, each checked (spec syntax and options, by building its observer once)
   // before anything is printed.
@@ -350,8 +363,8 @@ int run_ppl(const Options& o) {
     runs.push_back(std::move(r));
   };
   const bool kld = o.task == "kld";
-  const bool compare_mode = !o.compare.empty() || kld;  // kld always compares with fp16
-  if (kld && o.compare.empty()) {
+  const bool compare_mode = !o.compare.empty() || kld || retrieval;  // these always show fp16 too
+  if ((kld || retrieval) && o.compare.empty()) {
     if (!o.kv.empty() && !o.profile.empty()) throw InvalidArgument("--profile", "give --kv or --profile, not both");
     add_run("fp16");
     if (!o.kv.empty() || !o.profile.empty()) add_run(!o.profile.empty() ? o.profile : o.kv);
@@ -368,6 +381,8 @@ int run_ppl(const Options& o) {
   }
   ds::Thresholds thresholds;
   if (!o.max_kld.empty()) thresholds.max_kld = ds::parse_fraction(o.max_kld, "--max-kld");
+  if (!o.min_passkey.empty()) thresholds.min_passkey = ds::parse_fraction(o.min_passkey, "--min-passkey");
+  if (!o.min_lines.empty()) thresholds.min_lines = ds::parse_fraction(o.min_lines, "--min-lines");
   if (!o.min_top1.empty()) thresholds.min_top1 = ds::parse_fraction(o.min_top1, "--min-top1");
   if (!o.max_ppl_increase.empty()) thresholds.max_ppl_increase_pct = ds::parse_percent(o.max_ppl_increase, "--max-ppl-increase");
 
@@ -409,8 +424,30 @@ int run_ppl(const Options& o) {
       results.push_back(r);
     }
   }
+  if (retrieval) {
+    const double elems_per_token = 2.0 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim;
+    for (const auto& run : runs) {
+      const auto obs = run.spec ? run.observer(cfg) : nullptr;
+      cli::Progress progress;
+      ds::RetrievalOptions ro;
+      ro.max_new_tokens = o.max_new_tokens;
+      ro.observer = obs.get();
+      ro.progress = [&](int64_t done, int64_t total) { progress.update(done, total, run.label + " " + o.task, 0.0); };
+      const ds::RetrievalResult rr = ds::evaluate_retrieval(*backend, *tok, samples, ro);
+      progress.finish();
+      KvRunResult r;
+      r.accuracy = rr.accuracy;
+      r.ppl.ppl = ds::kNotMeasured;
+      r.ppl.tokens_per_s = ds::kNotMeasured;
+      r.bits_per_element = obs ? obs->stats().bits_per_element() : 16.0;
+      r.kv_bytes_per_token = r.bits_per_element * elems_per_token / 8.0;
+      std::fprintf(stderr, "kvq-eval: %s %s: %lld/%lld correct, mean prompt %.0f tokens\n", run.label.c_str(),
+                   o.task.c_str(), static_cast<long long>(rr.correct), static_cast<long long>(rr.trials), rr.mean_prompt_tokens);
+      results.push_back(r);
+    }
+  }
   for (const auto& run : runs) {
-    if (kld) break;
+    if (kld || retrieval) break;
     cli::Progress progress;
     popt.progress = [&](const ds::PerplexityProgress& p) {
       progress.update(p.windows_done, p.windows_total,
@@ -423,7 +460,10 @@ int run_ppl(const Options& o) {
   if (compare_mode) {
     ds::CompareTable table;
     table.model = cli::base_name(model_path);
-    table.data = (dataset.name.empty() ? cli::base_name(dataset.path) : dataset.name) + " (" +
+    table.data = o.task == "lines" ? cli::strf("lines: %d lines, %d trials, seed %llu", o.lines, o.trials, static_cast<unsigned long long>(o.seed))
+               : o.task == "passkey" ? cli::strf("passkey: %d trials, seed %llu, filler ", o.trials, static_cast<unsigned long long>(o.seed)) +
+                                           cli::base_name(dataset.path)
+               : (dataset.name.empty() ? cli::base_name(dataset.path) : dataset.name) + " (" +
                  std::string(ds::protocol_name(dataset.protocol)) + " protocol, " +
                  cli::thousands(results[0].ppl.windows) + " windows)";
     table.device = backend->name();
@@ -437,6 +477,8 @@ int run_ppl(const Options& o) {
       row.kv_bytes_per_token = results[i].kv_bytes_per_token;
       row.ppl = results[i].ppl.ppl;
       row.tokens_per_s = results[i].ppl.tokens_per_s;
+      if (o.task == "passkey") row.passkey_acc = results[i].accuracy;
+      if (o.task == "lines") row.lines_acc = results[i].accuracy;
       if (kld) {
         std::vector<double> sorted = klds[i].kl;
         std::sort(sorted.begin(), sorted.end());
@@ -459,9 +501,12 @@ int run_ppl(const Options& o) {
     if (!o.plot.empty()) {
       std::vector<cli::PlotPoint> pts;
       for (const auto& row : table.rows)
-        pts.push_back({row.method, row.kv_bytes_per_token, kld ? row.kld_mean : row.ppl, row.reference});
+        pts.push_back({row.method, row.kv_bytes_per_token,
+                     kld ? row.kld_mean : o.task == "passkey" ? row.passkey_acc : o.task == "lines" ? row.lines_acc : row.ppl,
+                     row.reference});
       cli::PlotOptions po;
       if (kld) po.y_label = "mean KL divergence from fp16 (nats/token)";
+      if (retrieval) po.y_label = o.task + " accuracy";
       cli::write_svg_plot(o.plot, pts, po);
       std::fprintf(stderr, "kvq-eval: wrote %s\n", o.plot.c_str());
     }
@@ -534,7 +579,7 @@ int main(int argc, char** argv) {
   CLI::App app{"kvq-eval: evaluate a model on a dataset (today: perplexity, --task ppl)\n"
                "exit codes: 0 ok, 1 runtime failure, 2 usage error, 3 a --max-* threshold failed"};
   Options o;
-  app.add_option("--task", o.task, "Evaluation task")->check(CLI::IsMember({"ppl", "kld"}))->capture_default_str();
+  app.add_option("--task", o.task, "Evaluation task")->check(CLI::IsMember({"ppl", "kld", "passkey", "lines"}))->capture_default_str();
   app.add_option("--model", o.model,
                  "Hugging Face folder or llama2.c .bin (default: $KVQ_MODEL, else ../shared/models/kvq-testbed-llama2-23m)");
   app.add_option("--dataset", o.dataset,
@@ -564,6 +609,14 @@ int main(int argc, char** argv) {
                  "Compare mode: exit 3 when a method's PPL exceeds fp16's by more than this (\"1%\" or 0.01)");
   app.add_option("--max-kld", o.max_kld, "Exit 3 when a method's mean KL divergence (nats, --task kld) exceeds this");
   app.add_option("--min-top1", o.min_top1, "Exit 3 when a method's top-1 agreement with fp16 (--task kld) is below this");
+  app.add_option("--min-passkey", o.min_passkey, "Exit 3 when a method's passkey accuracy is below this (0.95 or 95%)");
+  app.add_option("--min-lines", o.min_lines, "Exit 3 when a method's line-retrieval accuracy is below this");
+  app.add_option("--context", o.context, "passkey: prompt length in tokens (0: seqlen - max new tokens)")->capture_default_str();
+  app.add_option("--lines", o.lines, "lines: lines per prompt")->check(CLI::Range(1, 2000))->capture_default_str();
+  app.add_option("--trials", o.trials, "passkey / lines: prompts per method")->check(CLI::Range(1, 100000))->capture_default_str();
+  app.add_option("--seed", o.seed, "passkey / lines: generator seed")->capture_default_str();
+  app.add_option("--max-new-tokens", o.max_new_tokens, "passkey / lines: greedy tokens per prompt")
+      ->check(CLI::Range(1, 4096))->capture_default_str();
   cli::add_backend_option(app, o.backend);
   cli::add_threads_option(app, o.threads);
   cli::add_format_option(app, o.format);
