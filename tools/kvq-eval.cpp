@@ -1,4 +1,7 @@
-// kvq-eval: evaluates a model on a dataset. Today: --task ppl, the perplexity protocol of
+// kvq-eval: evaluates a model on a dataset, with or without simulated KV quantization.
+// Tasks: ppl; kld (exact per-token KL against the unquantized pass, window by window);
+// passkey and lines (datasets/retrieval.h, greedy, seeded prompts shared by every method).
+// kld/passkey/lines always print the compare table with the fp16 row. --task ppl is the perplexity protocol of
 // GPTQ / KVQuant / KIVI (datasets/perplexity.h) on WikiText-2, C4 or any text file, on
 // the CPU reference backend. The tool parses, prints and calls the libraries; all the
 // logic (readers, protocols, windows, the evaluator) is in datasets/ and lib/.
@@ -576,7 +579,7 @@ int run_ppl(const Options& o) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"kvq-eval: evaluate a model on a dataset (today: perplexity, --task ppl)\n"
+  CLI::App app{"kvq-eval: evaluate a model (ppl, kld, passkey, lines) with fp16 or quantized KV\n"
                "exit codes: 0 ok, 1 runtime failure, 2 usage error, 3 a --max-* threshold failed"};
   Options o;
   app.add_option("--task", o.task, "Evaluation task")->check(CLI::IsMember({"ppl", "kld", "passkey", "lines"}))->capture_default_str();
