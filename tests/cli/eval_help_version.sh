@@ -17,7 +17,7 @@ grep -Eq '^kvq-eval [0-9]+\.[0-9]+\.[0-9]+ \(git [0-9a-f]{7,}(-dirty)?, CUDA (on
   || fail "--version printed: $(cat "$TMP/v.out" "$TMP/v.err")"
 
 # Usage errors exit 2 with one error line.
-for args in "--no-such-flag" "--task kld" "--seqlen -3" "--format xml" "--backend tpu" "--protocol wiki"; do
+for args in "--no-such-flag" "--task no-such-task" "--seqlen -3" "--format xml" "--backend tpu" "--protocol wiki"; do
   # shellcheck disable=SC2086
   run_tool "$TMP/u.out" "$TMP/u.err" "$EVAL" $args
   [[ $RC -eq 2 ]] || fail "'$args': exit $RC, expected 2: $(cat "$TMP/u.err")"
