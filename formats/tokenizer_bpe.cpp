@@ -5,7 +5,6 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
-#include <queue>
 #include <sstream>
 
 #include "formats/error.h"
@@ -82,55 +81,14 @@ void BpeModel::encode_word(std::string_view word, std::vector<int32_t>& out) con
 }
 
 void BpeModel::merge_all(std::vector<int32_t>& ids) const {
-  const int32_t n = static_cast<int32_t>(ids.size());
-  if (n < 2 || merges_.empty()) return;
-  std::vector<int32_t> prev(n), next(n);
-  std::vector<uint8_t> alive(n, 1);
-  for (int32_t i = 0; i < n; ++i) {
-    prev[i] = i - 1;
-    next[i] = i + 1 < n ? i + 1 : -1;
-  }
-  struct Candidate {
-    int32_t rank;
-    int32_t pos;
-    int32_t merged;
-  };
-  // Lowest rank first, then leftmost position (tokenizers' Merge ordering).
-  const auto later = [](const Candidate& x, const Candidate& y) {
-    return x.rank != y.rank ? x.rank > y.rank : x.pos > y.pos;
-  };
-  std::vector<Candidate> storage;
-  storage.reserve(n);
-  std::priority_queue<Candidate, std::vector<Candidate>, decltype(later)> queue(later,
-                                                                                std::move(storage));
-  const auto consider = [&](int32_t left) {
-    const int32_t right = next[left];
-    if (right < 0) return;
-    const auto it = merges_.find(key(ids[left], ids[right]));
-    if (it != merges_.end()) queue.push({it->second.rank, left, it->second.merged});
-  };
-  for (int32_t i = 0; i + 1 < n; ++i) consider(i);
-  while (!queue.empty()) {
-    const Candidate top = queue.top();
-    queue.pop();
-    if (!alive[top.pos]) continue;
-    const int32_t right = next[top.pos];
-    if (right < 0) continue;
-    // Stale entry: the pair at this position changed since it was queued.
-    const auto it = merges_.find(key(ids[top.pos], ids[right]));
-    if (it == merges_.end() || it->second.merged != top.merged) continue;
-    ids[top.pos] = top.merged;
-    alive[right] = 0;
-    next[top.pos] = next[right];
-    if (next[right] >= 0) prev[next[right]] = top.pos;
-    if (prev[top.pos] >= 0) consider(prev[top.pos]);
-    consider(top.pos);
-  }
-  int32_t w = 0;
-  for (int32_t i = 0; i < n; ++i) {
-    if (alive[i]) ids[w++] = ids[i];
-  }
-  ids.resize(w);
+  if (merges_.empty()) return;
+  // Lowest rank first, then leftmost position (tokenizers' Merge ordering): priority
+  // -rank, exact in a double.
+  merge_best_first(ids, [this](int32_t a, int32_t b) -> std::optional<PairMerge> {
+    const auto it = merges_.find(key(a, b));
+    if (it == merges_.end()) return std::nullopt;
+    return PairMerge{-static_cast<double>(it->second.rank), it->second.merged};
+  });
 }
 
 }  // namespace kvq::tok

@@ -2,7 +2,6 @@
 #include "formats/tokenizer_llama2c.h"
 
 #include <cstring>
-#include <queue>
 
 #include "formats/error.h"
 #include "formats/tokenizer_bpe.h"
@@ -141,50 +140,14 @@ class Llama2cTokenizer final : public Tokenizer {
 
   // Highest score first, leftmost on ties: the pair llama2.c's scan would pick.
   void merge(std::vector<int32_t>& ids) const {
-    const int32_t n = static_cast<int32_t>(ids.size());
-    if (n < 2) return;
-    std::vector<int32_t> next(n), prev(n);
-    std::vector<uint8_t> alive(n, 1);
-    for (int32_t i = 0; i < n; ++i) {
-      prev[i] = i - 1;
-      next[i] = i + 1 < n ? i + 1 : -1;
-    }
-    struct Candidate {
-      float score;
-      int32_t pos, left, right, merged;
-    };
-    const auto worse = [](const Candidate& x, const Candidate& y) {
-      return x.score != y.score ? x.score < y.score : x.pos > y.pos;
-    };
-    std::priority_queue<Candidate, std::vector<Candidate>, decltype(worse)> queue(worse);
     std::string buf;
-    const auto consider = [&](int32_t left) {
-      const int32_t right = next[left];
-      if (right < 0) return;
-      buf.assign(pieces_[ids[left]]);
-      buf.append(pieces_[ids[right]]);
+    tok::merge_best_first(ids, [&](int32_t a, int32_t b) -> std::optional<tok::PairMerge> {
+      buf.assign(pieces_[a]);
+      buf.append(pieces_[b]);
       const int32_t id = find(buf);
-      if (id >= 0) queue.push({scores_[id], left, ids[left], ids[right], id});
-    };
-    for (int32_t i = 0; i + 1 < n; ++i) consider(i);
-    while (!queue.empty()) {
-      const Candidate top = queue.top();
-      queue.pop();
-      if (!alive[top.pos]) continue;
-      const int32_t right = next[top.pos];
-      if (right < 0 || ids[top.pos] != top.left || ids[right] != top.right) continue;  // stale
-      ids[top.pos] = top.merged;
-      alive[right] = 0;
-      next[top.pos] = next[right];
-      if (next[right] >= 0) prev[next[right]] = top.pos;
-      if (prev[top.pos] >= 0) consider(prev[top.pos]);
-      consider(top.pos);
-    }
-    int32_t w = 0;
-    for (int32_t i = 0; i < n; ++i) {
-      if (alive[i]) ids[w++] = ids[i];
-    }
-    ids.resize(w);
+      if (id < 0) return std::nullopt;
+      return tok::PairMerge{static_cast<double>(scores_[id]), id};
+    });
   }
 
   std::vector<std::string> pieces_;
