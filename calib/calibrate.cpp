@@ -8,11 +8,17 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <memory>
 
 #include "calib/signposts.h"
 #include "calib/thresholds.h"
 #include "formats/error.h"
+#include "formats/version.h"
 #include "lib/backward/cpu_gradient.h"
+#if KVQ_HAVE_CUDA
+#include "lib/cuda/cuda_gradient.h"
+#endif
 
 namespace fs = std::filesystem;
 
@@ -65,7 +71,42 @@ void write_all(std::ofstream& out, const float* p, int64_t n, const std::string&
   if (!out) throw IoError(path, "cannot write the calibration spill file (disk full?)");
 }
 
-void capture_sequence(const CpuGradient<float>& grad, std::span<const int32_t> seq,
+// One forward+backward pass on the chosen backend (CPU or CUDA: the same LayerView).
+struct BackwardEngine {
+  std::function<double(std::span<const int32_t>, const CpuGradient<float>::LayerVisitor&)> backward;
+  std::function<size_t()> peak_bytes = [] { return size_t{0}; };
+};
+
+BackwardEngine make_backward_engine(const std::string& backend, const std::shared_ptr<const Model>& model) {
+  BackwardEngine e;
+  if (backend == "cpu") {
+    auto g = std::make_shared<const CpuGradient<float>>(model);
+    e.backward = [g](std::span<const int32_t> s, const CpuGradient<float>::LayerVisitor& v) { return g->backward(s, v); };
+    return e;
+  }
+  if (backend == "cuda" || backend.rfind("cuda:", 0) == 0) {
+#if KVQ_HAVE_CUDA
+    CudaGradientOptions o;
+    if (backend.size() > 5) {
+      try {
+        o.device = std::stoi(backend.substr(5));
+      } catch (const std::exception&) {
+        throw InvalidArgument("--backend", "'" + backend + "' is not cuda:N");
+      }
+    }
+    auto g = std::make_shared<CudaGradient>(model, o);
+    e.backward = [g](std::span<const int32_t> s, const CpuGradient<float>::LayerVisitor& v) { return g->backward(s, v); };
+    e.peak_bytes = [g] { return g->peak_device_bytes(); };
+    return e;
+#else
+    throw UnsupportedError("--backend", "this build of kvq has no CUDA backend",
+                           "rebuild with -DKVQ_CUDA=ON on a machine with the CUDA toolkit, or use --backend cpu");
+#endif
+  }
+  throw InvalidArgument("--backend", "unknown backend '" + backend + "'", "one of: cpu, cuda, cuda:N, auto");
+}
+
+void capture_sequence(const BackwardEngine& grad, std::span<const int32_t> seq,
                       const Shape& sh, int64_t start, const std::string& path, double* loss_out) {
   // Gradients arrive in layer order L-1 .. 0; keep the per-layer blocks until the end.
   std::vector<std::vector<float>> blocks(static_cast<size_t>(sh.layers));
@@ -236,7 +277,7 @@ CalibrateSummary run_calibration(std::shared_ptr<const Model> model, std::span<c
   const auto t0 = std::chrono::steady_clock::now();
   sum.seq_loss.assign(nseq, 0.0);
   if (base.complete_layers < cfg.n_layers) {
-    const CpuGradient<float> grad(model);
+    const BackwardEngine grad = make_backward_engine(opt.backend, model);
     for (size_t i = 0; i < nseq; ++i) {
       const int64_t s = opt.starts[i];
       if (s < 0 || s + opt.seqlen > static_cast<int64_t>(ids.size())) {
@@ -251,6 +292,7 @@ CalibrateSummary run_calibration(std::shared_ptr<const Model> model, std::span<c
       }
       if (progress) progress("capture", static_cast<int64_t>(i + 1), static_cast<int64_t>(nseq));
     }
+    sum.gpu_peak_bytes = grad.peak_bytes();
   }
   const auto t1 = std::chrono::steady_clock::now();
   sum.capture_seconds = std::chrono::duration<double>(t1 - t0).count();

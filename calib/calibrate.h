@@ -44,6 +44,11 @@ struct CalibrateOptions {
   bool resume = false;
   // Stop after this many layers have been written (0: all); for tests of --resume.
   int stop_after_layers = 0;
+  // Where the capture's forward+backward runs: "cpu" (lib/backward) or "cuda" / "cuda:N"
+  // (lib/cuda/cuda_gradient; UnsupportedError in a build without CUDA). The tool resolves
+  // "auto". Not part of the file: GPU and CPU gradients differ in the last bits, so their
+  // files differ, but each backend is deterministic run to run.
+  std::string backend = "cpu";
 };
 
 struct LayerFitSummary {
@@ -57,6 +62,7 @@ struct CalibrateSummary {
   int resumed_layers = 0;
   int complete_layers = 0;
   double capture_seconds = 0, fit_seconds = 0;
+  size_t gpu_peak_bytes = 0;           // the CUDA backward pass's peak device memory (0 on CPU)
   std::vector<LayerFitSummary> layers; // the layers fitted in this run (index = layer)
 };
 

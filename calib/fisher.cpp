@@ -5,7 +5,11 @@
 
 #include "calib/rng.h"
 #include "formats/error.h"
+#include "formats/version.h"
 #include "lib/backward/cpu_gradient.h"
+#if KVQ_HAVE_CUDA
+#include "lib/cuda/cuda_gradient.h"
+#endif
 
 namespace kvq::calib {
 
@@ -61,6 +65,39 @@ FisherInfo fisher_information(std::shared_ptr<const Model> model, std::span<cons
     out.v.emplace_back(av[static_cast<size_t>(l)].begin(), av[static_cast<size_t>(l)].end());
   }
   return out;
+}
+
+FisherInfo fisher_information(std::shared_ptr<const Model> model, std::span<const int32_t> ids,
+                              std::span<const int64_t> starts, int seqlen, const std::string& backend) {
+  if (backend == "cpu") return fisher_information(std::move(model), ids, starts, seqlen);
+  if (backend != "cuda" && backend.rfind("cuda:", 0) != 0) {
+    throw InvalidArgument("--backend", "unknown backend '" + backend + "'", "one of: cpu, cuda, cuda:N");
+  }
+#if KVQ_HAVE_CUDA
+  CudaGradientOptions go;
+  if (backend.size() > 5) {
+    try {
+      go.device = std::stoi(backend.substr(5));
+    } catch (const std::exception&) {
+      throw InvalidArgument("--backend", "'" + backend + "' is not cuda:N");
+    }
+  }
+  CudaGradient grad(model, go);
+  FisherInfo out;
+  out.seqlen = seqlen;
+  out.kv_dim = grad.config().kv_dim();
+  for (int64_t s : starts) {
+    if (s < 0 || s + seqlen > static_cast<int64_t>(ids.size())) {
+      throw InvalidArgument("starts", "sequence start " + std::to_string(s) + " + " + std::to_string(seqlen) +
+                                          " outside the " + std::to_string(ids.size()) + " tokens");
+    }
+    out.loss.push_back(grad.accumulate_fisher(ids.subspan(static_cast<size_t>(s), static_cast<size_t>(seqlen))));
+  }
+  grad.fisher(out.k, out.v);
+  return out;
+#else
+  throw UnsupportedError("--backend", "this build of kvq has no CUDA backend", "use --backend cpu");
+#endif
 }
 
 }  // namespace kvq::calib

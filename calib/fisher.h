@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "lib/model.h"
@@ -34,5 +35,11 @@ struct FisherInfo {
 // double and rounded to float once.
 FisherInfo fisher_information(std::shared_ptr<const Model> model, std::span<const int32_t> ids,
                               std::span<const int64_t> starts, int seqlen);
+
+// The same on a chosen backend: "cpu" (above) or "cuda" / "cuda:N" (lib/cuda/cuda_gradient:
+// the GPU backward pass, squares accumulated on the device in double). UnsupportedError in a
+// build without CUDA.
+FisherInfo fisher_information(std::shared_ptr<const Model> model, std::span<const int32_t> ids,
+                              std::span<const int64_t> starts, int seqlen, const std::string& backend);
 
 }  // namespace kvq::calib

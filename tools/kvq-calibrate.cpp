@@ -4,9 +4,10 @@
 //   kvq-calibrate --model DIR|FILE --dataset PATH [--tokenizer PATH] [--nseq 16]
 //                 [--seqlen 2048] [--seed 0] [--outliers 1%] [--sink 1] [--bits 2,3,4]
 //                 -o calib.kvqc [--resume] [--threads N] [--format text|json]
+//                 [--backend cpu|cuda|cuda:N|auto]
 //
-// The pipeline (calib/calibrate.h): sample sequences, CPU forward+backward per sequence
-// (Fisher information), then per layer thresholds, Fisher-weighted NUQ signposts, Q-Norm
+// The pipeline (calib/calibrate.h): sample sequences, forward+backward per sequence
+// (Fisher information; on the GPU with --backend cuda, the default when a GPU exists), then per layer thresholds, Fisher-weighted NUQ signposts, Q-Norm
 // and absmax, writing the file after every layer (--resume continues an interrupted run).
 // The effective configuration and progress with ETA go to stderr, the summary to stdout.
 // docs/calibrate.md has the details and measured figures.
@@ -34,7 +35,11 @@
 #include "formats/sha256.h"
 #include "formats/tokenizer.h"
 #include "formats/version.h"
+#include "lib/backend_factory.h"
 #include "lib/model.h"
+#if KVQ_HAVE_CUDA
+#include "lib/cuda/cuda_backend.h"
+#endif
 #include "tools/common/backend_select.h"
 #include "tools/common/cli.h"
 #include "tools/common/data_paths.h"
@@ -62,6 +67,7 @@ struct Options {
   int stop_after_layers = 0;
   std::string fisher_out;
   int threads = 0;
+  std::string backend = "auto";
   cli::OutputFormat format = cli::OutputFormat::kText;
 };
 
@@ -118,6 +124,12 @@ void write_fisher(const std::string& dir, const calib::FisherInfo& f, const std:
   }
 }
 
+// "auto" -> "cuda" when this build has CUDA and a usable GPU is present, else "cpu".
+std::string resolve_backend(const std::string& name) {
+  if (name != "auto") return name;
+  return cuda_available() ? "cuda" : "cpu";
+}
+
 int run(const Options& o) {
   const std::string model_path = o.model.empty() ? cli::default_model_path() : o.model;
   if (model_path.empty()) throw InvalidArgument("--model", "no model given and none found", "pass --model DIR|FILE");
@@ -138,6 +150,7 @@ int run(const Options& o) {
   datasets::check_tokenizer_vocab(*tok, model->embedding().shape[0], model_path);
   const int seqlen = std::min(o.seqlen, cfg.max_position);
   const int threads = cli::apply_threads(o.threads);
+  const std::string backend = resolve_backend(o.backend);
   const std::string text = datasets::read_text_file(dataset);
   const std::vector<int32_t> ids = tok->encode(text);
   const std::vector<int64_t> starts = o.starts.empty() ? calib::sample_starts(static_cast<int64_t>(ids.size()), seqlen, o.nseq, o.seed)
@@ -155,9 +168,16 @@ int run(const Options& o) {
   std::fprintf(stderr, "  outliers   %g%% (%g%% per tail), sink %d, bits %s\n", outl.total_fraction * 100,
                outl.tail_fraction() * 100, o.sink, o.bits.c_str());
   std::fprintf(stderr, "  output     %s%s, %d threads\n", o.output.c_str(), o.resume ? " (resume)" : "", threads);
+  std::fprintf(stderr, "  backend    %s%s\n", backend.c_str(), o.backend == "auto" ? " (auto)" : "");
+#if KVQ_HAVE_CUDA
+  if (backend != "cpu") {
+    std::fprintf(stderr, "  device     %s\n",
+                 cuda_device_summary(backend.size() > 5 ? std::stoi(backend.substr(5)) : 0).c_str());
+  }
+#endif
 
   if (!o.fisher_out.empty()) {
-    const calib::FisherInfo f = calib::fisher_information(model, ids, starts, seqlen);
+    const calib::FisherInfo f = calib::fisher_information(model, ids, starts, seqlen, backend);
     write_fisher(o.fisher_out, f, starts);
     std::fprintf(stderr, "kvq-calibrate: Fisher information written to %s\n", o.fisher_out.c_str());
   }
@@ -182,6 +202,7 @@ int run(const Options& o) {
   copt.output = o.output;
   copt.resume = o.resume;
   copt.stop_after_layers = o.stop_after_layers;
+  copt.backend = backend;
 
   cli::Progress progress;
   const auto t0 = std::chrono::steady_clock::now();
@@ -232,6 +253,8 @@ int run(const Options& o) {
                                 {"complete_layers", s.complete_layers},
                                 {"capture_seconds", s.capture_seconds},
                                 {"fit_seconds", s.fit_seconds},
+                                {"backend", backend},
+                                {"gpu_peak_bytes", s.gpu_peak_bytes},
                                 {"output", o.output},
                                 {"output_sha256", digest},
                                 {"layers", layers},
@@ -247,6 +270,7 @@ int run(const Options& o) {
         {"resumed", cli::strf("%d sequences, %d layers", s.resumed_sequences, s.resumed_layers)},
         {"layers", cli::strf("%d of %d complete", s.complete_layers, cfg.n_layers)},
         {"time", cli::strf("capture %.1f s, fit %.1f s", s.capture_seconds, s.fit_seconds)},
+        {"backend", backend + (s.gpu_peak_bytes ? cli::strf(" (peak %.2f GiB on the GPU)", s.gpu_peak_bytes / 1073741824.0) : "")},
         {"output", o.output},
         {"sha256", digest},
     });
@@ -300,6 +324,7 @@ int main(int argc, char** argv) {
                  "Also write the Fisher information (hf_oracle.py fisher layout) to this folder")
       ->group("");
   cli::add_threads_option(app, o.threads);
+  cli::add_backend_option(app, o.backend);
   cli::add_format_option(app, o.format);
   cli::add_version_flag(app, "kvq-calibrate");
 
