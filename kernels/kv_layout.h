@@ -9,7 +9,8 @@
 // in formats/dtype.h; device: __float2half_rn; both round half to even).
 //
 // ## The rounding rules (the definition every codec follows)
-// Uniform asymmetric, b bits, levels L = 2^b - 1, over a group with fp32 min m and max M:
+// Uniform asymmetric, b bits, levels L = 2^b - 1, over a group with fp32 min m and max M
+// (scan order, first of equal values: seq_min / seq_max below):
 //   s  = (M - m) / L                    fp32 division
 //   sh = fp16(s), zh = fp16(m)          stored as IEEE binary16, round half to even
 //   sf = float(sh), zf = float(zh)      every later step uses the *stored* values
@@ -89,6 +90,17 @@ KVQ_HD inline float round_even(float x) { return nearbyintf(x); }
 KVQ_HD inline float clampf(float x, float lo, float hi) {
   return x < lo ? lo : (x > hi ? hi : x);
 }
+
+// Running minimum / maximum with std::min / std::max semantics: the accumulator is kept
+// unless x is strictly smaller (larger), so among equal values the FIRST in scan order
+// wins. That is what the CPU reference computes, and it matters for signed zeros: -0 and
+// +0 compare equal, so the stored fp16 zero point of a group whose minimum is a zero takes
+// the sign of the first zero (0x0000 vs 0x8000). CUDA's fminf/fmaxf (min.f32) order -0
+// below +0 instead, which was the one int8 mismatch of the first device run (a group of
+// 8 values holding +0 before -0). Kernels that reduce in another order break ties by the
+// lower scan index (kernels/kv_quant.cu, KVQuant values).
+KVQ_HD inline float seq_min(float acc, float x) { return x < acc ? x : acc; }
+KVQ_HD inline float seq_max(float acc, float x) { return acc < x ? x : acc; }
 
 // The per-group reciprocal: 0 for a zero scale (constant group: every code is 0 and the
 // value is the zero point).

@@ -1,6 +1,7 @@
 // Append / quantize kernels of the packed KV cache (layout: kernels/kv_ops.cuh). Every code,
 // scale, zero and outlier record is computed with the rules of kernels/kv_layout.h exactly
-// as the CPU reference codecs (lib/codecs/) compute them: fp32 min/max (order-free), one
+// as the CPU reference codecs (lib/codecs/) compute them: fp32 min/max with std::min/max
+// semantics (kvlayout::seq_min/seq_max: the first of equal values wins, -0 vs +0), one
 // IEEE fp32 division for the scale (nvcc's default -prec-div=true; never --use_fast_math),
 // __float2half_rn for the stored binary16 values (round half to even, like
 // kvq::float_to_half), the reciprocal of the *stored* scale, nearbyintf (cvt.rni).
@@ -76,8 +77,8 @@ __global__ void token_groups_kernel(PackedSide p, int slot, Source src, int64_t 
       float mn = src.get(p, slot, h, j, g0), mx = mn;
       for (int i = g0 + 1; i < g0 + p.group; ++i) {
         const float x = src.get(p, slot, h, j, i);
-        mn = fminf(mn, x);
-        mx = fmaxf(mx, x);
+        mn = kvlayout::seq_min(mn, x);
+        mx = kvlayout::seq_max(mx, x);
       }
       const float levels = static_cast<float>((1u << p.bits) - 1u);
       const float s = (mx - mn) / levels;
@@ -106,8 +107,8 @@ __global__ void channel_groups_kernel(PackedSide p, int slot, Source src, int64_
   float mn = src.get(p, slot, h, t0, i), mx = mn;
   for (int64_t t = t0 + 1; t < t0 + p.group; ++t) {
     const float x = src.get(p, slot, h, t, i);
-    mn = fminf(mn, x);
-    mx = fmaxf(mx, x);
+    mn = kvlayout::seq_min(mn, x);
+    mx = kvlayout::seq_max(mx, x);
   }
   const float levels = static_cast<float>((1u << p.bits) - 1u);
   const float s = (mx - mn) / levels;
@@ -220,16 +221,24 @@ __global__ void kvquant_kernel(PackedSide p, int slot, const float* rows, int64_
   uint32_t* w = p.codes + (sh * p.max_tokens + j) * p.wpr;
   float mid = 0.f, inv_half = 0.f;
   if (!key) {
+    // The CPU scans channels 0..hd-1 with std::min/max: the first of equal values wins
+    // (signed zeros). Each lane scans its channels in increasing order, then the tree
+    // keeps, among equal values, the one of the lower channel index.
     float mn = INFINITY, mx = -INFINITY;
+    int mn_i = 1 << 30, mx_i = 1 << 30;
 #pragma unroll
     for (int k = 0; k < kLutMaxChunks; ++k)
       if (k * 32 + lane < hd && !((mask[k] >> lane) & 1u)) {
-        mn = fminf(mn, x[k]);
-        mx = fmaxf(mx, x[k]);
+        if (x[k] < mn || mn_i == (1 << 30)) { mn = x[k]; mn_i = k * 32 + lane; }
+        if (mx < x[k] || mx_i == (1 << 30)) { mx = x[k]; mx_i = k * 32 + lane; }
       }
     for (int o = 16; o > 0; o >>= 1) {
-      mn = fminf(mn, __shfl_xor_sync(0xffffffffu, mn, o));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+      const float omn = __shfl_xor_sync(0xffffffffu, mn, o);
+      const int omn_i = __shfl_xor_sync(0xffffffffu, mn_i, o);
+      const float omx = __shfl_xor_sync(0xffffffffu, mx, o);
+      const int omx_i = __shfl_xor_sync(0xffffffffu, mx_i, o);
+      if (omn < mn || (omn == mn && omn_i < mn_i)) { mn = omn; mn_i = omn_i; }
+      if (omx > mx || (omx == mx && omx_i < mx_i)) { mx = omx; mx_i = omx_i; }
     }
     if (mn > mx) mn = mx = 0.f;  // every entry an outlier
     const uint16_t mh = f2h(0.5f * (mx + mn)), hh = f2h(0.5f * (mx - mn));

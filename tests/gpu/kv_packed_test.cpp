@@ -326,6 +326,61 @@ TEST_CASE("kv packed: WKVQuant smoothing + per-token groups", "[gpu][kv]") {
   }
 }
 
+// Regression (the one int8 mismatch of the first device run): a group whose minimum is a
+// zero holding +0 before -0. The CPU's std::min keeps the first of equal values, so the
+// stored fp16 zero point is +0 (0x0000); the GPU used fminf, which returns -0 (0x8000).
+// Rows here plant every order of signed zeros at a group's minimum and maximum, per token
+// (groups of 8 channels), per channel (KIVI groups of 4 tokens) and per KVQuant value row.
+std::vector<float> signed_zero_rows(int T, int dim, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> ud(0.25f, 2.f);
+  std::vector<float> x(static_cast<size_t>(T) * dim);
+  for (int t = 0; t < T; ++t)
+    for (int c = 0; c < dim; ++c) {
+      const int pat = (t + c / 8) % 6;
+      float v = ud(rng);
+      const int k = c % 8;
+      if (pat == 0) v = k == 0 ? 0.f : (k == 1 ? -0.f : v);       // +0 then -0 at the min
+      if (pat == 1) v = k == 0 ? -0.f : (k == 1 ? 0.f : v);       // -0 then +0 at the min
+      if (pat == 2) v = k == 0 ? 0.f : (k == 1 ? -0.f : -v);      // +0 then -0 at the max
+      if (pat == 3) v = k == 0 ? -0.f : (k == 1 ? 0.f : -v);      // -0 then +0 at the max
+      if (pat == 4) v = (k % 2) ? -0.f : 0.f;                     // all zeros, mixed signs
+      if (pat == 5 && t % 2) v = -0.f;                            // per-channel zeros over tokens
+      if (pat == 5 && t % 2 == 0 && c % 3 == 0) v = 0.f;
+      x[static_cast<size_t>(t) * dim + c] = v;
+    }
+  return x;
+}
+
+TEST_CASE("kv packed: signed zeros at a group's min/max give the CPU's bytes (int8 regression)", "[gpu][kv]") {
+  const uint64_t seed = kvq_test::test_seed(941);
+  const Shape s{2, 4, 32};
+  const int dim = s.H * s.hd, T = 36;
+  RopeConfig rc;
+  rc.theta = 10000.0;
+  for (const char* spec : {"int8:group=8", "int4:group=8", "int2:group=16,sym=1",
+                           "kivi:bits=2,group=4,residual=8", "kvquant:bits=4,outliers=0.05,sink=0",
+                           "kvquant:bits=2,outliers=0,sink=2"}) {
+    auto kc = make(spec, KvSide::kKey, s, nullptr);
+    auto vc = make(spec, KvSide::kValue, s, nullptr);
+    const bool pre = kc->stage() == codecs::RopeStage::kPreRope;
+    cuda::PackedKvCache gpu(*kc, *vc, 1, 64, s.n_heads,
+                            pre ? rope_inv_freq(rc, s.hd) : std::vector<double>{});
+    const std::vector<float> K = signed_zero_rows(T, dim, seed), V = signed_zero_rows(T, dim, seed + 1);
+    gpu.append_host(0, K.data(), V.data(), T, dim);
+    for (bool key : {true, false}) {
+      const auto& codec = key ? *kc : *vc;
+      const int64_t qn = gpu.quantized_tokens(key, 0);
+      REQUIRE(qn > 0);
+      const auto cpu = cpu_chunk(codec, key ? K : V, {T}, qn);
+      const auto dev = gpu.download(key, 0, 0, qn);
+      require_same(cpu, dev, codec.describe() + (key ? " keys" : " values") + " (signed zeros)");
+    }
+    std::printf("kv packed signed zeros %s: bytes equal, seed %llu\n", spec,
+                static_cast<unsigned long long>(seed));
+  }
+}
+
 TEST_CASE("kv packed: codecs without a GPU path and bad use are typed errors", "[gpu][kv]") {
   const Shape s{2, 4, 64};
   auto k = make("fp8", KvSide::kKey, s, nullptr);
