@@ -2,7 +2,8 @@
 // The keys of a sequence are cut into chunks, one block per (chunk, kv head, sequence);
 // a block serves all G query heads that share its kv head (GQA), so each K/V byte is read
 // once per step, which is the floor for this memory-bound kernel (METHODS.md, "Memory
-// arithmetic"). A second kernel merges the chunks' (max, sum, output) triples.
+// arithmetic"). A second kernel (splitk_combine_kernel, kernels/common.cuh, shared with
+// kv_decode_packed.cu) merges the chunks' (max, sum, output) triples.
 //
 // Inside a block (4 warps): a row of head_dim 16-bit values is read by DP/8 lanes with one
 // 16-byte load each, so a warp instruction covers 32/(DP/8) whole rows, fully coalesced.
@@ -187,27 +188,6 @@ attention_decode_kernel(AttentionArgs a, int chunk, int splits, float* part_o, f
   }
 }
 
-// One block per (query head, row): out = sum_s w_s o_s / sum_s w_s l_s, w_s = exp(m_s - m).
-template <typename T>
-__global__ void attention_combine_kernel(AttentionArgs a, int splits, const float* part_o,
-                                         const float* part_ml) {
-  const int h = blockIdx.x, r = blockIdx.y;
-  const int D = a.head_dim;
-  const int64_t head = static_cast<int64_t>(r) * a.n_heads + h;
-  const float* ml = part_ml + head * splits * 2;
-  float m = -INFINITY;
-  for (int s = 0; s < splits; ++s) m = fmaxf(m, ml[2 * s]);
-  float l = 0.f;
-  for (int s = 0; s < splits; ++s) l += ml[2 * s] == -INFINITY ? 0.f : expf(ml[2 * s] - m) * ml[2 * s + 1];
-  T* out = static_cast<T*>(a.out) + head * D;  // n == 1: (r, 0, h)
-  for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    float o = 0.f;
-    for (int s = 0; s < splits; ++s)
-      if (ml[2 * s] != -INFINITY) o += expf(ml[2 * s] - m) * part_o[(head * splits + s) * D + d];
-    out[d] = from_f<T>(o / l);
-  }
-}
-
 template <typename T, int DP, int GMAX>
 cudaError_t launch_decode(const AttentionArgs& a, const DecodePlan& p, float* part_o,
                           float* part_ml, cudaStream_t stream) {
@@ -222,8 +202,8 @@ cudaError_t launch_decode(const AttentionArgs& a, const DecodePlan& p, float* pa
                                                                         part_o, part_ml);
   e = launch_status();
   if (e != cudaSuccess) return e;
-  attention_combine_kernel<T><<<dim3(a.n_heads, a.rows), 128, 0, stream>>>(a, p.splits, part_o,
-                                                                           part_ml);
+  splitk_combine_kernel<T><<<dim3(a.n_heads, a.rows), 128, 0, stream>>>(
+      part_o, part_ml, static_cast<T*>(a.out), a.n_heads, a.head_dim, p.splits);
   return launch_status();
 }
 

@@ -41,6 +41,32 @@ inline unsigned blocks_for(size_t count, unsigned threads) {
   return static_cast<unsigned>(b > 65535u * 16u ? 65535u * 16u : (b == 0 ? 1 : b));
 }
 
+// Split-K combine shared by the decode kernels (attention_decode.cu over the fp16 cache,
+// kv_decode_packed.cu over packed caches): one block per (query head, row) merges the
+// chunks' partial results, out = sum_s w_s o_s / sum_s w_s l_s with w_s = exp(m_s - m).
+// part_o: [rows, n_heads, splits, D] fp32 unnormalised outputs, part_ml: [rows, n_heads,
+// splits, 2] (max score, sum of exp(score - max)); a chunk with no keys has m = -inf.
+// out: [rows, n_heads, D] (row-major, one query per row).
+template <typename T>
+__global__ void splitk_combine_kernel(const float* part_o, const float* part_ml, T* out,
+                                      int n_heads, int D, int splits) {
+  const int h = blockIdx.x, r = blockIdx.y;
+  const int64_t head = static_cast<int64_t>(r) * n_heads + h;
+  const float* ml = part_ml + head * splits * 2;
+  float m = -INFINITY;
+  for (int s = 0; s < splits; ++s) m = fmaxf(m, ml[2 * s]);
+  float l = 0.f;
+  for (int s = 0; s < splits; ++s)
+    l += ml[2 * s] == -INFINITY ? 0.f : expf(ml[2 * s] - m) * ml[2 * s + 1];
+  T* o_row = out + head * D;
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float o = 0.f;
+    for (int s = 0; s < splits; ++s)
+      if (ml[2 * s] != -INFINITY) o += expf(ml[2 * s] - m) * part_o[(head * splits + s) * D + d];
+    o_row[d] = from_f<T>(o / l);
+  }
+}
+
 // Dispatches a template on the element type: DISPATCH_ACT(act, T, body).
 #define KVQ_DISPATCH_ACT(act, T, ...)                     \
   do {                                                    \

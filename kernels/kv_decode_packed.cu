@@ -40,7 +40,9 @@ struct Plan {
 
 Plan make_plan(int kv_heads, int rows, int group, int max_len, int sm_count) {
   const int per_split = kv_heads * rows;
-  const int want = std::max(1, (2 * std::max(sm_count, 1) + per_split - 1) / per_split);
+  // Four blocks per SM worth of work: the fast kernel holds 1-2 blocks per SM (registers),
+  // so the grid is 2-4 waves and the last one is short.
+  const int want = std::max(1, (4 * std::max(sm_count, 1) + per_split - 1) / per_split);
   int chunk = (max_len + want - 1) / want;
   chunk = ((chunk + 63) / 64) * 64;
   const int cap = std::min(2048, (kMaxChunkFloats / group) / 64 * 64);
@@ -344,27 +346,6 @@ packed_decode_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, 
   }
 }
 
-// One block per (query head, row): out = sum_s w_s o_s / sum_s w_s l_s, w_s = exp(m_s - m).
-template <typename T>
-__global__ void packed_combine_kernel(PackedDecodeArgs a, int D, int splits, const float* part_o,
-                                      const float* part_ml) {
-  const int h = blockIdx.x, r = blockIdx.y;
-  const int64_t head = static_cast<int64_t>(r) * a.n_heads + h;
-  const float* ml = part_ml + head * splits * 2;
-  float m = -INFINITY;
-  for (int s = 0; s < splits; ++s) m = fmaxf(m, ml[2 * s]);
-  float l = 0.f;
-  for (int s = 0; s < splits; ++s)
-    l += ml[2 * s] == -INFINITY ? 0.f : expf(ml[2 * s] - m) * ml[2 * s + 1];
-  T* out = static_cast<T*>(a.out) + head * D;
-  for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    float o = 0.f;
-    for (int s = 0; s < splits; ++s)
-      if (ml[2 * s] != -INFINITY) o += expf(ml[2 * s] - m) * part_o[(head * splits + s) * D + d];
-    out[d] = from_f<T>(o / l);
-  }
-}
-
 size_t smem_for(int G, int chunk, int D) {
   return (static_cast<size_t>(G) * chunk + static_cast<size_t>(kWarps) * G * D + 2 * kMaxGroup +
           2 * kLutMax) * sizeof(float);
@@ -382,8 +363,8 @@ cudaError_t launch(const PackedSide& k, const PackedSide& v, const PackedDecodeA
   packed_decode_kernel<T, GMAX><<<dim3(p.splits, k.kv_heads, a.rows), kThreads, smem, stream>>>(
       k, v, a, p.chunk, p.splits, part_o, part_ml);
   if ((e = launch_status()) != cudaSuccess) return e;
-  packed_combine_kernel<T><<<dim3(a.n_heads, a.rows), 128, 0, stream>>>(a, k.head_dim, p.splits,
-                                                                       part_o, part_ml);
+  splitk_combine_kernel<T><<<dim3(a.n_heads, a.rows), 128, 0, stream>>>(
+      part_o, part_ml, static_cast<T*>(a.out), a.n_heads, k.head_dim, p.splits);
   return launch_status();
 }
 
@@ -396,6 +377,435 @@ cudaError_t dispatch(const PackedSide& k, const PackedSide& v, const PackedDecod
   if (G <= 4) return launch<T, 4>(k, v, a, p, o, ml, stream);
   return launch<T, 8>(k, v, a, p, o, ml, stream);
 }
+
+// ---------------------------------------------------------------------------------------
+// Fast path: uniform per-token codes (intB axis=token, sym or asym, any group that is a
+// multiple of 8), KIVI (per-channel keys in token groups + fp16 residual ring, per-token
+// values), same bit width on both sides, head_dim 32/64/128, no sinks, outliers, LUT,
+// smoothing or RoPE (those take the general kernel above). Why a second kernel: the
+// general one reached 2-8% of copy bandwidth with time flat across bit widths
+// (docs/results.md, first device run): it was bound by instructions and latency, not
+// bytes: a 4-byte load per lane and row, a run-time format switch and 64-bit shifts per
+// element, a 16-lane shuffle reduction per token and query head, and one load in flight
+// per lane. Here:
+//  - the bit width is a template parameter, so a code is extracted with a constant shift
+//    and mask (a byte permute at 8 bits) and turned into an exact float by the 2^23 magic
+//    (or 0x4B000000 | code, minus 2^23): ~2-3 instructions per element before the fma;
+//  - a lane owns a whole 32-code block of a token in the key pass (one 16-byte load at 4
+//    bits, 8 at 2, 2 x 16 at 8), so the score needs a reduction over head_dim/32 lanes
+//    only; kU consecutive tokens per lane are loaded before any is used (loads in flight);
+//  - the value pass gives a lane 32/16/8 channels (GQA group 1-2/4/8) of kUV consecutive
+//    tokens and accumulates P V in registers, reduced across lanes and warps once per block;
+//  - 8 warps per block, >= 4 blocks per SM worth of (chunk, kv head, row) work at batch 1.
+// Dequantization is the reference formula (kv_layout.h) element by element, so K'/V' are
+// the same fp32 values the CPU holds and the test tolerance stays as derived.
+namespace fast {
+
+constexpr int kT = 256;
+constexpr int kW = kT / 32;
+constexpr int kU = 4;  // consecutive tokens per lane per key-pass step (KIVI groups % 4 == 0)
+
+__device__ __forceinline__ float magic_f(uint32_t c) {
+  return __uint_as_float(0x4B000000u | c) - 8388608.f;  // exact for c < 2^23
+}
+
+// Code e (compile-time after unrolling) of a run of codes held in w (bit stream as in
+// kv_layout.h, code e at bit e * BITS), as an exact float.
+template <int BITS, int NW>
+__device__ __forceinline__ float code_at(const uint32_t (&w)[NW], int e) {
+  const int bit = e * BITS, wi = bit >> 5, sh = bit & 31;
+  if constexpr (BITS == 8) {
+    return __uint_as_float(__byte_perm(w[wi], 0x4B000000u, 0x7540u | (sh >> 3))) - 8388608.f;
+  } else {
+    uint32_t v;
+    if (sh + BITS <= 32) {
+      v = w[wi] >> sh;
+    } else {
+      v = __funnelshift_r(w[wi], w[wi + 1 < NW ? wi + 1 : wi], sh);
+    }
+    return magic_f(v & ((1u << BITS) - 1u));
+  }
+}
+
+// Loads NW words starting at p (aligned to 4 * NW bytes when NW is 2 or 4 or 8).
+template <int NW>
+__device__ __forceinline__ void load_words(const uint32_t* p, uint32_t (&w)[NW]) {
+  if constexpr (NW == 2) {
+    const uint2 v = __ldg(reinterpret_cast<const uint2*>(p));
+    w[0] = v.x; w[1] = v.y;
+  } else if constexpr (NW % 4 == 0) {
+#pragma unroll
+    for (int i = 0; i < NW; i += 4) {
+      const uint4 v = __ldg(reinterpret_cast<const uint4*>(p + i));
+      w[i] = v.x; w[i + 1] = v.y; w[i + 2] = v.z; w[i + 3] = v.w;
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < NW; ++i) w[i] = __ldg(p + i);
+  }
+}
+
+__device__ __forceinline__ float h2f_(uint16_t h) { return __half2float(__ushort_as_half(h)); }
+
+// n fp16 values (n % 8 == 0, 16-byte aligned) to floats.
+template <int N>
+__device__ __forceinline__ void load_halves(const uint16_t* p, float* x) {
+#pragma unroll
+  for (int i = 0; i < N; i += 8) {
+    const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p + i));
+    const __half2* h = reinterpret_cast<const __half2*>(&raw);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const float2 f = __half22float2(h[k]);
+      x[i + 2 * k] = f.x;
+      x[i + 2 * k + 1] = f.y;
+    }
+  }
+}
+
+// Per-token parameters of the 8-channel sub-blocks of a lane's channels: raw binary16
+// (scale | zero << 16) for asym, scale for sym; gidx[s] = group of sub-block s.
+template <int NSUB>
+__device__ __forceinline__ void load_token_meta(const PackedSide& p, int64_t row, bool sym,
+                                                const int (&gidx)[NSUB], uint32_t (&m)[NSUB]) {
+  const uint16_t* meta = p.meta + row * p.mpr;
+#pragma unroll
+  for (int s = 0; s < NSUB; ++s) {
+    if (sym) {
+      m[s] = __ldg(meta + gidx[s]);
+    } else {
+      m[s] = __ldg(reinterpret_cast<const uint32_t*>(meta + 2 * gidx[s]));
+    }
+  }
+}
+
+// Dequantizes CPT codes (channels c0 .. c0+CPT-1 of one token) with per-token meta.
+template <int BITS, int NW, int CPT>
+__device__ __forceinline__ void dequant_token(const uint32_t (&w)[NW], const uint32_t (&m)[CPT / 8],
+                                              bool sym, float (&x)[CPT]) {
+#pragma unroll
+  for (int s = 0; s < CPT / 8; ++s) {
+    const float sf = h2f_(static_cast<uint16_t>(m[s] & 0xFFFFu));
+    if (sym) {
+      const float off = static_cast<float>(1 << (BITS - 1));
+#pragma unroll
+      for (int e = 0; e < 8; ++e) x[8 * s + e] = (code_at<BITS>(w, 8 * s + e) - off) * sf;
+    } else {
+      const float zf = h2f_(static_cast<uint16_t>(m[s] >> 16));
+#pragma unroll
+      for (int e = 0; e < 8; ++e) x[8 * s + e] = fmaf(code_at<BITS>(w, 8 * s + e), sf, zf);
+    }
+  }
+}
+
+template <int BITS, int GMAX, bool KCH>
+__global__ void __launch_bounds__(kT)
+fast_decode_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, bool bf16, int chunk,
+                   int splits, float* part_o, float* part_ml) {
+  constexpr int NWK = BITS;                                  // words per 32-code block
+  constexpr int CPT = GMAX <= 2 ? 32 : (GMAX == 4 ? 16 : 8);  // value channels per lane
+  constexpr int NWV = CPT * BITS >= 32 ? CPT * BITS / 32 : 1;
+  constexpr int kUV = GMAX == 1 ? 4 : 2;                     // value tokens per lane-step
+  extern __shared__ __align__(16) float sm[];
+  const int G = a.n_heads / K.kv_heads;
+  const int D = K.head_dim;
+  float* qs = sm;                    // [GMAX][D] fp32 queries
+  float* sc = qs + GMAX * D;         // [G][chunk]
+  float* red = sc + G * chunk;       // [kW][G][D]
+  float* stat = red + kW * G * D;    // [G][2]
+
+  const int s = blockIdx.x, kvh = blockIdx.y, r = blockIdx.z;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int len = a.len[r];
+  const int begin = s * chunk;
+  const int end = min(len, begin + chunk);
+  const int64_t head0 = static_cast<int64_t>(r) * a.n_heads + kvh * G;
+  if (begin >= end) {
+    for (int i = threadIdx.x; i < G * D; i += kT)
+      part_o[((head0 + i / D) * splits + s) * D + i % D] = 0.f;
+    if (threadIdx.x < G) {
+      part_ml[((head0 + threadIdx.x) * splits + s) * 2] = -INFINITY;
+      part_ml[((head0 + threadIdx.x) * splits + s) * 2 + 1] = 0.f;
+    }
+    return;
+  }
+  {
+    const uint16_t* q = static_cast<const uint16_t*>(a.q);
+    for (int i = threadIdx.x; i < GMAX * D; i += kT) {
+      float v = 0.f;
+      if (i < G * D) {
+        const uint16_t h = q[head0 * D + i];
+        v = bf16 ? __bfloat162float(__ushort_as_bfloat16(h)) : h2f_(h);
+      }
+      qs[i] = v;
+    }
+  }
+  __syncthreads();
+  const int64_t sh = static_cast<int64_t>(a.slot[r]) * K.kv_heads + kvh;
+
+  // ---- Pass 1: scores. Lane = (token slot, 32-channel block cb). ----
+  {
+    const int LPR = D / 32;
+    const int cb = lane % LPR;
+    const int rows_per_warp = 32 / LPR;
+    const bool ksym = K.format == KvFormat::kTokenSym;
+    constexpr bool kchan = KCH;  // KIVI keys (kChannelAsym)
+    int kql = len;  // tokens below kql are coded, the rest in the fp16 ring
+    if (K.resid_cap > 0) kql = kchan ? len / K.resid_cap * K.resid_cap : len - K.resid_cap;
+    int gidx[4];
+#pragma unroll
+    for (int t = 0; t < 4; ++t) gidx[t] = kchan ? 0 : (32 * cb + 8 * t) / K.group;
+    float qr[GMAX == 1 ? 32 : 1];
+    if constexpr (GMAX == 1) {
+#pragma unroll
+      for (int e = 0; e < 32; ++e) qr[e] = qs[32 * cb + e];
+    }
+    const uint32_t* kcodes = K.codes + sh * K.max_tokens * K.wpr + cb * NWK;
+    for (int base = begin + warp * rows_per_warp * kU; base < end; base += kW * rows_per_warp * kU) {
+      const int j0 = base + (lane / LPR) * kU;
+      uint32_t w[kU][NWK];
+      uint32_t m[kU][4];
+#pragma unroll
+      for (int u = 0; u < kU; ++u) {
+        const int j = j0 + u;
+#pragma unroll
+        for (int i = 0; i < NWK; ++i) w[u][i] = 0u;
+#pragma unroll
+        for (int t = 0; t < 4; ++t) m[u][t] = 0u;
+        if (j < end && j < kql) {
+          load_words<NWK>(kcodes + static_cast<int64_t>(j) * K.wpr, w[u]);
+          if (!kchan) load_token_meta<4>(K, sh * K.max_tokens + j, ksym, gidx, m[u]);
+        }
+      }
+      uint32_t cm[KCH ? 32 : 1];  // KIVI keys: (scale | zero << 16) of the lane's 32 channels
+      if constexpr (KCH) {
+        // tokens j0 .. j0+3 share one group (group % 4 == 0, j0 % 4 == 0)
+        if (j0 < end && j0 < kql) {
+          const uint32_t* src = reinterpret_cast<const uint32_t*>(
+              K.cmeta + ((sh * (K.max_tokens / K.group) + j0 / K.group) * D + 32 * cb) * 2);
+#pragma unroll
+          for (int i = 0; i < 32; i += 4) {
+            const uint4 v = __ldg(reinterpret_cast<const uint4*>(src + i));
+            cm[i] = v.x; cm[i + 1] = v.y; cm[i + 2] = v.z; cm[i + 3] = v.w;
+          }
+        } else {
+#pragma unroll
+          for (int i = 0; i < 32; ++i) cm[i] = 0u;
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kU; ++u) {
+        const int j = j0 + u;
+        float x[32];
+        if (j >= kql && j < end) {
+          load_halves<32>(K.resid + (sh * K.resid_cap + j % K.resid_cap) * D + 32 * cb, x);
+        } else if constexpr (KCH) {
+#pragma unroll
+          for (int e = 0; e < 32; ++e)
+            x[e] = fmaf(code_at<BITS>(w[u], e), h2f_(static_cast<uint16_t>(cm[e] & 0xFFFFu)),
+                        h2f_(static_cast<uint16_t>(cm[e] >> 16)));
+        } else {
+          dequant_token<BITS, NWK, 32>(w[u], m[u], ksym, x);
+        }
+#pragma unroll
+        for (int g = 0; g < GMAX; ++g) {
+          float dot = 0.f;
+          if constexpr (GMAX == 1) {
+#pragma unroll
+            for (int e = 0; e < 32; ++e) dot = fmaf(qr[e], x[e], dot);
+          } else {
+            const float4* q4 = reinterpret_cast<const float4*>(qs + g * D + 32 * cb);
+#pragma unroll
+            for (int e = 0; e < 32; e += 4) {
+              const float4 qv = q4[e / 4];
+              dot = fmaf(qv.x, x[e], dot);
+              dot = fmaf(qv.y, x[e + 1], dot);
+              dot = fmaf(qv.z, x[e + 2], dot);
+              dot = fmaf(qv.w, x[e + 3], dot);
+            }
+          }
+          for (int o = 1; o < LPR; o <<= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+          if (g < G && cb == 0 && j < end) sc[g * chunk + (j - begin)] = dot * a.scale;
+        }
+      }
+    }
+  }
+  __syncthreads();
+
+  // ---- Pass 2: p = exp(s - max) per query head, and the chunk's sum. ----
+  const int cnt = end - begin;
+  for (int g = warp; g < G; g += kW) {
+    float mx = -INFINITY;
+    for (int i = lane; i < cnt; i += 32) mx = fmaxf(mx, sc[g * chunk + i]);
+    mx = warp_max(mx);
+    float sum = 0.f;
+    for (int i = lane; i < cnt; i += 32) {
+      const float p = expf(sc[g * chunk + i] - mx);
+      sc[g * chunk + i] = p;
+      sum += p;
+    }
+    sum = warp_sum(sum);
+    if (lane == 0) {
+      stat[2 * g] = mx;
+      stat[2 * g + 1] = sum;
+    }
+  }
+  __syncthreads();
+
+  // ---- Pass 3: P V. Lane = (token slot, CPT channels). ----
+  {
+    const int LPRv = D / CPT;
+    const int cv = (lane % LPRv) * CPT;
+    const int rows_per_warp = 32 / LPRv;
+    const bool vsym = V.format == KvFormat::kTokenSym;
+    const int vql = V.resid_cap > 0 ? len - V.resid_cap : len;
+    int gidx[CPT / 8];
+#pragma unroll
+    for (int t = 0; t < CPT / 8; ++t) gidx[t] = (cv + 8 * t) / V.group;
+    const int wofs = (cv * BITS) >> 5, bofs = (cv * BITS) & 31;  // bofs != 0: 16-bit runs
+    const uint32_t* vcodes = V.codes + sh * V.max_tokens * V.wpr + wofs;
+    float acc[GMAX][CPT];
+#pragma unroll
+    for (int g = 0; g < GMAX; ++g)
+#pragma unroll
+      for (int e = 0; e < CPT; ++e) acc[g][e] = 0.f;
+    for (int base = begin + warp * rows_per_warp * kUV; base < end; base += kW * rows_per_warp * kUV) {
+      const int j0 = base + (lane / LPRv) * kUV;
+      uint32_t w[kUV][NWV];
+      uint32_t m[kUV][CPT / 8];
+#pragma unroll
+      for (int u = 0; u < kUV; ++u) {
+        const int j = j0 + u;
+#pragma unroll
+        for (int i = 0; i < NWV; ++i) w[u][i] = 0u;
+#pragma unroll
+        for (int t = 0; t < CPT / 8; ++t) m[u][t] = 0u;
+        if (j < end && j < vql) {
+          load_words<NWV>(vcodes + static_cast<int64_t>(j) * V.wpr, w[u]);
+          if (bofs) w[u][0] >>= bofs;
+          load_token_meta<CPT / 8>(V, sh * V.max_tokens + j, vsym, gidx, m[u]);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kUV; ++u) {
+        const int j = j0 + u;
+        if (j >= end) continue;
+        float x[CPT];
+        if (j >= vql) {
+          load_halves<CPT>(V.resid + (sh * V.resid_cap + j % V.resid_cap) * D + cv, x);
+        } else {
+          dequant_token<BITS, NWV, CPT>(w[u], m[u], vsym, x);
+        }
+#pragma unroll
+        for (int g = 0; g < GMAX; ++g) {
+          const float p = g < G ? sc[g * chunk + (j - begin)] : 0.f;
+#pragma unroll
+          for (int e = 0; e < CPT; ++e) acc[g][e] = fmaf(p, x[e], acc[g][e]);
+        }
+      }
+    }
+#pragma unroll
+    for (int g = 0; g < GMAX; ++g)
+#pragma unroll
+      for (int e = 0; e < CPT; ++e)
+        for (int o = LPRv; o < 32; o <<= 1) acc[g][e] += __shfl_xor_sync(0xffffffffu, acc[g][e], o);
+    if (lane < LPRv) {
+#pragma unroll
+      for (int g = 0; g < GMAX; ++g)
+        if (g < G)
+#pragma unroll
+          for (int e = 0; e < CPT; ++e) red[(warp * G + g) * D + cv + e] = acc[g][e];
+    }
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < G * D; i += kT) {
+    const int g = i / D, d = i % D;
+    float v = 0.f;
+    for (int w2 = 0; w2 < kW; ++w2) v += red[(w2 * G + g) * D + d];
+    part_o[((head0 + g) * splits + s) * D + d] = v;
+  }
+  if (threadIdx.x < G) {
+    part_ml[((head0 + threadIdx.x) * splits + s) * 2] = stat[2 * threadIdx.x];
+    part_ml[((head0 + threadIdx.x) * splits + s) * 2 + 1] = stat[2 * threadIdx.x + 1];
+  }
+}
+
+size_t smem_bytes(int gmax, int G, int chunk, int D) {
+  return (static_cast<size_t>(gmax) * D + static_cast<size_t>(G) * chunk +
+          static_cast<size_t>(kW) * G * D + 2 * kMaxGroup) * sizeof(float);
+}
+
+template <int BITS, int GMAX, bool KCH>
+cudaError_t launch(Act act, const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a,
+                   const Plan& p, float* part_o, float* part_ml, cudaStream_t stream) {
+  const int G = a.n_heads / k.kv_heads;
+  const size_t smem = smem_bytes(GMAX, G, p.chunk, k.head_dim);
+  cudaError_t e = cudaFuncSetAttribute(fast_decode_kernel<BITS, GMAX, KCH>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(smem));
+  if (e != cudaSuccess) return e;
+  fast_decode_kernel<BITS, GMAX, KCH><<<dim3(p.splits, k.kv_heads, a.rows), kT, smem, stream>>>(
+      k, v, a, act == Act::kBF16, p.chunk, p.splits, part_o, part_ml);
+  if ((e = launch_status()) != cudaSuccess) return e;
+  if (act == Act::kF16)
+    splitk_combine_kernel<__half><<<dim3(a.n_heads, a.rows), 128, 0, stream>>>(
+        part_o, part_ml, static_cast<__half*>(a.out), a.n_heads, k.head_dim, p.splits);
+  else
+    splitk_combine_kernel<__nv_bfloat16><<<dim3(a.n_heads, a.rows), 128, 0, stream>>>(
+        part_o, part_ml, static_cast<__nv_bfloat16*>(a.out), a.n_heads, k.head_dim, p.splits);
+  return launch_status();
+}
+
+template <int BITS, bool KCH>
+cudaError_t dispatch_group(Act act, const PackedSide& k, const PackedSide& v,
+                           const PackedDecodeArgs& a, const Plan& p, float* o, float* ml,
+                           cudaStream_t stream) {
+  const int G = a.n_heads / k.kv_heads;
+  if (G == 1) return launch<BITS, 1, KCH>(act, k, v, a, p, o, ml, stream);
+  if (G == 2) return launch<BITS, 2, KCH>(act, k, v, a, p, o, ml, stream);
+  if constexpr (BITS != 3) {
+    if (G <= 4) return launch<BITS, 4, KCH>(act, k, v, a, p, o, ml, stream);
+    return launch<BITS, 8, KCH>(act, k, v, a, p, o, ml, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+template <int BITS>
+cudaError_t dispatch_keys(Act act, const PackedSide& k, const PackedSide& v,
+                          const PackedDecodeArgs& a, const Plan& p, float* o, float* ml,
+                          cudaStream_t stream) {
+  if (k.format == KvFormat::kChannelAsym) return dispatch_group<BITS, true>(act, k, v, a, p, o, ml, stream);
+  return dispatch_group<BITS, false>(act, k, v, a, p, o, ml, stream);
+}
+
+bool side_fits(const PackedSide& s, bool key) {
+  if (s.n_sink > 0 || s.outliers || s.inv_s || s.lut) return false;
+  if (s.format == KvFormat::kTokenAsym || s.format == KvFormat::kTokenSym)
+    return s.group > 0 && s.group % 8 == 0 && s.head_dim % s.group == 0;
+  if (s.format == KvFormat::kChannelAsym) return key && s.group % kU == 0 && s.resid_cap > 0;
+  return false;
+}
+
+// True when the fast kernel serves this pair of sides.
+bool fits(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a) {
+  const int D = k.head_dim, G = a.n_heads / k.kv_heads;
+  if (a.inv_freq || (D != 32 && D != 64 && D != 128) || k.bits != v.bits) return false;
+  if (k.bits != 2 && k.bits != 4 && k.bits != 8 && !(k.bits == 3 && G <= 2)) return false;
+  return side_fits(k, true) && side_fits(v, false);
+}
+
+cudaError_t run(Act act, const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a,
+                const Plan& p, float* o, float* ml, cudaStream_t stream) {
+  switch (k.bits) {
+    case 2: return dispatch_keys<2>(act, k, v, a, p, o, ml, stream);
+    case 3: return dispatch_keys<3>(act, k, v, a, p, o, ml, stream);
+    case 4: return dispatch_keys<4>(act, k, v, a, p, o, ml, stream);
+    case 8: return dispatch_keys<8>(act, k, v, a, p, o, ml, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace fast
 
 bool side_ok(const PackedSide& s) {
   if (s.bits < 1 || s.bits > 8) return false;
@@ -427,6 +837,7 @@ cudaError_t kv_decode_attention(Act act, const PackedSide& k, const PackedSide& 
   const Plan p = make_plan(k.kv_heads, a.rows, a.n_heads / k.kv_heads, max_len, sm_count);
   float* part_o = static_cast<float*>(workspace);
   float* part_ml = part_o + static_cast<size_t>(a.rows) * a.n_heads * p.splits * D;
+  if (fast::fits(k, v, a)) return fast::run(act, k, v, a, p, part_o, part_ml, stream);
   if (act == Act::kF16) return dispatch<__half>(k, v, a, p, part_o, part_ml, stream);
   return dispatch<__nv_bfloat16>(k, v, a, p, part_o, part_ml, stream);
 }

@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <string>
@@ -66,6 +67,76 @@ void append_as(Act act, const TensorView& t, std::vector<uint16_t>& out) {
   convert_to_f32(t.dtype, t.data, f.data(), n);
   for (size_t i = 0; i < n; ++i) dst[i] = act == Act::kF16 ? float_to_half(f[i]) : float_to_bf16(f[i]);
 }
+
+// Device time per stage of the decoder layers, to find the bottleneck of a prefill
+// (notes/cuda-perf.md). With KVQ_STAGE_TIMES set in the environment, events mark the stage
+// boundaries in every layer and each forward prints the summed milliseconds per stage to
+// stderr; unset (the default), nothing is recorded. The events serialize nothing: they only
+// time the one stream.
+class StageTimer {
+ public:
+  enum Stage { kNormQkv, kRopeKv, kAttention, kOProj, kNormGateUp, kSwiglu, kDown, kCount };
+  StageTimer() : on_(std::getenv("KVQ_STAGE_TIMES") != nullptr) {}
+  StageTimer(const StageTimer&) = delete;
+  StageTimer& operator=(const StageTimer&) = delete;
+  ~StageTimer() {
+    for (cudaEvent_t e : pool_) cudaEventDestroy(e);
+  }
+  bool on() const { return on_; }
+  // The first boundary of a step (after the embedding).
+  void start(cudaStream_t s) {
+    if (!on_) return;
+    used_ = 0;
+    stages_.clear();
+    record(s, kCount);
+  }
+  // The stage `st` ends here (it began at the previous boundary).
+  void end(Stage st, cudaStream_t s) {
+    if (on_) record(s, st);
+  }
+  // After the stream has been synchronized: adds the step's intervals to the totals.
+  void collect() {
+    if (!on_) return;
+    for (size_t i = 1; i < used_; ++i) {
+      float ms = 0.f;
+      KVQ_CUDA_CHECK(cudaEventElapsedTime(&ms, pool_[i - 1], pool_[i]));
+      total_[stages_[i]] += ms;
+    }
+  }
+  // Prints and clears the totals; decode steps (one token) are cleared silently.
+  void report(int tokens) {
+    if (!on_) return;
+    if (tokens <= 1) {
+      for (double& t : total_) t = 0;
+      return;
+    }
+    static const char* names[kCount] = {"rmsnorm+qkv", "rope+kv+q16", "attention", "o_proj",
+                                        "rmsnorm+gate|up", "swiglu", "down"};
+    double sum = 0;
+    for (double t : total_) sum += t;
+    std::fprintf(stderr, "stage times for %d tokens (ms, all layers):", tokens);
+    for (int i = 0; i < kCount; ++i) std::fprintf(stderr, " %s %.2f", names[i], total_[i]);
+    std::fprintf(stderr, " | sum %.2f\n", sum);
+    for (double& t : total_) t = 0;
+  }
+
+ private:
+  void record(cudaStream_t s, int st) {
+    if (used_ == pool_.size()) {
+      cudaEvent_t e = nullptr;
+      KVQ_CUDA_CHECK(cudaEventCreate(&e));
+      pool_.push_back(e);
+    }
+    KVQ_CUDA_CHECK(cudaEventRecord(pool_[used_], s));
+    stages_.push_back(st);
+    ++used_;
+  }
+  bool on_ = false;
+  std::vector<cudaEvent_t> pool_;
+  std::vector<int> stages_;
+  size_t used_ = 0;
+  double total_[kCount + 1] = {};
+};
 
 class CudaBackend final : public Backend {
  public:
@@ -384,6 +455,7 @@ class CudaBackend final : public Backend {
         layers(tokens, n, c0, m, slots, pos0, opt);
         emit(c0, m, pos0);
       }
+      timer_.report(n * rows);
     } catch (...) {
       lens_ = saved;
       throw;
@@ -437,11 +509,13 @@ class CudaBackend final : public Backend {
     const float* inv = inv_freq_.as<float>();
 
     KVQ_CUDA_CHECK(kern::embed(act_, d_ids, R, embed_.get(), H, x, stream_));
+    timer_.start(stream_);
     for (int l = 0; l < cfg_.n_layers; ++l) {
       const LayerDev& w = layers_[static_cast<size_t>(l)];
       KVQ_CUDA_CHECK(kern::rmsnorm(act_, x, R, H, w.attn_norm.get(), eps, xn_.get(), flags + 2 * l, stream_));
       KVQ_CUBLAS_CHECK(kern::gemm(cublas_, act_, xn_.get(), R, H, w.wqkv.get(), QKV, qkv, 0.f, stream_));
       if (w.bqkv.get()) KVQ_CUDA_CHECK(kern::add_bias(act_, qkv, R, QKV, QKV, w.bqkv.get(), stream_));
+      timer_.end(StageTimer::kNormQkv, stream_);
       if (past_only)
         KVQ_CUDA_CHECK(cudaMemcpyAsync(qkv_orig_.get(), qkv, static_cast<size_t>(R) * QKV * 4,
                                        cudaMemcpyDeviceToDevice, stream_));
@@ -474,6 +548,7 @@ class CudaBackend final : public Backend {
       KVQ_CUDA_CHECK(kern::store_kv(act_, qkv + QD, qkv + QD + KV, QKV, rows, m, d_slot, d_pos0,
                                     cfg_.n_kv_heads, hd, max_tokens_, kc(l), vc(l), stream_));
       KVQ_CUDA_CHECK(kern::to_act(act_, qkv, R, QD, QKV, qh_.get(), QD, stream_));
+      timer_.end(StageTimer::kRopeKv, stream_);
 
       kern::AttentionArgs a;
       a.q = qh_.get();
@@ -503,21 +578,27 @@ class CudaBackend final : public Backend {
         KVQ_CUDA_CHECK(kern::attention_prefill(act_, a, stream_));
       }
       if (hook_probs) attention_probs_hook(obs, l, slots, pos0, m);
+      timer_.end(StageTimer::kAttention, stream_);
 
       KVQ_CUBLAS_CHECK(kern::gemm(cublas_, act_, att_.get(), R, QD, w.wo.get(), H, x, 1.f, stream_));
       if (w.bo.get()) KVQ_CUDA_CHECK(kern::add_bias(act_, x, R, H, H, w.bo.get(), stream_));
+      timer_.end(StageTimer::kOProj, stream_);
 
       KVQ_CUDA_CHECK(kern::rmsnorm(act_, x, R, H, w.mlp_norm.get(), eps, xn_.get(), flags + 2 * l + 1, stream_));
       float* gu = gu_.as<float>();
       KVQ_CUBLAS_CHECK(kern::gemm(cublas_, act_, xn_.get(), R, H, w.wgu.get(), 2 * I, gu, 0.f, stream_));
       if (w.bgu.get()) KVQ_CUDA_CHECK(kern::add_bias(act_, gu, R, 2 * I, 2 * I, w.bgu.get(), stream_));
+      timer_.end(StageTimer::kNormGateUp, stream_);
       KVQ_CUDA_CHECK(kern::swiglu(act_, gu, R, I, hmlp_.get(), stream_));
+      timer_.end(StageTimer::kSwiglu, stream_);
       KVQ_CUBLAS_CHECK(kern::gemm(cublas_, act_, hmlp_.get(), R, I, w.wdown.get(), H, x, 1.f, stream_));
       if (w.bdown.get()) KVQ_CUDA_CHECK(kern::add_bias(act_, x, R, H, H, w.bdown.get(), stream_));
+      timer_.end(StageTimer::kDown, stream_);
     }
     KVQ_CUDA_CHECK(kern::rmsnorm(act_, x, R, H, final_norm_.get(), eps, xn_.get(),
                                  flags + 2 * cfg_.n_layers, stream_));
     check_flags(slots, pos0);
+    timer_.collect();
   }
 
   // flags[2l]: the input of layer l's attention (= output of layer l-1's MLP) was
@@ -640,6 +721,7 @@ class CudaBackend final : public Backend {
 
   DeviceBuffer x_, xn_, qkv_, qh_, att_, gu_, hmlp_, logits_, xlast_, meta_, targets_, nll_;
   DeviceBuffer qkv_orig_, kself_, vself_, decode_ws_;
+  StageTimer timer_;
 };
 
 ModelConfig base_llama(int layers, int hidden, int heads, int kv_heads, int inter, int vocab,

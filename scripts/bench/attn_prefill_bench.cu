@@ -9,7 +9,11 @@
 // Variants are compiled under renamed entry points (scripts/bench/run_attn_bench.sh):
 // attention_prefill (kernels/attention_prefill.cu as shipped: the wmma kernel), and the
 // FA2 candidate scripts/bench/attention_prefill_fa2.cu twice, with __launch_bounds__
-// aiming at 3 blocks/SM (registers capped at 170, small spills) and at 2 (no cap).
+// aiming at 3 blocks/SM (registers capped at 170, small spills) and at 2 (no cap), and
+// with 8 warps (128 queries) per block.
+// 4. the projection GEMMs of the prefill (Llama-2-7B and Llama-3-8B shapes, 4096 and 8192
+//    tokens) through cuBLAS as kernels/gemm.cu calls them (fp32 output, beta = 1 for the
+//    residual ones) and with a 16-bit output, to see what the non-attention part can reach.
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -28,6 +32,7 @@
 namespace kvq::kern {
 cudaError_t attention_prefill_fa2_b3(Act act, const AttentionArgs& a, cudaStream_t stream);
 cudaError_t attention_prefill_fa2_b2(Act act, const AttentionArgs& a, cudaStream_t stream);
+cudaError_t attention_prefill_fa2_w8(Act act, const AttentionArgs& a, cudaStream_t stream);
 }  // namespace kvq::kern
 
 using kvq::kern::Act;
@@ -152,7 +157,8 @@ int main() {
   struct Variant { const char* name; cudaError_t (*fn)(Act, const kvq::kern::AttentionArgs&, cudaStream_t); };
   const std::vector<Variant> variants = {{"wmma (shipped)", kvq::kern::attention_prefill},
                                          {"fa2 3 blocks/SM", kvq::kern::attention_prefill_fa2_b3},
-                                         {"fa2 2 blocks/SM", kvq::kern::attention_prefill_fa2_b2}};
+                                         {"fa2 2 blocks/SM", kvq::kern::attention_prefill_fa2_b2},
+                                         {"fa2 8 warps", kvq::kern::attention_prefill_fa2_w8}};
   std::printf("\n%-32s %-5s %-20s %10s %9s %10s\n", "shape", "type", "kernel", "ms", "TFLOP/s", "relL2 vs 1st");
   for (const Shape& s : shapes) {
     for (int bf = 0; bf < 2; ++bf) {
@@ -182,7 +188,9 @@ int main() {
       for (const Variant& var : variants) {
         CHECK(cudaMemset(o, 0xFF, qn * 2));
         const Act act = bf ? Act::kBF16 : Act::kF16;
-        const double ms = median_ms([&] { CHECK(var.fn(act, a, nullptr)); }, 2, 7);
+        // The wmma kernel (first) is 5x slower: fewer repetitions keep the run short.
+        const bool ref = &var == &variants[0];
+        const double ms = median_ms([&] { CHECK(var.fn(act, a, nullptr)); }, ref ? 1 : 2, ref ? 3 : 7);
         std::vector<uint16_t> out(qn);
         CHECK(cudaMemcpy(out.data(), o, qn * 2, cudaMemcpyDeviceToHost));
         std::vector<float> f(qn);
@@ -200,6 +208,46 @@ int main() {
       }
       cudaFree(q); cudaFree(k); cudaFree(v); cudaFree(o); cudaFree(slot); cudaFree(pos);
     }
+  }
+
+  // 4. Projection GEMMs y[T, n] = x[T, k] w[n, k]^T as kernels/gemm.cu issues them.
+  {
+    cublasHandle_t hdl;
+    cublasCreate(&hdl);
+    struct G { const char* name; int n, k; float beta; };
+    const G gs[] = {{"7b qkv", 12288, 4096, 0.f}, {"7b o (+res)", 4096, 4096, 1.f},
+                    {"7b gate|up", 22016, 4096, 0.f}, {"7b down (+res)", 4096, 11008, 1.f},
+                    {"8b qkv", 6144, 4096, 0.f}, {"8b gate|up", 28672, 4096, 0.f},
+                    {"8b down (+res)", 4096, 14336, 1.f}};
+    const size_t max_w = size_t(28672) * 4096, max_x = size_t(8192) * 14336, max_y = size_t(8192) * 28672;
+    uint16_t *x, *w;
+    float* y;
+    CHECK(cudaMalloc(&x, max_x * 2));
+    CHECK(cudaMalloc(&w, max_w * 2));
+    CHECK(cudaMalloc(&y, max_y * 4));
+    fill_rand<<<1024, 256>>>(x, max_x, 21, false);
+    fill_rand<<<1024, 256>>>(w, max_w, 22, false);
+    CHECK(cudaMemset(y, 0, max_y * 4));
+    std::printf("\n%-16s %6s %12s %9s %12s %9s\n", "gemm (fp16 in)", "T", "fp32 out ms", "TFLOP/s", "fp16 out ms",
+                "TFLOP/s");
+    for (int T : {4096, 8192})
+      for (const G& g : gs) {
+        const double fl = 2.0 * T * double(g.n) * g.k;
+        double ms[2];
+        for (int o16 = 0; o16 < 2; ++o16) {
+          const float one = 1.f;
+          ms[o16] = median_ms([&] {
+            cublasStatus_t st = cublasGemmEx(hdl, CUBLAS_OP_T, CUBLAS_OP_N, g.n, T, g.k, &one, w, CUDA_R_16F, g.k,
+                                             x, CUDA_R_16F, g.k, &g.beta, y, o16 ? CUDA_R_16F : CUDA_R_32F, g.n,
+                                             CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+            if (st != CUBLAS_STATUS_SUCCESS) { std::fprintf(stderr, "cublasGemmEx: %d\n", int(st)); std::exit(1); }
+          }, 2, 7);
+        }
+        std::printf("%-16s %6d %12.3f %9.1f %12.3f %9.1f\n", g.name, T, ms[0], fl / ms[0] / 1e9, ms[1],
+                    fl / ms[1] / 1e9);
+      }
+    cudaFree(x); cudaFree(w); cudaFree(y);
+    cublasDestroy(hdl);
   }
   return 0;
 }

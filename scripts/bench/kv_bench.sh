@@ -2,21 +2,28 @@
 # On the GPU machine (device tool): build the packed-KV targets for sm_90, run the packed
 # KV GPU tests ([kv]), then kvq-kvbench (decode attention over packed caches vs fp16).
 # Usage: bash scripts/bench/kv_bench.sh [extra kvq-kvbench args]   (logs under $OUT)
+# Env: KV_SKIP_TESTS=1 / KV_SKIP_BENCH=1 skip a step; KV_BENCH_TIMEOUT (s, default 300);
+# KV_BUILD_DIR (default build-kv; a warm machine keeps it between calls, so a second call
+# rebuilds only what changed).
 set -uo pipefail
 OUT=${OUT:-/tmp/kvq-out}
+BUILD=${KV_BUILD_DIR:-build-kv}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/device.txt"
 date -u | tee -a "$OUT/device.txt"; git rev-parse --short=12 HEAD | tee -a "$OUT/device.txt"
+git status --short kernels lib/cuda tests/gpu tools/kvq-kvbench.cpp | tee -a "$OUT/device.txt"
 t0=$(date +%s)
-cmake -S . -B build-kv -G Ninja -DCMAKE_BUILD_TYPE=Release -DKVQ_CUDA=ON \
+cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DKVQ_CUDA=ON \
   -DCMAKE_CUDA_ARCHITECTURES=90-real > "$OUT/configure.log" 2>&1 || { tail -30 "$OUT/configure.log"; exit 1; }
-cmake --build build-kv --target kvq_test_gpu kvq-kvbench -j16 -- -k 0 > "$OUT/build.log" 2>&1 || {
+cmake --build "$BUILD" --target kvq_test_gpu kvq-kvbench -j16 -- -k 0 > "$OUT/build.log" 2>&1 || {
   grep -E "error|FAILED" -A4 "$OUT/build.log" | head -60; }
 echo "build: $(( $(date +%s) - t0 )) s"
-[ -x build-kv/tests/kvq_test_gpu ] || { echo "kvq_test_gpu did not build"; exit 1; }
-timeout 200 build-kv/tests/kvq_test_gpu "[kv]" --durations yes 2>&1 | tee "$OUT/kv_tests.log" | \
-  grep -vE "^\s*$|^-+$|^\.\.\.|^=+$" | tail -60
-echo "tests: $(( $(date +%s) - t0 )) s"
+[ -x "$BUILD/tests/kvq_test_gpu" ] || { echo "kvq_test_gpu did not build"; exit 1; }
+if [ "${KV_SKIP_TESTS:-0}" != 1 ]; then
+  timeout 200 "$BUILD/tests/kvq_test_gpu" "[kv]" --durations yes 2>&1 | tee "$OUT/kv_tests.log" | \
+    grep -vE "^\s*$|^-+$|^\.\.\.|^=+$" | tail -60
+  echo "tests: $(( $(date +%s) - t0 )) s"
+fi
 [ "${KV_SKIP_BENCH:-0}" = 1 ] && exit 0
-timeout 300 build-kv/tools/kvq-kvbench --json "$OUT/kvbench.json" "$@" 2>&1 | tee "$OUT/kvbench.txt"
+timeout "${KV_BENCH_TIMEOUT:-300}" "$BUILD/tools/kvq-kvbench" --json "$OUT/kvbench.json" "$@" 2>&1 | tee "$OUT/kvbench.txt"
 echo "total: $(( $(date +%s) - t0 )) s"
