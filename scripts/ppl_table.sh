@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The issue-4 perplexity table: kvq-eval ppl (simulated KV quantization, default codec
 # parameters) for every codec at 8/4/3/2 bits on one model and dataset, one process per
-# spec, N at a time, then one markdown table (scripts/ppl_table.py).
+# spec (a --kv spec, or a .kvqp profile path), N at a time, then one markdown table (scripts/ppl_table.py).
 #   scripts/ppl_table.sh OUTDIR [kvq-eval options...]
 # Environment: KVQ_EVAL (binary, default build/tools/kvq-eval), KVQ_JOBS (parallel
 # processes, default 4), KVQ_SPECS (space-separated specs, default: the list below).
@@ -23,6 +23,7 @@ run_one() {  # spec index; the kvq-eval options arrive quoted in $eval_args
   local spec=$1 i=$2 args
   eval "args=($eval_args)"
   local kv=(--kv "$spec")
+  [[ $spec == *.kvqp ]] && kv=(--profile "$spec")
   [[ $spec == none ]] && kv=()
   "$eval_bin" --task ppl "${kv[@]}" --format json "${args[@]}" >"$out/ppl_$i.json" 2>"$out/ppl_$i.err" ||
     echo "kvq-eval failed for $spec: $(tail -n 1 "$out/ppl_$i.err")" >&2
