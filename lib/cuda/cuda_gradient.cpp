@@ -83,11 +83,16 @@ struct CudaGradient::Impl {
     if (t == nullptr) return;
     const size_t count = static_cast<size_t>(t->numel());
     float* d = f32(dst, count, t->name.c_str());
+    // Copies and the widening kernel go on the one (non-blocking) stream: a cudaMemcpy on
+    // the legacy stream is not ordered with it, and from pageable memory it may return
+    // before the DMA lands (measured: the first device run widened half-copied fp16
+    // weights, the testbed's loss came out 8.59 instead of 2.64).
     if (t->dtype == DType::kF32) {
-      KVQ_CUDA_CHECK(cudaMemcpy(d, t->data, count * sizeof(float), cudaMemcpyHostToDevice));
+      KVQ_CUDA_CHECK(cudaMemcpyAsync(d, t->data, count * sizeof(float), cudaMemcpyHostToDevice, stream));
+      KVQ_CUDA_CHECK(cudaStreamSynchronize(stream));
     } else if (t->dtype == DType::kF16 || t->dtype == DType::kBF16) {
       reserve(staging, count * 2, "weight staging");
-      KVQ_CUDA_CHECK(cudaMemcpy(staging.get(), t->data, count * 2, cudaMemcpyHostToDevice));
+      KVQ_CUDA_CHECK(cudaMemcpyAsync(staging.get(), t->data, count * 2, cudaMemcpyHostToDevice, stream));
       KVQ_CUDA_CHECK(bwd::widen_f32(t->dtype == DType::kF16 ? kern::Act::kF16 : kern::Act::kBF16, staging.get(),
                                     count, d, stream));
       KVQ_CUDA_CHECK(cudaStreamSynchronize(stream));
@@ -404,8 +409,11 @@ CudaGradient::CudaGradient(std::shared_ptr<const Model> model, const CudaGradien
       s[static_cast<size_t>(p) * half + i] = static_cast<float>(std::sin(ang));
     }
   }
-  KVQ_CUDA_CHECK(cudaMemcpy(m.f32(m.cos_t, c.size(), "RoPE cos"), c.data(), c.size() * 4, cudaMemcpyHostToDevice));
-  KVQ_CUDA_CHECK(cudaMemcpy(m.f32(m.sin_t, s.size(), "RoPE sin"), s.data(), s.size() * 4, cudaMemcpyHostToDevice));
+  KVQ_CUDA_CHECK(cudaMemcpyAsync(m.f32(m.cos_t, c.size(), "RoPE cos"), c.data(), c.size() * 4, cudaMemcpyHostToDevice,
+                                 m.stream));
+  KVQ_CUDA_CHECK(cudaMemcpyAsync(m.f32(m.sin_t, s.size(), "RoPE sin"), s.data(), s.size() * 4, cudaMemcpyHostToDevice,
+                                 m.stream));
+  KVQ_CUDA_CHECK(cudaStreamSynchronize(m.stream));
 }
 
 CudaGradient::~CudaGradient() = default;
