@@ -1,16 +1,21 @@
 // kvq-calibrate's pipeline (see calibrate.h).
 #include "calib/calibrate.h"
 
+#include <omp.h>
+
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <memory>
 
+#include "calib/serial_products.h"
 #include "calib/signposts.h"
 #include "calib/thresholds.h"
 #include "formats/error.h"
@@ -75,6 +80,7 @@ void write_all(std::ofstream& out, const float* p, int64_t n, const std::string&
 struct BackwardEngine {
   std::function<double(std::span<const int32_t>, const CpuGradient<float>::LayerVisitor&)> backward;
   std::function<size_t()> peak_bytes = [] { return size_t{0}; };
+  bool concurrent = false;  // backward() may run on several threads at once (the CPU one)
 };
 
 BackwardEngine make_backward_engine(const std::string& backend, const std::shared_ptr<const Model>& model) {
@@ -82,6 +88,7 @@ BackwardEngine make_backward_engine(const std::string& backend, const std::share
   if (backend == "cpu") {
     auto g = std::make_shared<const CpuGradient<float>>(model);
     e.backward = [g](std::span<const int32_t> s, const CpuGradient<float>::LayerVisitor& v) { return g->backward(s, v); };
+    e.concurrent = true;
     return e;
   }
   if (backend == "cuda" || backend.rfind("cuda:", 0) == 0) {
@@ -278,19 +285,52 @@ CalibrateSummary run_calibration(std::shared_ptr<const Model> model, std::span<c
   sum.seq_loss.assign(nseq, 0.0);
   if (base.complete_layers < cfg.n_layers) {
     const BackwardEngine grad = make_backward_engine(opt.backend, model);
+    std::vector<size_t> todo;
     for (size_t i = 0; i < nseq; ++i) {
       const int64_t s = opt.starts[i];
       if (s < 0 || s + opt.seqlen > static_cast<int64_t>(ids.size())) {
         throw InvalidArgument("starts", "sequence start " + std::to_string(s) + " outside the token stream");
       }
-      const std::string path = spill_path(work, i);
-      if (opt.resume && spill_valid(path, sh, s, &sum.seq_loss[i])) {
+      if (opt.resume && spill_valid(spill_path(work, i), sh, s, &sum.seq_loss[i])) {
         ++sum.resumed_sequences;
       } else {
-        capture_sequence(grad, ids.subspan(static_cast<size_t>(s), static_cast<size_t>(opt.seqlen)), sh, s,
-                         path, &sum.seq_loss[i]);
+        todo.push_back(i);
       }
-      if (progress) progress("capture", static_cast<int64_t>(i + 1), static_cast<int64_t>(nseq));
+    }
+    int64_t done = sum.resumed_sequences;
+    if (progress && done > 0) progress("capture", done, static_cast<int64_t>(nseq));
+    // Thread-count independent bytes (calib/serial_products.h): Eigen's products run on one
+    // thread each, and on the CPU the sequences run side by side, one per thread (a team of
+    // one leaves the threads to the backward pass's own head and row loops). Each sequence's
+    // arithmetic is then the same for any thread count, and the spill files do not depend
+    // on the order in which sequences finish.
+    const SerialEigenProducts serial;
+    const int team = grad.concurrent ? static_cast<int>(std::min<size_t>(todo.size(), std::max(1, omp_get_max_threads()))) : 1;
+    std::vector<std::exception_ptr> errors(todo.size());
+    std::atomic<bool> failed{false};
+#pragma omp parallel for schedule(dynamic, 1) num_threads(std::max(team, 1))
+    for (int64_t j = 0; j < static_cast<int64_t>(todo.size()); ++j) {
+      if (failed.load()) continue;
+      const size_t i = todo[static_cast<size_t>(j)];
+      const int64_t s = opt.starts[i];
+      try {
+        capture_sequence(grad, ids.subspan(static_cast<size_t>(s), static_cast<size_t>(opt.seqlen)), sh, s,
+                         spill_path(work, i), &sum.seq_loss[i]);
+      } catch (...) {
+        errors[static_cast<size_t>(j)] = std::current_exception();
+        failed.store(true);
+        continue;
+      }
+#pragma omp critical(kvq_calib_capture_progress)
+      {
+        ++done;
+        if (progress) progress("capture", done, static_cast<int64_t>(nseq));
+      }
+    }
+    // The error of the lowest-numbered failed sequence (the same one a serial run reports
+    // when only one fails).
+    for (const std::exception_ptr& e : errors) {
+      if (e) std::rethrow_exception(e);
     }
     sum.gpu_peak_bytes = grad.peak_bytes();
   }

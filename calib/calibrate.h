@@ -15,9 +15,10 @@
 //    it was made with the same model, data and settings, and continues at the next layer.
 // The work folder is removed when the last layer is written.
 //
-// Determinism: identical inputs, seed and thread count give identical bytes, resumed or
-// not (every reduction has a fixed order; k-means is thread-count independent; the
-// Eigen GEMMs of the backward pass may block differently for other thread counts).
+// Determinism: identical inputs and seed give identical bytes, resumed or not, for any
+// thread count (every reduction has a fixed order; k-means is thread-count independent;
+// Eigen's products run on one thread each, calib/serial_products.h, and CPU capture runs
+// the sequences side by side instead). Other backends (CUDA) give other last bits.
 #pragma once
 
 #include <cstdint>

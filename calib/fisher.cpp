@@ -4,6 +4,7 @@
 #include <string>
 
 #include "calib/rng.h"
+#include "calib/serial_products.h"
 #include "formats/error.h"
 #include "formats/version.h"
 #include "lib/backward/cpu_gradient.h"
@@ -33,6 +34,7 @@ std::vector<int64_t> sample_starts(int64_t n_tokens, int seqlen, int nseq, uint6
 FisherInfo fisher_information(std::shared_ptr<const Model> model, std::span<const int32_t> ids,
                               std::span<const int64_t> starts, int seqlen) {
   const CpuGradient<float> grad(model);
+  const SerialEigenProducts serial;  // the same bytes for any thread count (serial_products.h)
   const ModelConfig& cfg = grad.config();
   const int kv = cfg.kv_dim();
   const size_t per_layer = static_cast<size_t>(seqlen) * kv;
