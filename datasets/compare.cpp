@@ -1,6 +1,7 @@
 // The compare table: deltas, text and JSON, thresholds (see compare.h).
 #include "datasets/compare.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
@@ -17,6 +18,7 @@ struct Column {
   const char* header;
   std::function<double(const CompareRow&)> get;
   const char* fmt;  // printf format for the text table
+  bool memory = false;  // shown as "n/a" when not measured and CompareTable::memory_columns
 };
 
 const std::vector<Column>& columns() {
@@ -33,6 +35,8 @@ const std::vector<Column>& columns() {
       {"lines_acc", "lines", [](const CompareRow& r) { return r.lines_acc; }, "%.2f"},
       {"longbench_avg", "LongBench", [](const CompareRow& r) { return r.longbench_avg; }, "%.2f"},
       {"tokens_per_s", "tok/s", [](const CompareRow& r) { return r.tokens_per_s; }, "%.1f"},
+      {"peak_gpu_bytes", "peak GPU MiB", [](const CompareRow& r) { return r.peak_gpu_bytes; }, "%.0f", true},
+      {"max_context_tokens", "ctx@budget", [](const CompareRow& r) { return r.max_context_tokens; }, "%.0f"},
   };
   return c;
 }
@@ -43,9 +47,16 @@ std::string fmt(const char* f, double v) {
   return buf;
 }
 
-// Raw JSON value of a column (top1 as a 0..1 fraction, not the text's percent).
+// Raw JSON value of a column (top1 as a 0..1 fraction, not the text's percent; peak GPU
+// memory in bytes, not the text's MiB).
 double json_value(const CompareRow& r, const Column& c) {
+  if (std::string_view(c.name) == "peak_gpu_bytes") return r.peak_gpu_bytes;
   return std::string_view(c.name) == "top1" ? r.top1 : c.get(r);
+}
+
+double text_value(const CompareRow& r, const Column& c) {
+  if (std::string_view(c.name) == "peak_gpu_bytes") return r.peak_gpu_bytes / 1048576.0;
+  return c.get(r);
 }
 
 double parse_number(std::string_view text, std::string_view option, bool& percent) {
@@ -77,21 +88,32 @@ void fill_deltas(CompareTable& table) {
 
 std::string format_compare_text(const CompareTable& t) {
   std::vector<const Column*> used;
-  for (const auto& c : columns())
-    for (const auto& r : t.rows)
-      if (std::isfinite(c.get(r))) {
-        used.push_back(&c);
-        break;
-      }
+  for (const auto& c : columns()) {
+    bool any = c.memory && t.memory_columns;
+    for (const auto& r : t.rows) any = any || std::isfinite(c.get(r));
+    if (any) used.push_back(&c);
+  }
+  // LongBench task columns follow the fixed ones, in the order the rows first name them.
+  std::vector<std::string> tasks;
+  for (const auto& r : t.rows)
+    for (const auto& [task, score] : r.longbench_tasks)
+      if (std::find(tasks.begin(), tasks.end(), task) == tasks.end()) tasks.push_back(task);
   std::vector<std::vector<std::string>> cells;
   std::vector<std::string> head = {"method"};
   for (const auto* c : used) head.push_back(c->header);
+  for (const auto& task : tasks) head.push_back(task);
   cells.push_back(head);
   for (const auto& r : t.rows) {
     std::vector<std::string> line = {r.method + (r.reference ? " (ref)" : "")};
     for (const auto* c : used) {
-      const double v = c->get(r);
-      line.push_back(std::isfinite(v) ? fmt(c->fmt, v) : "-");
+      const double v = text_value(r, *c);
+      line.push_back(std::isfinite(v) ? fmt(c->fmt, v) : c->memory ? "n/a" : "-");
+    }
+    for (const auto& task : tasks) {
+      double v = kNotMeasured;
+      for (const auto& [name, score] : r.longbench_tasks)
+        if (name == task) v = score;
+      line.push_back(std::isfinite(v) ? fmt("%.2f", v) : "-");
     }
     cells.push_back(line);
   }
@@ -100,7 +122,9 @@ std::string format_compare_text(const CompareTable& t) {
     for (size_t i = 0; i < line.size(); ++i) width[i] = std::max(width[i], line[i].size());
   std::string out;
   out += "model: " + t.model + "  data: " + t.data + "  seqlen: " + std::to_string(t.seqlen) +
-         "  device: " + t.device + "  revision: " + t.revision + "\n";
+         "  device: " + t.device + "  revision: " + t.revision;
+  if (std::isfinite(t.memory_budget_bytes)) out += "  memory budget: " + fmt("%.2f GiB", t.memory_budget_bytes / 0x1p30);
+  out += "\n";
   for (const auto& line : cells) {
     for (size_t i = 0; i < line.size(); ++i) {
       const std::string pad(width[i] - line[i].size(), ' ');
@@ -119,6 +143,8 @@ std::string format_compare_json(const CompareTable& t) {
   j["device"] = t.device;
   j["revision"] = t.revision;
   j["seqlen"] = t.seqlen;
+  j["memory_budget_bytes"] =
+      std::isfinite(t.memory_budget_bytes) ? nlohmann::json(t.memory_budget_bytes) : nlohmann::json(nullptr);
   j["rows"] = nlohmann::json::array();
   for (const auto& r : t.rows) {
     nlohmann::json o;
@@ -128,6 +154,10 @@ std::string format_compare_json(const CompareTable& t) {
       const double v = json_value(r, c);
       o[c.name] = std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr);
     }
+    nlohmann::json lb = nullptr;
+    for (const auto& [task, score] : r.longbench_tasks)
+      lb[task] = std::isfinite(score) ? nlohmann::json(score) : nlohmann::json(nullptr);
+    o["longbench_tasks"] = lb;
     j["rows"].push_back(o);
   }
   return j.dump(2) + "\n";

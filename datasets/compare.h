@@ -22,6 +22,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace kvq::datasets {
@@ -40,6 +41,14 @@ struct CompareRow {
   double passkey_acc = kNotMeasured, lines_acc = kNotMeasured;  // 0..1
   double longbench_avg = kNotMeasured;        // 0..100
   double tokens_per_s = kNotMeasured;
+  // LongBench score of each task (0..100), in the order run; text: one column per task,
+  // JSON: "longbench_tasks" {task: score} (null when empty).
+  std::vector<std::pair<std::string, double>> longbench_tasks = {};
+  // Memory (datasets/kv_memory.h): measured peak GPU memory of the row's run in bytes
+  // (NaN on the CPU: "n/a" in text when CompareTable::memory_columns), and the longest
+  // context that fits CompareTable::memory_budget_bytes.
+  double peak_gpu_bytes = kNotMeasured;
+  double max_context_tokens = kNotMeasured;
 };
 
 struct CompareTable {
@@ -47,6 +56,11 @@ struct CompareTable {
   std::string model, data, device, revision;
   int seqlen = 0;
   std::vector<CompareRow> rows;
+  // Show the peak-GPU column even where nothing was measured ("n/a", a CPU run), so that a
+  // reader sees the figure is absent rather than forgotten. Off: the column shows only
+  // when some row has a value.
+  bool memory_columns = false;
+  double memory_budget_bytes = kNotMeasured;  // JSON "memory_budget_bytes"; text header
 };
 
 // ppl_delta_pct of every row against the reference row (0 for the reference itself).
