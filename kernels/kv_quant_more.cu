@@ -84,7 +84,8 @@ __global__ void ggml_kernel(MoreSide p, int slot, const float* rows, int n, int6
       ai = oi;
     }
   }
-  const float mx = __shfl_sync(0xffffffffu, x, ai);
+  // All zero: ggml's max stays +0.0 (never taken from a -0.0 element), so d = -0.0.
+  const float mx = a > 0.f ? __shfl_sync(0xffffffffu, x, ai) : 0.0f;
   const float d = mx / -8.0f;
   const float id = d != 0.0f ? 1.0f / d : 0.0f;
   const uint32_t q = kvlayout::q4_0_code(x, id);

@@ -112,16 +112,26 @@ codecs::Chunk cpu_bytes(const codecs::Codec& c, const std::vector<float>& rows,
   return all;
 }
 
+// CHECKs (not REQUIREs) so one call reports every codec and side that differs, with the
+// first differing index of each array.
+template <typename T>
+void check_array(const std::vector<T>& cpu, const std::vector<T>& gpu, const char* name) {
+  INFO(name << ": CPU " << cpu.size() << " entries, GPU " << gpu.size());
+  CHECK(cpu.size() == gpu.size());
+  size_t bad = 0, first = 0;
+  for (size_t i = 0; i < std::min(cpu.size(), gpu.size()); ++i)
+    if (cpu[i] != gpu[i] && bad++ == 0) first = i;
+  INFO(name << ": " << bad << " differ, first at " << first << " (CPU "
+            << (bad ? static_cast<long long>(cpu[first]) : 0) << ", GPU "
+            << (bad ? static_cast<long long>(gpu[first]) : 0) << ")");
+  CHECK(bad == 0);
+}
+
 void require_same(const codecs::Chunk& cpu, const codecs::Chunk& gpu, const std::string& what) {
   INFO(what);
-  REQUIRE(cpu.codes.size() == gpu.codes.size());
-  REQUIRE(cpu.halves.size() == gpu.halves.size());
-  REQUIRE(cpu.raw.size() == gpu.raw.size());
-  size_t bad = 0;
-  for (size_t i = 0; i < cpu.codes.size(); ++i) bad += cpu.codes[i] != gpu.codes[i];
-  for (size_t i = 0; i < cpu.halves.size(); ++i) bad += cpu.halves[i] != gpu.halves[i];
-  for (size_t i = 0; i < cpu.raw.size(); ++i) bad += cpu.raw[i] != gpu.raw[i];
-  REQUIRE(bad == 0);
+  check_array(cpu.codes, gpu.codes, "codes");
+  check_array(cpu.halves, gpu.halves, "halves");
+  check_array(cpu.raw, gpu.raw, "raw");
 }
 
 // Tolerance of one output element (derivation). u = 2^-24.
@@ -149,6 +159,8 @@ double tolerance(double ref, double delta, int L, double vmax, double vmax2, int
 
 struct Result {
   double worst_ratio = 0, worst_err = 0;
+  int64_t bad = 0;        // outputs beyond their tolerance
+  std::string first_bad;  // the first of them
 };
 
 Result run_case(const std::string& kspec, const std::string& vspec, const Shape& s, uint64_t seed,
@@ -202,7 +214,7 @@ Result run_case(const std::string& kspec, const std::string& vspec, const Shape&
                                  std::to_string(slot) + ", " + std::to_string(qn) + " final tokens");
     }
     INFO(kspec << " / " << vspec << " slot " << slot);
-    REQUIRE(gpu->slot_bytes(slot) == ck[slot]->bytes() + cv[slot]->bytes());
+    CHECK(gpu->slot_bytes(slot) == ck[slot]->bytes() + cv[slot]->bytes());
   }
 
   // Decode: rows read slots {0, 1, 2, 0}.
@@ -275,19 +287,22 @@ Result run_case(const std::string& kspec, const std::string& vspec, const Shape&
         }
         o /= l;
         const double got = half_to_float(oh[(static_cast<size_t>(r) * s.n_heads + qi) * s.hd + d]);
-        REQUIRE(std::isfinite(got));
         const double tol = tolerance(o, delta, L, vmax, vmax2, s.hd, had_v);
         const double err = std::fabs(got - o);
-        if (err > tol) {
-          INFO("row " << r << " head " << qi << " dim " << d << ": got " << got << ", ref " << o
-                      << ", tol " << tol << " (" << kspec << " / " << vspec << ")");
-          REQUIRE(err <= tol);
+        if ((!std::isfinite(got) || err > tol) && res.bad++ == 0)
+          res.first_bad = "row " + std::to_string(r) + " head " + std::to_string(qi) + " dim " +
+                          std::to_string(d) + ": got " + std::to_string(got) + ", ref " +
+                          std::to_string(o) + ", tol " + std::to_string(tol);
+        if (std::isfinite(got)) {
+          res.worst_ratio = std::max(res.worst_ratio, err / tol);
+          res.worst_err = std::max(res.worst_err, err);
         }
-        res.worst_ratio = std::max(res.worst_ratio, err / tol);
-        res.worst_err = std::max(res.worst_err, err);
       }
     }
   }
+  INFO(kspec << " / " << vspec << ", kv_heads " << s.H << ", head_dim " << s.hd << ": "
+             << res.bad << " outputs beyond tolerance; first: " << res.first_bad);
+  CHECK(res.bad == 0);
   return res;
 }
 
