@@ -1,6 +1,7 @@
 // Backend selection (see backend_factory.h).
 #include "lib/backend_factory.h"
 
+#include <cstdlib>
 #include <string>
 
 #include "formats/error.h"
@@ -22,6 +23,29 @@ bool cuda_available() {
     return false;
   }
 #else
+  return false;
+#endif
+}
+
+bool gpu_memory_in_use(const Backend& backend, size_t& used_bytes, size_t& total_bytes) {
+#if KVQ_HAVE_CUDA
+  // CudaBackend::name() is "cuda:N (DEVICE NAME)".
+  const std::string name = backend.name();
+  if (name.rfind("cuda:", 0) != 0) return false;
+  const int device = std::atoi(name.c_str() + 5);
+  int previous = 0;
+  KVQ_CUDA_CHECK(cudaGetDevice(&previous));
+  KVQ_CUDA_CHECK(cudaSetDevice(device));
+  size_t free_b = 0, total_b = 0;
+  KVQ_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+  KVQ_CUDA_CHECK(cudaSetDevice(previous));
+  used_bytes = total_b - free_b;
+  total_bytes = total_b;
+  return true;
+#else
+  (void)backend;
+  (void)used_bytes;
+  (void)total_bytes;
   return false;
 #endif
 }

@@ -1,7 +1,13 @@
 // kvq-eval: evaluates a model on a dataset, with or without simulated KV quantization.
 // Tasks: ppl; kld (exact per-token KL against the unquantized pass, window by window);
-// passkey and lines (datasets/retrieval.h, greedy, seeded prompts shared by every method).
-// kld/passkey/lines always print the compare table with the fp16 row. --task ppl is the perplexity protocol of
+// passkey and lines (datasets/retrieval.h, greedy, seeded prompts shared by every method);
+// longbench (datasets/longbench.h: LongBench v1 task files, greedy, the official metric per
+// task). kld/passkey/lines/longbench always print the compare table with the fp16 row.
+// Every compare row also reports memory and speed: KV bytes/token and effective bits from
+// the codec caches' exact bytes, forward tokens per second of forward time, the peak GPU
+// memory in use during the row (cudaMemGetInfo after every forward call; n/a on the CPU),
+// and with --memory-budget the longest context that fits (datasets/kv_memory.h states the
+// formula). --task ppl is the perplexity protocol of
 // GPTQ / KVQuant / KIVI (datasets/perplexity.h) on WikiText-2, C4 or any text file, on
 // the CPU reference backend. The tool parses, prints and calls the libraries; all the
 // logic (readers, protocols, windows, the evaluator) is in datasets/ and lib/.
@@ -12,6 +18,9 @@
 //            [--kv SPEC | --profile FILE.kvqp [--no-verify]] [--poq]   simulated KV quantization
 //            (a profile must carry this model's fingerprint)
 //            [--compare fp16|SPEC ...] [--plot FILE.svg] [--max-ppl-increase 1%]
+//            [--memory-budget 80GiB]
+//   kvq-eval --task longbench --longbench-dir DIR [--tasks a,b] [--config DIR]
+//            [--max-rows N] [--seqlen WINDOW] [--max-new-tokens CAP] [--compare ...]
 //
 // --kv runs the papers' protocol: every window is one forward pass from an empty cache with
 // K/V quantized then dequantized by lib/codecs/sim_observer (--poq: past-only, the diagonal
@@ -24,9 +33,11 @@
 // Output: the effective configuration on stderr first, then progress lines on stderr, the
 // results on stdout (a table, or one JSON object with --format json).
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -44,6 +55,9 @@
 #include "datasets/spec.h"
 #include "datasets/retrieval.h"
 #include "datasets/kld.h"
+#include "datasets/kv_memory.h"
+#include "datasets/longbench.h"
+#include "datasets/metrics.h"
 #include "datasets/windows.h"
 #include "formats/error.h"
 #include "formats/fingerprint.h"
@@ -90,6 +104,12 @@ struct Options {
   int trials = 10;
   uint64_t seed = 1234;
   int max_new_tokens = 10;
+  bool max_new_tokens_given = false;  // longbench: a cap on dataset2maxlen only when given
+  std::string longbench_dir;
+  std::vector<std::string> longbench_tasks;  // empty: every *.jsonl in the folder
+  std::string longbench_config;              // "" = <data root>/longbench/config
+  int64_t max_rows = -1;
+  std::string memory_budget;
 };
 
 constexpr int kExitThreshold = 3;
@@ -106,6 +126,88 @@ struct KvRun {
     if (v_spec) return std::make_unique<codecs::SimQuantObserver>(cfg, *spec, *v_spec, sim);
     return std::make_unique<codecs::SimQuantObserver>(cfg, *spec, sim);
   }
+};
+
+// The evaluation backend with meters: per compare row, the tokens pushed through forward()
+// and forward_nll() and the seconds spent inside them (tokens/s = forward tokens per second
+// of forward time: prefill and decode steps alike, the simulated quantization included,
+// tokenization and scoring not), and on a GPU the device memory in use sampled after every
+// reset and forward call (its maximum is the row's peak). Calls made while no row is
+// selected (kld's shared reference pass) are not counted.
+class MeteredBackend final : public Backend {
+ public:
+  struct Meter {
+    int64_t tokens = 0;
+    double seconds = 0.0;
+    size_t peak_bytes = 0;
+    bool gpu = false;
+    double tokens_per_s() const { return seconds > 0 ? static_cast<double>(tokens) / seconds : ds::kNotMeasured; }
+    double peak() const { return gpu ? static_cast<double>(peak_bytes) : ds::kNotMeasured; }
+  };
+
+  MeteredBackend(std::function<std::unique_ptr<Backend>()> make, size_t rows)
+      : make_(std::move(make)), inner_(make_()), meters_(rows) {}
+
+  // Counts the following calls into row i (-1: none).
+  void select(int i) {
+    current_ = i;
+    sample();
+  }
+  const Meter& meter(size_t i) const { return meters_.at(i); }
+  bool on_gpu() const { return inner_->name().rfind("cuda", 0) == 0; }
+  // Destroys the backend and makes a fresh one, so that a row's GPU peak holds its own
+  // buffers only (the CUDA backend's buffers grow and are kept until it is destroyed).
+  void renew() {
+    inner_.reset();
+    inner_ = make_();
+    sample();
+  }
+
+  std::string name() const override { return inner_->name(); }
+  const ModelConfig& config() const override { return inner_->config(); }
+  void reset(int batch, int max_tokens) override {
+    inner_->reset(batch, max_tokens);
+    sample();
+  }
+  int batch() const override { return inner_->batch(); }
+  int max_tokens() const override { return inner_->max_tokens(); }
+  int cache_len(int slot) const override { return inner_->cache_len(slot); }
+  void truncate(int slot, int len) override { inner_->truncate(slot, len); }
+  Logits forward(std::span<const int32_t> tokens, int n, const ForwardOptions& opt = {}) override {
+    const auto t0 = std::chrono::steady_clock::now();
+    Logits out = inner_->forward(tokens, n, opt);
+    count(tokens.size(), t0);
+    return out;
+  }
+  NllResult forward_nll(std::span<const int32_t> tokens, std::span<const int32_t> targets, int n,
+                        const ForwardOptions& opt = {}) override {
+    const auto t0 = std::chrono::steady_clock::now();
+    NllResult out = inner_->forward_nll(tokens, targets, n, opt);
+    count(tokens.size(), t0);
+    return out;
+  }
+
+ private:
+  void count(size_t tokens, std::chrono::steady_clock::time_point t0) {
+    if (current_ < 0) return;
+    Meter& m = meters_.at(static_cast<size_t>(current_));
+    m.tokens += static_cast<int64_t>(tokens);
+    m.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    sample();
+  }
+  void sample() {
+    if (current_ < 0) return;
+    size_t used = 0, total = 0;
+    if (!gpu_memory_in_use(*inner_, used, total)) return;
+    Meter& m = meters_.at(static_cast<size_t>(current_));
+    m.gpu = true;
+    m.peak_bytes = std::max(m.peak_bytes, used);
+  }
+
+  std::function<std::unique_ptr<Backend>()> make_;
+  std::unique_ptr<Backend> inner_;
+  std::vector<Meter> meters_;
+  int current_ = -1;
 };
 
 std::string group_opt(int g) { return g > 0 ? ",group=" + std::to_string(g) : std::string(); }
@@ -182,7 +284,7 @@ void log_softmax_rows(const Logits& lg, std::vector<double>& out) {
   }
 }
 
-std::vector<KldRun> run_kld(Backend& backend, const ModelConfig& cfg, const ds::EvalTokens& tokens, int seqlen,
+std::vector<KldRun> run_kld(MeteredBackend& backend, const ModelConfig& cfg, const ds::EvalTokens& tokens, int seqlen,
                             int64_t max_windows, const std::vector<KvRun>& runs) {
   const auto windows = ds::cut_windows(tokens.ids.size(), seqlen, max_windows);
   std::vector<std::unique_ptr<codecs::SimQuantObserver>> obs;
@@ -195,9 +297,11 @@ std::vector<KldRun> run_kld(Backend& backend, const ModelConfig& cfg, const ds::
   for (const auto& w : windows) {
     const std::span<const int32_t> in(tokens.ids.data() + w.begin, static_cast<size_t>(n));
     const int32_t* target = tokens.ids.data() + w.begin + 1;
+    backend.select(-1);  // the shared reference pass belongs to no row
     backend.reset(1, seqlen);
     log_softmax_rows(backend.forward(in, n), ref);
     for (size_t r = 0; r < runs.size(); ++r) {
+      backend.select(static_cast<int>(r));
       ForwardOptions fo;
       fo.observer = obs[r].get();
       backend.reset(1, seqlen);
@@ -221,6 +325,7 @@ std::vector<KldRun> run_kld(Backend& backend, const ModelConfig& cfg, const ds::
     progress.update(++done, static_cast<int64_t>(windows.size()), "kld", 0.0);
   }
   progress.finish();
+  backend.select(-1);
   for (size_t r = 0; r < runs.size(); ++r)
     if (obs[r]) out[r].bits = obs[r]->stats().bits_per_element();
   return out;
@@ -303,6 +408,132 @@ std::string check_against_manifest(const ds::ResolvedDataset& d) {
   return "";
 }
 
+void warm_up(MeteredBackend& backend, int n) {
+  backend.select(-1);
+  backend.reset(1, n);
+  const int32_t id = backend.config().bos_id >= 0 ? backend.config().bos_id : 0;
+  const std::vector<int32_t> ids(static_cast<size_t>(n), id);
+  ForwardOptions fo;
+  fo.last_only = true;
+  (void)backend.forward(ids, n, fo);
+}
+
+// --task longbench inputs, all read and checked before the configuration is printed: the
+// config (dataset2prompt.json, dataset2maxlen.json) and every task file's rows.
+struct LongBenchInputs {
+  struct Task {
+    std::string name;  // the rows' "dataset" field
+    std::string path;
+    std::vector<ds::LongBenchRow> rows;
+  };
+  std::string config_dir;
+  ds::LongBenchConfig config;
+  std::vector<Task> tasks;
+  int64_t total_rows() const {
+    int64_t n = 0;
+    for (const auto& t : tasks) n += static_cast<int64_t>(t.rows.size());
+    return n;
+  }
+};
+
+// Generation length of a task: dataset2maxlen, capped by --max-new-tokens when given.
+int lb_max_new(const ds::LongBenchConfig& cfg, const std::string& task, const Options& o) {
+  const int m = cfg.max_new_tokens.at(task);
+  return o.max_new_tokens_given ? std::min(m, o.max_new_tokens) : m;
+}
+
+LongBenchInputs read_longbench_inputs(const Options& o) {
+  namespace fs = std::filesystem;
+  if (o.longbench_dir.empty())
+    throw InvalidArgument("--longbench-dir", "--task longbench needs a folder of LongBench task files (TASK.jsonl)",
+                          "pass --longbench-dir DIR (tests/data/longbench holds a small fixture)");
+  std::error_code ec;
+  if (!fs::is_directory(o.longbench_dir, ec))
+    throw InvalidArgument("--longbench-dir", o.longbench_dir + ": not a folder");
+  LongBenchInputs in;
+  in.config_dir = o.longbench_config;
+  if (in.config_dir.empty()) {
+    for (const auto& root : cli::data_roots()) {
+      const fs::path c = fs::path(root) / "longbench" / "config";
+      if (fs::exists(c / "dataset2prompt.json", ec)) {
+        in.config_dir = c.string();
+        break;
+      }
+    }
+    if (in.config_dir.empty())
+      throw InvalidArgument("--config", "no longbench/config/dataset2prompt.json under $KVQ_DATA or ../shared/datasets",
+                            "pass --config DIR (the folder of dataset2prompt.json and dataset2maxlen.json)");
+  }
+  in.config = ds::read_longbench_config(in.config_dir);
+  std::vector<std::string> paths;
+  if (!o.longbench_tasks.empty()) {
+    for (const auto& t : o.longbench_tasks) paths.push_back((fs::path(o.longbench_dir) / (t + ".jsonl")).string());
+  } else {
+    for (const auto& e : fs::directory_iterator(o.longbench_dir, ec))
+      if (e.is_regular_file() && e.path().extension() == ".jsonl") paths.push_back(e.path().string());
+    std::sort(paths.begin(), paths.end());
+    if (paths.empty()) throw InvalidArgument("--longbench-dir", o.longbench_dir + ": no *.jsonl task files");
+  }
+  for (const auto& path : paths) {
+    LongBenchInputs::Task t;
+    t.path = path;
+    t.rows = ds::read_longbench_jsonl(path, o.max_rows);
+    t.name = t.rows.front().dataset;
+    try {
+      (void)ds::metric_for_task(t.name);  // unsupported (Chinese) or unknown tasks: one error now
+    } catch (const UnsupportedError& e) {
+      throw UnsupportedError(path, e.message(), e.hint());
+    } catch (const InvalidArgument& e) {
+      throw InvalidArgument(path, e.message(), e.hint());
+    }
+    if (!in.config.prompts.count(t.name) || !in.config.max_new_tokens.count(t.name))
+      throw InvalidArgument(path, "task \"" + t.name + "\" has no prompt or generation length in " + in.config_dir);
+    for (const auto& other : in.tasks)
+      if (other.name == t.name) throw InvalidArgument(path, "task \"" + t.name + "\" also in " + other.path);
+    in.tasks.push_back(std::move(t));
+  }
+  return in;
+}
+
+// The "longbench" object of --format json: inputs, and per method every task's score,
+// metric, rows, truncated rows, generated tokens and time.
+nlohmann::json longbench_json(const LongBenchInputs& in, const std::vector<ds::LongBenchResult>& results,
+                              const std::vector<KvRun>& runs, int window, const Options& o) {
+  nlohmann::json j;
+  j["dir"] = o.longbench_dir;
+  j["config"] = in.config_dir;
+  j["window"] = window;
+  j["tasks"] = nlohmann::json::array();
+  for (const auto& t : in.tasks)
+    j["tasks"].push_back({{"task", t.name},
+                          {"file", t.path},
+                          {"metric", std::string(ds::metric_name(ds::metric_for_task(t.name)))},
+                          {"rows", t.rows.size()},
+                          {"max_new_tokens", lb_max_new(in.config, t.name, o)}});
+  j["runs"] = nlohmann::json::array();
+  for (size_t i = 0; i < results.size(); ++i) {
+    nlohmann::json r = {{"method", runs[i].label}, {"average", results[i].average}};
+    r["tasks"] = nlohmann::json::array();
+    for (const auto& t : results[i].tasks) {
+      int64_t generated = 0, prompt = 0;
+      for (const auto& row : t.rows) {
+        generated += row.generated_tokens;
+        prompt += row.prompt_tokens;
+      }
+      r["tasks"].push_back({{"task", t.task},
+                            {"metric", t.metric},
+                            {"score", t.score},
+                            {"rows", t.rows.size()},
+                            {"truncated_rows", t.truncated_rows},
+                            {"prompt_tokens", prompt},
+                            {"generated_tokens", generated},
+                            {"seconds", t.seconds}});
+    }
+    j["runs"].push_back(r);
+  }
+  return j;
+}
+
 int run_ppl(const Options& o) {
   const std::string model_path = o.model.empty() ? cli::default_model_path() : o.model;
   if (model_path.empty()) {
@@ -314,23 +545,31 @@ int run_ppl(const Options& o) {
 
   // Everything that can be wrong with the inputs is checked before the configuration is
   // printed, so a bad input gives exactly one error line.
+  const bool longbench = o.task == "longbench";
   const ds::ResolvedDataset dataset =
-      ds::resolve_dataset(o.dataset.empty() ? cli::default_dataset_spec() : o.dataset, cli::data_roots(), protocol);
+      longbench ? ds::ResolvedDataset{}
+                : ds::resolve_dataset(o.dataset.empty() ? cli::default_dataset_spec() : o.dataset, cli::data_roots(), protocol);
+  const LongBenchInputs lb = longbench ? read_longbench_inputs(o) : LongBenchInputs{};
+  const std::optional<int64_t> budget =
+      o.memory_budget.empty() ? std::nullopt : std::optional<int64_t>(ds::parse_byte_size(o.memory_budget, "--memory-budget"));
   const std::shared_ptr<const Model> model = load_model(model_path);
   const ModelConfig& cfg = model->config();
   const std::unique_ptr<Tokenizer> tok = load_tokenizer(tokenizer_path(o, model_path));
   ds::check_tokenizer_vocab(*tok, model->embedding().shape[0], model_path);
   const int window = cfg.max_position > 0 ? cfg.max_position : 2048;
   const int seqlen = o.seqlen > 0 ? o.seqlen : std::min(window, 2048);
-  const std::string text = ds::load_protocol_text(dataset.path, dataset.protocol);
-  const std::string data_check = check_against_manifest(dataset);
+  const std::string text = longbench ? std::string() : ds::load_protocol_text(dataset.path, dataset.protocol);
+  const std::string data_check = longbench ? std::string() : check_against_manifest(dataset);
   const int threads = cli::apply_threads(o.threads);
-  const std::unique_ptr<Backend> backend = make_backend(o.backend, model);
+  const size_t n_runs = o.compare.size() + 2;  // an upper bound: fp16 + every --compare, or fp16 + --kv
+  const auto backend =
+      std::make_unique<MeteredBackend>([&] { return make_backend(o.backend, model); }, n_runs);
 
   // passkey / lines: greedy retrieval on seeded prompts (datasets/retrieval.h); the
   // dataset's text is the passkey filler, and no perplexity windows are cut.
   const bool retrieval = o.task == "passkey" || o.task == "lines";
-  const ds::EvalTokens tokens = retrieval ? ds::EvalTokens{} : ds::tokenize_for_eval(text, dataset.protocol, *tok, seqlen);
+  const ds::EvalTokens tokens =
+      retrieval || longbench ? ds::EvalTokens{} : ds::tokenize_for_eval(text, dataset.protocol, *tok, seqlen);
   std::vector<ds::RetrievalSample> samples;
   if (o.task == "passkey") samples = ds::make_passkey_samples(*tok, text, o.context > 0 ? o.context : seqlen - o.max_new_tokens, o.trials, o.seed);
   if (o.task == "lines") samples = ds::make_line_samples(*tok, o.lines, o.trials, o.seed);
@@ -339,7 +578,17 @@ int run_ppl(const Options& o) {
   popt.seqlen = seqlen;
   popt.max_windows = o.max_windows;
   popt.batch = o.batch;
-  if (!retrieval) ds::check_perplexity_inputs(cfg, tokens.ids.size(), popt);
+  if (!retrieval && !longbench) ds::check_perplexity_inputs(cfg, tokens.ids.size(), popt);
+  // longbench: the prompt window (prompt + generation), the model's by default.
+  const int lb_window = o.seqlen > 0 ? o.seqlen : cfg.max_position;
+  if (longbench && lb_window > cfg.max_position)
+    throw InvalidArgument("--seqlen", "window " + std::to_string(lb_window) + " exceeds the model's " +
+                                          std::to_string(cfg.max_position));
+  for (const auto& t : lb.tasks)
+    if (lb_window - lb_max_new(lb.config, t.name, o) < 2)
+      throw InvalidArgument("--seqlen", "window " + std::to_string(lb_window) + " leaves no room for a prompt before " +
+                                            std::to_string(lb_max_new(lb.config, t.name, o)) + " new tokens of " + t.name,
+                            "use a longer --seqlen or cap --max-new-tokens");
 
   // The KV methods, each checked (spec syntax and options, by building its observer once)
   // before anything is printed.
@@ -366,8 +615,9 @@ int run_ppl(const Options& o) {
     runs.push_back(std::move(r));
   };
   const bool kld = o.task == "kld";
-  const bool compare_mode = !o.compare.empty() || kld || retrieval;  // these always show fp16 too
-  if ((kld || retrieval) && o.compare.empty()) {
+  const bool generation = retrieval || longbench;
+  const bool compare_mode = !o.compare.empty() || kld || generation;  // these always show fp16 too
+  if ((kld || generation) && o.compare.empty()) {
     if (!o.kv.empty() && !o.profile.empty()) throw InvalidArgument("--profile", "give --kv or --profile, not both");
     add_run("fp16");
     if (!o.kv.empty() || !o.profile.empty()) add_run(!o.profile.empty() ? o.profile : o.kv);
@@ -377,8 +627,10 @@ int run_ppl(const Options& o) {
     if (std::find(o.compare.begin(), o.compare.end(), "fp16") == o.compare.end()) add_run("fp16");
     for (const auto& c : o.compare) add_run(c);
   } else {
-    if (!o.plot.empty() || !o.max_ppl_increase.empty() || !o.max_kld.empty() || !o.min_top1.empty())
-      throw InvalidArgument(o.plot.empty() ? "--max-ppl-increase" : "--plot", "needs compare mode", "add --compare fp16 --compare SPEC ...");
+    if (!o.plot.empty() || !o.max_ppl_increase.empty() || !o.max_kld.empty() || !o.min_top1.empty() ||
+        !o.memory_budget.empty())
+      throw InvalidArgument(!o.plot.empty() ? "--plot" : !o.memory_budget.empty() ? "--memory-budget" : "--max-ppl-increase",
+                            "needs compare mode", "add --compare fp16 --compare SPEC ...");
     if (!o.kv.empty() && !o.profile.empty()) throw InvalidArgument("--profile", "give --kv or --profile, not both");
     add_run(!o.profile.empty() ? o.profile : o.kv.empty() ? "fp16" : o.kv);
   }
@@ -395,26 +647,53 @@ int run_ppl(const Options& o) {
                cfg.n_heads, cfg.n_kv_heads, cfg.vocab, cfg.max_position, std::string(dtype_name(cfg.dtype)).c_str());
   std::fprintf(stderr, "  tokenizer  %s (%s, %d ids, BOS %s)\n", tok->path().c_str(),
                std::string(tok->kind()).c_str(), tok->vocab_size(), tok->add_bos_by_default() ? "added" : "not added");
-  std::fprintf(stderr, "  dataset    %s (protocol %s, %s bytes of text)\n", dataset.path.c_str(),
-               std::string(ds::protocol_name(dataset.protocol)).c_str(), cli::thousands(static_cast<int64_t>(text.size())).c_str());
-  if (!data_check.empty()) std::fprintf(stderr, "  data check %s\n", data_check.c_str());
-  std::fprintf(stderr, "  seqlen     %d, max windows %s, batch %d\n", seqlen,
-               o.max_windows < 0 ? "all" : std::to_string(o.max_windows).c_str(), o.batch);
+  if (longbench) {
+    std::fprintf(stderr, "  longbench  %s: %zu tasks, %s rows (config %s)\n", o.longbench_dir.c_str(), lb.tasks.size(),
+                 cli::thousands(lb.total_rows()).c_str(), lb.config_dir.c_str());
+    for (const auto& t : lb.tasks)
+      std::fprintf(stderr, "    %-22s %4zu rows, metric %s, max new tokens %d\n", t.name.c_str(), t.rows.size(),
+                   std::string(ds::metric_name(ds::metric_for_task(t.name))).c_str(),
+                   lb_max_new(lb.config, t.name, o));
+    std::fprintf(stderr, "  window     %d tokens (prompt + generation; longer prompts truncated in the middle)\n", lb_window);
+  } else {
+    std::fprintf(stderr, "  dataset    %s (protocol %s, %s bytes of text)\n", dataset.path.c_str(),
+                 std::string(ds::protocol_name(dataset.protocol)).c_str(), cli::thousands(static_cast<int64_t>(text.size())).c_str());
+    if (!data_check.empty()) std::fprintf(stderr, "  data check %s\n", data_check.c_str());
+    std::fprintf(stderr, "  seqlen     %d, max windows %s, batch %d\n", seqlen,
+                 o.max_windows < 0 ? "all" : std::to_string(o.max_windows).c_str(), o.batch);
+  }
+  const int64_t weights_bytes = model->parameter_count() * 2;
+  if (budget)
+    std::fprintf(stderr,
+                 "  memory     budget %s bytes (%.2f GiB): weights %s params x 2 B = %.3f GiB + KV(T) + workspace(T) "
+                 "(datasets/kv_memory.h)\n",
+                 cli::thousands(*budget).c_str(), static_cast<double>(*budget) / 0x1p30,
+                 cli::thousands(model->parameter_count()).c_str(), static_cast<double>(weights_bytes) / 0x1p30);
   std::fprintf(stderr, "  backend    %s (asked: %s), %d threads\n", backend->name().c_str(), o.backend.c_str(), threads);
-  std::fprintf(stderr, "  tokens     %s (tokenized in %.1fs)%s, %s windows of %d\n",
-               cli::thousands(tokens.tokens_total).c_str(), tokens.tokenize_seconds,
-               tokens.tokens_total > static_cast<int64_t>(tokens.ids.size())
-                   ? (", first " + cli::thousands(static_cast<int64_t>(tokens.ids.size())) + " used").c_str()
-                   : "",
-               cli::thousands(windows_available).c_str(), seqlen);
+  if (!longbench)
+    std::fprintf(stderr, "  tokens     %s (tokenized in %.1fs)%s, %s windows of %d\n",
+                 cli::thousands(tokens.tokens_total).c_str(), tokens.tokenize_seconds,
+                 tokens.tokens_total > static_cast<int64_t>(tokens.ids.size())
+                     ? (", first " + cli::thousands(static_cast<int64_t>(tokens.ids.size())) + " used").c_str()
+                     : "",
+                 cli::thousands(windows_available).c_str(), seqlen);
   for (const auto& run : runs)
     std::fprintf(stderr, "  kv         %s%s\n", run.label.c_str(), run.spec ? "" : " (no simulated quantization)");
 
+  // On a GPU every row but kld's (whose rows share each window's reference pass) gets a
+  // fresh backend, so that its peak memory is its own.
+  const bool renew_per_row = backend->on_gpu() && !kld;
+  // One unmetered forward of 32 tokens first: the first pass over the weights pays for
+  // page faults of the mapped checkpoint and one-time set-up (measured on the testbed, CPU:
+  // fp16, the first row, showed 151 tok/s against int4's 639 on the same LongBench rows
+  // without it).
+  warm_up(*backend, std::min(32, cfg.max_position));
+  const double elems_per_token = 2.0 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim;
   std::vector<KvRunResult> results;
   std::vector<KldRun> klds;
+  std::vector<ds::LongBenchResult> lb_results;
   if (kld) {
     klds = run_kld(*backend, cfg, tokens, seqlen, o.max_windows, runs);
-    const double elems_per_token = 2.0 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim;
     for (const auto& k : klds) {
       KvRunResult r;
       r.ppl.tokens_scored = static_cast<int64_t>(k.kl.size());
@@ -427,9 +706,15 @@ int run_ppl(const Options& o) {
       results.push_back(r);
     }
   }
-  if (retrieval) {
-    const double elems_per_token = 2.0 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim;
-    for (const auto& run : runs) {
+  for (size_t i = 0; i < runs.size() && !kld; ++i) {
+    const KvRun& run = runs[i];
+    if (renew_per_row && i > 0) {
+      backend->renew();
+      warm_up(*backend, std::min(32, cfg.max_position));
+    }
+    backend->select(static_cast<int>(i));
+    KvRunResult r;
+    if (retrieval) {
       const auto obs = run.spec ? run.observer(cfg) : nullptr;
       cli::Progress progress;
       ds::RetrievalOptions ro;
@@ -438,7 +723,6 @@ int run_ppl(const Options& o) {
       ro.progress = [&](int64_t done, int64_t total) { progress.update(done, total, run.label + " " + o.task, 0.0); };
       const ds::RetrievalResult rr = ds::evaluate_retrieval(*backend, *tok, samples, ro);
       progress.finish();
-      KvRunResult r;
       r.accuracy = rr.accuracy;
       r.ppl.ppl = ds::kNotMeasured;
       r.ppl.tokens_per_s = ds::kNotMeasured;
@@ -446,19 +730,45 @@ int run_ppl(const Options& o) {
       r.kv_bytes_per_token = r.bits_per_element * elems_per_token / 8.0;
       std::fprintf(stderr, "kvq-eval: %s %s: %lld/%lld correct, mean prompt %.0f tokens\n", run.label.c_str(),
                    o.task.c_str(), static_cast<long long>(rr.correct), static_cast<long long>(rr.trials), rr.mean_prompt_tokens);
-      results.push_back(r);
+    } else if (longbench) {
+      const auto obs = run.spec ? run.observer(cfg) : nullptr;
+      ds::LongBenchResult res;
+      double sum = 0.0;
+      for (const auto& t : lb.tasks) {
+        cli::Progress progress;
+        ds::LongBenchOptions lo;
+        lo.window = lb_window;
+        lo.max_new_tokens_cap = o.max_new_tokens_given ? o.max_new_tokens : -1;
+        lo.observer = obs.get();
+        lo.progress = [&](const ds::LongBenchProgress& p) {
+          progress.update(p.rows_done, p.rows_total, run.label + " " + p.task, 0.0);
+        };
+        res.tasks.push_back(ds::evaluate_longbench_task(*backend, *tok, lb.config, t.name, t.rows, lo));
+        progress.finish();
+        const auto& tr = res.tasks.back();
+        sum += tr.score;
+        std::fprintf(stderr, "kvq-eval: %s longbench %s: %.2f (%s, %zu rows, %lld truncated, %.1f s)\n",
+                     run.label.c_str(), tr.task.c_str(), tr.score, tr.metric.c_str(), tr.rows.size(),
+                     static_cast<long long>(tr.truncated_rows), tr.seconds);
+      }
+      res.average = sum / static_cast<double>(res.tasks.size());
+      r.accuracy = res.average;
+      r.ppl.ppl = ds::kNotMeasured;
+      r.bits_per_element = obs ? obs->stats().bits_per_element() : 16.0;
+      r.kv_bytes_per_token = r.bits_per_element * elems_per_token / 8.0;
+      lb_results.push_back(std::move(res));
+    } else {
+      cli::Progress progress;
+      popt.progress = [&](const ds::PerplexityProgress& p) {
+        progress.update(p.windows_done, p.windows_total,
+                        (compare_mode ? run.label + " " : std::string()) + cli::strf("ppl %.4f", p.ppl), p.eta_s);
+      };
+      r = run_one(*backend, cfg, tokens, popt, run);
+      progress.finish();
     }
+    results.push_back(r);
   }
-  for (const auto& run : runs) {
-    if (kld || retrieval) break;
-    cli::Progress progress;
-    popt.progress = [&](const ds::PerplexityProgress& p) {
-      progress.update(p.windows_done, p.windows_total,
-                      (compare_mode ? run.label + " " : std::string()) + cli::strf("ppl %.4f", p.ppl), p.eta_s);
-    };
-    results.push_back(run_one(*backend, cfg, tokens, popt, run));
-    progress.finish();
-  }
+  backend->select(-1);
 
   if (compare_mode) {
     ds::CompareTable table;
@@ -466,12 +776,17 @@ int run_ppl(const Options& o) {
     table.data = o.task == "lines" ? cli::strf("lines: %d lines, %d trials, seed %llu", o.lines, o.trials, static_cast<unsigned long long>(o.seed))
                : o.task == "passkey" ? cli::strf("passkey: %d trials, seed %llu, filler ", o.trials, static_cast<unsigned long long>(o.seed)) +
                                            cli::base_name(dataset.path)
+               : longbench ? cli::strf("longbench: %zu tasks, %lld rows, window %d, ", lb.tasks.size(),
+                                       static_cast<long long>(lb.total_rows()), lb_window) +
+                                 cli::base_name(o.longbench_dir)
                : (dataset.name.empty() ? cli::base_name(dataset.path) : dataset.name) + " (" +
                  std::string(ds::protocol_name(dataset.protocol)) + " protocol, " +
                  cli::thousands(results[0].ppl.windows) + " windows)";
     table.device = backend->name();
     table.revision = cli::build_info_text();
-    table.seqlen = seqlen;
+    table.seqlen = longbench ? lb_window : seqlen;
+    table.memory_columns = true;
+    if (budget) table.memory_budget_bytes = static_cast<double>(*budget);
     for (size_t i = 0; i < runs.size(); ++i) {
       ds::CompareRow row;
       row.method = runs[i].label;
@@ -479,9 +794,14 @@ int run_ppl(const Options& o) {
       row.effective_bits = results[i].bits_per_element;
       row.kv_bytes_per_token = results[i].kv_bytes_per_token;
       row.ppl = results[i].ppl.ppl;
-      row.tokens_per_s = results[i].ppl.tokens_per_s;
+      row.tokens_per_s = backend->meter(i).tokens_per_s();
+      row.peak_gpu_bytes = backend->meter(i).peak();
       if (o.task == "passkey") row.passkey_acc = results[i].accuracy;
       if (o.task == "lines") row.lines_acc = results[i].accuracy;
+      if (longbench) {
+        row.longbench_avg = lb_results[i].average;
+        for (const auto& t : lb_results[i].tasks) row.longbench_tasks.emplace_back(t.task, t.score);
+      }
       if (kld) {
         std::vector<double> sorted = klds[i].kl;
         std::sort(sorted.begin(), sorted.end());
@@ -492,11 +812,22 @@ int run_ppl(const Options& o) {
         row.kld_p99 = ds::percentile_sorted(sorted, 99.0);
         row.top1 = static_cast<double>(klds[i].top1) / static_cast<double>(sorted.size());
       }
+      if (budget) {
+        const auto obs = runs[i].spec ? runs[i].observer(cfg) : nullptr;
+        const double bits = results[i].bits_per_element;
+        row.max_context_tokens = static_cast<double>(ds::longest_context(
+            *budget, weights_bytes, [&](int64_t T) { return ds::kv_bytes_for_context(cfg, obs.get(), T, bits); },
+            [&](int64_t T) { return ds::activation_workspace_bytes(cfg, T); }));
+      }
       table.rows.push_back(row);
     }
     ds::fill_deltas(table);
     if (o.format == cli::OutputFormat::kJson) {
-      std::printf("%s\n", ds::format_compare_json(table).c_str());
+      nlohmann::json j = nlohmann::json::parse(ds::format_compare_json(table));
+      j["task"] = o.task;
+      j["weights_bytes"] = weights_bytes;
+      if (longbench) j["longbench"] = longbench_json(lb, lb_results, runs, lb_window, o);
+      std::printf("%s\n", j.dump(2).c_str());
     } else {
       std::printf("%s", ds::format_compare_text(table).c_str());
     }
@@ -505,11 +836,16 @@ int run_ppl(const Options& o) {
       std::vector<cli::PlotPoint> pts;
       for (const auto& row : table.rows)
         pts.push_back({row.method, row.kv_bytes_per_token,
-                     kld ? row.kld_mean : o.task == "passkey" ? row.passkey_acc : o.task == "lines" ? row.lines_acc : row.ppl,
-                     row.reference});
+                       kld ? row.kld_mean
+                       : o.task == "passkey" ? row.passkey_acc
+                       : o.task == "lines" ? row.lines_acc
+                       : longbench ? row.longbench_avg
+                                   : row.ppl,
+                       row.reference});
       cli::PlotOptions po;
       if (kld) po.y_label = "mean KL divergence from fp16 (nats/token)";
       if (retrieval) po.y_label = o.task + " accuracy";
+      if (longbench) po.y_label = "LongBench average score (0-100)";
       cli::write_svg_plot(o.plot, pts, po);
       std::fprintf(stderr, "kvq-eval: wrote %s\n", o.plot.c_str());
     }
@@ -579,10 +915,12 @@ int run_ppl(const Options& o) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"kvq-eval: evaluate a model (ppl, kld, passkey, lines) with fp16 or quantized KV\n"
+  CLI::App app{"kvq-eval: evaluate a model (ppl, kld, passkey, lines, longbench) with fp16 or quantized KV\n"
                "exit codes: 0 ok, 1 runtime failure, 2 usage error, 3 a --max-* threshold failed"};
   Options o;
-  app.add_option("--task", o.task, "Evaluation task")->check(CLI::IsMember({"ppl", "kld", "passkey", "lines"}))->capture_default_str();
+  app.add_option("--task", o.task, "Evaluation task")
+      ->check(CLI::IsMember({"ppl", "kld", "passkey", "lines", "longbench"}))
+      ->capture_default_str();
   app.add_option("--model", o.model,
                  "Hugging Face folder or llama2.c .bin (default: $KVQ_MODEL, else ../shared/models/kvq-testbed-llama2-23m)");
   app.add_option("--dataset", o.dataset,
@@ -618,8 +956,21 @@ int main(int argc, char** argv) {
   app.add_option("--lines", o.lines, "lines: lines per prompt")->check(CLI::Range(1, 2000))->capture_default_str();
   app.add_option("--trials", o.trials, "passkey / lines: prompts per method")->check(CLI::Range(1, 100000))->capture_default_str();
   app.add_option("--seed", o.seed, "passkey / lines: generator seed")->capture_default_str();
-  app.add_option("--max-new-tokens", o.max_new_tokens, "passkey / lines: greedy tokens per prompt")
-      ->check(CLI::Range(1, 4096))->capture_default_str();
+  CLI::Option* max_new = app.add_option("--max-new-tokens", o.max_new_tokens,
+                                        "passkey / lines: greedy tokens per prompt; longbench: a cap on dataset2maxlen (default: none)")
+                             ->check(CLI::Range(1, 4096))
+                             ->capture_default_str();
+  app.add_option("--longbench-dir", o.longbench_dir, "longbench: folder of LongBench v1 task files (TASK.jsonl)");
+  app.add_option("--tasks", o.longbench_tasks, "longbench: tasks to run, comma-separated (default: every *.jsonl in the folder)")
+      ->delimiter(',');
+  app.add_option("--config,--longbench-config", o.longbench_config,
+                 "longbench: folder of dataset2prompt.json and dataset2maxlen.json "
+                 "(default: longbench/config under $KVQ_DATA or ../shared/datasets)");
+  app.add_option("--max-rows", o.max_rows, "longbench: first N rows of each task (-1: all)")
+      ->check(CLI::Range(int64_t{-1}, int64_t{1} << 40))
+      ->capture_default_str();
+  app.add_option("--memory-budget", o.memory_budget,
+                 "Compare mode: GPU memory budget (80GiB, 24GB, ...); adds the longest context that fits per method");
   cli::add_backend_option(app, o.backend);
   cli::add_threads_option(app, o.threads);
   cli::add_format_option(app, o.format);
@@ -632,6 +983,7 @@ int main(int argc, char** argv) {
       if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
       throw;
     }
+    o.max_new_tokens_given = max_new->count() > 0;
     return run_ppl(o);
   });
 }

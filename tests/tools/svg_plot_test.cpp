@@ -70,6 +70,35 @@ TEST_CASE("render_svg_plot: markers, escaping, bounds", "[svg]") {
   CHECK_THROWS_AS(render_svg_plot(pts, tiny), InvalidArgument);
 }
 
+TEST_CASE("render_svg_plot: labels of near points do not overlap", "[svg]") {
+  // fp16 at (640, 51.7) and kivi at (560, 46.4) on a 0..1500 x 0..200 plot are 32 px
+  // apart horizontally and 9 px vertically: the first placement of kivi's label (6 px above
+  // its dot) would run over the fp16 diamond and its label (seen in a Chromium screenshot).
+  const std::vector<PlotPoint> pts = {{"fp16", 640, 51.7, true},
+                                      {"int8:axis=token", 1440, 51.7, false},
+                                      {"kivi:bits=2,group=8,residual=32", 560, 46.4, false},
+                                      {"int2", 480, 154.8, false}};
+  const std::string s = render_svg_plot(pts);
+  const std::regex label("<text class=\"label\" x=\"([0-9.]+)\" y=\"([0-9.]+)\"( text-anchor=\"end\")?>([^<]*)</text>");
+  struct B { double x0, y0, x1, y1; std::string t; };
+  std::vector<B> boxes;
+  for (auto it = std::sregex_iterator(s.begin(), s.end(), label); it != std::sregex_iterator(); ++it) {
+    const double x = std::stod((*it)[1]), y = std::stod((*it)[2]);
+    const double w = 7.0 * static_cast<double>((*it)[4].length());
+    const bool end = (*it)[3].matched;
+    boxes.push_back({end ? x - w : x, y - 10, end ? x : x + w, y + 3, (*it)[4]});
+  }
+  REQUIRE(boxes.size() == 4);
+  // The right-half point's label is right-aligned (ends left of its dot).
+  CHECK(s.find("text-anchor=\"end\">int8:axis=token<") != std::string::npos);
+  for (size_t i = 0; i < boxes.size(); ++i)
+    for (size_t j = i + 1; j < boxes.size(); ++j) {
+      INFO(boxes[i].t << " vs " << boxes[j].t);
+      CHECK_FALSE((boxes[i].x0 < boxes[j].x1 && boxes[j].x0 < boxes[i].x1 && boxes[i].y0 < boxes[j].y1 &&
+                   boxes[j].y0 < boxes[i].y1));
+    }
+}
+
 TEST_CASE("write_svg_plot: atomic file, IoError for a missing folder", "[svg]") {
   const auto dir = kvq_test::scratch_dir("svg_plot");
   const auto path = (dir / "plot.svg").string();

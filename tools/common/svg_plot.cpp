@@ -106,6 +106,18 @@ std::string render_svg_plot(const std::vector<PlotPoint>& points, const PlotOpti
        esc(opt.x_label) + "</text>\n";
   s += "<text transform=\"translate(18," + num((T + B) / 2) + ") rotate(-90)\" text-anchor=\"middle\">" +
        esc(opt.y_label) + "</text>\n";
+  // Markers first, then labels placed so that they overlap no marker and no earlier label:
+  // each label tries offsets above and below its point, alternating outwards. Text boxes
+  // are estimated at 7 px per character of 12 px sans-serif (an upper bound for Liberation
+  // Sans / DejaVu Sans digits and lower case) and 13 px high. Labels of points in the right
+  // half go to the left of the point: written rightwards from a point near the right edge
+  // they were cut off at the border (seen in a headless-Chromium screenshot of a
+  // stories260K compare plot), as was a kivi label written over the fp16 diamond.
+  struct Box {
+    double x0, y0, x1, y1;
+    bool hits(const Box& o) const { return x0 < o.x1 && o.x0 < x1 && y0 < o.y1 && o.y0 < y1; }
+  };
+  std::vector<Box> taken;
   for (const auto& p : pts) {
     const std::string cx = num(px(p.x)), cy = num(py(p.y));
     if (p.reference) {
@@ -114,7 +126,26 @@ std::string render_svg_plot(const std::vector<PlotPoint>& points, const PlotOpti
     } else {
       s += "<circle class=\"point\" cx=\"" + cx + "\" cy=\"" + cy + "\" r=\"5\" fill=\"#1f77b4\"/>\n";
     }
-    s += "<text x=\"" + num(px(p.x) + 9) + "\" y=\"" + num(py(p.y) - 6) + "\">" + esc(p.label) + "</text>\n";
+    taken.push_back({px(p.x) - 7, py(p.y) - 7, px(p.x) + 7, py(p.y) + 7});
+  }
+  for (const auto& p : pts) {
+    size_t chars = 0;
+    for (unsigned char c : p.label) chars += (c & 0xC0) != 0x80;  // code points
+    const double w = 7.0 * static_cast<double>(chars);
+    const bool right_half = px(p.x) > (L + R) / 2;
+    const double tx = px(p.x) + (right_half ? -9 : 9);
+    const double bx0 = right_half ? tx - w : tx, bx1 = right_half ? tx : tx + w;
+    double ty = py(p.y) - 6;
+    for (double dy : {-6.0, 16.0, -20.0, 30.0, -34.0, 44.0, -48.0, 58.0}) {
+      const Box b{bx0, py(p.y) + dy - 10, bx1, py(p.y) + dy + 3};
+      if (std::none_of(taken.begin(), taken.end(), [&](const Box& o) { return b.hits(o); })) {
+        ty = py(p.y) + dy;
+        break;
+      }
+    }
+    taken.push_back({bx0, ty - 10, bx1, ty + 3});
+    s += "<text class=\"label\" x=\"" + num(tx) + "\" y=\"" + num(ty) + "\"" +
+         (right_half ? " text-anchor=\"end\"" : "") + ">" + esc(p.label) + "</text>\n";
   }
   s += "</svg>\n";
   return s;
