@@ -1,18 +1,47 @@
 // Causal prefill attention (any chunk length, GQA, sliding window, past-only diagonal),
-// flash-attention style: a block owns 64 queries of one head and walks the keys in tiles of
-// 64, S = Q K^T and O += P V on the tensor cores (wmma 16x16x16, 16-bit operands, fp32
-// accumulators) with the online softmax in fp32 between them. Memory is O(tile), never
-// [queries, keys].
+// FlashAttention-2 style on mma.sync tensor-core instructions (m16n8k16, 16-bit operands,
+// fp32 accumulators). Memory is O(tile), never [queries, keys].
 //
-// Layout of a block (4 warps): warp w owns query rows [16w, 16w+16) of the tile, both for
-// its strip of S and for its strip of O, so only the K/V tile loads need block barriers.
-// Shared memory (DP = head_dim rounded up to 16, padded rows against bank conflicts):
-//   Ks, Vs: [64][DP+8] 16-bit; Ss: [64][68] fp32; Ps: [64][72] 16-bit; Os: [64][DP+4] fp32;
-//   m, l: [64] fp32. DP = 128: 95 KB, so two blocks fit on an SM of 227 KB.
-// Precision: scores are exact fp32 sums of 16-bit products; P is rounded to 16 bits before
-// P V (relative 2^-9 for bf16, 2^-12 for fp16 per weight), the normaliser l sums the fp32 P.
-#include <mma.h>
-
+// Measured on the H100 (2026-11-22, notes/cuda-perf.md, scripts/bench/run_attn_bench.sh):
+// 256-263 TFLOP/s at 16K causal for head_dim 128 (fp16 and bf16, MHA and GQA 4:1), 208-214
+// at 4K, 223 for head_dim 64; the wmma kernel it replaces (scripts/bench/
+// attention_prefill_wmma.cu, kept as the microbenchmark's baseline) reached 38-50. The
+// ceilings on the same GPU: cuBLAS 749 (fp16) / 774 (bf16), a register-only mma.sync loop
+// 622 TFLOP/s; so this kernel is at ~42% of what mma.sync can do. Going further needs
+// wgmma (sm_90a, FlashAttention-3 style).
+//
+// Work split: a block of 4 warps owns 64 queries of one head; warp w owns query rows
+// [16w, 16w+16). Each warp keeps in registers its Q fragments (loaded once through shared
+// memory), its S = Q K^T strip [16, 64] for the current key tile, the online-softmax state
+// (row max m, partial row sums l) and its O strip [16, DP]. S turns into the A operand of
+// P V without leaving registers: the m16n8k16 accumulator layout of two adjacent key
+// n-tiles is exactly the A-fragment layout of one 16-key k-step, so P is rounded to 16 bits
+// in place. Only the K/V tiles live in shared memory, double-buffered with cp.async so the
+// next tile streams in while this one is multiplied.
+//
+// Causal structure: key tiles above the block's last query are never loaded; a warp skips
+// the tiles its 16 rows cannot see (the block's diagonal tile is partly invisible to the
+// lower warps), and only tiles that cross a warp's diagonal (or the sliding-window edge)
+// evaluate the mask. Blocks are launched heaviest (latest queries, most keys) first so the
+// tail of the grid is short.
+//
+// Shared memory (DP = head_dim rounded up to 16, rows padded by 16 bytes so that the 8 row
+// addresses of each ldmatrix fall in distinct bank groups): 2 stages x (K, V) x [64][DP+8]
+// 16-bit = 68 KB for DP = 128; registers (206 for DP = 128) allow two blocks (8 warps) per
+// H100 SM. The Q tile is staged through the second stage's K buffer before the first
+// prefetch into it.
+//
+// head_dim: 64 and 128 run at full width; other multiples of 8 up to 128 run on the next
+// DP (16, 32, 64, 128) with zero padding columns (the padding costs tensor-core work only).
+// Past-only quantization (k_self/v_self) masks the diagonal in the tiles and adds the
+// diagonal key/value afterwards as one more online-softmax step in scalar code (slower,
+// but it touches one key per query).
+//
+// Precision: scores are fp32 sums of exact 16-bit products; exp2 of fp32 (CUDA exp2f,
+// <= 2 ulp) with the softmax scale folded into log2 units; P is rounded to 16 bits before
+// P V (relative 2^-9 for bf16, 2^-12 for fp16 per weight) while the normaliser l sums the
+// fp32 P, as in the previous wmma kernel; the output is rounded once (round to nearest
+// even). The bound in tests/gpu/kernel_parity_test.cpp follows from this.
 #include <cmath>
 
 #include "kernels/common.cuh"
@@ -20,223 +49,353 @@
 namespace kvq::kern {
 namespace {
 
-using namespace nvcuda;
+// Blocks per SM the register allocation aims at (__launch_bounds__ min blocks). 2 (206
+// registers for DP = 128, 149 for DP = 64, no spills) beat 3 (registers capped at 168 / 128
+// with 92 / 52 bytes of spills) at every measured shape, by 4-10% for head_dim 128 (1% for
+// 64): 259.6 vs 242.9 TFLOP/s at llama2-7b T=16384 fp16 (H100, 2026-11-22). The macros let
+// scripts/bench/run_attn_bench.sh time other choices from this one source.
+#ifndef KVQ_FA_MIN_BLOCKS_128
+#define KVQ_FA_MIN_BLOCKS_128 2
+#endif
+#ifndef KVQ_FA_MIN_BLOCKS_64
+#define KVQ_FA_MIN_BLOCKS_64 3
+#endif
 
-constexpr int kBQ = 64;
-constexpr int kBK = 64;
-constexpr int kThreads = 128;
-constexpr int kLdS = kBK + 4;
-constexpr int kLdP = kBK + 8;
+// Warps per block (16 query rows each). 8 warps (128 queries sharing each K/V tile, half
+// the L2 -> shared traffic per FLOP) measured 3-5% slower than 4 warps x 2 blocks/SM
+// (247.5 vs 259.6 TFLOP/s, llama2-7b T=16384 fp16): L2 bandwidth is not the limit.
+#ifndef KVQ_FA_WARPS
+#define KVQ_FA_WARPS 4
+#endif
+// Keys per tile (64; 32 is a microbenchmark variant: fewer registers, twice the barriers).
+#ifndef KVQ_FA_BK
+#define KVQ_FA_BK 64
+#endif
+
+constexpr int kWarps = KVQ_FA_WARPS;
+constexpr int kThreads = 32 * kWarps;
+constexpr int kBQ = 16 * kWarps;  // queries per block
+constexpr int kBK = KVQ_FA_BK;     // keys per tile
 
 template <int DP>
-struct PrefillSmem {
-  static constexpr int kLdKV = DP + 8;
-  static constexpr int kLdO = DP + 4;
-  static constexpr size_t kKV = static_cast<size_t>(kBK) * kLdKV * 2;  // bytes, 16-bit
-  static constexpr size_t kS = static_cast<size_t>(kBQ) * kLdS * 4;
-  static constexpr size_t kP = static_cast<size_t>(kBQ) * kLdP * 2;
-  static constexpr size_t kO = static_cast<size_t>(kBQ) * kLdO * 4;
-  static constexpr size_t kBytes = 2 * kKV + kS + kP + kO + 2 * kBQ * 4;
+struct FaSmem {
+  static constexpr int kLd = DP + 8;                      // 16-bit elements per smem row
+  static constexpr int kTile = kBK * kLd;                 // elements per K or V tile
+  static constexpr size_t kBytes = 4 * static_cast<size_t>(kTile) * 2;  // 2 stages x (K, V)
 };
+// The Q tile is staged in stage 1's K and V buffers (contiguous, same row pitch).
+static_assert(kBQ <= 2 * kBK, "the Q tile must fit in stage 1's K and V buffers");
 
-// Loads rows [0, valid) of a [64, head_dim] tile from src (row stride head_dim) into
-// dst (row stride ld) with 16-byte vectors; rows >= valid become zero so that neither
-// stale data nor unwritten cache memory (possibly NaN bits) reaches the products.
-template <typename T>
-__device__ void load_tile(T* dst, int ld, const T* src, int valid, int head_dim) {
-  const int vecs = head_dim / 8;
-  for (int idx = threadIdx.x; idx < kBK * vecs; idx += kThreads) {
-    const int r = idx / vecs, v = idx % vecs;
-    uint4 val = make_uint4(0, 0, 0, 0);
-    if (r < valid) val = *reinterpret_cast<const uint4*>(src + static_cast<int64_t>(r) * head_dim + v * 8);
-    *reinterpret_cast<uint4*>(dst + r * ld + v * 8) = val;
-  }
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+// 16-byte global -> shared copy; src_bytes = 0 writes zeros and reads nothing.
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
 }
 
+// d[16x8] += a[16x16] b[16x8], fp32 accumulate.
+template <typename T>
+__device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
+template <>
+__device__ __forceinline__ void mma16816<__half>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                 uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <>
+__device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                        uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two floats -> one register of two 16-bit values (lo in the low half), round to nearest even.
+template <typename T> __device__ __forceinline__ uint32_t pack2(float lo, float hi);
+template <> __device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
+  __half2 v = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+template <> __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// Fragment ownership (PTX ISA, mma.m16n8k16): lane = 4 g + t holds accumulator elements
+// (row g, cols 2t, 2t+1) in [0], [1] and (row g + 8, same cols) in [2], [3] of each n-tile.
 template <typename T, int DP>
-__global__ void __launch_bounds__(kThreads)
-attention_prefill_kernel(AttentionArgs a) {
-  using S = PrefillSmem<DP>;
-  extern __shared__ __align__(16) unsigned char smem[];
-  T* Ks = reinterpret_cast<T*>(smem);
-  T* Vs = reinterpret_cast<T*>(smem + S::kKV);
-  float* Ss = reinterpret_cast<float*>(smem + 2 * S::kKV);
-  T* Ps = reinterpret_cast<T*>(smem + 2 * S::kKV + S::kS);
-  float* Os = reinterpret_cast<float*>(smem + 2 * S::kKV + S::kS + S::kP);
-  float* row_m = reinterpret_cast<float*>(smem + 2 * S::kKV + S::kS + S::kP + S::kO);
-  float* row_l = row_m + kBQ;
+__global__ void __launch_bounds__(kThreads, DP == 128 ? KVQ_FA_MIN_BLOCKS_128 : KVQ_FA_MIN_BLOCKS_64)
+attention_prefill_fa2(AttentionArgs a) {
+  using S = FaSmem<DP>;
+  constexpr int kLd = S::kLd;
+  constexpr int kNT = kBK / 8;  // key n-tiles of S per tile
+  constexpr int kDT = DP / 8;   // dim n-tiles of O
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sm = reinterpret_cast<T*>(smem_raw);
 
   const int D = a.head_dim;
-  const int r = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * kBQ;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int qt = static_cast<int>(gridDim.x) - 1 - static_cast<int>(blockIdx.x);  // heavy first
+  const int h = blockIdx.y, r = blockIdx.z, q0 = qt * kBQ;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int g = lane >> 2, t4 = lane & 3;
   const int kvh = h / (a.n_heads / a.kv_heads);
   const int slot = a.slot[r], p0 = a.pos0[r];
   const int nq = min(kBQ, a.n - q0);
+  const int window = a.window;
+  const bool self = a.k_self != nullptr;
   const T* q = static_cast<const T*>(a.q);
   const int64_t cache_base = (static_cast<int64_t>(slot) * a.kv_heads + kvh) * a.max_tokens * D;
   const T* kc = static_cast<const T*>(a.k_cache) + cache_base;
   const T* vc = static_cast<const T*>(a.v_cache) + cache_base;
 
-  // Q tile goes through Ks (free until the first key tile); padding columns are zeroed
-  // once here and never written again by load_tile (it writes columns < head_dim only).
-  for (int idx = threadIdx.x; idx < kBK * (S::kLdKV - D); idx += kThreads) {
-    const int rr = idx / (S::kLdKV - D), c = D + idx % (S::kLdKV - D);
-    Ks[rr * S::kLdKV + c] = from_f<T>(0.f);
-    Vs[rr * S::kLdKV + c] = from_f<T>(0.f);
+  const int key_end = p0 + q0 + nq;  // keys [key_begin, key_end): the last query's position + 1
+  int key_begin = window > 0 ? max(0, p0 + q0 - window + 1) : 0;
+  key_begin = (key_begin / kBK) * kBK;
+  const int n_tiles = (key_end - key_begin + kBK - 1) / kBK;
+  const int vecs = D >> 3;  // 16-byte vectors per row
+
+  // Padding columns [D, DP) of every buffer are zero for the whole kernel (cp.async writes
+  // columns < D only), so they add nothing to Q K^T and nothing non-finite to P V.
+  if (D < DP) {
+    const int pad = DP - D;
+    for (int idx = tid; idx < 4 * kBK * pad; idx += kThreads) {
+      const int rr = idx / pad, c = D + idx % pad;  // rr: row over the 4 buffers
+      sm[(rr / kBK) * S::kTile + (rr % kBK) * kLd + c] = from_f<T>(0.f);
+    }
   }
-  __syncthreads();
-  load_tile(Ks, S::kLdKV, q, 0, D);  // valid = 0: zeroes the tile, reads nothing
-  __syncthreads();
-  // Queries of one head are n_heads * head_dim apart: load them row by row.
-  for (int idx = threadIdx.x; idx < nq * (D / 8); idx += kThreads) {
-    const int rr = idx / (D / 8), v = idx % (D / 8);
-    const T* src = q + ((static_cast<int64_t>(r) * a.n + q0 + rr) * a.n_heads + h) * D + v * 8;
-    *reinterpret_cast<uint4*>(Ks + rr * S::kLdKV + v * 8) = *reinterpret_cast<const uint4*>(src);
+
+  // K and V rows [kt, kt + 64) into stage `st`; rows past key_end become zeros without
+  // reading (the cache there may hold anything, NaN bits included).
+  auto load_kv = [&](int st, int kt) {
+    const int valid = min(kBK, key_end - kt);
+    T* ks = sm + (2 * st) * S::kTile;
+    T* vs = ks + S::kTile;
+    for (int idx = tid; idx < kBK * vecs; idx += kThreads) {
+      const int row = idx / vecs, v = idx - row * vecs;
+      const bool ok = row < valid;
+      const int64_t off = static_cast<int64_t>(ok ? kt + row : 0) * D + v * 8;
+      cp_async16(smem_addr(ks + row * kLd + v * 8), kc + off, ok ? 16 : 0);
+      cp_async16(smem_addr(vs + row * kLd + v * 8), vc + off, ok ? 16 : 0);
+    }
+  };
+
+  // Q tile -> stage 1's K (and, for 128 queries, V) buffer, free until the prefetch of
+  // tile 1 -> registers.
+  T* qs = sm + 2 * S::kTile;
+  for (int idx = tid; idx < kBQ * vecs; idx += kThreads) {
+    const int row = idx / vecs, v = idx - row * vecs;
+    const bool ok = row < nq;
+    const T* src = q + ((static_cast<int64_t>(r) * a.n + q0 + (ok ? row : 0)) * a.n_heads + h) * D + v * 8;
+    cp_async16(smem_addr(qs + row * kLd + v * 8), src, ok ? 16 : 0);
   }
-  for (int idx = threadIdx.x; idx < kBQ * S::kLdO; idx += kThreads) Os[idx] = 0.f;
-  if (threadIdx.x < kBQ) {
-    row_m[threadIdx.x] = -INFINITY;
-    row_l[threadIdx.x] = 0.f;
-  }
+  cp_async_commit();
+  load_kv(0, key_begin);
+  cp_async_commit();
+  cp_async_wait<1>();
   __syncthreads();
-  wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> qf[DP / 16];
+  uint32_t qf[DP / 16][4];
 #pragma unroll
   for (int kk = 0; kk < DP / 16; ++kk)
-    wmma::load_matrix_sync(qf[kk], Ks + warp * 16 * S::kLdKV + kk * 16, S::kLdKV);
+    ldsm_x4(qf[kk], smem_addr(qs + (warp * 16 + (lane & 15)) * kLd + kk * 16 + (lane >> 4) * 8));
+  __syncthreads();  // every warp holds its Q before stage 1 is overwritten
 
-  const int last_pos = p0 + q0 + nq - 1;  // the last query's position
-  const int key_end = last_pos + 1;       // keys [key_begin, key_end)
-  int key_begin = 0;
-  if (a.window > 0) key_begin = max(0, p0 + q0 - a.window + 1);
-  key_begin = (key_begin / kBK) * kBK;
-  const bool self = a.k_self != nullptr;
+  // Per-lane ldmatrix offsets (elements): K (non-transposed, matrices ordered
+  // keys 0-7/dims 0-7, keys 0-7/dims 8-15, keys 8-15/dims 0-7, keys 8-15/dims 8-15) and
+  // V (transposed, keys 0-7/dims 0-7, keys 8-15/dims 0-7, keys 0-7/dims 8-15, ...).
+  const int k_lane = (((lane >> 4) << 3) + (lane & 7)) * kLd + ((lane >> 3) & 1) * 8;
+  const int v_lane = ((((lane >> 3) & 1) << 3) + (lane & 7)) * kLd + (lane >> 4) * 8;
 
-  // Each row of the warp's strip is handled by two lanes: lane/2 = row, lane%2 = half.
-  const int my_row = warp * 16 + (lane >> 1);
-  const int my_half = lane & 1;
-  const int my_pos = p0 + q0 + my_row;
+  const float sl = a.scale * 1.4426950408889634f;  // scores -> log2 units
+  float o[kDT][4];
+#pragma unroll
+  for (int i = 0; i < kDT; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;  // rows g and g + 8 (raw scores)
+  const int wp0 = p0 + q0 + warp * 16;  // position of the warp's first row
+  const int wp1 = wp0 + 15;
+  const int pos0 = wp0 + g, pos1 = wp0 + g + 8;
 
-  for (int kt = key_begin; kt < key_end; kt += kBK) {
-    const int valid = min(kBK, key_end - kt);
-    __syncthreads();  // the previous tile's K/V are no longer read
-    load_tile(Ks, S::kLdKV, kc + static_cast<int64_t>(kt) * D, valid, D);
-    load_tile(Vs, S::kLdKV, vc + static_cast<int64_t>(kt) * D, valid, D);
+  for (int it = 0; it < n_tiles; ++it) {
+    const int kt = key_begin + it * kBK;
+    const int st = it & 1;
+    if (it + 1 < n_tiles) load_kv(st ^ 1, kt + kBK);
+    cp_async_commit();  // possibly empty: keeps "all but the newest group" = this tile
+    cp_async_wait<1>();
     __syncthreads();
 
-    // S strip [16, 64] = Q strip [16, DP] K^T.
+    // Tiles entirely after the warp's last row, or entirely before its window, are skipped.
+    const bool visible = kt <= wp1 && !(window > 0 && kt + kBK - 1 < wp0 - window + 1);
+    if (visible) {
+      const uint32_t ks = smem_addr(sm + (2 * st) * S::kTile);
+      const uint32_t vs = ks + S::kTile * 2;
+      float s[kNT][4];
 #pragma unroll
-    for (int c = 0; c < kBK / 16; ++c) {
-      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-      wmma::fill_fragment(acc, 0.f);
+      for (int i = 0; i < kNT; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
 #pragma unroll
       for (int kk = 0; kk < DP / 16; ++kk) {
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> kf;
-        wmma::load_matrix_sync(kf, Ks + c * 16 * S::kLdKV + kk * 16, S::kLdKV);
-        wmma::mma_sync(acc, qf[kk], kf, acc);
-      }
-      wmma::store_matrix_sync(Ss + warp * 16 * kLdS + c * 16, acc, kLdS, wmma::mem_row_major);
-    }
-    __syncwarp();
-
-    // Online softmax of the warp's 16 rows.
-    {
-      float* srow = Ss + my_row * kLdS + my_half * 32;
-      T* prow = Ps + my_row * kLdP + my_half * 32;
-      float tmax = -INFINITY;
-      for (int c = 0; c < 32; ++c) {
-        const int j = kt + my_half * 32 + c;
-        bool ok = j <= my_pos && (a.window == 0 || my_pos - j < a.window) && !(self && j == my_pos);
-        const float s = ok ? srow[c] * a.scale : -INFINITY;
-        srow[c] = s;
-        tmax = fmaxf(tmax, s);
-      }
-      tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, 1));
-      const float m_old = row_m[my_row];
-      const float m_new = fmaxf(m_old, tmax);
-      // All keys so far masked: keep the state empty (avoids inf - inf).
-      const float alpha = m_new == -INFINITY ? 1.f : expf(m_old - m_new);
-      float sum = 0.f;
-      for (int c = 0; c < 32; ++c) {
-        const float p = m_new == -INFINITY ? 0.f : expf(srow[c] - m_new);
-        sum += p;
-        prow[c] = from_f<T>(p);
-      }
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      float* orow = Os + my_row * S::kLdO;
-      for (int c = my_half; c < DP; c += 2) orow[c] *= alpha;
-      __syncwarp();
-      if (my_half == 0) {
-        row_m[my_row] = m_new;
-        row_l[my_row] = row_l[my_row] * alpha + sum;
-      }
-    }
-    __syncwarp();
-
-    // O strip [16, DP] += P strip [16, 64] V [64, DP].
 #pragma unroll
-    for (int c = 0; c < DP / 16; ++c) {
-      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-      float* optr = Os + warp * 16 * S::kLdO + c * 16;
-      wmma::load_matrix_sync(acc, optr, S::kLdO, wmma::mem_row_major);
-#pragma unroll
-      for (int kk = 0; kk < kBK / 16; ++kk) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> pf;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> vf;
-        wmma::load_matrix_sync(pf, Ps + warp * 16 * kLdP + kk * 16, kLdP);
-        wmma::load_matrix_sync(vf, Vs + kk * 16 * S::kLdKV + c * 16, S::kLdKV);
-        wmma::mma_sync(acc, pf, vf, acc);
+        for (int np = 0; np < kNT / 2; ++np) {
+          uint32_t b[4];
+          ldsm_x4(b, ks + (k_lane + np * 16 * kLd + kk * 16) * 2);
+          mma16816<T>(s[2 * np], qf[kk], b[0], b[1]);
+          mma16816<T>(s[2 * np + 1], qf[kk], b[2], b[3]);
+        }
       }
-      wmma::store_matrix_sync(optr, acc, S::kLdO, wmma::mem_row_major);
+
+      // Mask only where some key of the tile may be invisible to some row of the warp: the
+      // causal diagonal (the past-only diagonal lies there too) or the window's far edge.
+      if (kt + kBK - 1 >= wp0 || (window > 0 && kt < wp1 - window + 1)) {
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int j = kt + nt * 8 + 2 * t4 + (e & 1);
+            const int p = e < 2 ? pos0 : pos1;
+            const bool ok = j <= p && (window == 0 || p - j < window) && !(self && j == p);
+            if (!ok) s[nt][e] = -INFINITY;
+          }
+      }
+
+      // Online softmax on the fragments: row max over the quad's 4 lanes, rescale, exp2.
+      float mx0 = m0, mx1 = m1;
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt) {
+        mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
+        mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
+      }
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+      // A row with every key so far masked keeps max -inf: subtract 0 instead, so exp2
+      // gives 0 for the masked scores and alpha = exp2(-inf) = 0 (never inf - inf).
+      const float ms0 = mx0 == -INFINITY ? 0.f : mx0 * sl;
+      const float ms1 = mx1 == -INFINITY ? 0.f : mx1 * sl;
+      const float alpha0 = exp2f(m0 * sl - ms0), alpha1 = exp2f(m1 * sl - ms1);
+      m0 = mx0;
+      m1 = mx1;
+      float sum0 = 0.f, sum1 = 0.f;
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt) {
+        s[nt][0] = exp2f(fmaf(s[nt][0], sl, -ms0));
+        s[nt][1] = exp2f(fmaf(s[nt][1], sl, -ms0));
+        s[nt][2] = exp2f(fmaf(s[nt][2], sl, -ms1));
+        s[nt][3] = exp2f(fmaf(s[nt][3], sl, -ms1));
+        sum0 += s[nt][0] + s[nt][1];
+        sum1 += s[nt][2] + s[nt][3];
+      }
+      l0 = l0 * alpha0 + sum0;  // partial: this lane's columns; the quad sums at the end
+      l1 = l1 * alpha1 + sum1;
+#pragma unroll
+      for (int i = 0; i < kDT; ++i) {
+        o[i][0] *= alpha0;
+        o[i][1] *= alpha0;
+        o[i][2] *= alpha1;
+        o[i][3] *= alpha1;
+      }
+
+      // O += P V: key n-tiles 2kk, 2kk+1 of S are the A fragment of k-step kk.
+#pragma unroll
+      for (int kk = 0; kk < kNT / 2; ++kk) {
+        const uint32_t pa[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
+                                pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+        for (int dp = 0; dp < DP / 16; ++dp) {
+          uint32_t b[4];
+          ldsm_x4_trans(b, vs + (v_lane + kk * 16 * kLd + dp * 16) * 2);
+          mma16816<T>(o[2 * dp], pa, b[0], b[1]);
+          mma16816<T>(o[2 * dp + 1], pa, b[2], b[3]);
+        }
+      }
     }
-    __syncwarp();
+    __syncthreads();  // this stage is read by all warps before the next prefetch refills it
   }
 
-  // Past-only: the diagonal key/value come from k_self/v_self (one extra online step).
-  // Scores here use the same 16-bit inputs, summed in fp32.
-  {
-    const bool mine = self && my_row < nq;
-    float m_new = 0.f, l_new = 0.f;
-    if (mine) {
-      const int64_t off = ((static_cast<int64_t>(r) * a.n + q0 + my_row) * a.kv_heads + kvh) * D;
-      const T* ks = static_cast<const T*>(a.k_self) + off;
-      const T* vs = static_cast<const T*>(a.v_self) + off;
-      const T* qrow = q + ((static_cast<int64_t>(r) * a.n + q0 + my_row) * a.n_heads + h) * D;
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+
+  const int row0 = warp * 16 + g, row1 = row0 + 8;  // rows within the block's tile
+  // Past-only: the diagonal key/value come from k_self/v_self, one more online step per
+  // row. The quad splits the dot product over dims (lane t takes dims t, t+4, ...).
+  if (self) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int row = half == 0 ? row0 : row1;
+      const bool mine = row < nq;
+      const int64_t tok = static_cast<int64_t>(r) * a.n + q0 + (mine ? row : 0);
+      const T* ksf = static_cast<const T*>(a.k_self) + (tok * a.kv_heads + kvh) * D;
+      const T* vsf = static_cast<const T*>(a.v_self) + (tok * a.kv_heads + kvh) * D;
+      const T* qrow = q + (tok * a.n_heads + h) * D;
       float dot = 0.f;
-      for (int d = 0; d < D; ++d) dot += to_f(qrow[d]) * to_f(ks[d]);
-      const float s = dot * a.scale;
-      const float m_old = row_m[my_row];
-      m_new = fmaxf(m_old, s);
-      const float alpha = expf(m_old - m_new);
-      const float p = expf(s - m_new);
-      l_new = row_l[my_row] * alpha + p;
-      float* orow = Os + my_row * S::kLdO;
-      for (int d = my_half; d < D; d += 2) orow[d] = orow[d] * alpha + p * to_f(vs[d]);
-    }
-    __syncwarp();
-    if (mine && my_half == 0) {
-      row_m[my_row] = m_new;
-      row_l[my_row] = l_new;
+      if (mine)
+        for (int d = t4; d < D; d += 4) dot += to_f(qrow[d]) * to_f(ksf[d]);
+      dot += __shfl_xor_sync(0xffffffffu, dot, 1);
+      dot += __shfl_xor_sync(0xffffffffu, dot, 2);
+      if (mine) {
+        float& m = half == 0 ? m0 : m1;
+        float& l = half == 0 ? l0 : l1;
+        const float m_new = fmaxf(m, dot);
+        const float alpha = exp2f((m - m_new) * sl);  // m = -inf (nothing else seen): 0
+        const float p = exp2f((dot - m_new) * sl);
+        l = l * alpha + p;
+        m = m_new;
+#pragma unroll
+        for (int i = 0; i < kDT; ++i) {
+          const int c = i * 8 + 2 * t4;
+          const float v0 = c < D ? to_f(vsf[c]) : 0.f, v1 = c < D ? to_f(vsf[c + 1]) : 0.f;
+          o[i][2 * half] = o[i][2 * half] * alpha + p * v0;
+          o[i][2 * half + 1] = o[i][2 * half + 1] * alpha + p * v1;
+        }
+      }
     }
   }
-  __syncthreads();
 
   T* out = static_cast<T*>(a.out);
-  for (int idx = threadIdx.x; idx < nq * D; idx += kThreads) {
-    const int rr = idx / D, d = idx % D;
-    out[((static_cast<int64_t>(r) * a.n + q0 + rr) * a.n_heads + h) * D + d] =
-        from_f<T>(Os[rr * S::kLdO + d] / row_l[rr]);
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int row = half == 0 ? row0 : row1;
+    if (row >= nq) continue;
+    const float l = half == 0 ? l0 : l1;
+    T* orow = out + ((static_cast<int64_t>(r) * a.n + q0 + row) * a.n_heads + h) * D;
+#pragma unroll
+    for (int i = 0; i < kDT; ++i) {
+      const int c = i * 8 + 2 * t4;
+      if (c < D)
+        *reinterpret_cast<uint32_t*>(orow + c) = pack2<T>(o[i][2 * half] / l, o[i][2 * half + 1] / l);
+    }
   }
 }
 
 template <typename T, int DP>
 cudaError_t launch_prefill(const AttentionArgs& a, cudaStream_t stream) {
-  const size_t smem = PrefillSmem<DP>::kBytes;
-  cudaError_t e = cudaFuncSetAttribute(attention_prefill_kernel<T, DP>,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(smem));
+  const size_t smem = FaSmem<DP>::kBytes;
+  cudaError_t e = cudaFuncSetAttribute(attention_prefill_fa2<T, DP>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (e != cudaSuccess) return e;
   dim3 grid((a.n + kBQ - 1) / kBQ, a.n_heads, a.rows);
-  attention_prefill_kernel<T, DP><<<grid, kThreads, smem, stream>>>(a);
+  attention_prefill_fa2<T, DP><<<grid, kThreads, smem, stream>>>(a);
   return launch_status();
 }
 

@@ -6,11 +6,11 @@
 //      heads) and a head_dim-64 shape, each kernel variant's median time and TFLOP/s, with
 //      FLOPs counted exactly: 4 * heads * head_dim * sum over queries of visible keys;
 //   3. the relative L2 difference of each variant's output from the first variant.
-// Variants are compiled under renamed entry points (scripts/bench/run_attn_bench.sh):
-// attention_prefill (kernels/attention_prefill.cu as shipped: the wmma kernel), and the
-// FA2 candidate scripts/bench/attention_prefill_fa2.cu twice, with __launch_bounds__
-// aiming at 3 blocks/SM (registers capped at 170, small spills) and at 2 (no cap), and
-// with 8 warps (128 queries) per block.
+// Variants are compiled under renamed entry points (scripts/bench/run_attn_bench.sh): the
+// wmma kernel kvq shipped before (scripts/bench/attention_prefill_wmma.cu, the baseline the
+// differences are taken against), the shipped FA2 kernel (kernels/attention_prefill.cu: 4
+// warps, 2 blocks/SM) and variants of it from other -D choices: 3 blocks/SM (registers
+// capped, small spills), 8 warps (128 queries) per block, 32-key tiles at 3 blocks/SM.
 // 4. the projection GEMMs of the prefill (Llama-2-7B and Llama-3-8B shapes, 4096 and 8192
 //    tokens) through cuBLAS as kernels/gemm.cu calls them (fp32 output, beta = 1 for the
 //    residual ones) and with a 16-bit output, to see what the non-attention part can reach.
@@ -30,9 +30,10 @@
 #include "kernels/ops.cuh"
 
 namespace kvq::kern {
+cudaError_t attention_prefill_wmma(Act act, const AttentionArgs& a, cudaStream_t stream);
 cudaError_t attention_prefill_fa2_b3(Act act, const AttentionArgs& a, cudaStream_t stream);
-cudaError_t attention_prefill_fa2_b2(Act act, const AttentionArgs& a, cudaStream_t stream);
 cudaError_t attention_prefill_fa2_w8(Act act, const AttentionArgs& a, cudaStream_t stream);
+cudaError_t attention_prefill_fa2_bk32(Act act, const AttentionArgs& a, cudaStream_t stream);
 }  // namespace kvq::kern
 
 using kvq::kern::Act;
@@ -155,10 +156,11 @@ int main() {
       {"hd64 32/32 T=16384", 32, 32, 64, 0, 16384},
   };
   struct Variant { const char* name; cudaError_t (*fn)(Act, const kvq::kern::AttentionArgs&, cudaStream_t); };
-  const std::vector<Variant> variants = {{"wmma (shipped)", kvq::kern::attention_prefill},
+  const std::vector<Variant> variants = {{"wmma (old)", kvq::kern::attention_prefill_wmma},
+                                         {"fa2 shipped", kvq::kern::attention_prefill},
                                          {"fa2 3 blocks/SM", kvq::kern::attention_prefill_fa2_b3},
-                                         {"fa2 2 blocks/SM", kvq::kern::attention_prefill_fa2_b2},
-                                         {"fa2 8 warps", kvq::kern::attention_prefill_fa2_w8}};
+                                         {"fa2 8 warps", kvq::kern::attention_prefill_fa2_w8},
+                                         {"fa2 BK32 3 blk/SM", kvq::kern::attention_prefill_fa2_bk32}};
   std::printf("\n%-32s %-5s %-20s %10s %9s %10s\n", "shape", "type", "kernel", "ms", "TFLOP/s", "relL2 vs 1st");
   for (const Shape& s : shapes) {
     for (int bf = 0; bf < 2; ++bf) {
@@ -188,7 +190,7 @@ int main() {
       for (const Variant& var : variants) {
         CHECK(cudaMemset(o, 0xFF, qn * 2));
         const Act act = bf ? Act::kBF16 : Act::kF16;
-        // The wmma kernel (first) is 5x slower: fewer repetitions keep the run short.
+        // The wmma baseline (first) is 5x slower: fewer repetitions keep the run short.
         const bool ref = &var == &variants[0];
         const double ms = median_ms([&] { CHECK(var.fn(act, a, nullptr)); }, ref ? 1 : 2, ref ? 3 : 7);
         std::vector<uint16_t> out(qn);
