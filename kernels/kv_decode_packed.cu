@@ -403,7 +403,11 @@ namespace fast {
 
 constexpr int kT = 256;
 constexpr int kW = kT / 32;
-constexpr int kU = 4;  // consecutive tokens per lane per key-pass step (KIVI groups % 4 == 0)
+// Consecutive tokens per lane per key-pass step (loads in flight: 4 x 16 B at 4 bits, 8 x
+// 8 B at 2 bits); KIVI key groups must be a multiple of it.
+// (8 at 2 bits measured slower on the H100, 2026-11-22: more registers, one block per SM.)
+template <int BITS> constexpr int key_tokens() { return 4; }
+constexpr int kUMax = 4;
 
 __device__ __forceinline__ float magic_f(uint32_t c) {
   return __uint_as_float(0x4B000000u | c) - 8388608.f;  // exact for c < 2^23
@@ -464,14 +468,18 @@ __device__ __forceinline__ void load_halves(const uint16_t* p, float* x) {
 }
 
 // Per-token parameters of the 8-channel sub-blocks of a lane's channels: raw binary16
-// (scale | zero << 16) for asym, scale for sym; gidx[s] = group of sub-block s.
+// (scale | zero << 16) for asym, scale for sym; gidx[s] = group of sub-block s. `one`: all
+// sub-blocks share one group (group >= the lane's channels): one load instead of NSUB.
 template <int NSUB>
 __device__ __forceinline__ void load_token_meta(const PackedSide& p, int64_t row, bool sym,
-                                                const int (&gidx)[NSUB], uint32_t (&m)[NSUB]) {
+                                                bool one, const int (&gidx)[NSUB],
+                                                uint32_t (&m)[NSUB]) {
   const uint16_t* meta = p.meta + row * p.mpr;
 #pragma unroll
   for (int s = 0; s < NSUB; ++s) {
-    if (sym) {
+    if (s > 0 && one) {
+      m[s] = m[0];
+    } else if (sym) {
       m[s] = __ldg(meta + gidx[s]);
     } else {
       m[s] = __ldg(reinterpret_cast<const uint32_t*>(meta + 2 * gidx[s]));
@@ -498,14 +506,18 @@ __device__ __forceinline__ void dequant_token(const uint32_t (&w)[NW], const uin
   }
 }
 
-template <int BITS, int GMAX, bool KCH>
-__global__ void __launch_bounds__(kT)
+// PF: software prefetch, the next step's codes and scales are loaded before the current
+// step is computed (twice the registers, one block per SM); without it the kernel is
+// capped at 128 registers for two blocks per SM.
+template <int BITS, int GMAX, bool KCH, bool PF>
+__global__ void __launch_bounds__(kT, PF ? 1 : 2)
 fast_decode_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, bool bf16, int chunk,
                    int splits, float* part_o, float* part_ml) {
   constexpr int NWK = BITS;                                  // words per 32-code block
   constexpr int CPT = GMAX <= 2 ? 32 : (GMAX == 4 ? 16 : 8);  // value channels per lane
   constexpr int NWV = CPT * BITS >= 32 ? CPT * BITS / 32 : 1;
-  constexpr int kUV = GMAX == 1 ? 4 : 2;                     // value tokens per lane-step
+  constexpr int kU = key_tokens<BITS>();
+  constexpr int kUV = GMAX == 1 ? 4 : 2;  // value tokens per lane-step
   extern __shared__ __align__(16) float sm[];
   const int G = a.n_heads / K.kv_heads;
   const int D = K.head_dim;
@@ -555,16 +567,14 @@ fast_decode_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, bool bf16, in
     int gidx[4];
 #pragma unroll
     for (int t = 0; t < 4; ++t) gidx[t] = kchan ? 0 : (32 * cb + 8 * t) / K.group;
+    const bool kone = !kchan && gidx[0] == gidx[3];
     float qr[GMAX == 1 ? 32 : 1];
     if constexpr (GMAX == 1) {
 #pragma unroll
       for (int e = 0; e < 32; ++e) qr[e] = qs[32 * cb + e];
     }
     const uint32_t* kcodes = K.codes + sh * K.max_tokens * K.wpr + cb * NWK;
-    for (int base = begin + warp * rows_per_warp * kU; base < end; base += kW * rows_per_warp * kU) {
-      const int j0 = base + (lane / LPR) * kU;
-      uint32_t w[kU][NWK];
-      uint32_t m[kU][4];
+    auto load_k = [&](int j0, uint32_t (&w)[kU][NWK], uint32_t (&m)[kU][4]) {
 #pragma unroll
       for (int u = 0; u < kU; ++u) {
         const int j = j0 + u;
@@ -574,12 +584,32 @@ fast_decode_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, bool bf16, in
         for (int t = 0; t < 4; ++t) m[u][t] = 0u;
         if (j < end && j < kql) {
           load_words<NWK>(kcodes + static_cast<int64_t>(j) * K.wpr, w[u]);
-          if (!kchan) load_token_meta<4>(K, sh * K.max_tokens + j, ksym, gidx, m[u]);
+          if (!kchan) load_token_meta<4>(K, sh * K.max_tokens + j, ksym, kone, gidx, m[u]);
         }
+      }
+    };
+    const int kstep = kW * rows_per_warp * kU;
+    uint32_t wn[PF ? kU : 1][NWK], mn[PF ? kU : 1][4];
+    if constexpr (PF) load_k(begin + warp * rows_per_warp * kU + (lane / LPR) * kU, wn, mn);
+    for (int base = begin + warp * rows_per_warp * kU; base < end; base += kstep) {
+      const int j0 = base + (lane / LPR) * kU;
+      uint32_t w[kU][NWK];
+      uint32_t m[kU][4];
+      if constexpr (PF) {
+#pragma unroll
+        for (int u = 0; u < kU; ++u) {
+#pragma unroll
+          for (int i = 0; i < NWK; ++i) w[u][i] = wn[u][i];
+#pragma unroll
+          for (int t = 0; t < 4; ++t) m[u][t] = mn[u][t];
+        }
+        if (base + kstep < end) load_k(j0 + kstep, wn, mn);
+      } else {
+        load_k(j0, w, m);
       }
       uint32_t cm[KCH ? 32 : 1];  // KIVI keys: (scale | zero << 16) of the lane's 32 channels
       if constexpr (KCH) {
-        // tokens j0 .. j0+3 share one group (group % 4 == 0, j0 % 4 == 0)
+        // tokens j0 .. j0+kU-1 share one group (group % kUMax == 0, j0 % kU == 0)
         if (j0 < end && j0 < kql) {
           const uint32_t* src = reinterpret_cast<const uint32_t*>(
               K.cmeta + ((sh * (K.max_tokens / K.group) + j0 / K.group) * D + 32 * cb) * 2);
@@ -662,6 +692,7 @@ fast_decode_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, bool bf16, in
     int gidx[CPT / 8];
 #pragma unroll
     for (int t = 0; t < CPT / 8; ++t) gidx[t] = (cv + 8 * t) / V.group;
+    const bool vone = gidx[0] == gidx[CPT / 8 - 1];
     const int wofs = (cv * BITS) >> 5, bofs = (cv * BITS) & 31;  // bofs != 0: 16-bit runs
     const uint32_t* vcodes = V.codes + sh * V.max_tokens * V.wpr + wofs;
     float acc[GMAX][CPT];
@@ -669,10 +700,7 @@ fast_decode_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, bool bf16, in
     for (int g = 0; g < GMAX; ++g)
 #pragma unroll
       for (int e = 0; e < CPT; ++e) acc[g][e] = 0.f;
-    for (int base = begin + warp * rows_per_warp * kUV; base < end; base += kW * rows_per_warp * kUV) {
-      const int j0 = base + (lane / LPRv) * kUV;
-      uint32_t w[kUV][NWV];
-      uint32_t m[kUV][CPT / 8];
+    auto load_v = [&](int j0, uint32_t (&w)[kUV][NWV], uint32_t (&m)[kUV][CPT / 8]) {
 #pragma unroll
       for (int u = 0; u < kUV; ++u) {
         const int j = j0 + u;
@@ -682,9 +710,32 @@ fast_decode_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, bool bf16, in
         for (int t = 0; t < CPT / 8; ++t) m[u][t] = 0u;
         if (j < end && j < vql) {
           load_words<NWV>(vcodes + static_cast<int64_t>(j) * V.wpr, w[u]);
-          if (bofs) w[u][0] >>= bofs;
-          load_token_meta<CPT / 8>(V, sh * V.max_tokens + j, vsym, gidx, m[u]);
+          load_token_meta<CPT / 8>(V, sh * V.max_tokens + j, vsym, vone, gidx, m[u]);
         }
+      }
+    };
+    const int vstep = kW * rows_per_warp * kUV;
+    uint32_t wn[PF ? kUV : 1][NWV], mn[PF ? kUV : 1][CPT / 8];
+    if constexpr (PF) load_v(begin + warp * rows_per_warp * kUV + (lane / LPRv) * kUV, wn, mn);
+    for (int base = begin + warp * rows_per_warp * kUV; base < end; base += vstep) {
+      const int j0 = base + (lane / LPRv) * kUV;
+      uint32_t w[kUV][NWV];
+      uint32_t m[kUV][CPT / 8];
+      if constexpr (PF) {
+#pragma unroll
+        for (int u = 0; u < kUV; ++u) {
+#pragma unroll
+          for (int i = 0; i < NWV; ++i) w[u][i] = wn[u][i];
+#pragma unroll
+          for (int t = 0; t < CPT / 8; ++t) m[u][t] = mn[u][t];
+        }
+        if (base + vstep < end) load_v(j0 + vstep, wn, mn);
+      } else {
+        load_v(j0, w, m);
+      }
+      if (bofs) {
+#pragma unroll
+        for (int u = 0; u < kUV; ++u) w[u][0] >>= bofs;
       }
 #pragma unroll
       for (int u = 0; u < kUV; ++u) {
@@ -735,16 +786,16 @@ size_t smem_bytes(int gmax, int G, int chunk, int D) {
           static_cast<size_t>(kW) * G * D + 2 * kMaxGroup) * sizeof(float);
 }
 
-template <int BITS, int GMAX, bool KCH>
+template <int BITS, int GMAX, bool KCH, bool PF>
 cudaError_t launch(Act act, const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a,
                    const Plan& p, float* part_o, float* part_ml, cudaStream_t stream) {
   const int G = a.n_heads / k.kv_heads;
   const size_t smem = smem_bytes(GMAX, G, p.chunk, k.head_dim);
-  cudaError_t e = cudaFuncSetAttribute(fast_decode_kernel<BITS, GMAX, KCH>,
+  cudaError_t e = cudaFuncSetAttribute(fast_decode_kernel<BITS, GMAX, KCH, PF>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        static_cast<int>(smem));
   if (e != cudaSuccess) return e;
-  fast_decode_kernel<BITS, GMAX, KCH><<<dim3(p.splits, k.kv_heads, a.rows), kT, smem, stream>>>(
+  fast_decode_kernel<BITS, GMAX, KCH, PF><<<dim3(p.splits, k.kv_heads, a.rows), kT, smem, stream>>>(
       k, v, a, act == Act::kBF16, p.chunk, p.splits, part_o, part_ml);
   if ((e = launch_status()) != cudaSuccess) return e;
   if (act == Act::kF16)
@@ -756,16 +807,16 @@ cudaError_t launch(Act act, const PackedSide& k, const PackedSide& v, const Pack
   return launch_status();
 }
 
-template <int BITS, bool KCH>
+template <int BITS, bool KCH, bool PF>
 cudaError_t dispatch_group(Act act, const PackedSide& k, const PackedSide& v,
                            const PackedDecodeArgs& a, const Plan& p, float* o, float* ml,
                            cudaStream_t stream) {
   const int G = a.n_heads / k.kv_heads;
-  if (G == 1) return launch<BITS, 1, KCH>(act, k, v, a, p, o, ml, stream);
-  if (G == 2) return launch<BITS, 2, KCH>(act, k, v, a, p, o, ml, stream);
+  if (G == 1) return launch<BITS, 1, KCH, PF>(act, k, v, a, p, o, ml, stream);
+  if (G == 2) return launch<BITS, 2, KCH, PF>(act, k, v, a, p, o, ml, stream);
   if constexpr (BITS != 3) {
-    if (G <= 4) return launch<BITS, 4, KCH>(act, k, v, a, p, o, ml, stream);
-    return launch<BITS, 8, KCH>(act, k, v, a, p, o, ml, stream);
+    if (G <= 4) return launch<BITS, 4, KCH, PF>(act, k, v, a, p, o, ml, stream);
+    return launch<BITS, 8, KCH, PF>(act, k, v, a, p, o, ml, stream);
   }
   return cudaErrorInvalidValue;
 }
@@ -774,15 +825,19 @@ template <int BITS>
 cudaError_t dispatch_keys(Act act, const PackedSide& k, const PackedSide& v,
                           const PackedDecodeArgs& a, const Plan& p, float* o, float* ml,
                           cudaStream_t stream) {
-  if (k.format == KvFormat::kChannelAsym) return dispatch_group<BITS, true>(act, k, v, a, p, o, ml, stream);
-  return dispatch_group<BITS, false>(act, k, v, a, p, o, ml, stream);
+  const bool pf = a.variant != 2;
+  if (k.format == KvFormat::kChannelAsym)
+    return pf ? dispatch_group<BITS, true, true>(act, k, v, a, p, o, ml, stream)
+              : dispatch_group<BITS, true, false>(act, k, v, a, p, o, ml, stream);
+  return pf ? dispatch_group<BITS, false, true>(act, k, v, a, p, o, ml, stream)
+            : dispatch_group<BITS, false, false>(act, k, v, a, p, o, ml, stream);
 }
 
 bool side_fits(const PackedSide& s, bool key) {
   if (s.n_sink > 0 || s.outliers || s.inv_s || s.lut) return false;
   if (s.format == KvFormat::kTokenAsym || s.format == KvFormat::kTokenSym)
     return s.group > 0 && s.group % 8 == 0 && s.head_dim % s.group == 0;
-  if (s.format == KvFormat::kChannelAsym) return key && s.group % kU == 0 && s.resid_cap > 0;
+  if (s.format == KvFormat::kChannelAsym) return key && s.group % kUMax == 0 && s.resid_cap > 0;
   return false;
 }
 
@@ -837,7 +892,7 @@ cudaError_t kv_decode_attention(Act act, const PackedSide& k, const PackedSide& 
   const Plan p = make_plan(k.kv_heads, a.rows, a.n_heads / k.kv_heads, max_len, sm_count);
   float* part_o = static_cast<float*>(workspace);
   float* part_ml = part_o + static_cast<size_t>(a.rows) * a.n_heads * p.splits * D;
-  if (fast::fits(k, v, a)) return fast::run(act, k, v, a, p, part_o, part_ml, stream);
+  if (a.variant != 1 && fast::fits(k, v, a)) return fast::run(act, k, v, a, p, part_o, part_ml, stream);
   if (act == Act::kF16) return dispatch<__half>(k, v, a, p, part_o, part_ml, stream);
   return dispatch<__nv_bfloat16>(k, v, a, p, part_o, part_ml, stream);
 }

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -358,6 +359,14 @@ void PackedKvCache::decode(const void* q_dev, void* out_dev, bool bf16, void* st
   a.scale = 1.0f / std::sqrt(static_cast<float>(I.hd));
   a.inv_freq = I.inv_freq;
   a.rope_interleaved = I.interleaved;
+  // Benchmark knob (kvq-kvbench, notes/kv-cuda-perf.md): KVQ_KV_DECODE=general|fast|fast-pf
+  // forces a decode kernel; unset = the fast kernel with prefetch where it applies.
+  static const int variant = [] {
+    const char* e = std::getenv("KVQ_KV_DECODE");
+    const std::string v = e ? e : "";
+    return v == "general" ? 1 : v == "fast" ? 2 : v == "fast-pf" ? 3 : 0;
+  }();
+  a.variant = variant;
   KVQ_CUDA_CHECK(kern::kv_decode_attention(bf16 ? kern::Act::kBF16 : kern::Act::kF16, I.k.d, I.v.d,
                                            a, I.max_len, I.sm_count, I.work.get(), I.work.bytes(),
                                            static_cast<cudaStream_t>(stream)));

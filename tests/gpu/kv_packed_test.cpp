@@ -7,7 +7,7 @@
 //  2. decode attention over the packed cache equals attention in fp64 over the CPU
 //     cache's dequantized (simulated) K/V, RoPE applied in fp64 for pre-RoPE keys, within
 //     the tolerance derived in attention_tolerance() below; outputs poisoned with NaN
-//     bits first, GQA and MHA, batch 3, head_dim 64 and 128.
+//     bits first, GQA (groups 2, 4, 8) and MHA, batch 3, head_dim 32, 64 and 128.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -257,7 +257,7 @@ Result run_case(const std::string& kspec, const std::string& vspec, const Shape&
 void run_all(const std::string& kspec, const std::string& vspec, uint64_t fallback_seed,
              const codecs::CodecParams* kgiven = nullptr, const codecs::CodecParams* vgiven = nullptr) {
   const uint64_t seed = kvq_test::test_seed(fallback_seed);
-  for (const Shape& s : {Shape{2, 8, 128}, Shape{3, 3, 64}, Shape{1, 2, 32}}) {
+  for (const Shape& s : {Shape{2, 8, 128}, Shape{3, 3, 64}, Shape{1, 2, 32}, Shape{1, 8, 64}}) {
     const Result r = run_case(kspec, vspec, s, seed, kgiven, vgiven);
     std::printf("kv packed %s / %s, kv_heads %d, heads %d, head_dim %d: bytes equal; decode max err %.3g "
                 "(%.2f of tolerance), seed %llu\n",
@@ -330,7 +330,7 @@ TEST_CASE("kv packed: WKVQuant smoothing + per-token groups", "[gpu][kv]") {
 // zero holding +0 before -0. The CPU's std::min keeps the first of equal values, so the
 // stored fp16 zero point is +0 (0x0000); the GPU used fminf, which returns -0 (0x8000).
 // Rows here plant every order of signed zeros at a group's minimum and maximum, per token
-// (groups of 8 channels), per channel (KIVI groups of 4 tokens) and per KVQuant value row.
+// (groups of 8 channels), per channel (KIVI groups of 8 tokens) and per KVQuant value row.
 std::vector<float> signed_zero_rows(int T, int dim, uint64_t seed) {
   std::mt19937_64 rng(seed);
   std::uniform_real_distribution<float> ud(0.25f, 2.f);
@@ -359,7 +359,7 @@ TEST_CASE("kv packed: signed zeros at a group's min/max give the CPU's bytes (in
   RopeConfig rc;
   rc.theta = 10000.0;
   for (const char* spec : {"int8:group=8", "int4:group=8", "int2:group=16,sym=1",
-                           "kivi:bits=2,group=4,residual=8", "kvquant:bits=4,outliers=0.05,sink=0",
+                           "kivi:bits=2,group=8,residual=16", "kvquant:bits=4,outliers=0.05,sink=0",
                            "kvquant:bits=2,outliers=0,sink=2"}) {
     auto kc = make(spec, KvSide::kKey, s, nullptr);
     auto vc = make(spec, KvSide::kValue, s, nullptr);
