@@ -94,12 +94,6 @@ void rms_backward(const Mat& x, const Vec& w, const std::vector<S>& r, const Mat
 }  // namespace
 
 template <typename S>
-struct CpuGradient<S>::Cache {
-  Mat a, q, k_pre, k, v, attn, x1, b, g, u;
-  std::vector<S> r1, r2;
-};
-
-template <typename S>
 CpuGradient<S>::CpuGradient(std::shared_ptr<const Model> model) : model_(std::move(model)) {
   if (!model_) throw InvalidArgument("backward", "no model");
   cfg_ = model_->config();
@@ -196,7 +190,7 @@ void CpuGradient<S>::rope(Mat& x, int heads, bool inverse) const {
 
 template <typename S>
 typename CpuGradient<S>::Mat CpuGradient<S>::layer_forward(int l, const Mat& x, Cache* cache,
-                                                           const Perturbation* p) const {
+                                                           const Perturbation* p, KvHook* hook) const {
   const Layer& w = layers_[static_cast<size_t>(l)];
   const int n = static_cast<int>(x.rows());
   const int hd = cfg_.head_dim, QD = cfg_.q_dim(), KV = cfg_.kv_dim();
@@ -220,11 +214,20 @@ typename CpuGradient<S>::Mat CpuGradient<S>::layer_forward(int l, const Mat& x, 
   if (cache) c.k_pre = c.k;
   rope(c.q, n_heads, false);
   rope(c.k, cfg_.n_kv_heads, false);
+  // POQ: past keys/values from the hook, the diagonal exact.
+  if (hook) hook->quantize(l, c.k, c.v, c.k_hat, c.v_hat);
+  const Mat& kpast = hook ? c.k_hat : c.k;
+  const Mat& vpast = hook ? c.v_hat : c.v;
   c.attn.resize(n, QD);
 #pragma omp parallel for schedule(dynamic) if (int64_t{n} * n * n_heads >= kParallelWork)
   for (int h = 0; h < n_heads; ++h) {
     const int g = h / group;
-    Mat sc = (c.q.middleCols(h * hd, hd) * c.k.middleCols(g * hd, hd).transpose()) * scale;
+    Mat sc = (c.q.middleCols(h * hd, hd) * kpast.middleCols(g * hd, hd).transpose()) * scale;
+    if (hook) {
+      for (int i = 0; i < n; ++i) {
+        sc(i, i) = c.q.row(i).segment(h * hd, hd).dot(c.k.row(i).segment(g * hd, hd)) * scale;
+      }
+    }
     for (int i = 0; i < n; ++i) {
       const int lo = window > 0 ? std::max(0, i - window + 1) : 0;
       S m = -std::numeric_limits<S>::infinity();
@@ -238,7 +241,19 @@ typename CpuGradient<S>::Mat CpuGradient<S>::layer_forward(int l, const Mat& x, 
       const S inv = static_cast<S>(1.0 / sum);
       for (int j = 0; j <= i; ++j) sc(i, j) *= inv;
     }
-    c.attn.middleCols(h * hd, hd).noalias() = sc * c.v.middleCols(g * hd, hd);
+    if (hook) {
+      std::vector<S> diag(static_cast<size_t>(n));
+      for (int i = 0; i < n; ++i) {
+        diag[static_cast<size_t>(i)] = sc(i, i);
+        sc(i, i) = S(0);
+      }
+      c.attn.middleCols(h * hd, hd).noalias() = sc * vpast.middleCols(g * hd, hd);
+      for (int i = 0; i < n; ++i) {
+        c.attn.row(i).segment(h * hd, hd) += diag[static_cast<size_t>(i)] * c.v.row(i).segment(g * hd, hd);
+      }
+    } else {
+      c.attn.middleCols(h * hd, hd).noalias() = sc * c.v.middleCols(g * hd, hd);
+    }
   }
   Mat tmp;
   linear(c.attn, w.o, w.bo, tmp);
@@ -259,7 +274,8 @@ typename CpuGradient<S>::Mat CpuGradient<S>::layer_forward(int l, const Mat& x, 
 
 template <typename S>
 typename CpuGradient<S>::Mat CpuGradient<S>::layer_backward(int l, const Mat& x, const Cache& c,
-                                                            const Mat& dy, Mat& dk, Mat& dv) const {
+                                                            const Mat& dy, Mat& dk, Mat& dv,
+                                                            KvHook* hook) const {
   const Layer& w = layers_[static_cast<size_t>(l)];
   const int n = static_cast<int>(x.rows());
   const int hd = cfg_.head_dim, QD = cfg_.q_dim(), KV = cfg_.kv_dim();
@@ -286,14 +302,22 @@ typename CpuGradient<S>::Mat CpuGradient<S>::layer_backward(int l, const Mat& x,
   const Mat dattn = dx1 * w.o;  // [n, QD]
   Mat dq(n, QD);
   std::vector<Mat> dk_head(static_cast<size_t>(n_heads)), dv_head(static_cast<size_t>(n_heads));
+  // With a hook (POQ): dk_head/dv_head are w.r.t. k_hat/v_hat (past entries), and the
+  // exact diagonal's gradients go to dkd_head/dvd_head.
+  std::vector<Mat> dkd_head(hook ? static_cast<size_t>(n_heads) : 0), dvd_head(dkd_head.size());
+  const Mat& kpast = hook ? c.k_hat : c.k;
+  const Mat& vpast = hook ? c.v_hat : c.v;
 #pragma omp parallel for schedule(dynamic) if (int64_t{n} * n * n_heads >= kParallelWork)
   for (int h = 0; h < n_heads; ++h) {
     const int g = h / group;
     const auto qh = c.q.middleCols(h * hd, hd);
-    const auto kg = c.k.middleCols(g * hd, hd);
-    const auto vg = c.v.middleCols(g * hd, hd);
+    const auto kg = kpast.middleCols(g * hd, hd);
+    const auto vg = vpast.middleCols(g * hd, hd);
     const auto doh = dattn.middleCols(h * hd, hd);
     Mat pr = (qh * kg.transpose()) * scale;  // recomputed probabilities
+    if (hook) {
+      for (int i = 0; i < n; ++i) pr(i, i) = qh.row(i).dot(c.k.row(i).segment(g * hd, hd)) * scale;
+    }
     for (int i = 0; i < n; ++i) {
       const int lo = window > 0 ? std::max(0, i - window + 1) : 0;
       S m = -std::numeric_limits<S>::infinity();
@@ -308,11 +332,35 @@ typename CpuGradient<S>::Mat CpuGradient<S>::layer_backward(int l, const Mat& x,
       for (int j = 0; j <= i; ++j) pr(i, j) *= inv;
     }
     Mat dp = doh * vg.transpose();  // [n, n]
+    if (hook) {
+      for (int i = 0; i < n; ++i) dp(i, i) = doh.row(i).dot(c.v.row(i).segment(g * hd, hd));
+    }
     for (int i = 0; i < n; ++i) {
       double dot = 0.0;
       for (int j = 0; j <= i; ++j) dot += static_cast<double>(pr(i, j)) * static_cast<double>(dp(i, j));
       const S d = static_cast<S>(dot);
       for (int j = 0; j < n; ++j) dp(i, j) = pr(i, j) * (dp(i, j) - d);  // dS (0 where masked)
+    }
+    if (hook) {
+      // Split off the diagonal (exact k, v) from the past entries (k_hat, v_hat).
+      Mat& dkd = dkd_head[static_cast<size_t>(h)];
+      Mat& dvd = dvd_head[static_cast<size_t>(h)];
+      dkd.resize(n, hd);
+      dvd.resize(n, hd);
+      Mat dqh = Mat::Zero(n, hd);
+      for (int i = 0; i < n; ++i) {
+        const S ds = dp(i, i), pd = pr(i, i);
+        dqh.row(i) = (ds * scale) * c.k.row(i).segment(g * hd, hd);
+        dkd.row(i) = (ds * scale) * qh.row(i);
+        dvd.row(i) = pd * doh.row(i);
+        dp(i, i) = S(0);
+        pr(i, i) = S(0);
+      }
+      dqh.noalias() += (dp * kg) * scale;
+      dq.middleCols(h * hd, hd) = dqh;
+      dk_head[static_cast<size_t>(h)].noalias() = (dp.transpose() * qh) * scale;
+      dv_head[static_cast<size_t>(h)].noalias() = pr.transpose() * doh;
+      continue;
     }
     dq.middleCols(h * hd, hd).noalias() = (dp * kg) * scale;
     dk_head[static_cast<size_t>(h)].noalias() = (dp.transpose() * qh) * scale;
@@ -324,6 +372,19 @@ typename CpuGradient<S>::Mat CpuGradient<S>::layer_backward(int l, const Mat& x,
     const int g = h / group;
     dk.middleCols(g * hd, hd) += dk_head[static_cast<size_t>(h)];
     dv.middleCols(g * hd, hd) += dv_head[static_cast<size_t>(h)];
+  }
+  if (hook) {
+    // dk, dv so far are w.r.t. k_hat, v_hat; the hook maps them through its quantizer and
+    // adds them to the exact diagonal's gradients (summed in head order).
+    Mat dk_direct = Mat::Zero(n, KV), dv_direct = Mat::Zero(n, KV);
+    for (int h = 0; h < n_heads; ++h) {
+      const int g = h / group;
+      dk_direct.middleCols(g * hd, hd) += dkd_head[static_cast<size_t>(h)];
+      dv_direct.middleCols(g * hd, hd) += dvd_head[static_cast<size_t>(h)];
+    }
+    hook->backward(l, c.k, c.v, dk, dv, dk_direct, dv_direct);
+    dk = std::move(dk_direct);
+    dv = std::move(dv_direct);
   }
   rope(dq, n_heads, true);
   rope(dk, cfg_.n_kv_heads, true);  // now dL/d(pre-RoPE k_proj output)
@@ -417,6 +478,35 @@ double CpuGradient<S>::backward(std::span<const int32_t> tokens, const LayerVisi
     xin.resize(0, 0);  // this checkpoint is no longer needed
   }
   return loss;
+}
+
+template <typename S>
+typename CpuGradient<S>::Mat CpuGradient<S>::embed_tokens(std::span<const int32_t> tokens) const {
+  check_tokens(tokens);
+  return embed(tokens);
+}
+
+template <typename S>
+typename CpuGradient<S>::Mat CpuGradient<S>::block_forward(int layer, const Mat& x, Cache* state,
+                                                           KvHook* hook) const {
+  if (layer < 0 || layer >= cfg_.n_layers || x.cols() != cfg_.hidden || x.rows() < 1) {
+    throw InvalidArgument("backward", "block " + std::to_string(layer) + " of " + std::to_string(cfg_.n_layers) +
+                                          " on a [" + std::to_string(x.rows()) + ", " + std::to_string(x.cols()) +
+                                          "] input (hidden " + std::to_string(cfg_.hidden) + ")");
+  }
+  return layer_forward(layer, x, state, nullptr, hook);
+}
+
+template <typename S>
+typename CpuGradient<S>::Mat CpuGradient<S>::block_backward(int layer, const Mat& x, const Cache& state,
+                                                            const Mat& dy, KvHook* hook) const {
+  if (layer < 0 || layer >= cfg_.n_layers || dy.rows() != x.rows() || dy.cols() != x.cols() ||
+      state.x1.rows() != x.rows() || (hook != nullptr && state.k_hat.rows() != x.rows())) {
+    throw InvalidArgument("backward", "block_backward(" + std::to_string(layer) +
+                                          ") without the matching block_forward state");
+  }
+  Mat dk, dv;
+  return layer_backward(layer, x, state, dy, dk, dv, hook);
 }
 
 template class CpuGradient<float>;

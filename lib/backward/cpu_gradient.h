@@ -19,8 +19,10 @@
 // (truncation ~ h^2, rounding ~ eps_64 |L| / h) tightly enough to test every element.
 //
 // Goals: exact gradients of the same function the CPU forward computes (full-sequence,
-// causal, GQA, RoPE in both layouts, sliding window, optional biases). Non-goals: weight
-// gradients (WKVQuant CRR will need some), KV caches, batching of sequences.
+// causal, GQA, RoPE in both layouts, sliding window, optional biases); block-level
+// forward/backward with a past-only KV quantization hook for WKVQuant CRR. Non-goals:
+// weight gradients (CRR learns only KV smoothing parameters), KV caches, batching of
+// sequences.
 #pragma once
 
 #include <cstdint>
@@ -76,20 +78,49 @@ class CpuGradient {
   // that layer's activations and gradients. Returns the loss.
   double backward(std::span<const int32_t> tokens, const LayerVisitor& visit) const;
 
+  // ---- Block level (WKVQuant cross-block reconstruction, calib/crr.h) ----
+  // Past-only (POQ) KV quantization inside one block: after RoPE the hook turns the keys
+  // (post-RoPE, what a cache holds) and values [n, kv_dim] into k_hat, v_hat, which query
+  // i reads at every j < i; the diagonal j == i stays exact (WKVQuant's POQ, as
+  // lib/codecs/sim_observer.h's past_only protocol). In the backward the hook receives
+  // dL/dk_hat, dL/dv_hat and adds the gradient that reaches k and v through its quantizer
+  // to dk, dv (post-RoPE keys); it accumulates its own parameter gradients.
+  class KvHook {
+   public:
+    virtual ~KvHook() = default;
+    virtual void quantize(int layer, const Mat& k, const Mat& v, Mat& k_hat, Mat& v_hat) = 0;
+    virtual void backward(int layer, const Mat& k, const Mat& v, const Mat& dk_hat,
+                          const Mat& dv_hat, Mat& dk, Mat& dv) = 0;
+  };
+  // One block's internals saved by block_forward for block_backward.
+  struct Cache {
+    Mat a, q, k_pre, k, v, attn, x1, b, g, u;
+    Mat k_hat, v_hat;  // filled only with a hook
+    std::vector<S> r1, r2;
+  };
+  // The token embeddings [n, hidden] (tokens checked as for loss()).
+  Mat embed_tokens(std::span<const int32_t> tokens) const;
+  // Block `layer` on its input x [n, hidden] -> its output; `state` (when not null) keeps
+  // what block_backward needs; `hook` null = the exact block (as loss() computes it).
+  Mat block_forward(int layer, const Mat& x, Cache* state, KvHook* hook) const;
+  // dL/dx from dL/d(block output) dy, with the state of block_forward(layer, x, ...) and
+  // the same hook (its parameter gradients accumulate).
+  Mat block_backward(int layer, const Mat& x, const Cache& state, const Mat& dy, KvHook* hook) const;
+
  private:
   struct Layer {
     Vec attn_norm, mlp_norm;
     Mat q, k, v, o, gate, up, down;
     Vec bq, bk, bv, bo, bgate, bup, bdown;  // empty when absent
   };
-  struct Cache;  // one layer's recomputed internals
 
   void check_tokens(std::span<const int32_t> tokens) const;
   Mat embed(std::span<const int32_t> tokens) const;
   // x -> layer output; fills `c` when not null; applies p when it targets this layer.
-  Mat layer_forward(int l, const Mat& x, Cache* c, const Perturbation* p) const;
+  Mat layer_forward(int l, const Mat& x, Cache* c, const Perturbation* p, KvHook* hook = nullptr) const;
   // Returns dL/dx (layer input) from dL/d(layer output); fills dk, dv (pre-RoPE).
-  Mat layer_backward(int l, const Mat& x, const Cache& c, const Mat& dy, Mat& dk, Mat& dv) const;
+  Mat layer_backward(int l, const Mat& x, const Cache& c, const Mat& dy, Mat& dk, Mat& dv,
+                     KvHook* hook = nullptr) const;
   // Final norm + lm_head + cross entropy; when dx is not null, fills dL/d(x) (the last
   // layer's output).
   double head_loss(const Mat& x, std::span<const int32_t> tokens, Mat* dx) const;
