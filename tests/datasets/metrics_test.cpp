@@ -114,3 +114,24 @@ TEST_CASE("score_row / score_task: task table, first line, max over answers", "[
   CHECK(score_task({1.0, 1.0, 0.0}) == 66.67);
   CHECK(score_task({}) == 0.0);
 }
+
+TEST_CASE("score_row: first-line tasks, exact-match tasks and the task table by hand", "[metrics]") {
+  // triviaqa (qa_f1) scores the first line after leading newlines: "Paris" vs "London" = 0,
+  // although the second line is the answer; qasper (no first-line rule) reads it all:
+  // "paris london" vs "london": P = 1/2, R = 1, F1 = 2/3.
+  CHECK(score_row("triviaqa", "\n\nParis\nLondon", {"London"}, {}) == 0.0);
+  CHECK(score_row("qasper", "\n\nParis\nLondon", {"London"}, {}) == kvq_test::Approx(2.0 / 3.0));
+  // samsum (rouge_l) likewise: first line "a b" vs "a b" = 1; the whole text "a b\nc d"
+  // is one sentence of 4 words with LCS 2 against "a b": r = 1, p = 1/2, f = 2/3 - tiny.
+  CHECK(score_row("samsum", "a b\nc d", {"a b"}, {}) == kvq_test::Approx(1.0).epsilon(1e-7));
+  CHECK(score_row("gov_report", "a b\nc d", {"a b"}, {}) == kvq_test::Approx(2.0 / 3.0).epsilon(1e-7));
+  // passage_count / passage_retrieval_en are exact matches of whole numbers, max over answers.
+  CHECK(score_row("passage_count", "There are 3 unique paragraphs.", {"3"}, {}) == 1.0);
+  CHECK(score_row("passage_count", "3 or 4", {"4", "5"}, {}) == 0.5);
+  CHECK(score_row("passage_retrieval_en", "Paragraph 2", {"Paragraph 2"}, {}) == 1.0);
+  CHECK(score_row("passage_retrieval_en", "It is paragraph 12.", {"Paragraph 2"}, {}) == 0.0);
+  CHECK(metric_for_task("triviaqa") == Metric::kQaF1);
+  CHECK(metric_for_task("samsum") == Metric::kRougeL);
+  CHECK(metric_for_task("passage_retrieval_en") == Metric::kRetrieval);
+  CHECK_THROWS_AS(metric_for_task("lsht"), kvq::UnsupportedError);
+}
