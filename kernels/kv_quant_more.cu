@@ -31,6 +31,11 @@ __device__ __forceinline__ int64_t rec_index(const MoreSide& p, int slot, int h,
   return (static_cast<int64_t>(slot) * p.kv_heads + h) * p.max_tokens + j;
 }
 
+// std::min(a, b) / std::max(a, b) exactly (the CPU reference's): the first argument on ties,
+// so -0.0 and +0.0 keep their order (fminf/fmaxf may return either zero).
+__device__ __forceinline__ float kv_min(float a, float b) { return b < a ? b : a; }
+__device__ __forceinline__ float kv_max(float a, float b) { return a < b ? b : a; }
+
 unsigned grid_for(int64_t threads, int block) {
   return static_cast<unsigned>((threads + block - 1) / block);
 }
@@ -162,10 +167,10 @@ __global__ void channel_kernel(MoreSide p, int slot, const float* rows, int64_t 
     inv = kvlayout::safe_inverse(h2f(s));
   } else {  // quantize_group_asym
     float mn = windowed(p, slot, h, t0, i, rows, ld, old_len), mx = mn;
-    for (int64_t t = t0 + 1; t < t1; ++t) {
+    for (int64_t t = t0 + 1; t < t1; ++t) {  // std::min / std::max, in the CPU's order
       const float x = windowed(p, slot, h, t, i, rows, ld, old_len);
-      mn = fminf(mn, x);
-      mx = fmaxf(mx, x);
+      mn = kv_min(mn, x);
+      mx = kv_max(mx, x);
     }
     const uint16_t s = f2h((mx - mn) / static_cast<float>((1u << p.bits) - 1u)), z = f2h(mn);
     cm[0] = s;
@@ -198,19 +203,27 @@ __global__ void ring_kernel(MoreSide p, int slot, const float* rows, int64_t ld,
 }
 
 // Uniform asymmetric quantization of the warp's head row x (lane holds channels k*32+lane)
-// into packed codes (words zeroed beforehand) and (scale, zero) at meta.
+// into packed codes (words zeroed beforehand) and (scale, zero) at meta. The min and max are
+// the CPU's sequential std::min / std::max: among equal values (+0.0 and -0.0 compare equal
+// but store as different fp16 zeros) the first channel's, so the tree carries indices.
 __device__ void warp_quantize_asym(const float (&x)[kChunks], int hd, int bits, uint32_t* w,
                                    uint16_t* meta, int lane) {
-  float mn = INFINITY, mx = -INFINITY;
+  // Lane < hd starts from its channel `lane`; idle lanes (hd < 32) are neutral (finite
+  // inputs always beat the infinities).
+  const bool idle = lane >= hd;
+  float mn = idle ? INFINITY : x[0], mx = idle ? -INFINITY : x[0];
+  int ni = idle ? 1 << 30 : lane, xi = ni;
 #pragma unroll
-  for (int k = 0; k < kChunks; ++k)
+  for (int k = 1; k < kChunks; ++k)
     if (k * 32 + lane < hd) {
-      mn = fminf(mn, x[k]);
-      mx = fmaxf(mx, x[k]);
+      if (x[k] < mn) { mn = x[k]; ni = k * 32 + lane; }
+      if (mx < x[k]) { mx = x[k]; xi = k * 32 + lane; }
     }
   for (int o = 16; o > 0; o >>= 1) {
-    mn = fminf(mn, __shfl_xor_sync(0xffffffffu, mn, o));
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    const float omn = __shfl_xor_sync(0xffffffffu, mn, o), omx = __shfl_xor_sync(0xffffffffu, mx, o);
+    const int oni = __shfl_xor_sync(0xffffffffu, ni, o), oxi = __shfl_xor_sync(0xffffffffu, xi, o);
+    if (omn < mn || (omn == mn && oni < ni)) { mn = omn; ni = oni; }
+    if (omx > mx || (omx == mx && oxi < xi)) { mx = omx; xi = oxi; }
   }
   const uint16_t sh = f2h((mx - mn) / static_cast<float>((1u << bits) - 1u)), zh = f2h(mn);
   if (lane == 0) {

@@ -400,7 +400,7 @@ TEST_CASE("kv more: make_packed_cache serves the older codecs and refuses mixed 
 // context length, Llama-2-7B head shape (32 x 128, MHA) and Llama-3-8B (32 / 8 x 128),
 // batch 1 and 8, against the fp16 decode-attention kernel (Fp16DecodeBaseline) in the same
 // run. Median of 20 timed decodes after 3 warm-ups (device events).
-TEST_CASE("kv more: decode benchmark", "[.kvmorebench]") {
+TEST_CASE("packed-more decode benchmark", "[.kvmorebench]") {
   const int T = 32768;
   struct BShape {
     const char* name;
