@@ -304,8 +304,18 @@ CalibrateSummary run_calibration(std::shared_ptr<const Model> model, std::span<c
     // one leaves the threads to the backward pass's own head and row loops). Each sequence's
     // arithmetic is then the same for any thread count, and the spill files do not depend
     // on the order in which sequences finish.
+    // Memory: each sequence in flight holds its spill blocks (all layers, until written) and
+    // the backward pass's layer checkpoints; the team is capped so that these stay within
+    // kCaptureBytes (the team size does not change any byte of the output). Testbed at
+    // 1024 tokens: 47 MB per sequence; Llama-2-7B at 2048: 5.4 GB, so one at a time.
+    constexpr int64_t kCaptureBytes = int64_t{8} << 30;
+    const int64_t per_seq = sh.file_bytes() + int64_t{4} * sh.layers * sh.seqlen * cfg.hidden;
+    const int64_t fit = std::max<int64_t>(1, kCaptureBytes / std::max<int64_t>(1, per_seq));
     const SerialEigenProducts serial;
-    const int team = grad.concurrent ? static_cast<int>(std::min<size_t>(todo.size(), std::max(1, omp_get_max_threads()))) : 1;
+    const int team = grad.concurrent
+                         ? static_cast<int>(std::min<int64_t>({static_cast<int64_t>(todo.size()),
+                                                               std::max(1, omp_get_max_threads()), fit}))
+                         : 1;
     std::vector<std::exception_ptr> errors(todo.size());
     std::atomic<bool> failed{false};
 #pragma omp parallel for schedule(dynamic, 1) num_threads(std::max(team, 1))

@@ -98,7 +98,7 @@ struct PackedDecodeArgs {
   float scale = 0.f;
   const double* inv_freq = nullptr;  // [head_dim/2]: keys are pre-RoPE (KVQuant), else null
   bool rope_interleaved = false;
-  // Kernel choice (benchmarks): 0 auto (the fast kernel where it applies, prefetching),
+  // Kernel choice (benchmarks): 0 auto (the fast kernel where it applies, no prefetch),
   // 1 the general kernel, 2 fast without prefetch (2 blocks/SM), 3 fast with prefetch.
   int variant = 0;
 };

@@ -360,7 +360,7 @@ void PackedKvCache::decode(const void* q_dev, void* out_dev, bool bf16, void* st
   a.inv_freq = I.inv_freq;
   a.rope_interleaved = I.interleaved;
   // Benchmark knob (kvq-kvbench, notes/kv-cuda-perf.md): KVQ_KV_DECODE=general|fast|fast-pf
-  // forces a decode kernel; unset = the fast kernel with prefetch where it applies.
+  // forces a decode kernel; unset = the fast kernel (no prefetch) where it applies.
   static const int variant = [] {
     const char* e = std::getenv("KVQ_KV_DECODE");
     const std::string v = e ? e : "";
