@@ -7,9 +7,13 @@
 // measured device-to-device copy bandwidth (bytes read + written, METHOD.md).
 // Cache contents: uniform random rows with planted outlier channels (every 32nd channel
 // x6), appended through the real append kernels in chunks of 4096 tokens.
+// The environment variable KVQ_KV_DECODE=general|fast|fast-pf forces one decode kernel
+// (lib/cuda/packed_cache.cpp; default: the fast kernel where it applies, else the general
+// one); the header line on stderr names it, so tables of different variants stay apart.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -70,8 +74,9 @@ int main(int argc, char** argv) {
     using namespace kvq;
     const std::string dev = cuda_device_summary(device);
     const double bw = measure_copy_bandwidth(device);
-    std::fprintf(stderr, "kvq-kvbench: %s; copy bandwidth %.0f GB/s (read+write); one layer; reps %d\n",
-                 dev.c_str(), bw / 1e9, reps);
+    const char* variant = std::getenv("KVQ_KV_DECODE");
+    std::fprintf(stderr, "kvq-kvbench: %s; copy bandwidth %.0f GB/s (read+write); one layer; reps %d; "
+                 "decode kernel %s\n", dev.c_str(), bw / 1e9, reps, variant ? variant : "default");
     std::printf("%-10s %5s %7s %-16s %9s %9s %8s %7s %8s %8s\n", "shape", "batch", "context", "kv",
                 "MB read", "time us", "GB/s", "%copy", "floor us", "vs fp16");
     nlohmann::json results = nlohmann::json::array();
