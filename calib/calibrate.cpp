@@ -15,6 +15,7 @@
 #include <functional>
 #include <memory>
 
+#include "calib/crr.h"
 #include "calib/serial_products.h"
 #include "calib/signposts.h"
 #include "calib/thresholds.h"
@@ -274,6 +275,20 @@ CalibrateSummary run_calibration(std::shared_ptr<const Model> model, std::span<c
     base.tensors = prev.tensors;
     base.complete_layers = prev.complete_layers;
     sum.resumed_layers = prev.complete_layers;
+    // A finished CRR fit is kept when it was made for the same bits, group and window;
+    // otherwise its tensors go and CRR runs again at the end.
+    if (prev.wkvquant && opt.crr && prev.complete_layers == cfg.n_layers &&
+        prev.wkvquant->bits == bits && prev.wkvquant->window == std::min(opt.crr_options.window, cfg.n_layers) &&
+        prev.wkvquant->group == (opt.crr_options.group > 0 ? opt.crr_options.group : cfg.head_dim)) {
+      base.wkvquant = prev.wkvquant;
+      sum.crr_resumed = true;
+    } else {
+      for (auto it = base.tensors.begin(); it != base.tensors.end();) {
+        const bool smooth = it->first.find(".smooth_delta") != std::string::npos ||
+                            it->first.find(".smooth_scale") != std::string::npos;
+        it = smooth ? base.tensors.erase(it) : std::next(it);
+      }
+    }
   } else if (!opt.resume) {
     fs::remove_all(work, ec);
   }
@@ -427,6 +442,27 @@ CalibrateSummary run_calibration(std::shared_ptr<const Model> model, std::span<c
   }
   sum.complete_layers = base.complete_layers;
   sum.fit_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+
+  // 3. WKVQuant CRR on the same sequences (CPU), once every layer is written.
+  if (opt.crr && base.complete_layers == cfg.n_layers && !base.wkvquant) {
+    std::vector<std::span<const int32_t>> seqs;
+    for (int64_t s : opt.starts) {
+      if (s < 0 || s + opt.seqlen > static_cast<int64_t>(ids.size())) {
+        throw InvalidArgument("starts", "sequence start " + std::to_string(s) + " outside the token stream");
+      }
+      seqs.push_back(ids.subspan(static_cast<size_t>(s), static_cast<size_t>(opt.seqlen)));
+    }
+    CrrOptions co = opt.crr_options;
+    co.bits = bits;
+    co.sink = opt.sink;
+    const CpuGradient<float> grad(model);
+    sum.crr = run_crr(grad, seqs, co, [&](int b, int block, double before, double after, int64_t done, int64_t total) {
+      if (opt.crr_progress) opt.crr_progress(b, block, before, after, done, total);
+      if (progress) progress("crr", done, total);
+    });
+    store_crr(*sum.crr, base);
+    write_calibration(opt.output, base);
+  }
   if (base.complete_layers == cfg.n_layers) fs::remove_all(work, ec);
   return sum;
 }

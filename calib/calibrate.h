@@ -13,6 +13,9 @@
 //    complete_layers = l + 1 (atomically: formats/calibration writes a temporary file
 //    and renames). That file is the per-layer checkpoint: --resume reads it, checks that
 //    it was made with the same model, data and settings, and continues at the next layer.
+// 3. With `crr`: WKVQuant cross-block reconstruction (calib/crr.h) on the same sequences,
+//    then the file is written once more with the `wkvquant` fit. A --resume of a complete
+//    file without that fit (or with one for other bits/group/window) runs only this step.
 // The work folder is removed when the last layer is written.
 //
 // Determinism: identical inputs and seed give identical bytes, resumed or not, for any
@@ -24,10 +27,12 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
 
+#include "calib/crr_options.h"
 #include "formats/calibration.h"
 #include "lib/model.h"
 
@@ -45,6 +50,12 @@ struct CalibrateOptions {
   bool resume = false;
   // Stop after this many layers have been written (0: all); for tests of --resume.
   int stop_after_layers = 0;
+  // WKVQuant CRR (calib/crr.h) after the last layer, on the same sequences, for the
+  // `bits` list (crr_options.bits is replaced by it). Off by default: it costs far more
+  // than the Fisher capture (docs/calibrate.md, "WKVQuant CRR").
+  bool crr = false;
+  CrrOptions crr_options;
+  CrrProgressFn crr_progress;  // after each (block, bits)
   // Where the capture's forward+backward runs: "cpu" (lib/backward) or "cuda" / "cuda:N"
   // (lib/cuda/cuda_gradient; UnsupportedError in a build without CUDA). The tool resolves
   // "auto". Not part of the file: GPU and CPU gradients differ in the last bits, so their
@@ -65,6 +76,8 @@ struct CalibrateSummary {
   double capture_seconds = 0, fit_seconds = 0;
   size_t gpu_peak_bytes = 0;           // the CUDA backward pass's peak device memory (0 on CPU)
   std::vector<LayerFitSummary> layers; // the layers fitted in this run (index = layer)
+  std::optional<CrrResult> crr;        // when CRR ran in this run
+  bool crr_resumed = false;            // the resumed file already had the CRR fit asked for
 };
 
 // stage: "capture" (done/total sequences) or "fit" (done/total layers).

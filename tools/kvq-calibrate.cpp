@@ -5,10 +5,12 @@
 //                 [--seqlen 2048] [--seed 0] [--outliers 1%] [--sink 1] [--bits 2,3,4]
 //                 -o calib.kvqc [--resume] [--threads N] [--format text|json]
 //                 [--backend cpu|cuda|cuda:N|auto]
+//                 [--crr [--crr-window 5] [--crr-epochs 2] [--crr-lr 5e-3] [--crr-group G]]
 //
 // The pipeline (calib/calibrate.h): sample sequences, forward+backward per sequence
 // (Fisher information; on the GPU with --backend cuda, the default when a GPU exists), then per layer thresholds, Fisher-weighted NUQ signposts, Q-Norm
-// and absmax, writing the file after every layer (--resume continues an interrupted run).
+// and absmax, writing the file after every layer (--resume continues an interrupted run);
+// with --crr, WKVQuant's cross-block reconstruction (calib/crr.h, CPU) at the end.
 // The effective configuration and progress with ETA go to stderr, the summary to stdout.
 // docs/calibrate.md has the details and measured figures.
 #include <algorithm>
@@ -68,6 +70,12 @@ struct Options {
   std::string fisher_out;
   int threads = 0;
   std::string backend = "auto";
+  bool crr = false;
+  int crr_window = 5;
+  int crr_epochs = 2;
+  double crr_lr = 5e-3;
+  int crr_group = 0;
+  double crr_alpha = 1.0;
   cli::OutputFormat format = cli::OutputFormat::kText;
 };
 
@@ -130,6 +138,20 @@ std::string resolve_backend(const std::string& name) {
   return cuda_available() ? "cuda" : "cpu";
 }
 
+nlohmann::ordered_json crr_json(const calib::CalibrateSummary& s) {
+  if (!s.crr) return nullptr;
+  nlohmann::ordered_json per = nlohmann::ordered_json::array();
+  for (const calib::CrrBitsResult& b : s.crr->per_bits) {
+    per.push_back({{"bits", b.bits},
+                   {"loss_before", b.loss_before},
+                   {"loss_after", b.loss_after},
+                   {"window0_identity_loss", b.loss_identity},
+                   {"window0_init_loss", b.loss_init}});
+  }
+  return {{"window", s.crr->window}, {"epochs", s.crr->epochs}, {"lr", s.crr->lr},
+          {"group", s.crr->group},   {"seconds", s.crr->seconds}, {"per_bits", per}};
+}
+
 int run(const Options& o) {
   const std::string model_path = o.model.empty() ? cli::default_model_path() : o.model;
   if (model_path.empty()) throw InvalidArgument("--model", "no model given and none found", "pass --model DIR|FILE");
@@ -169,6 +191,13 @@ int run(const Options& o) {
                outl.tail_fraction() * 100, o.sink, o.bits.c_str());
   std::fprintf(stderr, "  output     %s%s, %d threads\n", o.output.c_str(), o.resume ? " (resume)" : "", threads);
   std::fprintf(stderr, "  backend    %s%s\n", backend.c_str(), o.backend == "auto" ? " (auto)" : "");
+  if (o.crr) {
+    std::fprintf(stderr, "  crr        window %d (of %d blocks), %d epochs, lr %g, group %d, bits %s (CPU)\n",
+                 std::min(o.crr_window, cfg.n_layers), cfg.n_layers, o.crr_epochs, o.crr_lr,
+                 o.crr_group > 0 ? o.crr_group : cfg.head_dim, o.bits.c_str());
+  } else {
+    std::fprintf(stderr, "  crr        off (--crr for WKVQuant profiles)\n");
+  }
 #if KVQ_HAVE_CUDA
   if (backend != "cpu") {
     std::fprintf(stderr, "  device     %s\n",
@@ -203,8 +232,20 @@ int run(const Options& o) {
   copt.resume = o.resume;
   copt.stop_after_layers = o.stop_after_layers;
   copt.backend = backend;
+  copt.crr = o.crr;
+  copt.crr_options.window = o.crr_window;
+  copt.crr_options.epochs = o.crr_epochs;
+  copt.crr_options.lr = o.crr_lr;
+  copt.crr_options.group = o.crr_group;
+  copt.crr_options.alpha = o.crr_alpha;
 
   cli::Progress progress;
+  // One stderr line per CRR (block, bits): the window loss before and after training.
+  copt.crr_progress = [&](int b, int block, double before, double after, int64_t, int64_t) {
+    progress.finish();
+    std::fprintf(stderr, "kvq-calibrate: crr %d bits, block %d: window loss %.6g -> %.6g (%+.2f%%)\n", b, block,
+                 before, after, before > 0 ? (after / before - 1) * 100 : 0.0);
+  };
   const auto t0 = std::chrono::steady_clock::now();
   auto stage_t0 = t0;
   std::string stage_name;
@@ -217,7 +258,7 @@ int run(const Options& o) {
           stage_t0 = now;
         }
         const double el = std::chrono::duration<double>(now - stage_t0).count();
-        progress.update(done, total, std::string(stage) + (std::string(stage) == "capture" ? " (forward+backward)" : " (layer)"),
+        progress.update(done, total, std::string(stage) + (std::string(stage) == "capture" ? " (forward+backward)" : std::string(stage) == "crr" ? " (window)" : " (layer)"),
                         done > 0 ? el / static_cast<double>(done) * static_cast<double>(total - done) : -1.0);
       });
   progress.finish();
@@ -258,6 +299,7 @@ int run(const Options& o) {
                                 {"output", o.output},
                                 {"output_sha256", digest},
                                 {"layers", layers},
+                                {"crr", crr_json(s)},
                                 {"threads", threads},
                                 {"kvq", cli::build_info()}};
     std::printf("%s\n", j.dump(2).c_str());
@@ -286,6 +328,22 @@ int run(const Options& o) {
     if (!rows.empty()) {
       std::printf("\n");
       cli::print_table({"layer", "bits", "k points", "k cost", "v points", "v cost"}, rows);
+    }
+    if (s.crr) {
+      std::vector<std::vector<std::string>> crows;
+      for (const calib::CrrBitsResult& b : s.crr->per_bits) {
+        for (size_t i = 0; i < b.loss_before.size(); ++i) {
+          crows.push_back({std::to_string(i), std::to_string(b.bits), cli::strf("%.6g", b.loss_before[i]),
+                           cli::strf("%.6g", b.loss_after[i]),
+                           cli::strf("%+.2f%%", (b.loss_after[i] / b.loss_before[i] - 1) * 100),
+                           i == 0 ? cli::strf("%.6g", b.loss_identity) : std::string()});
+        }
+      }
+      std::printf("\nWKVQuant CRR (window %d, %d epochs, lr %g, group %d, %.1f s): mean |Y_fp - Y_q| at the window output\n",
+                  s.crr->window, s.crr->epochs, s.crr->lr, s.crr->group, s.crr->seconds);
+      cli::print_table({"block", "bits", "before", "after", "change", "delta=0,s=1"}, crows);
+    } else if (s.crr_resumed) {
+      std::printf("\nWKVQuant CRR: kept from the resumed file\n");
     }
   }
   return 0;
@@ -322,6 +380,24 @@ int main(int argc, char** argv) {
       ->group("");
   app.add_option("--fisher-out", o.fisher_out,
                  "Also write the Fisher information (hf_oracle.py fisher layout) to this folder")
+      ->group("");
+  app.add_flag("--crr", o.crr,
+               "Also run WKVQuant cross-block reconstruction (CPU; needed for wkvquant profiles; costs about "
+               "3 x window x epochs x bit widths Fisher passes)");
+  app.add_option("--crr-window", o.crr_window, "CRR: consecutive blocks per window (clamped to the layers)")
+      ->check(CLI::Range(1, 1 << 16))
+      ->capture_default_str();
+  app.add_option("--crr-epochs", o.crr_epochs, "CRR: passes over the sequences per window")
+      ->check(CLI::Range(0, 1 << 16))
+      ->capture_default_str();
+  app.add_option("--crr-lr", o.crr_lr, "CRR: AdamW learning rate on the normalised (delta, log s)")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  app.add_option("--crr-group", o.crr_group, "CRR: channels per quantization group (0: head_dim)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--crr-alpha", o.crr_alpha, "CRR: initial s = (channel half-range / head mean)^alpha (measurements)")
+      ->check(CLI::Range(0.0, 2.0))
       ->group("");
   cli::add_threads_option(app, o.threads);
   cli::add_backend_option(app, o.backend);
