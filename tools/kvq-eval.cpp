@@ -85,7 +85,7 @@ struct Options {
   std::string dataset;
   std::string tokenizer;
   std::string protocol;  // "" = from the dataset
-  int seqlen = 0;        // 0 = min(model window, 2048)
+  int seqlen = 0;        // 0 = min(model window, 2048); longbench: the window, 0 = the model's
   int64_t max_windows = -1;
   int batch = 1;
   int threads = 0;
@@ -231,10 +231,15 @@ std::string scheme_spec(const Profile& p, const KindScheme& s) {
     case Method::kQ4_0: return "q4_0";
     case Method::kFp8: return std::string("fp8:") + (p.options.fp8_format == Fp8Format::kE5M2 ? "e5m2" : "e4m3");
     case Method::kHadamard: return "hadamard:bits=" + b + ",seed=" + std::to_string(p.options.hadamard_seed);
-    case Method::kMikv: break;
+    case Method::kMikv:
+      // The codec has no sink tokens: a profile asking for them cannot be honoured.
+      if (p.options.sink_tokens > 0) break;
+      return "mikv:hi=" + std::string(p.options.mikv_high == MikvHigh::kFp16 ? "fp16" : "int8") + ",lo=int" + b +
+             ",budget=" + cli::strf("%.17g", p.options.mikv_high_share) +
+             ",recent=" + std::to_string(p.options.mikv_recent) + ",balance=" + (p.options.balancer ? "1" : "0");
   }
-  throw UnsupportedError("--profile", std::string(method_name(p.method)) + " profiles cannot be simulated by kvq-eval yet",
-                         "use --kv mikv:... for MiKV's simulated protocol");
+  throw UnsupportedError("--profile", std::string(method_name(p.method)) + " profiles with sink tokens cannot be simulated",
+                         "MiKV keeps no sink tokens: convert with sink=0");
 }
 
 codecs::CodecParams layer_params(const Profile& p, int layer, KvKind kind) {
@@ -255,6 +260,10 @@ codecs::CodecParams layer_params(const Profile& p, int layer, KvKind kind) {
   if (const FloatTensor* t = get("smooth_delta")) c.tensors["delta"] = t->data;
   if (const FloatTensor* t = get("smooth_scale")) c.tensors["s"] = t->data;
   if (const FloatTensor* t = get("fp8_scale")) c.tensors["scale"] = t->data;
+  // MiKV's balancer multiplies keys (lib/codecs/mikv.cpp); one tensor per layer.
+  if (kind == KvKind::kKeys && p.method == Method::kMikv && p.options.balancer) {
+    if (const FloatTensor* t = p.find(profile_balancer_name(layer))) c.tensors["balance"] = t->data;
+  }
   return c;
 }
 
@@ -930,7 +939,8 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"wikitext", "text", "c4"}));
   app.add_option("--tokenizer", o.tokenizer,
                  "tokenizer.json, tokenizer.model, llama2.c tokenizer .bin or a folder (default: the model folder)");
-  app.add_option("--seqlen", o.seqlen, "Window length in tokens (0: min(model window, 2048))")
+  app.add_option("--seqlen", o.seqlen,
+                 "Window length in tokens (0: min(model window, 2048); longbench: prompt + generation, 0: the model's window)")
       ->check(CLI::Range(0, 1 << 24))
       ->capture_default_str();
   app.add_option("--max-windows", o.max_windows, "Evaluate only the first N windows (-1: all)")
