@@ -190,14 +190,22 @@ void check_init(const std::vector<double>& init) {
 
 // Lloyd with one assignment pass over the unsorted points per iteration: O(N log k) per
 // iteration, no sort. Used for the polish after the DP, which takes one or two steps.
-KMeans1D lloyd_direct(const WeightedPoints& p, std::vector<double> init, int max_iterations) {
+// *init_cost receives the cost of `init` (the first pass computes it anyway), and a
+// converged run reuses its last pass's cost instead of one more pass: the same sums in the
+// same order, so the same bits as kmeans_cost, one or two passes over the points fewer.
+KMeans1D lloyd_direct(const WeightedPoints& p, std::vector<double> init, int max_iterations,
+                      double* init_cost = nullptr) {
   check_init(init);
   std::sort(init.begin(), init.end());
   KMeans1D r;
   r.centroids = std::move(init);
   const int k = static_cast<int>(r.centroids.size());
+  bool converged = false;
+  double last_cost = 0.0;
   for (int it = 0; it < max_iterations; ++it) {
     const Pass pass = assign(p, r.centroids);
+    if (it == 0 && init_cost) *init_cost = pass.cost;
+    last_cost = pass.cost;
     std::vector<double> next = r.centroids;
     for (int j = 0; j < k; ++j) {
       if (pass.w[j] > 0.0) next[j] = pass.s[j] / pass.w[j];
@@ -208,9 +216,13 @@ KMeans1D lloyd_direct(const WeightedPoints& p, std::vector<double> init, int max
     const bool moved = next != r.centroids;
     r.centroids = std::move(next);
     r.iterations = it + 1;
-    if (!moved) break;
+    if (!moved) {
+      converged = true;
+      break;
+    }
   }
-  r.cost = assign(p, r.centroids).cost;
+  r.cost = converged ? last_cost : assign(p, r.centroids).cost;
+  if (max_iterations <= 0 && init_cost) *init_cost = r.cost;
   return r;
 }
 
@@ -344,11 +356,12 @@ WeightedHistogram distinct_units(std::vector<std::pair<float, double>> v) {
   return h;
 }
 
-// The histogram plus, per point, the index of its (non-empty) bin, -1 for weight 0.
-// point_bin is only filled for the binned (not exact) path.
+// The histogram plus, for the binned (not exact) path, the positive-weight points of each
+// (non-empty) bin: bin_points[bin_begin[f] .. bin_begin[f+1]), ascending index.
 struct Binned {
   WeightedHistogram h;
-  std::vector<int32_t> point_bin;
+  std::vector<int64_t> bin_begin;
+  std::vector<uint32_t> bin_points;
 };
 
 Binned bin_points(const WeightedPoints& p, int max_bins) {
@@ -397,19 +410,19 @@ Binned bin_points(const WeightedPoints& p, int max_bins) {
   edges.erase(std::unique(edges.begin(), edges.end()), edges.end());
   const int nb = std::max<int>(1, static_cast<int>(edges.size()) - 1);
   // Bin index per point in parallel, then one ordered accumulation (deterministic).
-  out.point_bin.resize(n);
+  std::vector<int32_t> point_bin(n);
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i) {
     const double x = p.x[static_cast<size_t>(i)];
     const int b = static_cast<int>(std::upper_bound(edges.begin(), edges.end(), x) - edges.begin()) - 1;
-    out.point_bin[i] = std::clamp(b, 0, nb - 1);
+    point_bin[i] = std::clamp(b, 0, nb - 1);
   }
   std::vector<double> w(nb, 0.0), s(nb, 0.0), q(nb, 0.0);
   for (int64_t i = 0; i < n; ++i) {
     const double wi = p.weight(static_cast<size_t>(i));
     if (wi == 0.0) continue;
     const double x = p.x[static_cast<size_t>(i)];
-    const int32_t b = out.point_bin[i];
+    const int32_t b = point_bin[i];
     w[b] += wi;
     s[b] += wi * x;
     q[b] += wi * x * x;
@@ -423,8 +436,19 @@ Binned bin_points(const WeightedPoints& p, int max_bins) {
       out.h.sum_sq.push_back(q[b]);
     }
   }
+  // Counting sort of the positive-weight points by compact bin (stable: ascending index).
+  const int nf = static_cast<int>(out.h.weight.size());
+  out.bin_begin.assign(static_cast<size_t>(nf) + 1, 0);
   for (int64_t i = 0; i < n; ++i) {
-    out.point_bin[i] = p.weight(static_cast<size_t>(i)) == 0.0 ? -1 : compact[out.point_bin[i]];
+    if (p.weight(static_cast<size_t>(i)) == 0.0) continue;
+    ++out.bin_begin[static_cast<size_t>(compact[point_bin[i]]) + 1];
+  }
+  for (int f = 0; f < nf; ++f) out.bin_begin[f + 1] += out.bin_begin[f];
+  out.bin_points.resize(static_cast<size_t>(out.bin_begin[nf]));
+  std::vector<int64_t> fill(out.bin_begin.begin(), out.bin_begin.end() - 1);
+  for (int64_t i = 0; i < n; ++i) {
+    if (p.weight(static_cast<size_t>(i)) == 0.0) continue;
+    out.bin_points[static_cast<size_t>(fill[compact[point_bin[i]]]++)] = static_cast<uint32_t>(i);
   }
   return out;
 }
@@ -533,17 +557,34 @@ KMeans1D optimal_kmeans_histogram(const WeightedHistogram& h, int k) {
 
 KMeans1D exact_kmeans(const WeightedPoints& p, int k, const ExactOptions& opt) {
   if (k < 1) throw InvalidArgument(kWhere, "k = " + std::to_string(k) + " (need k >= 1)");
+  return ExactKMeans(p, opt).solve(k);
+}
+
+ExactKMeans::ExactKMeans(const WeightedPoints& p, const ExactOptions& opt) : p_(p), opt_(opt) {
+  if (p.x.size() > std::numeric_limits<uint32_t>::max()) {
+    throw InvalidArgument(kWhere, std::to_string(p.x.size()) + " points (at most 2^32 - 1)");
+  }
   Binned b = bin_points(p, opt.max_bins);
+  h_ = std::move(b.h);
+  bin_begin_ = std::move(b.bin_begin);
+  bin_points_ = std::move(b.bin_points);
+}
+
+KMeans1D ExactKMeans::solve(int k) const {
+  if (k < 1) throw InvalidArgument(kWhere, "k = " + std::to_string(k) + " (need k >= 1)");
+  const WeightedPoints& p = p_;
+  const ExactOptions& opt = opt_;
   KMeans1D dp;
-  if (b.h.exact) {
-    dp = optimal_kmeans_histogram(b.h, k);
+  if (h_.exact) {
+    dp = optimal_kmeans_histogram(h_, k);
   } else {
     // Coarse-to-fine: the DP on bins puts each cluster boundary at a bin edge, possibly
     // a fraction of a bin away from the optimum. Replace the bins next to every boundary
     // by their distinct points (exact units) and solve again, until the boundaries sit
     // in refined regions only. Measured on a 200k-point Gaussian mixture: bins alone
     // left the cost 2e-9 (relative) above the best Lloyd run; refined, it ties or wins.
-    const int nf = static_cast<int>(b.h.weight.size());
+    const WeightedHistogram& bh = h_;
+    const int nf = static_cast<int>(bh.weight.size());
     std::vector<char> refined(nf, 0);
     std::vector<WeightedHistogram> exact_of(nf);
     WeightedHistogram units;
@@ -554,9 +595,9 @@ KMeans1D exact_kmeans(const WeightedPoints& p, int k, const ExactOptions& opt) {
       unit_fine.clear();
       for (int f = 0; f < nf; ++f) {
         if (!refined[f]) {
-          units.weight.push_back(b.h.weight[f]);
-          units.sum.push_back(b.h.sum[f]);
-          units.sum_sq.push_back(b.h.sum_sq[f]);
+          units.weight.push_back(bh.weight[f]);
+          units.sum.push_back(bh.sum[f]);
+          units.sum_sq.push_back(bh.sum_sq[f]);
           unit_fine.push_back(f);
           continue;
         }
@@ -583,13 +624,15 @@ KMeans1D exact_kmeans(const WeightedPoints& p, int k, const ExactOptions& opt) {
         }
       }
       if (!any) break;
-      std::vector<std::vector<std::pair<float, double>>> pts(nf);
-      for (size_t i = 0; i < p.x.size(); ++i) {
-        const int32_t f = b.point_bin[i];
-        if (f >= 0 && fresh[f]) pts[f].emplace_back(p.x[i], p.weight(i));
-      }
       for (int f = 0; f < nf; ++f) {
-        if (fresh[f]) exact_of[f] = distinct_units(std::move(pts[f]));
+        if (!fresh[f]) continue;
+        std::vector<std::pair<float, double>> pts;
+        pts.reserve(static_cast<size_t>(bin_begin_[f + 1] - bin_begin_[f]));
+        for (int64_t q = bin_begin_[f]; q < bin_begin_[f + 1]; ++q) {
+          const size_t i = bin_points_[static_cast<size_t>(q)];
+          pts.emplace_back(p.x[i], p.weight(i));
+        }
+        exact_of[f] = distinct_units(std::move(pts));
       }
     }
     dp.cost = part.cost;
@@ -599,10 +642,11 @@ KMeans1D exact_kmeans(const WeightedPoints& p, int k, const ExactOptions& opt) {
     dp.cost = kmeans_cost(p, dp.centroids);
     return dp;
   }
-  KMeans1D r = lloyd_direct(p, dp.centroids, opt.polish_iterations);
+  double dp_cost = 0.0;
+  KMeans1D r = lloyd_direct(p, dp.centroids, opt.polish_iterations, &dp_cost);
   // Lloyd from the DP centroids never raises the cost; keep the DP result if rounding in
-  // the two cost sums says otherwise.
-  const double dp_cost = kmeans_cost(p, dp.centroids);
+  // the two cost sums says otherwise. dp_cost is kmeans_cost(p, dp.centroids), from the
+  // polish's first pass.
   if (dp_cost < r.cost) {
     dp.cost = dp_cost;
     return dp;

@@ -11,7 +11,8 @@
 // Goals: the exact solver's cost on the raw points is <= the best of 10 k-means++ Lloyd
 // runs (tested on random and adversarial data); results are bit-identical for the same
 // inputs on any thread count (fixed-size chunks, partial sums added in chunk order).
-// Non-goals: more than one dimension; k above a few hundred (the DP is O(k B log B)).
+// Non-goals: more than one dimension; k above a few hundred (the DP is O(k B log B));
+// more than 2^32 points.
 //
 // Points with weight 0 take part in nothing. NaN/Inf points or negative/NaN weights,
 // k < 1, or a zero total weight throw kvq::InvalidArgument.
@@ -97,7 +98,31 @@ struct ExactOptions {
 };
 
 // build_histogram + optimal_kmeans_histogram + Lloyd polish on the raw points.
-// The result's cost is on the raw points.
+// The result's cost is on the raw points. Same as ExactKMeans(p, opt).solve(k).
 KMeans1D exact_kmeans(const WeightedPoints& p, int k, const ExactOptions& opt = {});
+
+// exact_kmeans for several k on the same points: the points are validated and binned
+// once (the histogram does not depend on k), with the points of each bin listed once
+// (bin-major, ascending index) for the coarse-to-fine refinement, which then reads only
+// the points of the bins it refines instead of scanning all points per round. Why: NUQ
+// signposts are fitted for 2, 3 and 4 bits on the same points, and rebuilding the
+// histogram per bit width was ~30% of kvq-calibrate (profile in notes/s2/results-h16.md).
+// solve() is const and touches no shared mutable state, so several k may be solved on
+// different threads at once; results are bit-identical to exact_kmeans. The points are
+// not copied: p's arrays must outlive the object.
+class ExactKMeans {
+ public:
+  explicit ExactKMeans(const WeightedPoints& p, const ExactOptions& opt = {});
+  KMeans1D solve(int k) const;
+  const WeightedHistogram& histogram() const { return h_; }
+
+ private:
+  WeightedPoints p_;
+  ExactOptions opt_;
+  WeightedHistogram h_;
+  // Binned path only: the points of bin f are bin_points_[bin_begin_[f] .. bin_begin_[f+1]).
+  std::vector<int64_t> bin_begin_;
+  std::vector<uint32_t> bin_points_;
+};
 
 }  // namespace kvq::calib

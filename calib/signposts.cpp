@@ -17,19 +17,24 @@ namespace {
 struct ValueVec {
   float mid = 0, half = 0;
   std::vector<char> outlier;
+  std::vector<int> idx;  // scratch, kept between calls to avoid an allocation per vector
 };
 
-ValueVec value_vector(const float* x, int hd, int k) {
-  ValueVec r;
+// The k entries of largest |x| (ties: lower channel first) are outliers. The order is a
+// strict total order, so the set is unique and nth_element (O(hd)) picks the same set as
+// a sort would.
+void value_vector(const float* x, int hd, int k, ValueVec& r) {
+  r.mid = r.half = 0;
   r.outlier.assign(static_cast<size_t>(hd), 0);
   if (k > 0) {
-    std::vector<int> idx(static_cast<size_t>(hd));
-    std::iota(idx.begin(), idx.end(), 0);
-    std::partial_sort(idx.begin(), idx.begin() + std::min(k, hd), idx.end(), [&](int a, int b) {
+    r.idx.resize(static_cast<size_t>(hd));
+    std::iota(r.idx.begin(), r.idx.end(), 0);
+    const int kk = std::min(k, hd);
+    std::nth_element(r.idx.begin(), r.idx.begin() + (kk - 1), r.idx.end(), [&](int a, int b) {
       const float fa = std::fabs(x[a]), fb = std::fabs(x[b]);
       return fa > fb || (fa == fb && a < b);
     });
-    for (int i = 0; i < std::min(k, hd); ++i) r.outlier[static_cast<size_t>(idx[static_cast<size_t>(i)])] = 1;
+    for (int i = 0; i < kk; ++i) r.outlier[static_cast<size_t>(r.idx[static_cast<size_t>(i)])] = 1;
   }
   float mn = INFINITY, mx = -INFINITY;
   for (int c = 0; c < hd; ++c) {
@@ -41,7 +46,6 @@ ValueVec value_vector(const float* x, int hd, int k) {
     r.mid = 0.5f * (mn + mx);
     r.half = 0.5f * (mx - mn);
   }
-  return r;
 }
 
 float clamp1(float u) { return std::min(1.0f, std::max(-1.0f, u)); }
@@ -71,10 +75,11 @@ int value_outliers_per_head(double fraction, int head_dim) {
 void append_value_points(const float* v, const float* grad, int64_t rows, int dim, int head_dim,
                          double fraction, std::vector<float>& u, std::vector<float>& w) {
   const int k = value_outliers_per_head(fraction, head_dim);
+  ValueVec vv;
   for (int64_t t = 0; t < rows; ++t) {
     for (int h0 = 0; h0 < dim; h0 += head_dim) {
       const float* x = v + t * dim + h0;
-      const ValueVec vv = value_vector(x, head_dim, k);
+      value_vector(x, head_dim, k, vv);
       if (!(vv.half > 0.0f)) continue;
       for (int c = 0; c < head_dim; ++c) {
         if (vv.outlier[static_cast<size_t>(c)]) continue;
@@ -89,11 +94,22 @@ void append_value_points(const float* v, const float* grad, int64_t rows, int di
 SignpostFit fit_signposts(const std::vector<float>& u, const std::vector<float>& w, int bits) {
   if (u.empty()) throw InvalidArgument("signposts", "no calibration points to fit signposts on");
   if (bits < 1 || bits > 8) throw InvalidArgument("--bits", "bits " + std::to_string(bits) + " outside 1..8");
+  return SignpostFitter(u, w).fit(bits);
+}
+
+SignpostFitter::SignpostFitter(const std::vector<float>& u, const std::vector<float>& w) {
+  if (u.empty()) throw InvalidArgument("signposts", "no calibration points to fit signposts on");
+  weighted_ = std::any_of(w.begin(), w.end(), [](float x) { return x > 0.0f; });
+  km_ = weighted_ ? std::make_unique<ExactKMeans>(WeightedPoints{u, w})
+                  : std::make_unique<ExactKMeans>(WeightedPoints{u, {}});
+}
+
+SignpostFit SignpostFitter::fit(int bits) const {
+  if (bits < 1 || bits > 8) throw InvalidArgument("--bits", "bits " + std::to_string(bits) + " outside 1..8");
   SignpostFit fit;
-  const bool any = std::any_of(w.begin(), w.end(), [](float x) { return x > 0.0f; });
   const int k = 1 << bits;
-  const KMeans1D km = any ? exact_kmeans({u, w}, k) : exact_kmeans({u, {}}, k);
-  fit.weighted = any;
+  const KMeans1D km = km_->solve(k);
+  fit.weighted = weighted_;
   fit.cost = km.cost;
   std::vector<float> s(km.centroids.size());
   for (size_t i = 0; i < s.size(); ++i) s[i] = std::min(1.0f, std::max(-1.0f, static_cast<float>(km.centroids[i])));
@@ -110,6 +126,44 @@ SignpostFit fit_signposts(const std::vector<float>& u, const std::vector<float>&
   }
   fit.signposts = std::move(s);
   return fit;
+}
+
+namespace {
+
+// Builds each sequence's points on its own thread, then concatenates in sequence order.
+template <typename F>
+void points_side_by_side(size_t nseq, std::vector<float>& u, std::vector<float>& w, F append_one) {
+  std::vector<std::vector<float>> su(nseq), sw(nseq);
+#pragma omp parallel for schedule(dynamic, 1) if (nseq > 1)
+  for (int64_t i = 0; i < static_cast<int64_t>(nseq); ++i) {
+    append_one(static_cast<size_t>(i), su[static_cast<size_t>(i)], sw[static_cast<size_t>(i)]);
+  }
+  size_t total = u.size();
+  for (const auto& v : su) total += v.size();
+  u.reserve(total);
+  w.reserve(total);
+  for (size_t i = 0; i < nseq; ++i) {
+    u.insert(u.end(), su[i].begin(), su[i].end());
+    w.insert(w.end(), sw[i].begin(), sw[i].end());
+    std::vector<float>().swap(su[i]);
+    std::vector<float>().swap(sw[i]);
+  }
+}
+
+}  // namespace
+
+void key_points(std::span<const PointRows> seqs, int dim, const std::vector<float>& lo,
+                const std::vector<float>& hi, std::vector<float>& u, std::vector<float>& w) {
+  points_side_by_side(seqs.size(), u, w, [&](size_t i, std::vector<float>& su, std::vector<float>& sw) {
+    append_key_points(seqs[i].x, seqs[i].grad, seqs[i].rows, dim, lo, hi, su, sw);
+  });
+}
+
+void value_points(std::span<const PointRows> seqs, int dim, int head_dim, double fraction,
+                  std::vector<float>& u, std::vector<float>& w) {
+  points_side_by_side(seqs.size(), u, w, [&](size_t i, std::vector<float>& su, std::vector<float>& sw) {
+    append_value_points(seqs[i].x, seqs[i].grad, seqs[i].rows, dim, head_dim, fraction, su, sw);
+  });
 }
 
 int nearest_signpost(const std::vector<float>& lut, float u) {
@@ -157,10 +211,11 @@ void qnorm_add_keys(const float* k, int64_t rows, int dim, const std::vector<flo
 void qnorm_add_values(const float* v, int64_t rows, int dim, int head_dim, double fraction,
                       const std::vector<float>& lut, QNormAccumulator& acc) {
   const int k = value_outliers_per_head(fraction, head_dim);
+  ValueVec vv;
   for (int64_t t = 0; t < rows; ++t) {
     for (int h0 = 0; h0 < dim; h0 += head_dim) {
       const float* x = v + t * dim + h0;
-      const ValueVec vv = value_vector(x, head_dim, k);
+      value_vector(x, head_dim, k, vv);
       for (int c = 0; c < head_dim; ++c) {
         if (vv.outlier[static_cast<size_t>(c)]) continue;
         const float d = vv.half > 0.0f

@@ -12,8 +12,12 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
+#include <span>
 #include <utility>
 #include <vector>
+
+#include "calib/kmeans1d.h"
 
 namespace kvq::calib {
 
@@ -43,6 +47,35 @@ struct SignpostFit {
   bool weighted = true;     // false when the unit-weight fallback was used
 };
 SignpostFit fit_signposts(const std::vector<float>& u, const std::vector<float>& w, int bits);
+
+// fit_signposts for several bit widths on the same points: the points are validated and
+// binned once (calib/kmeans1d.h ExactKMeans) and each fit(bits) reuses them. fit() is
+// const and may run on several threads at once; fit(b) is bit-identical to
+// fit_signposts(u, w, b). u and w are not copied and must outlive the object.
+class SignpostFitter {
+ public:
+  SignpostFitter(const std::vector<float>& u, const std::vector<float>& w);
+  SignpostFit fit(int bits) const;
+
+ private:
+  bool weighted_ = true;
+  std::unique_ptr<ExactKMeans> km_;
+};
+
+// One sequence's rows for the point builders below.
+struct PointRows {
+  const float* x = nullptr;     // [rows, dim]
+  const float* grad = nullptr;  // [rows, dim] or nullptr (unit weights)
+  int64_t rows = 0;
+};
+
+// The points of several sequences, in sequence order: the same arrays as calling
+// append_key_points / append_value_points once per sequence, built side by side
+// (one sequence per thread) and concatenated.
+void key_points(std::span<const PointRows> seqs, int dim, const std::vector<float>& lo,
+                const std::vector<float>& hi, std::vector<float>& u, std::vector<float>& w);
+void value_points(std::span<const PointRows> seqs, int dim, int head_dim, double fraction,
+                  std::vector<float>& u, std::vector<float>& w);
 
 // Index of the nearest signpost (lut ascending), the lower one on a tie.
 int nearest_signpost(const std::vector<float>& lut, float u);

@@ -60,4 +60,27 @@ struct ChannelThresholds {
 ChannelThresholds per_channel_thresholds(std::span<const RowsView> seqs, int sink,
                                          double tail_fraction);
 
+// m = floor(p * n) as tail_thresholds counts it (at most (n-1)/2).
+int64_t tail_count(int64_t n, double tail_fraction);
+
+// Writes v[r] = the value of ascending rank r for every r in `ranks` (ascending, distinct,
+// each in [0, v.size())); v is reordered. One nth_element per rank, each on the part of v
+// that the previous ones left between two selected ranks (middle rank first), so a handful
+// of ranks costs a few passes over v instead of one full pass per rank.
+void select_ranks(std::span<float> v, std::span<const int64_t> ranks);
+
+// Everything kvq-calibrate needs of one kind per channel in one pass over the data: the
+// min/max and the tail thresholds for several tail fractions at once (each column is
+// gathered once, blocked over 16 columns so that every row's cache line is read once,
+// and its order statistics come from one select_ranks). lo[f][c], hi[f][c] equal
+// per_channel_thresholds(seqs, sink, tail_fractions[f]).lo/hi[c] exactly.
+struct ChannelOrderStats {
+  std::vector<float> min, max;              // [cols]
+  std::vector<std::vector<float>> lo, hi;   // [fractions][cols]
+  std::vector<int64_t> tail_count;          // per fraction
+  int64_t rows = 0;                         // non-sink rows seen
+};
+ChannelOrderStats per_channel_order_stats(std::span<const RowsView> seqs, int sink,
+                                          std::span<const double> tail_fractions);
+
 }  // namespace kvq::calib
