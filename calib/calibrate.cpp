@@ -367,32 +367,38 @@ CalibrateSummary run_calibration(std::shared_ptr<const Model> model, std::span<c
   const int D = cfg.kv_dim(), hd = cfg.head_dim;
   const int last = opt.stop_after_layers > 0 ? std::min(cfg.n_layers, base.complete_layers + opt.stop_after_layers)
                                              : cfg.n_layers;
+  // Phase times (fit_seconds = these + the file writes); names as in the JSON summary.
+  using Clock = std::chrono::steady_clock;
+  auto secs = [](Clock::time_point a) { return std::chrono::duration<double>(Clock::now() - a).count(); };
   for (int l = base.complete_layers; l < last; ++l) {
+    auto tp = Clock::now();
     const LayerData d = read_layer(work, nseq, sh, l);
+    sum.spill_read_seconds += secs(tp);
+    tp = Clock::now();
     std::vector<RowsView> kview, vview;
     for (size_t i = 0; i < nseq; ++i) {
       kview.push_back({d.k[i].data() + static_cast<int64_t>(opt.sink) * D, opt.seqlen - opt.sink, D});
       vview.push_back({d.v[i].data() + static_cast<int64_t>(opt.sink) * D, opt.seqlen - opt.sink, D});
     }
     FloatTensors& T = base.tensors;
-    // Ranges, thresholds and moments.
-    const ChannelThresholds vr = per_channel_thresholds(vview, 0, 0.0);
+    // Ranges, thresholds and moments: one gather and one multi-rank selection per channel
+    // and kind (calib/thresholds.h per_channel_order_stats), for all fractions at once.
+    std::vector<double> tails;
+    for (double f : fractions) tails.push_back(f / 2);
+    const ChannelOrderStats vr = per_channel_order_stats(vview, 0, {});
+    const ChannelOrderStats kt = per_channel_order_stats(kview, 0, tails);
     std::vector<float> krange, vrange, kthr;
-    std::vector<float> fit_lo, fit_hi;
-    ChannelThresholds kmm = per_channel_thresholds(kview, 0, 0.0);
-    krange = kmm.min;
-    krange.insert(krange.end(), kmm.max.begin(), kmm.max.end());
+    std::vector<float> fit_lo = kt.min, fit_hi = kt.max;
+    krange = kt.min;
+    krange.insert(krange.end(), kt.max.begin(), kt.max.end());
     vrange = vr.min;
     vrange.insert(vrange.end(), vr.max.begin(), vr.max.end());
-    fit_lo = kmm.min;
-    fit_hi = kmm.max;
-    for (double f : fractions) {
-      const ChannelThresholds kt = per_channel_thresholds(kview, 0, f / 2);
-      kthr.insert(kthr.end(), kt.lo.begin(), kt.lo.end());
-      kthr.insert(kthr.end(), kt.hi.begin(), kt.hi.end());
-      if (f == opt.outlier_fraction) {
-        fit_lo = kt.lo;
-        fit_hi = kt.hi;
+    for (size_t fi = 0; fi < fractions.size(); ++fi) {
+      kthr.insert(kthr.end(), kt.lo[fi].begin(), kt.lo[fi].end());
+      kthr.insert(kthr.end(), kt.hi[fi].begin(), kt.hi[fi].end());
+      if (fractions[fi] == opt.outlier_fraction) {
+        fit_lo = kt.lo[fi];
+        fit_hi = kt.hi[fi];
       }
     }
     T[calibration_tensor_name(l, 'k', "channel_range")] = tensor({2, D}, krange);
@@ -403,36 +409,66 @@ CalibrateSummary run_calibration(std::shared_ptr<const Model> model, std::span<c
       T[calibration_tensor_name(l, 'k', "outlier_threshold")] =
           tensor({static_cast<int64_t>(fractions.size()), 2, D}, kthr);
     }
-    // Fisher-weighted points.
+    sum.thresholds_seconds += secs(tp);
+    tp = Clock::now();
+    // Fisher-weighted points (sequences side by side, concatenated in order).
     std::vector<float> ku, kw, vu, vw;
+    std::vector<PointRows> kp, vp;
+    const int64_t off = static_cast<int64_t>(opt.sink) * D;
+    const int64_t rows = opt.seqlen - opt.sink;
     for (size_t i = 0; i < nseq; ++i) {
-      const int64_t off = static_cast<int64_t>(opt.sink) * D;
-      const int64_t rows = opt.seqlen - opt.sink;
-      append_key_points(d.k[i].data() + off, d.dk[i].data() + off, rows, D, fit_lo, fit_hi, ku, kw);
-      append_value_points(d.v[i].data() + off, d.dv[i].data() + off, rows, D, hd, opt.outlier_fraction, vu, vw);
+      kp.push_back({d.k[i].data() + off, d.dk[i].data() + off, rows});
+      vp.push_back({d.v[i].data() + off, d.dv[i].data() + off, rows});
     }
+    key_points(kp, D, fit_lo, fit_hi, ku, kw);
+    value_points(vp, D, hd, opt.outlier_fraction, vu, vw);
     LayerFitSummary& ls = sum.layers[static_cast<size_t>(l)];
     ls.k_points = static_cast<int64_t>(ku.size());
     ls.v_points = static_cast<int64_t>(vu.size());
-    for (int b : bits) {
-      const SignpostFit kf = fit_signposts(ku, kw, b);
-      const SignpostFit vf = fit_signposts(vu, vw, b);
-      ls.k_cost.push_back(kf.cost);
-      ls.v_cost.push_back(vf.cost);
-      QNormAccumulator kq, vq;
-      for (size_t i = 0; i < nseq; ++i) {
-        const int64_t off = static_cast<int64_t>(opt.sink) * D;
-        const int64_t rows = opt.seqlen - opt.sink;
-        qnorm_add_keys(d.k[i].data() + off, rows, D, fit_lo, fit_hi, kf.signposts, kq);
-        qnorm_add_values(d.v[i].data() + off, rows, D, hd, opt.outlier_fraction, vf.signposts, vq);
+    // Each kind's points are binned once for all bit widths (SignpostFitter), and the
+    // (kind, bits) fits with their Q-Norm run side by side: they are independent, and each
+    // one's arithmetic does not depend on which thread runs it.
+    // The fitters are built one after the other: binning is parallel inside.
+    const SignpostFitter kfitter(ku, kw), vfitter(vu, vw);
+    const SignpostFitter* fitters[2] = {&kfitter, &vfitter};
+    const int nb = static_cast<int>(bits.size());
+    std::vector<SignpostFit> fits(static_cast<size_t>(2 * nb));
+    std::vector<std::pair<float, float>> qn(fits.size());
+    std::vector<std::exception_ptr> fit_errors(fits.size());
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int t = 0; t < 2 * nb; ++t) {
+      // Largest k first (t = 0, 1 are the widest bits): they take longest.
+      const int kind = t % 2, b = bits[static_cast<size_t>(nb - 1 - t / 2)];
+      try {
+        const SignpostFit f = fitters[kind]->fit(b);
+        QNormAccumulator q;
+        for (size_t i = 0; i < nseq; ++i) {
+          if (kind == 0) {
+            qnorm_add_keys(d.k[i].data() + off, rows, D, fit_lo, fit_hi, f.signposts, q);
+          } else {
+            qnorm_add_values(d.v[i].data() + off, rows, D, hd, opt.outlier_fraction, f.signposts, q);
+          }
+        }
+        qn[static_cast<size_t>(t)] = q.fit();
+        fits[static_cast<size_t>(t)] = f;
+      } catch (...) {
+        fit_errors[static_cast<size_t>(t)] = std::current_exception();
       }
-      const auto [ka, kb] = kq.fit();
-      const auto [va, vb] = vq.fit();
-      T[calibration_bits_name(l, KvKind::kKeys, b, "signposts")] = tensor({int64_t{1} << b}, kf.signposts);
-      T[calibration_bits_name(l, KvKind::kValues, b, "signposts")] = tensor({int64_t{1} << b}, vf.signposts);
-      T[calibration_bits_name(l, KvKind::kKeys, b, "qnorm")] = tensor({2}, {ka, kb});
-      T[calibration_bits_name(l, KvKind::kValues, b, "qnorm")] = tensor({2}, {va, vb});
     }
+    for (const std::exception_ptr& e : fit_errors) {
+      if (e) std::rethrow_exception(e);
+    }
+    for (int bi = 0; bi < nb; ++bi) {
+      const int b = bits[static_cast<size_t>(bi)];
+      const size_t tk = static_cast<size_t>(2 * (nb - 1 - bi)), tv = tk + 1;
+      ls.k_cost.push_back(fits[tk].cost);
+      ls.v_cost.push_back(fits[tv].cost);
+      T[calibration_bits_name(l, KvKind::kKeys, b, "signposts")] = tensor({int64_t{1} << b}, fits[tk].signposts);
+      T[calibration_bits_name(l, KvKind::kValues, b, "signposts")] = tensor({int64_t{1} << b}, fits[tv].signposts);
+      T[calibration_bits_name(l, KvKind::kKeys, b, "qnorm")] = tensor({2}, {qn[tk].first, qn[tk].second});
+      T[calibration_bits_name(l, KvKind::kValues, b, "qnorm")] = tensor({2}, {qn[tv].first, qn[tv].second});
+    }
+    sum.signposts_seconds += secs(tp);
     T[calibration_tensor_name(l, 'q', "post_rope_absmax")] = tensor({cfg.q_dim()}, d.qabs);
     T[calibration_tensor_name(l, 'k', "post_rope_absmax")] = tensor({D}, d.kabs);
     T[calibration_tensor_name(l, 'v', "absmax")] = tensor({D}, d.vabs);

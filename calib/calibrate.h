@@ -74,6 +74,10 @@ struct CalibrateSummary {
   int resumed_layers = 0;
   int complete_layers = 0;
   double capture_seconds = 0, fit_seconds = 0;
+  // Parts of fit_seconds: reading the layer slices of the spill files; ranges, thresholds
+  // and moments; NUQ points, signposts (k-means) and Q-Norm. fit_seconds also holds the
+  // calibration file writes.
+  double spill_read_seconds = 0, thresholds_seconds = 0, signposts_seconds = 0;
   size_t gpu_peak_bytes = 0;           // the CUDA backward pass's peak device memory (0 on CPU)
   std::vector<LayerFitSummary> layers; // the layers fitted in this run (index = layer)
   std::optional<CrrResult> crr;        // when CRR ran in this run

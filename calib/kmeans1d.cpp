@@ -410,12 +410,42 @@ Binned bin_points(const WeightedPoints& p, int max_bins) {
   edges.erase(std::unique(edges.begin(), edges.end()), edges.end());
   const int nb = std::max<int>(1, static_cast<int>(edges.size()) - 1);
   // Bin index per point in parallel, then one ordered accumulation (deterministic).
+  // The index is upper_bound(edges, x) - 1. A plain binary search over ~2^16 edges is 16
+  // dependent cache-missing probes per point (13% of kvq-calibrate, perf, testbed); a
+  // uniform grid over [lo, hi] narrows it to the few edges of the point's cell. The grid
+  // only guesses the range [a, b): the search is exact whenever edges[a-1] <= x (or
+  // a = 0) and x < edges[b] (or b = end), which is checked, with the full search as the
+  // fallback, so rounding in the cell arithmetic can never change a bin.
+  const int64_t ne = static_cast<int64_t>(edges.size());
+  const int grid = std::max(1, nb);
+  const double scale = hi > lo ? grid / (hi - lo) : 0.0;
+  auto cell_of = [&](double x) {
+    const double c = (x - lo) * scale;
+    return c <= 0.0 ? 0 : c >= grid - 1 ? grid - 1 : static_cast<int>(c);
+  };
+  std::vector<int32_t> cell_first(static_cast<size_t>(grid) + 1, 0);
+  {
+    // cell_first[g] = first edge index whose cell is >= g; edges of cell g lie in
+    // [cell_first[g], cell_first[g+1]).
+    std::vector<int32_t> count(static_cast<size_t>(grid) + 1, 0);
+    for (int64_t e = 0; e < ne; ++e) ++count[static_cast<size_t>(cell_of(edges[static_cast<size_t>(e)])) + 1];
+    for (int g = 0; g < grid; ++g) cell_first[g + 1] = cell_first[g] + count[static_cast<size_t>(g) + 1];
+  }
   std::vector<int32_t> point_bin(n);
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i) {
     const double x = p.x[static_cast<size_t>(i)];
-    const int b = static_cast<int>(std::upper_bound(edges.begin(), edges.end(), x) - edges.begin()) - 1;
-    point_bin[i] = std::clamp(b, 0, nb - 1);
+    const int g = cell_of(x);
+    // Candidates: from the last edge before the cell to the first edge after it.
+    const int64_t a = std::max<int64_t>(0, cell_first[g] - 1);
+    const int64_t b = std::min<int64_t>(ne, cell_first[g + 1] + 1);
+    int64_t r;
+    if ((a == 0 || edges[static_cast<size_t>(a - 1)] <= x) && (b == ne || x < edges[static_cast<size_t>(b)])) {
+      r = std::upper_bound(edges.begin() + a, edges.begin() + b, x) - edges.begin();
+    } else {
+      r = std::upper_bound(edges.begin(), edges.end(), x) - edges.begin();
+    }
+    point_bin[i] = std::clamp(static_cast<int>(r) - 1, 0, nb - 1);
   }
   std::vector<double> w(nb, 0.0), s(nb, 0.0), q(nb, 0.0);
   for (int64_t i = 0; i < n; ++i) {
