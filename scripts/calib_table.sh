@@ -77,12 +77,22 @@ for t in kvq-calibrate kvq-convert kvq-eval; do
   [[ -x $bin/$t ]] || { echo "calib_table.sh: $bin/$t not built" >&2; exit 1; }
 done
 
-# 1. Calibrate (resumes a run interrupted in the same --out; refuses other settings).
+# 1. Calibrate. --resume continues a run interrupted in the same --out (or reuses a finished
+#    one); when kvq-calibrate refuses to resume (the file was made with other data, settings
+#    or another kvq revision), calibrate afresh.
 t0=$(date +%s)
 echo "calib_table.sh: [1/3] kvq-calibrate -> $out/calib.kvqc" >&2
-"$bin/kvq-calibrate" --model "$model" --dataset "$calib_data" --nseq "$nseq" --seqlen "$calib_seqlen" \
-  --seed "$seed" --bits "$bits" --backend "$backend" --threads "$threads" -o "$out/calib.kvqc" --resume \
-  --format json > "$out/calibrate.json"
+cal=("$bin/kvq-calibrate" --model "$model" --dataset "$calib_data" --nseq "$nseq" --seqlen "$calib_seqlen"
+     --seed "$seed" --bits "$bits" --backend "$backend" --threads "$threads" -o "$out/calib.kvqc" --format json)
+set +e
+"${cal[@]}" --resume 2>&1 > "$out/calibrate.json" | tee "$out/calibrate.err" >&2
+rc=${PIPESTATUS[0]}
+set -e
+if ((rc != 0)); then
+  grep -q ': cannot resume: ' "$out/calibrate.err" || exit "$rc"
+  echo "calib_table.sh: $out/calib.kvqc was made differently; calibrating afresh" >&2
+  "${cal[@]}" > "$out/calibrate.json"
+fi
 t1=$(date +%s)
 
 # 2. Profiles, one per bit width (the conversion's defaults: the calibration's 1% outliers

@@ -49,12 +49,22 @@ fi
 mkdir -p "$out"
 t0=$(date +%s)
 
-# 1. Calibrate. The file name carries the settings, so --resume only ever continues a run
-#    made with the same ones (kvq-calibrate refuses a file made otherwise).
+# 1. Calibrate. --resume reuses a finished calibration (or continues an interrupted one);
+#    when kvq-calibrate refuses (made with another model, data, settings or kvq revision),
+#    calibrate afresh.
 calib=$out/calib-n$nseq-s$calib_seqlen.kvqc
 echo "kvq: [1/3] $bin/kvq-calibrate --model $model --dataset $calib_data --nseq $nseq --seqlen $calib_seqlen -o $calib" >&2
-"$bin/kvq-calibrate" --model "$model" --dataset "$calib_data" --nseq "$nseq" --seqlen "$calib_seqlen" \
-  --backend "$backend" -o "$calib" --resume > /dev/null
+cal=("$bin/kvq-calibrate" --model "$model" --dataset "$calib_data" --nseq "$nseq" --seqlen "$calib_seqlen"
+     --backend "$backend" -o "$calib")
+set +e
+"${cal[@]}" --resume 2>&1 > /dev/null | tee "$out/calibrate.err" >&2
+rc=${PIPESTATUS[0]}
+set -e
+if ((rc != 0)); then
+  grep -q ': cannot resume: ' "$out/calibrate.err" || exit "$rc"
+  echo "kvq: $calib was made differently; calibrating afresh" >&2
+  "${cal[@]}" > /dev/null
+fi
 t1=$(date +%s)
 
 # 2. Profiles.
