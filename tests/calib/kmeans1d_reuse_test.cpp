@@ -1,6 +1,7 @@
 // ExactKMeans (one histogram for every k) against exact_kmeans: bit-identical centroids
 // and costs for several k, on the exact (few points) and the binned (many points) paths,
 // also when the k are solved on several threads at once, as kvq-calibrate does.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <vector>
@@ -81,4 +82,38 @@ TEST_CASE("ExactKMeans rejects bad input with a typed error", "[kmeans]") {
   CHECK_THROWS_AS(ok.solve(0), InvalidArgument);
   std::vector<float> zero(3, 0.0f);
   CHECK_THROWS_AS(ExactKMeans({x, zero}), InvalidArgument);
+}
+
+TEST_CASE("kmeans_cost equals a naive one-chunk sum with std::lower_bound assignment",
+          "[kmeans]") {
+  // Below 2^16 points the cost is one sequential sum in index order, so a naive loop with
+  // std::lower_bound over the midpoints must give the same bits (the branch-free search
+  // must pick the same centroid for every point, ties on a midpoint included).
+  const uint64_t seed = kvq_test::test_seed(76);
+  SplitMix64 r(seed);
+  for (int k : {1, 2, 3, 16, 17}) {
+    std::vector<double> c;
+    for (int j = 0; j < k; ++j) c.push_back(std::round((2.0 * r.uniform() - 1.0) * 64.0) / 64.0);
+    std::sort(c.begin(), c.end());
+    std::vector<double> mid;
+    for (size_t j = 0; j + 1 < c.size(); ++j) mid.push_back(c[j] + 0.5 * (c[j + 1] - c[j]));
+    std::vector<float> x, w;
+    for (int i = 0; i < 4097; ++i) {
+      // A third of the points exactly on a midpoint or a centroid.
+      const double pick = r.uniform();
+      double v = 2.5 * r.uniform() - 1.25;
+      if (pick < 0.15 && !mid.empty()) v = mid[r.below(mid.size())];
+      else if (pick < 0.3) v = c[r.below(c.size())];
+      x.push_back(static_cast<float>(v));
+      w.push_back(static_cast<float>(r.uniform()));
+    }
+    double naive = 0.0;
+    for (size_t i = 0; i < x.size(); ++i) {
+      const double xi = x[i];
+      const size_t j = static_cast<size_t>(std::lower_bound(mid.begin(), mid.end(), xi) - mid.begin());
+      const double d = xi - c[j];
+      naive += static_cast<double>(w[i]) * d * d;
+    }
+    CHECK(kmeans_cost({x, w}, c) == naive);
+  }
 }

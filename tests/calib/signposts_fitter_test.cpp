@@ -109,3 +109,30 @@ TEST_CASE("key_points/value_points equal per-sequence appends; value outliers by
     CHECK(vu == vu3);
   }
 }
+
+TEST_CASE("nearest_signpost agrees with a std::lower_bound reference", "[signposts]") {
+  const uint64_t seed = kvq_test::test_seed(77);
+  SplitMix64 r(seed);
+  for (int n : {1, 2, 3, 4, 7, 8, 16}) {
+    std::vector<float> lut;
+    for (int i = 0; i < n; ++i) lut.push_back(-1.0f + 2.0f * static_cast<float>(i + r.uniform()) / n);
+    std::sort(lut.begin(), lut.end());
+    for (int t = 0; t < 2000; ++t) {
+      float u = static_cast<float>(2.5 * r.uniform() - 1.25);
+      if (t % 5 == 0) u = lut[r.below(static_cast<uint64_t>(n))];                       // on a signpost
+      if (t % 7 == 0 && n > 1) {                                                         // on a midpoint
+        const size_t j = r.below(static_cast<uint64_t>(n - 1));
+        u = lut[j] + 0.5f * (lut[j + 1] - lut[j]);
+      }
+      const auto it = std::lower_bound(lut.begin(), lut.end(), u);
+      int ref;
+      if (it == lut.begin()) ref = 0;
+      else if (it == lut.end()) ref = n - 1;
+      else {
+        const int hi = static_cast<int>(it - lut.begin());
+        ref = (u - lut[static_cast<size_t>(hi - 1)] <= lut[static_cast<size_t>(hi)] - u) ? hi - 1 : hi;
+      }
+      CHECK(nearest_signpost(lut, u) == ref);
+    }
+  }
+}
