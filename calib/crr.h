@@ -14,7 +14,10 @@
 // over s (with h ~ max_c r_c / s_c) by s proportional to r (the bound sum_c r_c^2); the
 // mean normalisation keeps x' at the size of x (the quantizer is scale-invariant up to
 // fp16 scales), the floor keeps near-constant channels from exploding the rare token that
-// leaves their range. Measured against alpha = 0 (no equalising) in notes/s2/results-h17.md.
+// leaves their range. Measured (testbed, WikiText-2 PPL, docs/calibrate.md): this init
+// alone takes 2-bit wkvquant from 450.7 to 430.8 and 3-bit from 363.8 to 354.8; alpha = 0
+// (centering only) gives 409.2 / 359.7 and alpha = 0.5 gives 411.7 / 353.6, so the best
+// exponent depends on the width (CrrOptions::alpha, hidden --crr-alpha).
 //
 // Windows: for each block i, the window is blocks i..min(i+k-1, L-1). Its input is the
 // full-precision hidden state entering block i (the fp model), its target the fp output
