@@ -543,7 +543,66 @@ nlohmann::json longbench_json(const LongBenchInputs& in, const std::vector<ds::L
   return j;
 }
 
-int run_ppl(const Options& o) {
+// "ppl,kld" -> {"ppl", "kld"}; duplicates dropped, order kept; empty items are kept (as
+// "") so that the validator names them.
+std::vector<std::string> split_tasks(const std::string& v) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (true) {
+    const size_t comma = v.find(',', start);
+    std::string t = v.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    if (std::find(out.begin(), out.end(), t) == out.end()) out.push_back(std::move(t));
+    if (comma == std::string::npos) return out;
+    start = comma + 1;
+  }
+}
+
+// The y value of a compare row for --plot: the task's headline metric.
+double plot_metric(const std::string& task, const ds::CompareRow& row) {
+  if (task == "kld") return row.kld_mean;
+  if (task == "passkey") return row.passkey_acc;
+  if (task == "lines") return row.lines_acc;
+  if (task == "longbench") return row.longbench_avg;
+  return row.ppl;
+}
+
+// Prints a compare table (text or JSON), draws --plot with `plot_task`'s metric, and
+// checks the thresholds: 0, or kExitThreshold when one failed.
+int report_compare(const Options& o, const ds::CompareTable& table, const std::string& plot_task,
+                   const nlohmann::json& extra) {
+  if (o.format == cli::OutputFormat::kJson) {
+    nlohmann::json j = nlohmann::json::parse(ds::format_compare_json(table));
+    for (const auto& [k, v] : extra.items()) j[k] = v;
+    std::printf("%s\n", j.dump(2).c_str());
+  } else {
+    std::printf("%s", ds::format_compare_text(table).c_str());
+  }
+  std::fflush(stdout);
+  if (!o.plot.empty()) {
+    std::vector<cli::PlotPoint> pts;
+    for (const auto& row : table.rows)
+      pts.push_back({row.method, row.kv_bytes_per_token, plot_metric(plot_task, row), row.reference});
+    cli::PlotOptions po;
+    if (plot_task == "kld") po.y_label = "mean KL divergence from fp16 (nats/token)";
+    if (plot_task == "passkey" || plot_task == "lines") po.y_label = plot_task + " accuracy";
+    if (plot_task == "longbench") po.y_label = "LongBench average score (0-100)";
+    cli::write_svg_plot(o.plot, pts, po);
+    std::fprintf(stderr, "kvq-eval: wrote %s\n", o.plot.c_str());
+  }
+  ds::Thresholds thresholds;
+  if (!o.max_kld.empty()) thresholds.max_kld = ds::parse_fraction(o.max_kld, "--max-kld");
+  if (!o.min_passkey.empty()) thresholds.min_passkey = ds::parse_fraction(o.min_passkey, "--min-passkey");
+  if (!o.min_lines.empty()) thresholds.min_lines = ds::parse_fraction(o.min_lines, "--min-lines");
+  if (!o.min_top1.empty()) thresholds.min_top1 = ds::parse_fraction(o.min_top1, "--min-top1");
+  if (!o.max_ppl_increase.empty()) thresholds.max_ppl_increase_pct = ds::parse_percent(o.max_ppl_increase, "--max-ppl-increase");
+  const auto failures = ds::check_thresholds(table, thresholds);
+  for (const auto& f : failures) std::fprintf(stderr, "kvq-eval: threshold failed: %s\n", f.message().c_str());
+  return failures.empty() ? 0 : kExitThreshold;
+}
+
+// One task. In compare mode the table is printed, or handed to `collect` (several tasks
+// in one invocation: run_tasks merges and prints them).
+int run_ppl(const Options& o, ds::CompareTable* collect = nullptr) {
   const std::string model_path = o.model.empty() ? cli::default_model_path() : o.model;
   if (model_path.empty()) {
     throw InvalidArgument("--model", "no model given, KVQ_MODEL is not set and ../shared/models/kvq-testbed-llama2-23m was not found",
@@ -559,8 +618,8 @@ int run_ppl(const Options& o) {
       longbench ? ds::ResolvedDataset{}
                 : ds::resolve_dataset(o.dataset.empty() ? cli::default_dataset_spec() : o.dataset, cli::data_roots(), protocol);
   const LongBenchInputs lb = longbench ? read_longbench_inputs(o) : LongBenchInputs{};
-  const std::optional<int64_t> budget =
-      o.memory_budget.empty() ? std::nullopt : std::optional<int64_t>(ds::parse_byte_size(o.memory_budget, "--memory-budget"));
+  // -1: no --memory-budget (a plain integer: GCC 12 warns about std::optional here).
+  const int64_t budget = o.memory_budget.empty() ? -1 : ds::parse_byte_size(o.memory_budget, "--memory-budget");
   const std::shared_ptr<const Model> model = load_model(model_path);
   const ModelConfig& cfg = model->config();
   const std::unique_ptr<Tokenizer> tok = load_tokenizer(tokenizer_path(o, model_path));
@@ -643,12 +702,12 @@ int run_ppl(const Options& o) {
     if (!o.kv.empty() && !o.profile.empty()) throw InvalidArgument("--profile", "give --kv or --profile, not both");
     add_run(!o.profile.empty() ? o.profile : o.kv.empty() ? "fp16" : o.kv);
   }
-  ds::Thresholds thresholds;
-  if (!o.max_kld.empty()) thresholds.max_kld = ds::parse_fraction(o.max_kld, "--max-kld");
-  if (!o.min_passkey.empty()) thresholds.min_passkey = ds::parse_fraction(o.min_passkey, "--min-passkey");
-  if (!o.min_lines.empty()) thresholds.min_lines = ds::parse_fraction(o.min_lines, "--min-lines");
-  if (!o.min_top1.empty()) thresholds.min_top1 = ds::parse_fraction(o.min_top1, "--min-top1");
-  if (!o.max_ppl_increase.empty()) thresholds.max_ppl_increase_pct = ds::parse_percent(o.max_ppl_increase, "--max-ppl-increase");
+  // The thresholds are parsed now so that a bad value stops the run before any work.
+  if (!o.max_kld.empty()) (void)ds::parse_fraction(o.max_kld, "--max-kld");
+  if (!o.min_passkey.empty()) (void)ds::parse_fraction(o.min_passkey, "--min-passkey");
+  if (!o.min_lines.empty()) (void)ds::parse_fraction(o.min_lines, "--min-lines");
+  if (!o.min_top1.empty()) (void)ds::parse_fraction(o.min_top1, "--min-top1");
+  if (!o.max_ppl_increase.empty()) (void)ds::parse_percent(o.max_ppl_increase, "--max-ppl-increase");
 
   std::fprintf(stderr, "kvq-eval: task %s, kvq %s\n", o.task.c_str(), cli::build_info_text().c_str());
   std::fprintf(stderr, "  model      %s (%s, %d layers, hidden %d, heads %d/%d, vocab %d, window %d, %s)\n",
@@ -672,11 +731,11 @@ int run_ppl(const Options& o) {
                  o.max_windows < 0 ? "all" : std::to_string(o.max_windows).c_str(), o.batch);
   }
   const int64_t weights_bytes = model->parameter_count() * 2;
-  if (budget)
+  if (budget >= 0)
     std::fprintf(stderr,
                  "  memory     budget %s bytes (%.2f GiB): weights %s params x 2 B = %.3f GiB + KV(T) + workspace(T) "
                  "(datasets/kv_memory.h)\n",
-                 cli::thousands(*budget).c_str(), static_cast<double>(*budget) / 0x1p30,
+                 cli::thousands(budget).c_str(), static_cast<double>(budget) / 0x1p30,
                  cli::thousands(model->parameter_count()).c_str(), static_cast<double>(weights_bytes) / 0x1p30);
   std::fprintf(stderr, "  backend    %s (asked: %s), %d threads\n", backend->name().c_str(), o.backend.c_str(), threads);
   if (!longbench)
@@ -795,7 +854,7 @@ int run_ppl(const Options& o) {
     table.revision = cli::build_info_text();
     table.seqlen = longbench ? lb_window : seqlen;
     table.memory_columns = true;
-    if (budget) table.memory_budget_bytes = static_cast<double>(*budget);
+    if (budget >= 0) table.memory_budget_bytes = static_cast<double>(budget);
     for (size_t i = 0; i < runs.size(); ++i) {
       ds::CompareRow row;
       row.method = runs[i].label;
@@ -821,46 +880,23 @@ int run_ppl(const Options& o) {
         row.kld_p99 = ds::percentile_sorted(sorted, 99.0);
         row.top1 = static_cast<double>(klds[i].top1) / static_cast<double>(sorted.size());
       }
-      if (budget) {
+      if (budget >= 0) {
         const auto obs = runs[i].spec ? runs[i].observer(cfg) : nullptr;
         const double bits = results[i].bits_per_element;
         row.max_context_tokens = static_cast<double>(ds::longest_context(
-            *budget, weights_bytes, [&](int64_t T) { return ds::kv_bytes_for_context(cfg, obs.get(), T, bits); },
+            budget, weights_bytes, [&](int64_t T) { return ds::kv_bytes_for_context(cfg, obs.get(), T, bits); },
             [&](int64_t T) { return ds::activation_workspace_bytes(cfg, T); }));
       }
       table.rows.push_back(row);
     }
     ds::fill_deltas(table);
-    if (o.format == cli::OutputFormat::kJson) {
-      nlohmann::json j = nlohmann::json::parse(ds::format_compare_json(table));
-      j["task"] = o.task;
-      j["weights_bytes"] = weights_bytes;
-      if (longbench) j["longbench"] = longbench_json(lb, lb_results, runs, lb_window, o);
-      std::printf("%s\n", j.dump(2).c_str());
-    } else {
-      std::printf("%s", ds::format_compare_text(table).c_str());
+    if (collect) {
+      *collect = std::move(table);
+      return 0;
     }
-    std::fflush(stdout);
-    if (!o.plot.empty()) {
-      std::vector<cli::PlotPoint> pts;
-      for (const auto& row : table.rows)
-        pts.push_back({row.method, row.kv_bytes_per_token,
-                       kld ? row.kld_mean
-                       : o.task == "passkey" ? row.passkey_acc
-                       : o.task == "lines" ? row.lines_acc
-                       : longbench ? row.longbench_avg
-                                   : row.ppl,
-                       row.reference});
-      cli::PlotOptions po;
-      if (kld) po.y_label = "mean KL divergence from fp16 (nats/token)";
-      if (retrieval) po.y_label = o.task + " accuracy";
-      if (longbench) po.y_label = "LongBench average score (0-100)";
-      cli::write_svg_plot(o.plot, pts, po);
-      std::fprintf(stderr, "kvq-eval: wrote %s\n", o.plot.c_str());
-    }
-    const auto failures = ds::check_thresholds(table, thresholds);
-    for (const auto& f : failures) std::fprintf(stderr, "kvq-eval: threshold failed: %s\n", f.message().c_str());
-    return failures.empty() ? 0 : kExitThreshold;
+    nlohmann::json extra = {{"task", o.task}, {"weights_bytes", weights_bytes}};
+    if (longbench) extra["longbench"] = longbench_json(lb, lb_results, runs, lb_window, o);
+    return report_compare(o, table, o.task, extra);
   }
 
   const ds::PerplexityResult& r = results[0].ppl;
@@ -921,14 +957,75 @@ int run_ppl(const Options& o) {
   return 0;
 }
 
+
+// Several tasks in one invocation (`--task ppl,kld,passkey`): each runs as in compare mode
+// and its columns are merged into one table, one row per method (the rows come in the same
+// order from every task: fp16, then each --compare). Where two tasks measure the same
+// column (ppl from ppl and kld; tokens/s), the first listed task wins; peak GPU memory is
+// the largest. The plot uses the first task's metric.
+int run_tasks(const Options& o, const std::vector<std::string>& tasks) {
+  if (o.compare.empty())
+    throw InvalidArgument("--task", "several tasks need compare mode", "add --compare fp16 --compare SPEC ...");
+  ds::CompareTable merged;
+  std::vector<std::string> data;
+  for (const auto& task : tasks) {
+    Options one = o;
+    one.task = task;
+    ds::CompareTable t;
+    run_ppl(one, &t);
+    data.push_back(t.data.starts_with(task + ":") ? t.data : task + ": " + t.data);
+    if (merged.rows.empty()) {
+      merged = std::move(t);
+      continue;
+    }
+    if (t.rows.size() != merged.rows.size()) throw Error("kvq-eval", "task " + task + " produced a different set of rows");
+    auto take = [](double& dst, double src) {
+      if (std::isnan(dst)) dst = src;
+    };
+    for (size_t i = 0; i < t.rows.size(); ++i) {
+      ds::CompareRow& d = merged.rows[i];
+      const ds::CompareRow& r = t.rows[i];
+      if (d.method != r.method) throw Error("kvq-eval", "task " + task + " row " + std::to_string(i) + " is " + r.method + ", not " + d.method);
+      take(d.effective_bits, r.effective_bits);
+      take(d.kv_bytes_per_token, r.kv_bytes_per_token);
+      take(d.ppl, r.ppl);
+      take(d.kld_mean, r.kld_mean);
+      take(d.kld_median, r.kld_median);
+      take(d.kld_p99, r.kld_p99);
+      take(d.top1, r.top1);
+      take(d.passkey_acc, r.passkey_acc);
+      take(d.lines_acc, r.lines_acc);
+      take(d.longbench_avg, r.longbench_avg);
+      take(d.tokens_per_s, r.tokens_per_s);
+      take(d.max_context_tokens, r.max_context_tokens);
+      if (d.longbench_tasks.empty()) d.longbench_tasks = r.longbench_tasks;
+      if (!std::isnan(r.peak_gpu_bytes))
+        d.peak_gpu_bytes = std::isnan(d.peak_gpu_bytes) ? r.peak_gpu_bytes : std::max(d.peak_gpu_bytes, r.peak_gpu_bytes);
+    }
+  }
+  merged.data.clear();
+  for (const auto& d : data) merged.data += (merged.data.empty() ? "" : "; ") + d;
+  ds::fill_deltas(merged);
+  std::string joined;
+  for (const auto& t : tasks) joined += (joined.empty() ? "" : ",") + t;
+  return report_compare(o, merged, tasks.front(), nlohmann::json{{"task", joined}, {"tasks", tasks}});
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"kvq-eval: evaluate a model (ppl, kld, passkey, lines, longbench) with fp16 or quantized KV\n"
                "exit codes: 0 ok, 1 runtime failure, 2 usage error, 3 a --max-* threshold failed"};
   Options o;
-  app.add_option("--task", o.task, "Evaluation task")
-      ->check(CLI::IsMember({"ppl", "kld", "passkey", "lines", "longbench"}))
+  app.add_option("--task", o.task,
+                 "Evaluation task: ppl, kld, passkey, lines or longbench; in compare mode a comma list "
+                 "(ppl,kld,passkey) runs each and prints one merged table")
+      ->check([](const std::string& v) -> std::string {
+        for (const auto& t : split_tasks(v))
+          if (t != "ppl" && t != "kld" && t != "passkey" && t != "lines" && t != "longbench")
+            return "unknown task '" + t + "' (ppl, kld, passkey, lines, longbench)";
+        return std::string();
+      })
       ->capture_default_str();
   app.add_option("--model", o.model,
                  "Hugging Face folder or llama2.c .bin (default: $KVQ_MODEL, else ../shared/models/kvq-testbed-llama2-23m)");
@@ -994,6 +1091,8 @@ int main(int argc, char** argv) {
       throw;
     }
     o.max_new_tokens_given = max_new->count() > 0;
+    const std::vector<std::string> tasks = split_tasks(o.task);
+    if (tasks.size() > 1) return run_tasks(o, tasks);
     return run_ppl(o);
   });
 }
