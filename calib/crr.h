@@ -7,17 +7,17 @@
 // Initialisation (per layer, keys and values separately, per channel c, from the min and
 // max of the CRR sequences' activations, sink tokens left out):
 //   delta_c = (max_c + min_c) / 2,   r_c = (max_c - min_c) / 2,
-//   s_c = max(r_c, 1e-3 r_head) / mean over the head of max(r_c, 1e-3 r_head)
-// (r_head = the largest r_c of the head). Why: per-token quantization takes its range
-// from the widest channel of the group; centering and equalising the channel ranges gives
-// every channel the same resolution in x', and the error sum_c s_c^2 h^2 is minimised
-// over s (with h ~ max_c r_c / s_c) by s proportional to r (the bound sum_c r_c^2); the
-// mean normalisation keeps x' at the size of x (the quantizer is scale-invariant up to
-// fp16 scales), the floor keeps near-constant channels from exploding the rare token that
-// leaves their range. Measured (testbed, WikiText-2 PPL, docs/calibrate.md): this init
-// alone takes 2-bit wkvquant from 450.7 to 430.8 and 3-bit from 363.8 to 354.8; alpha = 0
-// (centering only) gives 409.2 / 359.7 and alpha = 0.5 gives 411.7 / 353.6, so the best
-// exponent depends on the width (CrrOptions::alpha, hidden --crr-alpha).
+//   s_c = (max(r_c, 1e-3 r_head) / mean over the head of max(r_c, 1e-3 r_head))^alpha
+// (r_head = the largest r_c of the head), alpha = 0.5 by default. Why: per-token
+// quantization takes its range from the widest channel of the group; centering and
+// equalising the channel ranges (alpha = 1) gives every channel the same resolution in x'
+// and minimises sum_c s_c^2 h^2 under a worst-case range model (h ~ max_c r_c / s_c), but
+// real tokens rarely reach every channel's extreme, and alpha = 0.5 (SmoothQuant's
+// square-root migration) measured best (testbed, WikiText-2 PPL, docs/calibrate.md):
+// after CRR, 2-bit 394.9 (alpha 0.5) vs 410.8 (1) vs 415.2 (0); 3-bit 348.5 vs 353.2 vs
+// 358.2; defaults (delta 0, s 1) 450.7 / 363.8. The mean normalisation keeps x' at the
+// size of x (the quantizer is scale-invariant up to fp16 scales); the floor keeps
+// near-constant channels from exploding the rare token that leaves their range.
 //
 // Windows: for each block i, the window is blocks i..min(i+k-1, L-1). Its input is the
 // full-precision hidden state entering block i (the fp model), its target the fp output

@@ -75,7 +75,7 @@ struct Options {
   int crr_epochs = 2;
   double crr_lr = 5e-3;
   int crr_group = 0;
-  double crr_alpha = 1.0;
+  double crr_alpha = 0.5;
   cli::OutputFormat format = cli::OutputFormat::kText;
 };
 
@@ -400,6 +400,7 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   app.add_option("--crr-alpha", o.crr_alpha, "CRR: initial s = (channel half-range / head mean)^alpha (measurements)")
+      ->capture_default_str()
       ->check(CLI::Range(0.0, 2.0))
       ->group("");
   cli::add_threads_option(app, o.threads);

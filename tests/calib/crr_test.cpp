@@ -212,10 +212,20 @@ TEST_CASE("CRR loss decreases on stories260K, deterministically", "[crr]") {
   CHECK(a.window == 3);
   for (const CrrBitsResult& b : a.per_bits) {
     REQUIRE(b.loss_before.size() == 5);
+    // Never above the start (a window whose training ends higher keeps its starting
+    // parameters); strictly lower in most windows and in total.
+    int lower = 0;
+    double sb = 0, sa = 0;
     for (size_t i = 0; i < 5; ++i) {
       std::printf("stories260K crr b%d block %zu: %.6g -> %.6g\n", b.bits, i, b.loss_before[i], b.loss_after[i]);
-      CHECK(b.loss_after[i] < b.loss_before[i]);
+      CHECK(b.loss_after[i] <= b.loss_before[i]);
+      lower += b.loss_after[i] < b.loss_before[i];
+      sb += b.loss_before[i];
+      sa += b.loss_after[i];
     }
+    CHECK(lower >= 3);
+    CHECK(sa < sb);
+    CHECK(b.loss_init < b.loss_identity);
     std::printf("stories260K crr b%d window 0: identity %.6g, init %.6g\n", b.bits, b.loss_identity, b.loss_init);
   }
   const CrrResult b = run_crr(g, seqs, o);
@@ -247,10 +257,18 @@ TEST_CASE("CRR loss decreases on the testbed at 2 and 3 bits", "[crr]") {
   CHECK(res.window == 5);
   for (const CrrBitsResult& b : res.per_bits) {
     REQUIRE(b.loss_before.size() == 6);
+    int lower = 0;
+    double sb = 0, sa = 0;
     for (size_t i = 0; i < 6; ++i) {
       std::printf("testbed crr b%d block %zu: %.6g -> %.6g\n", b.bits, i, b.loss_before[i], b.loss_after[i]);
-      CHECK(b.loss_after[i] < b.loss_before[i]);
+      CHECK(b.loss_after[i] <= b.loss_before[i]);
+      lower += b.loss_after[i] < b.loss_before[i];
+      sb += b.loss_before[i];
+      sa += b.loss_after[i];
     }
+    CHECK(lower >= 4);
+    CHECK(sa < sb);
+    CHECK(b.loss_init < b.loss_identity);
     std::printf("testbed crr b%d window 0: identity %.6g, init %.6g (%.1f s)\n", b.bits, b.loss_identity, b.loss_init,
                 res.seconds);
   }
