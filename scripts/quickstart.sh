@@ -2,12 +2,14 @@
 # The README's first command: installs missing packages, builds the three tools (Release),
 # then runs the whole pipeline on the default model and prints the compare table:
 #   1. kvq-calibrate  the model on kvq-docs calib.txt (small: 4 sequences x 512 tokens);
-#   2. kvq-convert    KVQuant profiles at 4/3/2 bits from that calibration, and KIVI
-#                     profiles (calibration-free) at 4/3/2 bits;
-#   3. kvq-eval       WikiText-2 test perplexity in compare mode: fp16, the int4/3/2
-#                     baselines, KIVI, calibrated KVQuant and WKVQuant (default smoothing)
-#                     at 4/3/2 bits, every row on the same windows, plus an SVG plot.
-# On 2 CPU cores the pipeline takes about 8 minutes (the build comes first, once). It
+#   2. kvq-convert    KVQuant and MiKV (balancer) profiles at 4/3/2 bits from that
+#                     calibration, and KIVI profiles (calibration-free) at 4/3/2 bits;
+#   3. kvq-eval       one compare run over the tasks KVQ_QUICKSTART_TASKS (default ppl,kld:
+#                     WikiText-2 test perplexity and KL divergence from the fp16 cache):
+#                     fp16, the int4/3/2 baselines, KIVI, calibrated KVQuant, MiKV and
+#                     WKVQuant (default smoothing: CRR is slow on a CPU, scripts/compare_all.sh
+#                     runs it) at 4/3/2 bits, every row on the same windows, plus an SVG plot.
+# On 2 busy CPU cores the pipeline takes about 8 minutes (the build comes first, once). It
 # evaluates the first KVQ_QUICKSTART_WINDOWS (default 2) windows of 1024 tokens; the table
 # header says so. KVQ_QUICKSTART_WINDOWS=-1 runs all 333 windows (the published protocol).
 #   scripts/quickstart.sh
@@ -26,6 +28,7 @@ seqlen=${KVQ_QUICKSTART_SEQLEN:-1024}
 nseq=${KVQ_QUICKSTART_NSEQ:-4}
 calib_seqlen=${KVQ_QUICKSTART_CALIB_SEQLEN:-512}
 backend=${KVQ_BACKEND:-auto}
+tasks=${KVQ_QUICKSTART_TASKS:-ppl,kld}
 out=${KVQ_QUICKSTART_OUT:-quickstart-out}
 
 if [[ ${KVQ_QUICKSTART_NO_BUILD:-0} != 1 ]]; then
@@ -68,18 +71,19 @@ fi
 t1=$(date +%s)
 
 # 2. Profiles.
-echo "kvq: [2/3] $bin/kvq-convert: kvquant (calibrated) and kivi profiles at 4/3/2 bits" >&2
-"$bin/kvq-convert" --calib "$calib" --model "$model" --method kvquant --bits 4,3,2 -o "$out/kvquant-{bits}.kvqp" > /dev/null
+echo "kvq: [2/3] $bin/kvq-convert: kvquant and mikv (calibrated) and kivi profiles at 4/3/2 bits" >&2
+"$bin/kvq-convert" --calib "$calib" --model "$model" --method kvquant,mikv --bits 4,3,2 -o "$out/{method}-{bits}.kvqp" > /dev/null
 "$bin/kvq-convert" --model "$model" --method kivi --bits 4,3,2 -o "$out/kivi-{bits}.kvqp" > /dev/null
 
 # 3. One compare run, grouped by bit width.
 compare=()
 for b in 4 3 2; do
-  compare+=(--compare "int$b" --compare "$out/kivi-$b.kvqp" --compare "$out/kvquant-$b.kvqp" --compare "wkvquant:bits=$b")
+  compare+=(--compare "int$b" --compare "$out/kivi-$b.kvqp" --compare "$out/kvquant-$b.kvqp" --compare "$out/mikv-$b.kvqp"
+            --compare "wkvquant:bits=$b")
 done
-args=(--task ppl --model "$model" --seqlen "$seqlen" --max-windows "$windows" --backend "$backend")
+args=(--task "$tasks" --model "$model" --seqlen "$seqlen" --max-windows "$windows" --backend "$backend")
 if [[ -n ${KVQ_DATA:-} ]]; then args+=(--dataset "$KVQ_DATA"); else args+=(--dataset wikitext2); fi
-echo "kvq: [3/3] $bin/kvq-eval ${args[*]} --compare ... (13 rows) --plot $out/quickstart.svg" >&2
+echo "kvq: [3/3] $bin/kvq-eval ${args[*]} --compare ... (16 rows) --plot $out/quickstart.svg" >&2
 echo
 "$bin/kvq-eval" "${args[@]}" "${compare[@]}" --plot "$out/quickstart.svg" | tee "$out/compare.txt"
 t2=$(date +%s)
