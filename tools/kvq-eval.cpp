@@ -42,6 +42,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <CLI/CLI.hpp>
@@ -557,6 +558,29 @@ std::vector<std::string> split_tasks(const std::string& v) {
   }
 }
 
+// A short plot label: "kivi:bits=2,group=32,residual=128" -> "kivi-2", "mikv:hi=fp16,lo=int2,..."
+// -> "mikv-2", "int4:axis=..." -> "int4", "kvquant3.kvqp" -> "kvquant3", "fp8:e4m3" stays; the
+// table keeps the full spec.
+std::string plot_label(std::string m) {
+  std::string suffix;
+  if (m.ends_with(" (poq)")) {
+    suffix = " (poq)";
+    m.resize(m.size() - suffix.size());
+  }
+  if (m.ends_with(".kvqp")) return std::filesystem::path(m).stem().string() + suffix;
+  const size_t colon = m.find(':');
+  if (colon == std::string::npos) return m + suffix;
+  const std::string name = m.substr(0, colon), opts = "," + m.substr(colon + 1);
+  for (const char* key : {",bits=", ",lo=int"}) {  // the bit width, MiKV's low precision
+    const size_t b = opts.find(key);
+    if (b == std::string::npos) continue;
+    const size_t from = b + std::string_view(key).size();
+    return name + "-" + opts.substr(from, opts.find(',', from) - from) + suffix;
+  }
+  if (opts.find('=') == std::string::npos) return m + suffix;  // "fp8:e4m3"
+  return name + suffix;
+}
+
 // The y value of a compare row for --plot: the task's headline metric.
 double plot_metric(const std::string& task, const ds::CompareRow& row) {
   if (task == "kld") return row.kld_mean;
@@ -581,7 +605,7 @@ int report_compare(const Options& o, const ds::CompareTable& table, const std::s
   if (!o.plot.empty()) {
     std::vector<cli::PlotPoint> pts;
     for (const auto& row : table.rows)
-      pts.push_back({row.method, row.kv_bytes_per_token, plot_metric(plot_task, row), row.reference});
+      pts.push_back({plot_label(row.method), row.kv_bytes_per_token, plot_metric(plot_task, row), row.reference});
     cli::PlotOptions po;
     if (plot_task == "kld") po.y_label = "mean KL divergence from fp16 (nats/token)";
     if (plot_task == "passkey" || plot_task == "lines") po.y_label = plot_task + " accuracy";
