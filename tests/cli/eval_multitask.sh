@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # kvq-eval --task ppl,kld in compare mode (stories260K): one merged table whose PPL and
-# KLD columns equal the single-task runs exactly, deltas against fp16, thresholds over
+# KLD columns equal the single-task runs exactly, deltas against fp16, a plot of the first
+# task's metric with short labels, thresholds over
 # the merged columns (exit 3, the failing metric named), and a bad task list refused with
 # a usage error naming the task.
 source "$(dirname "$0")/common.bash"
@@ -11,7 +12,7 @@ printf '%s' "$text" > "$TMP/story.txt"
 common=(--model "$STORIES/stories260K.bin" --tokenizer "$STORIES/tok512.bin" --dataset "$TMP/story.txt"
         --seqlen 45 --backend cpu --format json --compare int4 --compare kivi:bits=2,group=8,residual=16)
 
-run_tool "$TMP/m.json" "$TMP/m.err" "$EVAL" --task ppl,kld "${common[@]}"
+run_tool "$TMP/m.json" "$TMP/m.err" "$EVAL" --task ppl,kld "${common[@]}" --plot "$TMP/m.svg"
 [[ $RC -eq 0 ]] || fail "--task ppl,kld: exit $RC: $(cat "$TMP/m.err")"
 run_tool "$TMP/p.json" "$TMP/p.err" "$EVAL" --task ppl "${common[@]}"
 [[ $RC -eq 0 ]] || fail "--task ppl: exit $RC: $(cat "$TMP/p.err")"
@@ -32,6 +33,13 @@ for mr, pr, kr in zip(m["rows"], p["rows"], k["rows"]):
 assert m["rows"][0]["kld_mean"] == 0 and m["rows"][1]["kld_mean"] > 0 and m["rows"][1]["ppl_delta_pct"] != 0
 print("ok   merged ppl,kld equals the single-task runs:", [(r["method"][:12], round(r["ppl"], 4), round(r["kld_mean"], 5)) for r in m["rows"]])
 PY
+
+# The plot uses the first task's metric (PPL) and short labels (the table keeps full specs).
+grep -q 'perplexity' "$TMP/m.svg" || fail "plot: no perplexity axis"
+for label in fp16 int4 kivi-2; do
+  grep -q ">$label</text>" "$TMP/m.svg" || fail "plot: no label $label"
+done
+echo "ok   plot labels fp16, int4, kivi-2"
 
 # Thresholds see both tasks' columns: a KLD limit below int4's fails with exit 3.
 run_tool "$TMP/t.json" "$TMP/t.err" "$EVAL" --task ppl,kld "${common[@]}" --max-kld 1e-9
