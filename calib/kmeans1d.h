@@ -106,7 +106,7 @@ KMeans1D exact_kmeans(const WeightedPoints& p, int k, const ExactOptions& opt = 
 // (bin-major, ascending index) for the coarse-to-fine refinement, which then reads only
 // the points of the bins it refines instead of scanning all points per round. Why: NUQ
 // signposts are fitted for 2, 3 and 4 bits on the same points, and rebuilding the
-// histogram per bit width was ~30% of kvq-calibrate (profile in notes/s2/results-h16.md).
+// histogram per bit width was ~30% of kvq-calibrate (profile in docs/results.md, "Calibration").
 // solve() is const and touches no shared mutable state, so several k may be solved on
 // different threads at once; results are bit-identical to exact_kmeans. The points are
 // not copied: p's arrays must outlive the object.

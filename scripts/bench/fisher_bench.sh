@@ -10,16 +10,16 @@
 #   bash scripts/bench/fisher_bench.sh testbed [N] [L]   # testbed, default 8 x 1024
 #   bash scripts/bench/fisher_bench.sh 7b [LAYERS] [N] [L]  # random-weight Llama-2-7B shape,
 #                                                        # default 2 layers, 1 x 2048
-# Environment: KVQ_BIN (folder with kvq-calibrate, default build-gpu-h16/tools), KVQ_SHARED
-# (default .carry/shared), CALIB (default .carry/h8/calib.txt = kvq-docs/calib.txt),
+# Environment: KVQ_BIN (folder with kvq-calibrate, default build-gpu/tools), KVQ_SHARED
+# (default .carry/shared), CALIB (default $KVQ_SHARED/datasets/kvq-docs/calib.txt),
 # OUT (results folder, default /tmp/kvq-out). Each run appends one JSON line per side to
 # $OUT/fisher_bench.jsonl and prints a table row.
 set -uo pipefail
 OUT=${OUT:-/tmp/kvq-out}
 mkdir -p "$OUT"
-BIN=${KVQ_BIN:-$PWD/build-gpu-h16/tools}
+BIN=${KVQ_BIN:-$PWD/build-gpu/tools}
 SHARED=${KVQ_SHARED:-$PWD/.carry/shared}
-CALIB=${CALIB:-$PWD/.carry/h8/calib.txt}
+CALIB=${CALIB:-$SHARED/datasets/kvq-docs/calib.txt}
 HERE=$(cd "$(dirname "$0")" && pwd)
 testbed="$SHARED/models/kvq-testbed-llama2-23m"
 work=$(mktemp -d)

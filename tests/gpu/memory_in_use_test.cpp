@@ -2,7 +2,7 @@
 // true with the device's total for a CUDA backend, false for the CPU backend, and the
 // memory in use grows by at least the KV cache a reset allocates and falls back when the
 // backend is destroyed (kvq-eval gives every compare row a fresh backend on that basis).
-// Written without a device in session 2 (h19): compiled here, not yet run.
+// Compiled everywhere; not yet run on a GPU (2026-11-22).
 #include <cstdio>
 #include <memory>
 
