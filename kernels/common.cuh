@@ -41,6 +41,46 @@ inline unsigned blocks_for(size_t count, unsigned threads) {
   return static_cast<unsigned>(b > 65535u * 16u ? 65535u * 16u : (b == 0 ? 1 : b));
 }
 
+// The end of one split-K chunk in the decode kernels (attention_decode.cu, kv_decode_packed.cu,
+// kv_decode_more.cu), which share one thread layout: LPR lanes per cache row, lane (lr, lc)
+// of a warp holding acc[g][0..7] = its rows' partial P.V for query head g, channels
+// lc*8 .. lc*8+7. The partials are added across the warp's rows (shuffles), staged per warp
+// in `red` (row stride `stride` >= D floats, GMAX*WARPS*stride of them), added over the
+// block's warps in warp order, and written, with the chunk's (max, sum) from `stat`, as split
+// `s` of query heads head0 .. head0+G-1 (layout: splitk_combine_kernel below). The order of
+// every addition is fixed, so the result does not depend on scheduling.
+template <int GMAX, int THREADS>
+__device__ __forceinline__ void store_split_partials(float (&acc)[GMAX][8], int LPR, int lr, int lc, int warp,
+                                                     int G, int D, int stride, float* red, const float* stat,
+                                                     int64_t head0, int splits, int s, float* part_o,
+                                                     float* part_ml) {
+  constexpr int kWarps = THREADS / 32;
+#pragma unroll
+  for (int g = 0; g < GMAX; ++g)
+#pragma unroll
+    for (int e = 0; e < 8; ++e)
+#pragma unroll
+      for (int o = LPR; o < 32; o <<= 1) acc[g][e] += __shfl_xor_sync(0xffffffffu, acc[g][e], o);
+  if (lr == 0) {
+#pragma unroll
+    for (int g = 0; g < GMAX; ++g)
+      if (g < G)
+#pragma unroll
+        for (int e = 0; e < 8; ++e) red[(warp * G + g) * stride + lc * 8 + e] = acc[g][e];
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < G * D; i += THREADS) {
+    const int g = i / D, d = i % D;
+    float v = 0.f;
+    for (int w = 0; w < kWarps; ++w) v += red[(w * G + g) * stride + d];
+    part_o[((head0 + g) * splits + s) * D + d] = v;
+  }
+  if (threadIdx.x < G) {
+    part_ml[((head0 + threadIdx.x) * splits + s) * 2] = stat[2 * threadIdx.x];
+    part_ml[((head0 + threadIdx.x) * splits + s) * 2 + 1] = stat[2 * threadIdx.x + 1];
+  }
+}
+
 // Split-K combine shared by the decode kernels (attention_decode.cu over the fp16 cache,
 // kv_decode_packed.cu over packed caches): one block per (query head, row) merges the
 // chunks' partial results, out = sum_s w_s o_s / sum_s w_s l_s with w_s = exp(m_s - m).

@@ -321,29 +321,8 @@ packed_decode_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, 
       }
     }
   }
-#pragma unroll
-  for (int g = 0; g < GMAX; ++g)
-#pragma unroll
-    for (int e = 0; e < 8; ++e)
-      for (int o = LPR; o < 32; o <<= 1) acc[g][e] += __shfl_xor_sync(0xffffffffu, acc[g][e], o);
-  if (lr == 0) {
-#pragma unroll
-    for (int g = 0; g < GMAX; ++g)
-      if (g < G)
-#pragma unroll
-        for (int e = 0; e < 8; ++e) red[(warp * G + g) * D + lc * 8 + e] = acc[g][e];
-  }
-  __syncthreads();
-  for (int i = threadIdx.x; i < G * D; i += kThreads) {
-    const int g = i / D, d = i % D;
-    float v = 0.f;
-    for (int w = 0; w < kWarps; ++w) v += red[(w * G + g) * D + d];
-    part_o[((head0 + g) * splits + s) * D + d] = v;
-  }
-  if (threadIdx.x < G) {
-    part_ml[((head0 + threadIdx.x) * splits + s) * 2] = stat[2 * threadIdx.x];
-    part_ml[((head0 + threadIdx.x) * splits + s) * 2 + 1] = stat[2 * threadIdx.x + 1];
-  }
+  store_split_partials<GMAX, kThreads>(acc, LPR, lr, lc, warp, G, D, D, red, stat, head0, splits, s, part_o,
+                                     part_ml);
 }
 
 size_t smem_for(int G, int chunk, int D) {
