@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "formats/error.h"
+#include "formats/json_text.h"
 #include "formats/mapped_file.h"
 
 namespace kvq {
@@ -213,19 +214,7 @@ void rope_for(const Fields& f, const std::string& path, ModelConfig& c) {
 }  // namespace
 
 ModelConfig parse_hf_config(const std::string& json_text, const std::string& path) {
-  json root;
-  try {
-    root = json::parse(json_text);
-  } catch (const json::parse_error& e) {
-    const int64_t at = e.byte > 0 ? static_cast<int64_t>(e.byte) - 1 : 0;
-    std::string_view w = e.what();
-    const size_t close = w.find("] ");
-    throw FormatError(path, at, "not valid JSON: " +
-                                    std::string(close == std::string_view::npos ? w : w.substr(close + 2)));
-  } catch (const json::exception& e) {
-    // out_of_range.406: a number beyond double range ("1e999") is not a parse_error.
-    throw FormatError(path, std::string("not valid JSON: ") + e.what());
-  }
+  const json root = detail::parse_json_text(path, json_text, "");
   if (!root.is_object()) throw FormatError(path, "config is not a JSON object");
   const Fields f(root, path);
 

@@ -3,6 +3,7 @@
 
 #include <cmath>
 
+#include "formats/json_text.h"
 #include "formats/profile_container.h"
 
 namespace kvq::detail {
@@ -121,15 +122,7 @@ const json& JsonObject::get_array(const char* key) const {
 }
 
 json parse_document(const std::string& file, const std::string& key, const std::string& text) {
-  try {
-    return json::parse(text);
-  } catch (const json::exception& e) {
-    // parse_error, and out_of_range.406 for numbers beyond double ("1e999").
-    const std::string_view w = e.what();
-    const size_t close = w.find("] ");
-    throw FormatError(file, "metadata '" + key + "' is not valid JSON: " +
-                                std::string(close == std::string_view::npos ? w : w.substr(close + 2)));
-  }
+  return parse_json_text(file, text, "metadata '" + key + "'", -1);
 }
 
 json provenance_json(const CalibrationProvenance& p) {

@@ -13,6 +13,7 @@
 
 #include "formats/atomic_file.h"
 #include "formats/error.h"
+#include "formats/json_text.h"
 
 namespace kvq {
 
@@ -35,17 +36,8 @@ std::string known_dtypes() {
   return out;
 }
 
-// nlohmann's messages start with "[json.exception.parse_error.101] "; the tag means
-// nothing to a user.
-std::string json_error_text(const std::exception& e) {
-  std::string_view w = e.what();
-  const size_t close = w.find("] ");
-  return std::string(close == std::string_view::npos ? w : w.substr(close + 2));
-}
-
-// Parses JSON text, throwing FormatError with the byte offset (base + position) of the
-// first bad byte. When `dup_key` is given, keys repeated in the top-level object are
-// reported through it (nlohmann keeps only the last of them).
+// Parses JSON text at byte `base` of `file`. When `dup_key` is given, keys repeated in the
+// top-level object are reported through it (nlohmann keeps only the last of them).
 json parse_json(const std::string& file, int64_t base, std::string_view text,
                 std::string* dup_key = nullptr) {
   std::set<std::string> seen;
@@ -57,16 +49,7 @@ json parse_json(const std::string& file, int64_t base, std::string_view text,
     }
     return true;
   };
-  try {
-    return json::parse(text.begin(), text.end(), dup_key != nullptr ? cb : nullptr);
-  } catch (const json::parse_error& e) {
-    const int64_t at = e.byte > 0 ? static_cast<int64_t>(e.byte) - 1 : 0;
-    throw FormatError(file, base + at, "header is not valid JSON: " + json_error_text(e));
-  } catch (const json::out_of_range& e) {
-    // A number too large for a double ("1e999") is out_of_range.406, not a parse_error
-    // (found by fuzz/safetensors_fuzz.cpp; regression input in fuzz/regressions/).
-    throw FormatError(file, base, "header is not valid JSON: " + json_error_text(e));
-  }
+  return detail::parse_json_text(file, text, "header", base, dup_key != nullptr ? cb : nullptr);
 }
 
 // Byte offset of `"name"` used as a key in the header text, for error messages; `base`
@@ -432,7 +415,7 @@ void write_safetensors(const std::string& path, const std::vector<TensorView>& t
   try {
     text = header.dump();
   } catch (const json::exception& e) {
-    throw InvalidArgument(path, "cannot encode the header: " + json_error_text(e));
+    throw InvalidArgument(path, "cannot encode the header: " + detail::json_error_text(e));
   }
   text.append((8 - text.size() % 8) % 8, ' ');
   const uint64_t n = text.size();

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "formats/error.h"
+#include "formats/json_text.h"
 #include "formats/tokenizer_bpe.h"
 #include "formats/tokenizer_hf.h"
 #include "formats/tokenizer_llama2c.h"
@@ -32,15 +33,7 @@ TokenizerConfig read_tokenizer_config(const std::string& path) {
   TokenizerConfig c;
   c.path = path;
   const std::string text = tok::read_file(path);
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const json::parse_error& e) {
-    throw FormatError(path, static_cast<int64_t>(e.byte), std::string("not valid JSON: ") + e.what());
-  } catch (const json::exception& e) {
-    // out_of_range.406: a number beyond double range ("1e999") is not a parse_error.
-    throw FormatError(path, std::string("not valid JSON: ") + e.what());
-  }
+  const json j = detail::parse_json_text(path, text, "");
   if (!j.is_object()) throw FormatError(path, "expected a JSON object");
   const auto flag = [&](const char* key) -> std::optional<bool> {
     if (!j.contains(key) || j[key].is_null()) return std::nullopt;

@@ -11,6 +11,7 @@
 #include <unordered_map>
 
 #include "formats/error.h"
+#include "formats/json_text.h"
 #include "formats/tokenizer_bpe.h"
 #include "formats/tokenizer_split.h"
 #include "formats/unicode.h"
@@ -159,15 +160,7 @@ class HfBpeTokenizer final : public Tokenizer {
  public:
   HfBpeTokenizer(const std::string& path, const TokenizerConfig& config) : Tokenizer(path) {
     const std::string text = tok::read_file(path);
-    json j;
-    try {
-      j = json::parse(text);
-    } catch (const json::parse_error& e) {
-      throw FormatError(path, static_cast<int64_t>(e.byte), std::string("not valid JSON: ") + e.what());
-    } catch (const json::exception& e) {
-      // out_of_range.406: a number beyond double range ("1e999") is not a parse_error.
-      throw FormatError(path, std::string("not valid JSON: ") + e.what());
-    }
+    const json j = detail::parse_json_text(path, text, "");
     try {
       if (!j.is_object()) throw FormatError(path, "expected a JSON object at the top level");
       parse_model(j.at("model"));

@@ -99,7 +99,8 @@ struct PackedDecodeArgs {
   const double* inv_freq = nullptr;  // [head_dim/2]: keys are pre-RoPE (KVQuant), else null
   bool rope_interleaved = false;
   // Kernel choice (benchmarks): 0 auto (the fast kernel where it applies, no prefetch),
-  // 1 the general kernel, 2 fast without prefetch (2 blocks/SM), 3 fast with prefetch.
+  // 1 the general kernel, 2 fast without prefetch (2 blocks/SM), 3 fast with prefetch,
+  // 4 the tensor-core kernel (kv_decode_mma.cu; auto also picks it where it applies).
   int variant = 0;
 };
 

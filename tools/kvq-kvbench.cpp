@@ -7,9 +7,13 @@
 // measured device-to-device copy bandwidth (bytes read + written, METHOD.md).
 // Cache contents: uniform random rows with planted outlier channels (every 32nd channel
 // x6), appended through the real append kernels in chunks of 4096 tokens.
-// The environment variable KVQ_KV_DECODE=general|fast|fast-pf forces one decode kernel
-// (lib/cuda/packed_cache.cpp; default: the fast kernel where it applies, else the general
-// one); the header line on stderr names it, so tables of different variants stay apart.
+// Caches come from make_packed_cache (lib/cuda/packed_more.h), so every codec with a GPU
+// packed cache can be benchmarked; a codec without one prints a "skipped" line on stderr
+// and the sweep goes on.
+// The environment variable KVQ_KV_DECODE=general|fast|fast-pf|mma forces one decode kernel
+// of PackedKvCache (lib/cuda/packed_cache.cpp; default: the tensor-core kernel where it
+// applies, else the fast kernel where it applies, else the general one); the header line
+// on stderr names it, so tables of different variants stay apart.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -28,6 +32,7 @@
 #if KVQ_HAVE_CUDA
 #include "lib/cuda/cuda_backend.h"
 #include "lib/cuda/packed_cache.h"
+#include "lib/cuda/packed_more.h"
 #include "lib/rope.h"
 #endif
 
@@ -117,19 +122,24 @@ int main(int argc, char** argv) {
             const codecs::KvShape ks{hs.kv_heads, hs.head_dim, hs.n_heads};
             auto kc = codecs::make_codec(spec, codecs::KvSide::kKey, 0, ks);
             auto vc = codecs::make_codec(spec, codecs::KvSide::kValue, 0, ks);
-            cuda::PackedKvCache cache(*kc, *vc, B, ctx, hs.n_heads, inv_freq);
+            const std::string why = cuda::packed_cache_unsupported_reason(*kc, *vc);
+            if (!why.empty()) {
+              std::fprintf(stderr, "kvq-kvbench: skipped %s: %s\n", spec_text.c_str(), why.c_str());
+              continue;
+            }
+            auto cache = cuda::make_packed_cache(*kc, *vc, B, ctx, hs.n_heads, inv_freq);
             for (int b = 0; b < B; ++b)
               for (int t = 0; t < ctx; t += chunk) {
                 const int n = std::min(chunk, ctx - t);
                 const uint64_t seed = (static_cast<uint64_t>(b) << 32) + t;
                 cuda::fill_random_rows(static_cast<float*>(kbuf.get()), n, dim, 2 * seed + 1, 1.f, 32, 6.f);
                 cuda::fill_random_rows(static_cast<float*>(vbuf.get()), n, dim, 2 * seed + 2, 1.f, 32, 6.f);
-                cache.append(b, static_cast<float*>(kbuf.get()), static_cast<float*>(vbuf.get()), n, dim,
-                             t + n == ctx);
+                cache->append(b, static_cast<float*>(kbuf.get()), static_cast<float*>(vbuf.get()), n, dim, {});
               }
-            cache.prepare(slots);
-            const double ms = cuda::time_device_ms([&] { cache.decode(dq.get(), dout.get()); }, 3, reps);
-            const double bytes = cache.decode_bytes();
+            cache->prepare(slots);
+            const double ms =
+                cuda::time_device_ms([&] { cache->decode(dq.get(), dout.get(), false, nullptr); }, 3, reps);
+            const double bytes = cache->decode_bytes();
             std::printf("%-10s %5d %7d %-16s %9.1f %9.1f %8.0f %6.0f%% %8.1f %7.2fx\n", sn.c_str(), B, ctx,
                         spec_text.c_str(), bytes / 1e6, ms * 1e3, bytes / (ms * 1e-3) / 1e9,
                         100 * bytes / (ms * 1e-3) / bw, bytes / bw * 1e6, base_ms / ms);

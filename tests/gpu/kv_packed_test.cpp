@@ -7,7 +7,8 @@
 //  2. decode attention over the packed cache equals attention in fp64 over the CPU
 //     cache's dequantized (simulated) K/V, RoPE applied in fp64 for pre-RoPE keys, within
 //     the tolerance derived in attention_tolerance() below; outputs poisoned with NaN
-//     bits first, GQA (groups 2, 4, 8) and MHA, batch 3, head_dim 32, 64 and 128.
+//     bits first, GQA (groups 2, 4, 8) and MHA, batch 3, head_dim 32, 64 and 128; uniform
+//     per-token codes also through the tensor-core kernel (its own bound below).
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -117,6 +118,24 @@ double attention_tolerance(double ref, double delta, int L, double vmax) {
          (2 * delta + (L + 64) * std::ldexp(1.0, -23)) * vmax + 1e-7;
 }
 
+// Uniform per-token codes (int specs) may be decoded by the tensor-core kernel
+// (kernels/kv_decode_mma.cu), which never forms k' = fma(c, s, z): it computes
+// s * sum q c + z * sum q (keys) and sum (p s) c + sum p z (values). Its bound:
+//  - every term is now |s c| + |z| <= |k'| + 2|z| in size instead of |k'|, and |z| <= Zb:
+//    asym z = fp16(group min) <= (1 + 2^-11) max|x|; sym z = -2^(b-1) s with
+//    s = fp16(amax / (2^(b-1) - 1)): |z| <= 2 (1 + 2^-11) amax. Zb = 2.01 max|x| over the
+//    (slot, head)'s original rows covers both (x: the rows appended).
+//  - the mma's fp32 accumulation truncates after aligning 16 products to the largest
+//    (Fasi et al. 2021): <= 17 * 2^-23 of the largest term per k=16 step, so the keys'
+//    hd/16 steps stay under hd * 2^-23 (twice the CUDA-core factor) and the values' chain
+//    of <= L/16 steps under (L + 64) * 2^-22, with the weights' fp16 hi/lo split (2^-22).
+// So for these codecs: delta uses hd * 2^-23 * sum |q| (|k'| + 2 Zb_k), and the value term
+// (2 delta + (L + 64) 2^-22) * (vmax + 2 Zb_v).
+double attention_tolerance_factored(double ref, double delta, int L, double vmax, double zb) {
+  return std::ldexp(1.0, -11) * std::fabs(ref) +
+         (2 * delta + (L + 64) * std::ldexp(1.0, -22)) * (vmax + 2 * zb) + 1e-7;
+}
+
 struct Result {
   double worst_ratio = 0, worst_err = 0;
 };
@@ -187,6 +206,7 @@ Result run_case(const std::string& kspec, const std::string& vspec, const Shape&
 
   Result res;
   const int G = s.n_heads / s.H;
+  const bool factored = kspec.rfind("int", 0) == 0 && vspec.rfind("int", 0) == 0;
   const double scale = 1.0 / std::sqrt(static_cast<double>(s.hd));
   for (int r = 0; r < R; ++r) {
     const int slot = rows[r];
@@ -208,6 +228,12 @@ Result run_case(const std::string& kspec, const std::string& vspec, const Shape&
           }
     for (int qh_i = 0; qh_i < s.n_heads; ++qh_i) {
       const int h = qh_i / G;
+      double zbk = 0, zbv = 0;  // Zb of the factored bound: 2.01 max |x| of the head's rows
+      for (int t = 0; t < L; ++t)
+        for (int i = 0; i < s.hd; ++i) {
+          zbk = std::max(zbk, 2.01 * std::fabs(K[slot][static_cast<size_t>(t) * dim + h * s.hd + i]));
+          zbv = std::max(zbv, 2.01 * std::fabs(V[slot][static_cast<size_t>(t) * dim + h * s.hd + i]));
+        }
       const uint16_t* qrow = qh.data() + (static_cast<size_t>(r) * s.n_heads + qh_i) * s.hd;
       std::vector<double> sc(L);
       double m = -INFINITY, delta = 0;
@@ -217,7 +243,7 @@ Result run_case(const std::string& kspec, const std::string& vspec, const Shape&
         for (int i = 0; i < s.hd; ++i) {
           const double qv = half_to_float(qrow[i]), kv = kr[base + i];
           dot += qv * kv;
-          A += std::fabs(qv) * std::fabs(kv);
+          A += factored ? 2 * std::fabs(qv) * (std::fabs(kv) + 2 * zbk) : std::fabs(qv) * std::fabs(kv);
           // RoPE error of component i: <= 2^-17 (|a| + |b|) of its unrotated pair (a, b).
           const int partner = i < s.hd / 2 ? i + s.hd / 2 : i - s.hd / 2;
           Ar += std::fabs(qv) * (std::fabs(kd[base + i]) + std::fabs(kd[base + partner]));
@@ -239,7 +265,8 @@ Result run_case(const std::string& kspec, const std::string& vspec, const Shape&
         o /= l;
         const double got = half_to_float(oh[(static_cast<size_t>(r) * s.n_heads + qh_i) * s.hd + d]);
         REQUIRE(std::isfinite(got));
-        const double tol = attention_tolerance(o, delta, L, vmax);
+        const double tol = factored ? attention_tolerance_factored(o, delta, L, vmax, zbv)
+                                    : attention_tolerance(o, delta, L, vmax);
         const double err = std::fabs(got - o);
         if (err > tol) {
           INFO("row " << r << " head " << qh_i << " dim " << d << ": got " << got << ", ref " << o
@@ -255,9 +282,11 @@ Result run_case(const std::string& kspec, const std::string& vspec, const Shape&
 }
 
 void run_all(const std::string& kspec, const std::string& vspec, uint64_t fallback_seed,
-             const codecs::CodecParams* kgiven = nullptr, const codecs::CodecParams* vgiven = nullptr) {
+             const codecs::CodecParams* kgiven = nullptr, const codecs::CodecParams* vgiven = nullptr,
+             std::vector<Shape> shapes = {Shape{2, 8, 128}, Shape{3, 3, 64}, Shape{1, 2, 32},
+                                          Shape{1, 8, 64}}) {
   const uint64_t seed = kvq_test::test_seed(fallback_seed);
-  for (const Shape& s : {Shape{2, 8, 128}, Shape{3, 3, 64}, Shape{1, 2, 32}, Shape{1, 8, 64}}) {
+  for (const Shape& s : shapes) {
     const Result r = run_case(kspec, vspec, s, seed, kgiven, vgiven);
     std::printf("kv packed %s / %s, kv_heads %d, heads %d, head_dim %d: bytes equal; decode max err %.3g "
                 "(%.2f of tolerance), seed %llu\n",
@@ -273,6 +302,20 @@ TEST_CASE("kv packed: uniform int-b per token, GPU bytes == CPU bytes, decode ==
   run_all("int2:group=32,sym=1", "int2:group=32", 902);
   run_all("int3:group=32", "int3:sym=1", 903);
   run_all("int8:group=16", "int8:group=8", 904);
+}
+
+// head_dim 128, 2 and 4 bits, per-token groups of 16..128 channels: the tensor-core kernel
+// (kernels/kv_decode_mma.cu) serves these (fp16, G * 128/key group <= 16 and
+// 2 G * 128/value group <= 16); the other pairs fall back to the CUDA-core kernel. MHA, G = 2,
+// 4 and 8; lengths 10, 129 (a partial 16-token tile) and 300 (two 256-token chunks).
+TEST_CASE("kv packed: tensor-core decode (int2/int4 per token, head_dim 128) == simulated", "[gpu][kv]") {
+  const std::vector<Shape> shapes = {Shape{3, 3, 128}, Shape{2, 4, 128}, Shape{2, 8, 128},
+                                     Shape{1, 8, 128}};
+  run_all("int4", "int4", 905, nullptr, nullptr, shapes);
+  run_all("int2", "int2", 906, nullptr, nullptr, shapes);
+  run_all("int4:sym=1", "int4:group=64,sym=1", 908, nullptr, nullptr, shapes);
+  run_all("int2:group=32", "int2:group=16", 909, nullptr, nullptr, {Shape{3, 3, 128}});
+  run_all("int4:group=16", "int4:group=64", 910, nullptr, nullptr, {Shape{3, 3, 128}, Shape{2, 4, 128}});
 }
 
 TEST_CASE("kv packed: KIVI channel-grouped keys + fp16 residual, per-token values", "[gpu][kv]") {

@@ -1,0 +1,528 @@
+// Decode attention over packed uniform per-token KV caches (intB axis=token, sym or asym,
+// 2 or 4 bits, head_dim 128) with the dot products on the tensor cores (mma.sync
+// m16n8k16, fp16 inputs, fp32 accumulation). Why: the CUDA-core kernels (kv_decode_packed.cu)
+// spend ~5 instructions per element (shift, magic OR, FADD, dequant FFMA, dot FFMA) and
+// stalled at 18-34% of copy bandwidth (notes/kv-cuda-perf.md); at 2990 GB/s the H100 issues
+// 5.3 thread-instructions per int4 element and 2.8 per int2 element, so the kernel must do
+// far less per element than the dequantize-then-fma form.
+//
+// The factorisation (per token t, channel group grp, per-token stored scale s and zero z):
+//   keys:   score(g, t) = scale * sum_grp [ s_t * sum_{d in grp} q_gd c_td + z_t * sum_{d in grp} q_gd ]
+//   values: out(g, d)   = (sum_t (p_gt s_t) c_td + sum_t p_gt z_t) / l_g
+// (symmetric codes: z = -2^(b-1) s). The integer codes c go through the tensor cores
+// unscaled; the scales are applied once per token (keys) or folded into the softmax
+// weights (values).
+//  - Codes -> fp16, exactly: (w & mask) | 0x6400 per half is 1024 + c * 2^k (one LOP3 for two
+//    codes), then one HFMA2 by (2^-k, -1024 * 2^-k) gives c. A 32-bit word of 4-bit codes
+//    becomes 4 fp16 pairs (codes j, j+4) with 1 shift + 4 LOP3 + 4 HFMA2; of 2-bit codes
+//    8 pairs (j, j+8) with 1 + 8 + 8.
+//  - Keys: A = codes [16 tokens x 16 channels] (row = token), B = q [16 channels x 8 columns],
+//    column = (query head g, channel group grp): q masked to the group, so the groups of
+//    a token come out as separate columns (G * 128/group <= 16 columns: 1 or 2 mmas per
+//    A fragment). The k dimension (channels) may be permuted freely as long as A and B
+//    agree: lane (gid, t) holds channels 32t .. 32t+31 of its two tokens (one 16-byte load
+//    per token at 4 bits, 8 at 2 bits) and the k-slots are the fp16 pairs in the order the
+//    magic conversion produces them. q is fp16 already, so B is exact.
+//  - Values: A = codes transposed [16 channels x 16 tokens], B = weights [16 tokens x 8
+//    columns], column = (g, value group, hi | lo). Lane (gid, t) loads channels
+//    16 gid .. 16 gid + 15 of tokens 4t .. 4t+3 (8-byte loads at 4 bits), pairs two tokens'
+//    codes of one channel with a byte permute (PRMT) before the magic conversion.
+//    The weight w = p s is fp32; it is split into w_hi = fp16(w 2^E) and w_lo =
+//    fp16(w 2^E - w_hi) (two B columns; the mma sums both), E per value group chosen from
+//    the chunk's largest scale so that w 2^E < 2^15 (no overflow; p <= 1): the pair carries
+//    22 bits, relative error <= 2^-22, and underflow of small weights costs at most
+//    2^-25 * 2^-E absolute, below 2^-39 of the chunk's largest weight.
+//  - The z terms (sum_g q per group, sum_t p z) are fp32 sums outside the tensor cores.
+// Instruction count per element (predicted, SASS not yet read): keys 4 bits 9/8 conversion
+// + 1/8 mma + ~0.3 epilogue (scale/zero per token, 2 of 64 codes per lane) = ~1.55;
+// values 4 bits 10/8 (2 PRMT + 2 SHF + 8 LOP3 + 8 HFMA2 per 16 codes) + 1/8 mma + ~0.05
+// = ~1.4; 2 bits ~1.3 each. Against 5.3 (int4) / 2.8 (int2) per element at 100% of copy
+// bandwidth that is 28% / 47% of the issue rate: the floor is the bytes again, not the
+// instructions, if enough loads are in flight (U tiles per warp loaded before use).
+// Error: the mma's fp32 accumulation aligns the 16 products and the accumulator to the
+// largest exponent and truncates (Fasi et al., "Numerical behavior of NVIDIA tensor
+// cores", 2021): per mma step at most 17 units of 2^-23 of the largest term. Over the
+// 128/16 = 8 key steps that is <= 8 * 17 * 2^-23 <= 128 * 2^-23 of sum |q c| |s| + |z| sum|q|,
+// i.e. the test's hd * 2^-23 bound with |s c| + |z| in place of |k| (tests/gpu/kv_packed_test.cpp).
+// Softmax, sums and outputs in fp32; the output is rounded once to fp16.
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/common.cuh"
+#include "kernels/kv_decode_mma.cuh"
+
+namespace kvq::kern::mma_decode {
+namespace {
+
+constexpr int kT = 128;             // threads per block
+constexpr int kW = kT / 32;         // warps
+constexpr int kD = 128;             // head_dim served
+constexpr int kMaxChunk = 1024;     // tokens per block (smem: scores + weights)
+constexpr int kMinChunk = 256;
+constexpr int kMaxCols = 16;        // B columns (two n-tiles)
+
+__device__ __forceinline__ float h2f(uint16_t h) { return __half2float(__ushort_as_half(h)); }
+
+__device__ __forceinline__ void mma16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                         uint32_t a3, uint32_t b0, uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t h2_bits(__half2 h) {
+  return *reinterpret_cast<uint32_t*>(&h);
+}
+__device__ __forceinline__ __half2 bits_h2(uint32_t u) {
+  return *reinterpret_cast<__half2*>(&u);
+}
+__device__ __forceinline__ uint32_t pack_h2(float lo, float hi) {
+  return h2_bits(__floats2half2_rn(lo, hi));
+}
+
+// Pair j of the 16-bit halves of x: the code at bits [BITS*j, BITS*j + BITS) of each half
+// (j < 8 / BITS) as exact fp16 integers, low half first.
+template <int BITS, int J>
+__device__ __forceinline__ uint32_t pair_at(uint32_t x) {
+  constexpr uint32_t m = ((1u << BITS) - 1u) << (BITS * J);
+  // (1024 + c 2^k) * 2^-k - 1024 * 2^-k = c, both steps exact; constants as fp16 bits.
+  constexpr uint32_t mul = static_cast<uint32_t>(15 - BITS * J) << 10;             // 2^-k
+  constexpr uint32_t add = 0x8000u | (static_cast<uint32_t>(25 - BITS * J) << 10);  // -2^(10-k)
+  const __half2 h = bits_h2((x & (m | (m << 16))) | 0x64006400u);
+  return h2_bits(__hfma2(h, bits_h2(mul | (mul << 16)), bits_h2(add | (add << 16))));
+}
+
+// The NP = 16 / BITS fp16 pairs of a word: pair j = (code j, code j + NP) of the word's
+// bit stream (code i at bit BITS * i).
+template <int BITS>
+__device__ __forceinline__ void word_pairs(uint32_t w, uint32_t* out) {
+  constexpr int NH = 8 / BITS;  // pairs per byte-aligned half of the shift
+  const uint32_t w8 = w >> 8;
+  if constexpr (BITS == 4) {
+    out[0] = pair_at<4, 0>(w);  out[1] = pair_at<4, 1>(w);
+    out[2] = pair_at<4, 0>(w8); out[3] = pair_at<4, 1>(w8);
+  } else {
+    static_assert(BITS == 2, "2 or 4 bits");
+    out[0] = pair_at<2, 0>(w);  out[1] = pair_at<2, 1>(w);
+    out[2] = pair_at<2, 2>(w);  out[3] = pair_at<2, 3>(w);
+    out[4] = pair_at<2, 0>(w8); out[5] = pair_at<2, 1>(w8);
+    out[6] = pair_at<2, 2>(w8); out[7] = pair_at<2, 3>(w8);
+  }
+  (void)NH;
+}
+
+// Channel (within the lane's 32-channel block) of the low code of key pair p (0..15).
+template <int BITS>
+__device__ __forceinline__ int key_pair_channel(int p) {
+  constexpr int NP = 16 / BITS, CPW = 32 / BITS;
+  return (p / NP) * CPW + p % NP;  // the high code is this + NP
+}
+
+template <int BITS, int NTK, int NTV, int U, int UV>
+__global__ void __launch_bounds__(kT, 3)
+mma_decode_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, int splits,
+                  float* part_o, float* part_ml) {
+  constexpr int NP = 16 / BITS;       // fp16 pairs per code word
+  constexpr int NWK = BITS;           // words per 32-code key block
+  constexpr int NWV = BITS / 2;       // words per 16-channel value run
+  extern __shared__ __align__(16) float sm[];
+  const int G = a.n_heads / K.kv_heads;
+  const int NGK = kD / K.group, NGV = kD / V.group;
+  const int NCK = G * NGK, NCV = 2 * G * NGV;
+  float* sc = sm;                                   // [G][chunk] scores, then p
+  float* red = sc + G * chunk;                      // [kW][G][kD]
+  float* qsum = red + kW * G * kD;                  // [kMaxCols] sum of q per key column
+  float* zsum = qsum + kMaxCols;                    // [G * NGV] sum_t p z
+  float* stat = zsum + kMaxCols;                    // [G][2]
+  float* smx = stat + 2 * kMaxGroup;                // [kW][8] largest value scale per group
+  float* spw = smx + kW * 8;                        // [8] 2^E per value group
+  __half* W = reinterpret_cast<__half*>(spw + 8);   // [NCV][chunk] value weights
+
+  const int s = blockIdx.x, kvh = blockIdx.y, r = blockIdx.z;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int gid = lane >> 2, t4 = lane & 3;
+  const int len = a.len[r];
+  const int begin = s * chunk;
+  const int end = min(len, begin + chunk);
+  const int64_t head0 = static_cast<int64_t>(r) * a.n_heads + kvh * G;
+  if (begin >= end) {
+    for (int i = threadIdx.x; i < G * kD; i += kT)
+      part_o[((head0 + i / kD) * splits + s) * kD + i % kD] = 0.f;
+    if (threadIdx.x < G) {
+      part_ml[((head0 + threadIdx.x) * splits + s) * 2] = -INFINITY;
+      part_ml[((head0 + threadIdx.x) * splits + s) * 2 + 1] = 0.f;
+    }
+    return;
+  }
+  const uint16_t* q = static_cast<const uint16_t*>(a.q) + head0 * kD;  // [G][kD] fp16 bits
+  if (threadIdx.x < NCK) {
+    const int g = threadIdx.x / NGK, grp = threadIdx.x % NGK;
+    float acc = 0.f;
+    for (int d = grp * K.group; d < (grp + 1) * K.group; ++d) acc += h2f(q[g * kD + d]);
+    qsum[threadIdx.x] = acc;
+  }
+  const int64_t sh = static_cast<int64_t>(a.slot[r]) * K.kv_heads + kvh;
+  const int cnt = end - begin;
+  const int ntiles = (cnt + 15) / 16;
+
+  // ---- Pass 1: scores on the tensor cores. ----
+  {
+    const bool ksym = K.format == KvFormat::kTokenSym;
+    const float koff = static_cast<float>(1 << (BITS - 1));
+    // B fragments: q of column nt*8 + gid, masked to the column's channel group.
+    uint32_t bq[NTK][8][2];
+#pragma unroll
+    for (int nt = 0; nt < NTK; ++nt) {
+      const int col = nt * 8 + gid;
+      const bool ok = col < NCK;
+      const int g = ok ? col / NGK : 0, grp = ok ? col % NGK : 0;
+#pragma unroll
+      for (int kk = 0; kk < 8; ++kk)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int ca = 32 * t4 + key_pair_channel<BITS>(2 * kk + h), cb = ca + NP;
+          const float qa = ok && ca / K.group == grp ? h2f(q[g * kD + ca]) : 0.f;
+          const float qb = ok && cb / K.group == grp ? h2f(q[g * kD + cb]) : 0.f;
+          bq[nt][kk][h] = pack_h2(qa, qb);  // fp16 -> fp32 -> fp16: exact
+        }
+    }
+    __syncthreads();  // qsum
+    const uint32_t* kcodes = K.codes + sh * K.max_tokens * K.wpr + t4 * NWK;
+    for (int tb = warp * U; tb < ntiles; tb += kW * U) {
+      uint32_t w[U][2][NWK];
+      uint32_t mk[U][2][NTK][2];
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) {
+          const int j = begin + (tb + u) * 16 + gid + 8 * rr;
+          const bool ok = j < end;
+          const int64_t row = sh * K.max_tokens + j;
+          if constexpr (NWK == 4) {
+            uint4 v = make_uint4(0, 0, 0, 0);
+            if (ok) v = __ldg(reinterpret_cast<const uint4*>(kcodes + static_cast<int64_t>(j) * K.wpr));
+            w[u][rr][0] = v.x; w[u][rr][1] = v.y; w[u][rr][2] = v.z; w[u][rr][3] = v.w;
+          } else {
+            uint2 v = make_uint2(0, 0);
+            if (ok) v = __ldg(reinterpret_cast<const uint2*>(kcodes + static_cast<int64_t>(j) * K.wpr));
+            w[u][rr][0] = v.x; w[u][rr][1] = v.y;
+          }
+#pragma unroll
+          for (int nt = 0; nt < NTK; ++nt)
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+              const int col = nt * 8 + 2 * t4 + c;
+              uint32_t m = 0u;
+              if (ok && col < NCK) {
+                const int grp = col % NGK;
+                m = ksym ? static_cast<uint32_t>(__ldg(K.meta + row * K.mpr + grp))
+                         : __ldg(reinterpret_cast<const uint32_t*>(K.meta + row * K.mpr + 2 * grp));
+              }
+              mk[u][rr][nt][c] = m;
+            }
+        }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        uint32_t pr[2][16];
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr)
+#pragma unroll
+          for (int i = 0; i < NWK; ++i) word_pairs<BITS>(w[u][rr][i], &pr[rr][i * NP]);
+        float acc[NTK][4];
+#pragma unroll
+        for (int nt = 0; nt < NTK; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < 8; ++kk)
+#pragma unroll
+          for (int nt = 0; nt < NTK; ++nt)
+            mma16816(acc[nt], pr[0][2 * kk], pr[1][2 * kk], pr[0][2 * kk + 1], pr[1][2 * kk + 1],
+                     bq[nt][kk][0], bq[nt][kk][1]);
+        // acc[nt]: (row gid, cols 2t4, 2t4+1), (row gid+8, same cols).
+#pragma unroll
+        for (int nt = 0; nt < NTK; ++nt)
+#pragma unroll
+          for (int rr = 0; rr < 2; ++rr) {
+            const int j = begin + (tb + u) * 16 + gid + 8 * rr;
+            float v[2];
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+              const int col = nt * 8 + 2 * t4 + c;
+              const uint32_t m = mk[u][rr][nt][c];
+              const float sf = h2f(static_cast<uint16_t>(m & 0xFFFFu));
+              const float dot = acc[nt][2 * rr + c];
+              const float qs = col < NCK ? qsum[col] : 0.f;
+              v[c] = ksym ? sf * fmaf(-koff, qs, dot)
+                          : fmaf(sf, dot, h2f(static_cast<uint16_t>(m >> 16)) * qs);
+            }
+            if (NGK == 1) {
+#pragma unroll
+              for (int c = 0; c < 2; ++c) {
+                const int col = nt * 8 + 2 * t4 + c;
+                if (col < NCK && j < end) sc[col * chunk + (j - begin)] = v[c] * a.scale;
+              }
+            } else {
+              float sum = v[0] + v[1];
+              for (int o = 1; o < NGK / 2; o <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+              const int col = nt * 8 + 2 * t4;
+              if (t4 % (NGK / 2) == 0 && col < NCK && j < end)
+                sc[(col / NGK) * chunk + (j - begin)] = sum * a.scale;
+            }
+          }
+      }
+    }
+  }
+  __syncthreads();
+
+  // ---- Pass 2: softmax weights, split into the fp16 hi/lo B columns of the value pass. ----
+  const bool vsym = V.format == KvFormat::kTokenSym;
+  const float voff = static_cast<float>(1 << (BITS - 1));
+  {
+    float mx[8];
+#pragma unroll
+    for (int g = 0; g < 8; ++g) mx[g] = 0.f;
+    for (int i = threadIdx.x; i < cnt; i += kT) {
+      const uint16_t* meta = V.meta + (sh * V.max_tokens + begin + i) * V.mpr;
+#pragma unroll
+      for (int grp = 0; grp < 8; ++grp)
+        if (grp < NGV) mx[grp] = fmaxf(mx[grp], fabsf(h2f(meta[vsym ? grp : 2 * grp])));
+    }
+#pragma unroll
+    for (int grp = 0; grp < 8; ++grp) {
+      const float m = warp_max(mx[grp]);
+      if (lane == 0) smx[warp * 8 + grp] = m;
+    }
+  }
+  __syncthreads();
+  float pw[8];  // 2^E per value group
+#pragma unroll
+  for (int grp = 0; grp < 8; ++grp) {
+    float m = 0.f;
+    for (int w2 = 0; w2 < kW; ++w2) m = fmaxf(m, smx[w2 * 8 + grp]);
+    pw[grp] = m > 0.f && isfinite(m) ? ldexpf(1.f, 14 - ilogbf(m)) : 1.f;
+  }
+  if (threadIdx.x == 0) {
+#pragma unroll
+    for (int grp = 0; grp < 8; ++grp) spw[grp] = pw[grp];
+  }
+  const int cpad = ntiles * 16;
+  for (int g = warp; g < G; g += kW) {
+    float m = -INFINITY;
+    for (int i = lane; i < cnt; i += 32) m = fmaxf(m, sc[g * chunk + i]);
+    m = warp_max(m);
+    float sum = 0.f, zs[8];
+#pragma unroll
+    for (int grp = 0; grp < 8; ++grp) zs[grp] = 0.f;
+    for (int i = lane; i < cnt; i += 32) {
+      const float p = expf(sc[g * chunk + i] - m);
+      sum += p;
+      const uint16_t* meta = V.meta + (sh * V.max_tokens + begin + i) * V.mpr;
+#pragma unroll
+      for (int grp = 0; grp < 8; ++grp)
+        if (grp < NGV) {
+          const float sf = h2f(meta[vsym ? grp : 2 * grp]);
+          const float zf = vsym ? -voff * sf : h2f(meta[2 * grp + 1]);
+          const float w = p * sf * pw[grp];
+          const __half hi = __float2half_rn(w);
+          const __half lo = __float2half_rn(w - __half2float(hi));
+          const int col = 2 * (g * NGV + grp);
+          W[col * chunk + i] = hi;
+          W[(col + 1) * chunk + i] = lo;
+          zs[grp] = fmaf(p, zf, zs[grp]);
+        }
+    }
+    sum = warp_sum(sum);
+#pragma unroll
+    for (int grp = 0; grp < 8; ++grp) {
+      const float z = warp_sum(zs[grp]);
+      if (lane == 0 && grp < NGV) zsum[g * NGV + grp] = z;
+    }
+    if (lane == 0) {
+      stat[2 * g] = m;
+      stat[2 * g + 1] = sum;
+    }
+  }
+  for (int i = threadIdx.x; i < NCV * (cpad - cnt); i += kT)
+    W[(i / (cpad - cnt)) * chunk + cnt + i % (cpad - cnt)] = __float2half_rn(0.f);
+  __syncthreads();
+
+  // ---- Pass 3: P V on the tensor cores. ----
+  {
+    float acc[NTV][8][4];
+#pragma unroll
+    for (int nt = 0; nt < NTV; ++nt)
+#pragma unroll
+      for (int mt = 0; mt < 8; ++mt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[nt][mt][e] = 0.f;
+    const uint32_t* vcodes = V.codes + sh * V.max_tokens * V.wpr + gid * NWV;
+    for (int tb = warp * UV; tb < ntiles; tb += kW * UV) {
+      uint32_t w[UV][4][NWV];
+#pragma unroll
+      for (int u = 0; u < UV; ++u)
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          const int j = begin + (tb + u) * 16 + 4 * t4 + k;
+          const bool ok = tb + u < ntiles && j < end;
+          if constexpr (NWV == 2) {
+            uint2 v = make_uint2(0, 0);
+            if (ok) v = __ldg(reinterpret_cast<const uint2*>(vcodes + static_cast<int64_t>(j) * V.wpr));
+            w[u][k][0] = v.x; w[u][k][1] = v.y;
+          } else {
+            w[u][k][0] = ok ? __ldg(vcodes + static_cast<int64_t>(j) * V.wpr) : 0u;
+          }
+        }
+#pragma unroll
+      for (int u = 0; u < UV; ++u) {
+        if (tb + u >= ntiles) break;
+        uint32_t b[NTV][2];
+#pragma unroll
+        for (int nt = 0; nt < NTV; ++nt) {
+          const int col = nt * 8 + gid;
+          uint2 v = make_uint2(0, 0);
+          if (col < NCV)
+            v = *reinterpret_cast<const uint2*>(W + col * chunk + (tb + u) * 16 + 4 * t4);
+          b[nt][0] = v.x; b[nt][1] = v.y;
+        }
+        // p01[c] / p23[c]: (token 4t, 4t+1) / (4t+2, 4t+3) codes of local channel c (0..15).
+        uint32_t p01[16], p23[16];
+#pragma unroll
+        for (int i = 0; i < NWV; ++i) {
+#pragma unroll
+          for (int hh = 0; hh < 2; ++hh) {
+            const uint32_t sel = hh ? 0x7632u : 0x5410u;
+            const uint32_t x01 = __byte_perm(w[u][0][i], w[u][1][i], sel);
+            const uint32_t x23 = __byte_perm(w[u][2][i], w[u][3][i], sel);
+            // x: low half = first token's 16 bits, high half = second token's.
+            uint32_t t01[8], t23[8];
+            word_pairs<BITS>(x01, t01);
+            word_pairs<BITS>(x23, t23);
+            // word_pairs gives pair j = (bits of code j of each half) for j < NP/2 from x and
+            // from x >> 8 for the rest: in a 16-bit half that is codes 0 .. NP-1 in order.
+#pragma unroll
+            for (int jj = 0; jj < NP; ++jj) {
+              const int c = (32 / BITS) * i + NP * hh + jj;
+              p01[c] = t01[jj];
+              p23[c] = t23[jj];
+            }
+          }
+        }
+#pragma unroll
+        for (int mt = 0; mt < 8; ++mt)
+#pragma unroll
+          for (int nt = 0; nt < NTV; ++nt)
+            mma16816(acc[nt][mt], p01[2 * mt], p01[2 * mt + 1], p23[2 * mt], p23[2 * mt + 1],
+                     b[nt][0], b[nt][1]);
+      }
+    }
+    // acc[nt][mt]: rows = channels 16 gid + 2 mt (+1 for row gid + 8), cols 2t4 (hi), 2t4+1 (lo)
+    // of combination k = nt * 4 + t4 = (g, value group).
+#pragma unroll
+    for (int nt = 0; nt < NTV; ++nt) {
+      const int k = nt * 4 + t4;
+      if (k < G * NGV) {
+        const int g = k / NGV, grp = k % NGV;
+        const float inv = 1.f / spw[grp];  // a power of two: exact
+#pragma unroll
+        for (int mt = 0; mt < 8; ++mt)
+#pragma unroll
+          for (int rr = 0; rr < 2; ++rr) {
+            const int ch = 16 * gid + 2 * mt + rr;
+            if (ch / V.group == grp)
+              red[(warp * G + g) * kD + ch] = (acc[nt][mt][2 * rr] + acc[nt][mt][2 * rr + 1]) * inv;
+          }
+      }
+    }
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < G * kD; i += kT) {
+    const int g = i / kD, d = i % kD;
+    float v = 0.f;
+    for (int w2 = 0; w2 < kW; ++w2) v += red[(w2 * G + g) * kD + d];
+    part_o[((head0 + g) * splits + s) * kD + d] = v + zsum[g * NGV + d / V.group];
+  }
+  if (threadIdx.x < G) {
+    part_ml[((head0 + threadIdx.x) * splits + s) * 2] = stat[2 * threadIdx.x];
+    part_ml[((head0 + threadIdx.x) * splits + s) * 2 + 1] = stat[2 * threadIdx.x + 1];
+  }
+}
+
+size_t smem_bytes(int G, int ncv, int chunk) {
+  return (static_cast<size_t>(G) * chunk + static_cast<size_t>(kW) * G * kD + 2 * kMaxCols +
+          2 * kMaxGroup + kW * 8 + 8) * sizeof(float) +
+         static_cast<size_t>(ncv) * chunk * sizeof(__half);
+}
+
+template <int BITS, int NTK, int NTV>
+cudaError_t launch(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int chunk,
+                   int splits, float* part_o, float* part_ml, cudaStream_t stream) {
+  const int G = a.n_heads / k.kv_heads;
+  const int ncv = 2 * G * (kD / v.group);
+  const size_t smem = smem_bytes(G, ncv, chunk);
+  // U: key tiles (16 tokens) per warp loaded before use; UV the same for values.
+  constexpr int U = 4, UV = NTV == 1 ? 4 : 2;
+  auto* kernel = mma_decode_kernel<BITS, NTK, NTV, U, UV>;
+  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(smem));
+  if (e != cudaSuccess) return e;
+  kernel<<<dim3(splits, k.kv_heads, a.rows), kT, smem, stream>>>(k, v, a, chunk, splits, part_o,
+                                                                  part_ml);
+  if ((e = launch_status()) != cudaSuccess) return e;
+  splitk_combine_kernel<__half><<<dim3(a.n_heads, a.rows), 128, 0, stream>>>(
+      part_o, part_ml, static_cast<__half*>(a.out), a.n_heads, kD, splits);
+  return launch_status();
+}
+
+template <int BITS>
+cudaError_t dispatch(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int chunk,
+                     int splits, float* o, float* ml, cudaStream_t stream) {
+  const int G = a.n_heads / k.kv_heads;
+  const int ntk = (G * (kD / k.group) + 7) / 8, ntv = (2 * G * (kD / v.group) + 7) / 8;
+  if (ntk == 1 && ntv == 1) return launch<BITS, 1, 1>(k, v, a, chunk, splits, o, ml, stream);
+  if (ntk == 1) return launch<BITS, 1, 2>(k, v, a, chunk, splits, o, ml, stream);
+  if (ntv == 1) return launch<BITS, 2, 1>(k, v, a, chunk, splits, o, ml, stream);
+  return launch<BITS, 2, 2>(k, v, a, chunk, splits, o, ml, stream);
+}
+
+bool side_fits(const PackedSide& s) {
+  if (s.format != KvFormat::kTokenAsym && s.format != KvFormat::kTokenSym) return false;
+  if (s.resid_cap > 0 || s.n_sink > 0 || s.outliers || s.inv_s || s.lut) return false;
+  return s.head_dim == kD && (s.bits == 2 || s.bits == 4) && s.group >= 16 && s.group <= kD &&
+         kD % s.group == 0;
+}
+
+}  // namespace
+
+bool fits(Act act, const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a) {
+  if (act != Act::kF16 || a.inv_freq || k.bits != v.bits || k.kv_heads <= 0) return false;
+  if (!side_fits(k) || !side_fits(v) || a.n_heads % k.kv_heads != 0) return false;
+  const int G = a.n_heads / k.kv_heads;
+  return G <= kMaxGroup && G * (kD / k.group) <= kMaxCols && 2 * G * (kD / v.group) <= kMaxCols;
+}
+
+void plan(int kv_heads, int rows, int G, int max_len, int sm_count, int* chunk, int* splits) {
+  // >= 8 blocks per SM worth of (chunk, kv head, row) work: 128-thread blocks, 3 per SM by
+  // registers, so at least 2-3 waves; chunks of 256..1024 tokens (the combine reads
+  // splits x (128 + 2) floats per head: < 1% of the cache bytes at 1024 tokens per chunk).
+  const int per_split = std::max(1, kv_heads * rows);
+  const int want = std::max(1, (8 * std::max(sm_count, 1) + per_split - 1) / per_split);
+  int c = (max_len + want - 1) / want;
+  c = (c + 63) / 64 * 64;
+  const int cap = G > 4 ? kMaxChunk / 2 : kMaxChunk;
+  c = std::max(kMinChunk, std::min(c, cap));
+  *chunk = c;
+  *splits = (max_len + c - 1) / c;
+}
+
+cudaError_t run(Act act, const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a,
+                int max_len, int sm_count, float* part_o, float* part_ml, cudaStream_t stream) {
+  if (!fits(act, k, v, a)) return cudaErrorInvalidValue;
+  int chunk = 0, splits = 0;
+  plan(k.kv_heads, a.rows, a.n_heads / k.kv_heads, max_len, sm_count, &chunk, &splits);
+  if (k.bits == 4) return dispatch<4>(k, v, a, chunk, splits, part_o, part_ml, stream);
+  return dispatch<2>(k, v, a, chunk, splits, part_o, part_ml, stream);
+}
+
+}  // namespace kvq::kern::mma_decode

@@ -1,0 +1,30 @@
+// Decode attention over packed uniform per-token KV caches on the tensor cores
+// (kernels/kv_decode_mma.cu; design, instruction count and error bound there). Called by
+// kv_decode_attention() (kernels/kv_decode_packed.cu), which picks it where fits() holds;
+// nvcc and g++ both read this header.
+#pragma once
+
+#include <cstddef>
+
+#include <cuda_runtime.h>
+
+#include "kernels/kv_ops.cuh"
+
+namespace kvq::kern::mma_decode {
+
+// True when the tensor-core kernel serves this pair of sides: fp16 activations, post-RoPE
+// keys, head_dim 128, uniform per-token codes (kTokenAsym or kTokenSym) of 2 or 4 bits on
+// both sides, channel groups of 16..128, no residual ring, sinks, outliers, LUT or
+// smoothing, G = heads / kv heads <= 8 with G * (128 / key group) <= 16 and
+// 2 * G * (128 / value group) <= 16.
+bool fits(Act act, const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a);
+
+// Tokens per split-K chunk (multiple of 64) and the number of chunks for max_len tokens.
+void plan(int kv_heads, int rows, int G, int max_len, int sm_count, int* chunk, int* splits);
+
+// Launches the kernel and the split-K combine. part_o / part_ml: the workspace as
+// kv_decode_attention lays it out, sized for plan()'s splits.
+cudaError_t run(Act act, const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a,
+                int max_len, int sm_count, float* part_o, float* part_ml, cudaStream_t stream);
+
+}  // namespace kvq::kern::mma_decode
