@@ -91,6 +91,28 @@ void rms_backward(const Mat& x, const Vec& w, const std::vector<S>& r, const Mat
   }
 }
 
+// Row i of `sc` (scores of query i against keys 0..n-1) becomes the causal softmax over keys
+// max(0, i - window + 1)..i (window <= 0: all of 0..i), zero elsewhere; sums in double. The
+// forward pass and the backward pass's recomputation share it so they see the same numbers.
+template <typename Mat>
+void causal_softmax_rows(Mat& sc, int window) {
+  using S = typename Mat::Scalar;
+  const int n = static_cast<int>(sc.rows());
+  for (int i = 0; i < n; ++i) {
+    const int lo = window > 0 ? std::max(0, i - window + 1) : 0;
+    S m = -std::numeric_limits<S>::infinity();
+    for (int j = lo; j <= i; ++j) m = std::max(m, sc(i, j));
+    double sum = 0.0;
+    for (int j = 0; j < static_cast<int>(sc.cols()); ++j) {
+      const S e = (j >= lo && j <= i) ? static_cast<S>(std::exp(sc(i, j) - m)) : S(0);
+      sc(i, j) = e;
+      sum += static_cast<double>(e);
+    }
+    const S inv = static_cast<S>(1.0 / sum);
+    for (int j = 0; j <= i; ++j) sc(i, j) *= inv;
+  }
+}
+
 }  // namespace
 
 template <typename S>
@@ -228,19 +250,7 @@ typename CpuGradient<S>::Mat CpuGradient<S>::layer_forward(int l, const Mat& x, 
         sc(i, i) = c.q.row(i).segment(h * hd, hd).dot(c.k.row(i).segment(g * hd, hd)) * scale;
       }
     }
-    for (int i = 0; i < n; ++i) {
-      const int lo = window > 0 ? std::max(0, i - window + 1) : 0;
-      S m = -std::numeric_limits<S>::infinity();
-      for (int j = lo; j <= i; ++j) m = std::max(m, sc(i, j));
-      double sum = 0.0;
-      for (int j = 0; j < n; ++j) {
-        const S e = (j >= lo && j <= i) ? static_cast<S>(std::exp(sc(i, j) - m)) : S(0);
-        sc(i, j) = e;
-        sum += static_cast<double>(e);
-      }
-      const S inv = static_cast<S>(1.0 / sum);
-      for (int j = 0; j <= i; ++j) sc(i, j) *= inv;
-    }
+    causal_softmax_rows(sc, window);
     if (hook) {
       std::vector<S> diag(static_cast<size_t>(n));
       for (int i = 0; i < n; ++i) {
@@ -318,19 +328,7 @@ typename CpuGradient<S>::Mat CpuGradient<S>::layer_backward(int l, const Mat& x,
     if (hook) {
       for (int i = 0; i < n; ++i) pr(i, i) = qh.row(i).dot(c.k.row(i).segment(g * hd, hd)) * scale;
     }
-    for (int i = 0; i < n; ++i) {
-      const int lo = window > 0 ? std::max(0, i - window + 1) : 0;
-      S m = -std::numeric_limits<S>::infinity();
-      for (int j = lo; j <= i; ++j) m = std::max(m, pr(i, j));
-      double sum = 0.0;
-      for (int j = 0; j < n; ++j) {
-        const S e = (j >= lo && j <= i) ? static_cast<S>(std::exp(pr(i, j) - m)) : S(0);
-        pr(i, j) = e;
-        sum += static_cast<double>(e);
-      }
-      const S inv = static_cast<S>(1.0 / sum);
-      for (int j = 0; j <= i; ++j) pr(i, j) *= inv;
-    }
+    causal_softmax_rows(pr, window);
     Mat dp = doh * vg.transpose();  // [n, n]
     if (hook) {
       for (int i = 0; i < n; ++i) dp(i, i) = doh.row(i).dot(c.v.row(i).segment(g * hd, hd));
