@@ -43,7 +43,10 @@
 // fp32 P, as in the previous wmma kernel; the output is rounded once (round to nearest
 // even). The bound in tests/gpu/kernel_parity_test.cpp follows from this.
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 
+#include "kernels/attention_prefill_sm90.cuh"
 #include "kernels/common.cuh"
 
 namespace kvq::kern {
@@ -407,15 +410,39 @@ cudaError_t dispatch_prefill(const AttentionArgs& a, cudaStream_t stream) {
   return launch_prefill<T, 128>(a, stream);
 }
 
+// KVQ_PREFILL: "fa2" keeps every call on this kernel, "sm90" asks for the wgmma kernel
+// where it applies (head_dim 64 or 128 on a compute capability 9.0 device). Unset:
+// kSm90Default.
+enum class PrefillPath { kDefault, kFa2, kSm90 };
+PrefillPath prefill_path() {
+  static const PrefillPath path = [] {
+    const char* v = std::getenv("KVQ_PREFILL");
+    if (v != nullptr && std::strcmp(v, "fa2") == 0) return PrefillPath::kFa2;
+    if (v != nullptr && std::strcmp(v, "sm90") == 0) return PrefillPath::kSm90;
+    return PrefillPath::kDefault;
+  }();
+  return path;
+}
+// Whether the wgmma kernel (kernels/attention_prefill_sm90.cu) is the default where usable.
+constexpr bool kSm90Default = false;
+
 }  // namespace
 
-cudaError_t attention_prefill(Act act, const AttentionArgs& a, cudaStream_t stream) {
+cudaError_t attention_prefill_fa2(Act act, const AttentionArgs& a, cudaStream_t stream) {
   if (a.head_dim % 8 != 0 || a.head_dim > kMaxHeadDim || a.head_dim <= 0 || a.kv_heads <= 0 ||
       a.n_heads % a.kv_heads != 0)
     return cudaErrorInvalidValue;
   if (a.rows == 0 || a.n == 0) return cudaSuccess;
   if (act == Act::kF16) return dispatch_prefill<__half>(a, stream);
   return dispatch_prefill<__nv_bfloat16>(a, stream);
+}
+
+cudaError_t attention_prefill(Act act, const AttentionArgs& a, cudaStream_t stream) {
+  const PrefillPath path = prefill_path();
+  const bool want_sm90 = path == PrefillPath::kSm90 || (path == PrefillPath::kDefault && kSm90Default);
+  if (want_sm90 && attention_prefill_sm90_usable(a))
+    return attention_prefill_sm90(act, a, stream);
+  return attention_prefill_fa2(act, a, stream);
 }
 
 }  // namespace kvq::kern

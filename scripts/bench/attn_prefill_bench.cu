@@ -3,17 +3,16 @@
 //   1. the ceilings: cuBLAS fp16/bf16 GEMM 8192^3 (wgmma, what the chip can do) and a
 //      register-only mma.sync m16n8k16 loop (what an mma.sync kernel can do at best);
 //   2. for Llama-2-7B / Llama-3-8B attention shapes (32 heads, head_dim 128, 32 or 8 KV
-//      heads) and a head_dim-64 shape, each kernel variant's median time and TFLOP/s, with
-//      FLOPs counted exactly: 4 * heads * head_dim * sum over queries of visible keys;
-//   3. the relative L2 difference of each variant's output from the first variant.
-// Variants are compiled under renamed entry points (scripts/bench/run_attn_bench.sh): the
-// wmma kernel kvq shipped before (scripts/bench/attention_prefill_wmma.cu, the baseline the
-// differences are taken against), the shipped FA2 kernel (kernels/attention_prefill.cu: 4
-// warps, 2 blocks/SM) and variants of it from other -D choices: 3 blocks/SM (registers
-// capped, small spills), 8 warps (128 queries) per block, 32-key tiles at 3 blocks/SM.
-// 4. the projection GEMMs of the prefill (Llama-2-7B and Llama-3-8B shapes, 4096 and 8192
-//    tokens) through cuBLAS as kernels/gemm.cu calls them (fp32 output, beta = 1 for the
-//    residual ones) and with a 16-bit output, to see what the non-attention part can reach.
+//      heads) at 4K, 16K and 32K causal, each kernel's median time of 7 launches and
+//      TFLOP/s, FLOPs counted exactly: 4 * heads * head_dim * sum over queries of visible
+//      keys; and the relative L2 difference of each output from the first kernel's.
+// Kernels, side by side in one run: the shipped FA2 mma.sync kernel
+// (kern::attention_prefill_fa2), the wgmma kernel (kern::attention_prefill_sm90, one
+// consumer warpgroup per block) and its 2-warpgroup variant compiled from the same source
+// with -DKVQ_SM90_WG=2 under renamed entry points (scripts/bench/run_attn_bench.sh), and
+// the dispatcher kern::attention_prefill as the model calls it.
+// (Session 2's variants of the FA2 kernel and the old wmma kernel were measured with the
+// previous version of this file; their figures are in notes/cuda-perf.md.)
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -27,13 +26,11 @@
 #include <string>
 #include <vector>
 
+#include "kernels/attention_prefill_sm90.cuh"
 #include "kernels/ops.cuh"
 
 namespace kvq::kern {
-cudaError_t attention_prefill_wmma(Act act, const AttentionArgs& a, cudaStream_t stream);
-cudaError_t attention_prefill_fa2_b3(Act act, const AttentionArgs& a, cudaStream_t stream);
-cudaError_t attention_prefill_fa2_w8(Act act, const AttentionArgs& a, cudaStream_t stream);
-cudaError_t attention_prefill_fa2_bk32(Act act, const AttentionArgs& a, cudaStream_t stream);
+cudaError_t attention_prefill_sm90_wg2(Act act, const AttentionArgs& a, cudaStream_t stream);
 }  // namespace kvq::kern
 
 using kvq::kern::Act;
@@ -151,16 +148,17 @@ int main() {
   const Shape shapes[] = {
       {"llama2-7b T=4096", 32, 32, 128, 0, 4096},
       {"llama2-7b T=16384", 32, 32, 128, 0, 16384},
+      {"llama2-7b T=32768", 32, 32, 128, 0, 32768},
       {"llama2-7b last 8K chunk of 32K", 32, 32, 128, 24576, 8192},
+      {"llama3-8b T=4096", 32, 8, 128, 0, 4096},
       {"llama3-8b T=16384", 32, 8, 128, 0, 16384},
-      {"hd64 32/32 T=16384", 32, 32, 64, 0, 16384},
+      {"llama3-8b T=32768", 32, 8, 128, 0, 32768},
   };
   struct Variant { const char* name; cudaError_t (*fn)(Act, const kvq::kern::AttentionArgs&, cudaStream_t); };
-  const std::vector<Variant> variants = {{"wmma (old)", kvq::kern::attention_prefill_wmma},
-                                         {"fa2 shipped", kvq::kern::attention_prefill},
-                                         {"fa2 3 blocks/SM", kvq::kern::attention_prefill_fa2_b3},
-                                         {"fa2 8 warps", kvq::kern::attention_prefill_fa2_w8},
-                                         {"fa2 BK32 3 blk/SM", kvq::kern::attention_prefill_fa2_bk32}};
+  const std::vector<Variant> variants = {{"fa2 (mma.sync)", kvq::kern::attention_prefill_fa2},
+                                         {"sm90 wgmma 1 WG", kvq::kern::attention_prefill_sm90},
+                                         {"sm90 wgmma 2 WG", kvq::kern::attention_prefill_sm90_wg2},
+                                         {"dispatcher", kvq::kern::attention_prefill}};
   std::printf("\n%-32s %-5s %-20s %10s %9s %10s\n", "shape", "type", "kernel", "ms", "TFLOP/s", "relL2 vs 1st");
   for (const Shape& s : shapes) {
     for (int bf = 0; bf < 2; ++bf) {
@@ -190,9 +188,7 @@ int main() {
       for (const Variant& var : variants) {
         CHECK(cudaMemset(o, 0xFF, qn * 2));
         const Act act = bf ? Act::kBF16 : Act::kF16;
-        // The wmma baseline (first) is 5x slower: fewer repetitions keep the run short.
-        const bool ref = &var == &variants[0];
-        const double ms = median_ms([&] { CHECK(var.fn(act, a, nullptr)); }, ref ? 1 : 2, ref ? 3 : 7);
+        const double ms = median_ms([&] { CHECK(var.fn(act, a, nullptr)); }, 2, 7);
         std::vector<uint16_t> out(qn);
         CHECK(cudaMemcpy(out.data(), o, qn * 2, cudaMemcpyDeviceToHost));
         std::vector<float> f(qn);
@@ -212,44 +208,5 @@ int main() {
     }
   }
 
-  // 4. Projection GEMMs y[T, n] = x[T, k] w[n, k]^T as kernels/gemm.cu issues them.
-  {
-    cublasHandle_t hdl;
-    cublasCreate(&hdl);
-    struct G { const char* name; int n, k; float beta; };
-    const G gs[] = {{"7b qkv", 12288, 4096, 0.f}, {"7b o (+res)", 4096, 4096, 1.f},
-                    {"7b gate|up", 22016, 4096, 0.f}, {"7b down (+res)", 4096, 11008, 1.f},
-                    {"8b qkv", 6144, 4096, 0.f}, {"8b gate|up", 28672, 4096, 0.f},
-                    {"8b down (+res)", 4096, 14336, 1.f}};
-    const size_t max_w = size_t(28672) * 4096, max_x = size_t(8192) * 14336, max_y = size_t(8192) * 28672;
-    uint16_t *x, *w;
-    float* y;
-    CHECK(cudaMalloc(&x, max_x * 2));
-    CHECK(cudaMalloc(&w, max_w * 2));
-    CHECK(cudaMalloc(&y, max_y * 4));
-    fill_rand<<<1024, 256>>>(x, max_x, 21, false);
-    fill_rand<<<1024, 256>>>(w, max_w, 22, false);
-    CHECK(cudaMemset(y, 0, max_y * 4));
-    std::printf("\n%-16s %6s %12s %9s %12s %9s\n", "gemm (fp16 in)", "T", "fp32 out ms", "TFLOP/s", "fp16 out ms",
-                "TFLOP/s");
-    for (int T : {4096, 8192})
-      for (const G& g : gs) {
-        const double fl = 2.0 * T * double(g.n) * g.k;
-        double ms[2];
-        for (int o16 = 0; o16 < 2; ++o16) {
-          const float one = 1.f;
-          ms[o16] = median_ms([&] {
-            cublasStatus_t st = cublasGemmEx(hdl, CUBLAS_OP_T, CUBLAS_OP_N, g.n, T, g.k, &one, w, CUDA_R_16F, g.k,
-                                             x, CUDA_R_16F, g.k, &g.beta, y, o16 ? CUDA_R_16F : CUDA_R_32F, g.n,
-                                             CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-            if (st != CUBLAS_STATUS_SUCCESS) { std::fprintf(stderr, "cublasGemmEx: %d\n", int(st)); std::exit(1); }
-          }, 2, 7);
-        }
-        std::printf("%-16s %6d %12.3f %9.1f %12.3f %9.1f\n", g.name, T, ms[0], fl / ms[0] / 1e9, ms[1],
-                    fl / ms[1] / 1e9);
-      }
-    cudaFree(x); cudaFree(w); cudaFree(y);
-    cublasDestroy(hdl);
-  }
   return 0;
 }

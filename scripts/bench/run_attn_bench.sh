@@ -1,30 +1,26 @@
 #!/usr/bin/env bash
-# Builds and runs scripts/bench/attn_prefill_bench.cu (prefill attention alone: ceilings,
-# then the wmma baseline scripts/bench/attention_prefill_wmma.cu against the shipped FA2
-# kernel kernels/attention_prefill.cu and variants of it compiled from the same source with
-# other -D choices; TFLOP/s and each one's relative L2 difference from the baseline at full
-# size; then the projection GEMMs through cuBLAS).
-# Usage: bash scripts/bench/run_attn_bench.sh   (build in $BUILD, default build-attn; log in $OUT)
+# Builds and runs scripts/bench/attn_prefill_bench.cu (prefill attention alone: the cuBLAS
+# and mma.sync ceilings, then the FA2 kernel, the wgmma kernel with 1 and 2 consumer
+# warpgroups per block and the dispatcher side by side; TFLOP/s and each output's relative
+# L2 difference from the FA2 kernel's). Links the kvq_kernels library of $BUILD (built
+# first if missing); the 2-warpgroup variant is compiled here from the same source under
+# renamed entry points.
+# Usage: bash scripts/bench/run_attn_bench.sh   (BUILD: CMake build folder, default
+# build-gpu; log in $OUT)
 set -uo pipefail
 OUT=${OUT:-/tmp/kvq-out}
-BUILD=${BUILD:-build-attn}
-ARCH=${ARCH:--arch=sm_90}
-mkdir -p "$OUT" "$BUILD"
-F="-std=c++20 -O3 $ARCH -I. --expt-relaxed-constexpr -lineinfo"
-K=kernels/attention_prefill.cu
-pids=()
-nvcc $F -Dattention_prefill=attention_prefill_wmma -c scripts/bench/attention_prefill_wmma.cu -o "$BUILD/wmma.o" \
-  > "$BUILD/wmma.log" 2>&1 & pids+=($!)
-nvcc $F -Xptxas -v -c $K -o "$BUILD/shipped.o" > "$BUILD/shipped.log" 2>&1 & pids+=($!)
-nvcc $F -DKVQ_FA_MIN_BLOCKS_128=3 -DKVQ_FA_MIN_BLOCKS_64=4 -Dattention_prefill=attention_prefill_fa2_b3 \
-  -Xptxas -v -c $K -o "$BUILD/b3.o" > "$BUILD/b3.log" 2>&1 & pids+=($!)
-nvcc $F -DKVQ_FA_WARPS=8 -DKVQ_FA_MIN_BLOCKS_128=1 -DKVQ_FA_MIN_BLOCKS_64=2 -Dattention_prefill=attention_prefill_fa2_w8 \
-  -Xptxas -v -c $K -o "$BUILD/w8.o" > "$BUILD/w8.log" 2>&1 & pids+=($!)
-nvcc $F -DKVQ_FA_BK=32 -DKVQ_FA_MIN_BLOCKS_128=3 -DKVQ_FA_MIN_BLOCKS_64=4 -Dattention_prefill=attention_prefill_fa2_bk32 \
-  -Xptxas -v -c $K -o "$BUILD/bk32.o" > "$BUILD/bk32.log" 2>&1 & pids+=($!)
-ok=1; for p in "${pids[@]}"; do wait "$p" || ok=0; done
-for v in shipped b3 w8 bk32; do echo "== $v"; grep -E "registers|spill" "$BUILD/$v.log"; done > "$OUT/attn_ptxas.txt"
-[ $ok = 1 ] || { cat "$BUILD"/*.log | grep -B2 -A6 error | head -60; exit 1; }
-nvcc $F scripts/bench/attn_prefill_bench.cu "$BUILD"/wmma.o "$BUILD"/shipped.o "$BUILD"/b3.o "$BUILD"/w8.o \
-  "$BUILD"/bk32.o -lcublas -o "$BUILD/attn_prefill_bench" || exit 1
-"$BUILD/attn_prefill_bench" 2>&1 | tee "$OUT/attn_bench.txt"
+BUILD=${BUILD:-build-gpu}
+mkdir -p "$OUT" "$BUILD/attn_bench"
+LIB="$BUILD/kernels/libkvq_kernels.a"
+if [ ! -f "$LIB" ]; then
+  cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DKVQ_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90-real \
+    > /dev/null && cmake --build "$BUILD" --target kvq_kernels -j16 > /dev/null || exit 1
+fi
+F="-std=c++17 -O3 -I. --expt-relaxed-constexpr -lineinfo"
+W="$BUILD/attn_bench"
+nvcc $F -gencode arch=compute_90a,code=sm_90a -DKVQ_SM90_WG=2 -Dattention_prefill_sm90=attention_prefill_sm90_wg2 \
+  -Dattention_prefill_sm90_usable=attention_prefill_sm90_usable_wg2 -Xptxas -v \
+  -c kernels/attention_prefill_sm90.cu -o "$W/wg2.o" > "$W/wg2.log" 2>&1 || { cat "$W/wg2.log"; exit 1; }
+grep -E "registers|spill" "$W/wg2.log" > "$OUT/attn_ptxas_wg2.txt"
+nvcc $F -arch=sm_90 scripts/bench/attn_prefill_bench.cu "$W/wg2.o" "$LIB" -lcublas -o "$W/attn_prefill_bench" || exit 1
+"$W/attn_prefill_bench" 2>&1 | tee "$OUT/attn_bench.txt"

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "formats/dtype.h"
+#include "kernels/attention_prefill_sm90.cuh"
 #include "kernels/ops.cuh"
 #include "tests/catch.h"
 #include "tests/support/test_support.h"
@@ -301,7 +302,10 @@ struct AttnCase {
   bool self;
 };
 
-void run_attention_case(const AttnCase& c, std::mt19937_64& rng, bool decode) {
+using PrefillFn = cudaError_t (*)(Act, const kvq::kern::AttentionArgs&, cudaStream_t);
+
+void run_attention_case(const AttnCase& c, std::mt19937_64& rng, bool decode,
+                        PrefillFn prefill = kvq::kern::attention_prefill, const char* label = "prefill") {
   const size_t qn = static_cast<size_t>(c.rows) * c.n * c.heads * c.hd;
   const size_t cache = static_cast<size_t>(c.slots) * c.kv_heads * c.max_tokens * c.hd;
   const size_t selfn = static_cast<size_t>(c.rows) * c.n * c.kv_heads * c.hd;
@@ -344,7 +348,7 @@ void run_attention_case(const AttnCase& c, std::mt19937_64& rng, bool decode) {
     CK(kvq::kern::attention_decode(c.act, a, max_len, 132, dws.p, ws, nullptr));
     CK(cudaDeviceSynchronize());
   } else {
-    CK(kvq::kern::attention_prefill(c.act, a, nullptr));
+    CK(prefill(c.act, a, nullptr));
   }
   auto out = from_dev<uint16_t>(dout, qn);
   const int group = c.heads / c.kv_heads;
@@ -404,7 +408,7 @@ void run_attention_case(const AttnCase& c, std::mt19937_64& rng, bool decode) {
       }
   std::printf("%s %s hd %d heads %d/%d rows %d n %d pos0[0] %d window %d self %d: max abs err %.3g "
               "(%.2f of bound)\n",
-              decode ? "decode " : "prefill", act_name(c.act), c.hd, c.heads, c.kv_heads, c.rows, c.n,
+              decode ? "decode " : label, act_name(c.act), c.hd, c.heads, c.kv_heads, c.rows, c.n,
               c.pos0[0], c.window, int(c.self), worst, worst_ratio);
 }
 
@@ -435,6 +439,53 @@ TEST_CASE("gpu kernels: prefill attention against fp64 reference", "[gpu]") {
     run_attention_case({act, 1, 33, 2, 1, 16, 1, 40, 0, {0}, {0}, true}, rng, false);
     run_attention_case({act, 3, 17, 8, 8, 128, 3, 300, 0, {2, 0, 1}, {255, 0, 64}, false}, rng, false);
   }
+}
+
+// The same prefill cases through each path by name (kernels/attention_prefill_sm90.cuh):
+// the FA2 kernel always, the wgmma kernel where it applies (head_dim 64 and 128 on an sm_90
+// device); cases it does not take are the dispatcher's FA2 cases above. Extra head_dim-128
+// cases aim at the wgmma kernel's own edges: several 64-query blocks with a ragged last
+// one, the sliding window's far edge, past-only with GQA, a 1-token chunk deep in a prefix.
+TEST_CASE("gpu kernels: prefill attention, FA2 and wgmma paths, against fp64 reference", "[gpu]") {
+  const uint64_t seed = kvq_test::test_seed(108);
+  std::printf("prefill paths seed %llu\n", (unsigned long long)seed);
+  std::mt19937_64 rng(seed);
+  int sm90_cases = 0;
+  for (Act act : {Act::kF16, Act::kBF16}) {
+    const std::vector<AttnCase> cases = {
+        {act, 2, 65, 8, 2, 128, 3, 300, 0, {2, 0}, {130, 7}, false},
+        {act, 1, 1, 4, 4, 128, 1, 10, 0, {0}, {5}, false},
+        {act, 1, 1030, 4, 2, 128, 1, 1100, 0, {0}, {0}, false},
+        {act, 3, 17, 8, 8, 128, 3, 300, 0, {2, 0, 1}, {255, 0, 64}, false},
+        {act, 1, 333, 4, 1, 128, 1, 2000, 129, {0}, {1500}, false},
+        {act, 2, 191, 8, 2, 128, 2, 600, 0, {1, 0}, {0, 300}, true},
+        {act, 1, 129, 2, 2, 128, 1, 300, 70, {0}, {0}, true},
+        {act, 1, 1, 2, 1, 128, 1, 5000, 0, {0}, {4097}, false},
+        {act, 1, 70, 8, 4, 64, 1, 100, 0, {0}, {3}, false},
+        {act, 2, 67, 4, 2, 64, 2, 140, 40, {0, 1}, {0, 60}, true},
+        {act, 1, 100, 2, 1, 96, 1, 260, 37, {0}, {150}, false},
+    };
+    for (const AttnCase& c : cases) {
+      run_attention_case(c, rng, false, kvq::kern::attention_prefill_fa2, "prefill fa2 ");
+      kvq::kern::AttentionArgs probe;
+      probe.head_dim = c.hd;
+      if (kvq::kern::attention_prefill_sm90_usable(probe)) {
+        run_attention_case(c, rng, false, kvq::kern::attention_prefill_sm90, "prefill sm90");
+        ++sm90_cases;
+      }
+    }
+  }
+  int major = 0, minor = 0, dev = 0;
+  REQUIRE(cudaGetDevice(&dev) == cudaSuccess);
+  REQUIRE(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess);
+  REQUIRE(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess);
+  std::printf("prefill sm90 cases run: %d (device compute capability %d.%d)\n", sm90_cases, major, minor);
+  // On an sm_90 device this build must have taken the wgmma kernel for every head_dim 64 / 128
+  // case (10 per type), and never for head_dim 96.
+  if (major == 9 && minor == 0) REQUIRE(sm90_cases == 20);
+  kvq::kern::AttentionArgs hd96;
+  hd96.head_dim = 96;
+  REQUIRE_FALSE(kvq::kern::attention_prefill_sm90_usable(hd96));
 }
 
 TEST_CASE("gpu kernels: decode attention against fp64 reference", "[gpu]") {

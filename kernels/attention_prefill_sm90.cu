@@ -1,0 +1,469 @@
+// Causal prefill attention on Hopper warpgroup MMA (wgmma, sm_90a), FlashAttention-3
+// style, for head_dim 128 and 64: the fast path behind kern::attention_prefill on H100/H200
+// (kernels/attention_prefill_sm90.cuh says how it is picked; the FA2 mma.sync kernel in
+// kernels/attention_prefill.cu stays the portable path and serves every other head_dim).
+// Same contract as the FA2 kernel: any chunk length over a cached prefix, GQA, sliding
+// window, past-only diagonal (k_self/v_self), fp16 and bf16, fp32 accumulation, online
+// softmax in exp2 units, output rounded once.
+//
+// Why wgmma: mma.sync kernels top out at 622 TFLOP/s on the H100 (a register-only
+// m16n8k16 loop, measured 2026-11-22, notes/cuda-perf.md) and our FA2 kernel reaches
+// 256-263; cuBLAS reaches 749-774 with wgmma. wgmma reads B (and here A for Q K^T) straight
+// from shared memory through a matrix descriptor, so the ldmatrix traffic and register
+// staging of the FA2 kernel disappear, and one instruction covers a 64 x N x 16 product.
+//
+// Work split: a block of KVQ_SM90_WG consumer warpgroups (128 threads each) owns
+// 64 x KVQ_SM90_WG queries of one head; warpgroup w owns query rows [64w, 64w + 64), warp
+// j of it rows [16j, 16j + 16) of those (the wgmma m64 accumulator layout). Per 64-key
+// tile: S[64, 64] = Q K^T with Q and K both in shared memory (wgmma m64n64k16, D/16
+// k-steps over head_dim D), masks and online softmax on the S registers, P rounded to 16
+// bits in registers as the A operand of O[64, D] += P V (m64nDk16, 4 k-steps over the
+// keys, V read through the instruction's transpose bit). The wgmma accumulator layout of each warp
+// equals the mma.sync m16n8 one, so the mask, softmax, past-only and epilogue code is the
+// FA2 kernel's with o[i][e] -> o[4 i + e].
+//
+// Shared memory: the 128B-swizzled layout wgmma reads without bank conflicts. A tile of
+// 64 rows x D 16-bit columns is stored as D/64 halves (columns 0-63, 64-127), each
+// [64][128 bytes]; the 16-byte chunk c of row r sits at chunk c ^ (r % 8) of that row, and
+// every tile starts on a 1024-byte boundary (the swizzle pattern's period). Q (64 rows per
+// warpgroup) is loaded once; K and V tiles stream through 2 stages with cp.async issued by
+// all threads, one tile ahead (a TMA producer warp is the next step, not done here).
+// Descriptors: K-major (Q, K): stride byte offset 1024 (8 rows), k-step kk starts at half
+// kk / 4, byte 32 (kk % 4); V is MN-major for P V: stride byte offset 1024 (8 keys),
+// leading byte offset = one half (64 dims), k-step kk (16 keys) starts at 2048 kk.
+//
+// Causal structure as FA2: key tiles past the block's last query are never loaded; a
+// warpgroup skips tiles its 64 rows cannot see (wgmma is warpgroup-wide, so per-warpgroup,
+// not per-warp as in FA2), masks only on tiles crossing its diagonal or window edge; blocks
+// run heaviest first.
+//
+// Precision: identical arithmetic to the FA2 kernel (fp32 sums of exact 16-bit products,
+// exp2f of fp32, P rounded to 16 bits before P V, fp32 normaliser of the unrounded P, one
+// final rounding), so tests/gpu/kernel_parity_test.cpp applies the same derived bound.
+#include <cmath>
+
+#include "kernels/attention_prefill_sm90.cuh"
+#include "kernels/common.cuh"
+
+namespace kvq::kern {
+namespace {
+
+// Consumer warpgroups per block: 1 (64 queries, 80 KB of shared memory, two blocks per SM)
+// or 2 (128 queries sharing each K/V tile, 96 KB, one block per SM).
+#ifndef KVQ_SM90_WG
+#define KVQ_SM90_WG 1
+#endif
+
+constexpr int kBK = 64;               // keys per tile
+constexpr int kWG = KVQ_SM90_WG;
+constexpr int kThreads = 128 * kWG;
+constexpr int kBQ = 64 * kWG;         // queries per block
+constexpr uint32_t kHalf = 64 * 128;  // bytes of one [64 rows][64 columns] 16-bit half tile
+static_assert(kBK == 64, "the K/V half-tile offsets below assume 64-row tiles");
+// Shared memory for head_dim D (64 or 128): Q (one [64][D] tile per warpgroup), then 2
+// stages x (K, V) [64][D] tiles, + 1024 bytes to align the base to the swizzle period.
+template <int D>
+struct Sm90Smem {
+  static constexpr uint32_t kTile = (D / 64) * kHalf;
+  static constexpr uint32_t kQ = kWG * kTile;
+  static constexpr size_t kBytes = kQ + 4 * size_t(kTile) + 1024;
+};
+
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define KVQ_HAVE_WGMMA 1
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+// 16-byte global -> shared copy; src_bytes = 0 writes zeros and reads nothing.
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// wgmma shared-memory matrix descriptor, 128-byte swizzle (PTX ISA, "Matrix Descriptor
+// Format"): start address, leading and stride byte offsets, all in 16-byte units.
+__device__ __forceinline__ uint64_t make_desc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
+  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (static_cast<uint64_t>(lbo >> 4) << 16) |
+         (static_cast<uint64_t>(sbo >> 4) << 32) | (1ull << 62);
+}
+
+// Byte offset of the 16-byte chunk c16 (0..D/8-1) of row `row` in a swizzled [64][D] tile.
+__device__ __forceinline__ uint32_t swz(int row, int c16) {
+  return static_cast<uint32_t>((c16 >> 3) * kHalf + row * 128 + (((c16 & 7) ^ (row & 7)) << 4));
+}
+
+// wgmma ordering (PTX ISA): fence before the first wgmma that reads registers written by
+// ordinary instructions, commit the issued ones as a group, wait for the group before the
+// accumulators are read. The empty asm with "+f" keeps the compiler from moving accumulator
+// reads or writes across the asynchronous region.
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wg_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+template <int N>
+__device__ __forceinline__ void reg_fence(float (&r)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
+}
+
+// S[64 x 64] (+)= A[64 x 16] B[16 x 64], A and B K-major in shared memory; acc = 0 overwrites.
+template <typename T>
+__device__ __forceinline__ void wgmma_qk(float (&d)[32], uint64_t da, uint64_t db, int acc);
+// O[64 x D] += A[64 x 16] (registers) B[16 x D] (shared memory, MN-major: transposed).
+template <typename T, int D>
+__device__ __forceinline__ void wgmma_pv(float (&d)[D / 2], const uint32_t (&a)[4], uint64_t db);
+
+template <>
+__device__ __forceinline__ void wgmma_qk<__half>(float (&d)[32], uint64_t da, uint64_t db, int acc) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(da), "l"(db), "r"(acc));
+}
+template <>
+__device__ __forceinline__ void wgmma_qk<__nv_bfloat16>(float (&d)[32], uint64_t da, uint64_t db, int acc) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(da), "l"(db), "r"(acc));
+}
+template <>
+__device__ __forceinline__ void wgmma_pv<__half, 64>(float (&d)[32], const uint32_t (&a)[4], uint64_t db) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+}
+template <>
+__device__ __forceinline__ void wgmma_pv<__nv_bfloat16, 64>(float (&d)[32], const uint32_t (&a)[4], uint64_t db) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+}
+template <>
+__device__ __forceinline__ void wgmma_pv<__half, 128>(float (&d)[64], const uint32_t (&a)[4], uint64_t db) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, {%64,%65,%66,%67}, %68, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+}
+template <>
+__device__ __forceinline__ void wgmma_pv<__nv_bfloat16, 128>(float (&d)[64], const uint32_t (&a)[4], uint64_t db) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, {%64,%65,%66,%67}, %68, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+}
+
+// Two floats -> one register of two 16-bit values (lo in the low half), round to nearest even.
+template <typename T> __device__ __forceinline__ uint32_t pack2(float lo, float hi);
+template <> __device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
+  __half2 v = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+template <> __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+#endif  // sm_90a device code
+
+// Fragment ownership (PTX ISA, wgmma m64nNk16 accumulators): warp j of the warpgroup,
+// lane = 4 g + t, holds (row 16 j + g, cols 8 i + 2t, +1) in [4i], [4i+1] and (row
+// 16 j + g + 8, same cols) in [4i+2], [4i+3].
+template <typename T, int kD>
+__global__ void __launch_bounds__(kThreads, kWG == 1 ? 2 : 1) attention_prefill_wgmma(AttentionArgs a) {
+#ifdef KVQ_HAVE_WGMMA
+  constexpr int kNT = kBK / 8;  // key n-tiles of S
+  constexpr int kDT = kD / 8;   // dim n-tiles of O
+  constexpr int kC16 = kD / 8;  // 16-byte chunks per row
+  constexpr uint32_t kQBytes = Sm90Smem<kD>::kQ, kTileBytes = Sm90Smem<kD>::kTile;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const uint32_t base = (smem_addr(smem_raw) + 1023u) & ~1023u;
+  const uint32_t sq = base;
+  const uint32_t skv = base + kQBytes;  // stage st: K at skv + 2 st kTileBytes, V after it
+
+  const int qt = static_cast<int>(gridDim.x) - 1 - static_cast<int>(blockIdx.x);  // heavy first
+  const int h = blockIdx.y, r = blockIdx.z, q0 = qt * kBQ;
+  const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
+  const int g = lane >> 2, t4 = lane & 3;
+  const int kvh = h / (a.n_heads / a.kv_heads);
+  const int slot = a.slot[r], p0 = a.pos0[r];
+  const int nq = min(kBQ, a.n - q0);
+  const int window = a.window;
+  const bool self = a.k_self != nullptr;
+  const T* q = static_cast<const T*>(a.q);
+  const int64_t cache_base = (static_cast<int64_t>(slot) * a.kv_heads + kvh) * a.max_tokens * kD;
+  const T* kc = static_cast<const T*>(a.k_cache) + cache_base;
+  const T* vc = static_cast<const T*>(a.v_cache) + cache_base;
+
+  const int key_end = p0 + q0 + nq;  // keys [key_begin, key_end)
+  int key_begin = window > 0 ? max(0, p0 + q0 - window + 1) : 0;
+  key_begin = (key_begin / kBK) * kBK;
+  const int n_tiles = (key_end - key_begin + kBK - 1) / kBK;
+
+  // Q rows [0, kBQ): warpgroup w's 64 rows form its own swizzled tile. Rows past the chunk
+  // are zeros (computed, never written).
+  for (int idx = tid; idx < kBQ * kC16; idx += kThreads) {
+    const int row = idx / kC16, c16 = idx % kC16;
+    const bool ok = row < nq;
+    const T* src = q + ((static_cast<int64_t>(r) * a.n + q0 + (ok ? row : 0)) * a.n_heads + h) * kD + c16 * 8;
+    cp_async16(sq + (row >> 6) * kTileBytes + swz(row & 63, c16), src, ok ? 16 : 0);
+  }
+  cp_async_commit();
+  // K and V rows [kt, kt + 64) into stage st; rows past key_end become zeros without
+  // reading (the cache there may hold anything, NaN bits included).
+  auto load_kv = [&](int st, int kt) {
+    const int valid = min(kBK, key_end - kt);
+    const uint32_t ks = skv + 2 * st * kTileBytes, vs = ks + kTileBytes;
+    for (int idx = tid; idx < kBK * kC16; idx += kThreads) {
+      const int row = idx / kC16, c16 = idx % kC16;
+      const bool ok = row < valid;
+      const int64_t off = static_cast<int64_t>(ok ? kt + row : 0) * kD + c16 * 8;
+      const uint32_t o = swz(row, c16);
+      cp_async16(ks + o, kc + off, ok ? 16 : 0);
+      cp_async16(vs + o, vc + off, ok ? 16 : 0);
+    }
+  };
+  load_kv(0, key_begin);
+  cp_async_commit();
+
+  const float sl = a.scale * 1.4426950408889634f;  // scores -> log2 units
+  float o[kDT * 4];
+#pragma unroll
+  for (int i = 0; i < kDT * 4; ++i) o[i] = 0.f;
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;  // rows g and g + 8 (raw scores)
+  const int gp0 = p0 + q0 + wg * 64;  // position of the warpgroup's first row
+  const int gp1 = gp0 + 63;
+  const int pos0 = gp0 + warp * 16 + g, pos1 = pos0 + 8;
+  const bool live = wg * 64 < nq;  // a warpgroup entirely past the chunk only loads
+  const uint32_t qdesc_base = sq + wg * kTileBytes;
+
+  for (int it = 0; it < n_tiles; ++it) {
+    const int kt = key_begin + it * kBK;
+    const int st = it & 1;
+    if (it + 1 < n_tiles) load_kv(st ^ 1, kt + kBK);
+    cp_async_commit();  // possibly empty: keeps "all but the newest group" = this tile
+    cp_async_wait<1>();
+    // cp.async writes are generic-proxy stores; wgmma reads through the async proxy.
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    __syncthreads();
+
+    const bool visible = live && kt <= gp1 && !(window > 0 && kt + kBK - 1 < gp0 - window + 1);
+    if (visible) {
+      const uint32_t ks = skv + 2 * st * kTileBytes, vs = ks + kTileBytes;
+      float s[kNT * 4];
+      reg_fence(s);
+      wg_fence();
+#pragma unroll
+      for (int kk = 0; kk < kD / 16; ++kk) {
+        const uint32_t off = (kk >> 2) * kHalf + (kk & 3) * 32;
+        wgmma_qk<T>(s, make_desc(qdesc_base + off, 16, 1024), make_desc(ks + off, 16, 1024), kk > 0);
+      }
+      wg_commit();
+      wg_wait<0>();
+      reg_fence(s);
+
+      if (kt + kBK - 1 >= pos0 - g || (window > 0 && kt < pos0 - g + 15 - window + 1)) {
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int j = kt + nt * 8 + 2 * t4 + (e & 1);
+            const int p = e < 2 ? pos0 : pos1;
+            const bool ok = j <= p && (window == 0 || p - j < window) && !(self && j == p);
+            if (!ok) s[nt * 4 + e] = -INFINITY;
+          }
+      }
+
+      float mx0 = m0, mx1 = m1;
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt) {
+        mx0 = fmaxf(mx0, fmaxf(s[nt * 4], s[nt * 4 + 1]));
+        mx1 = fmaxf(mx1, fmaxf(s[nt * 4 + 2], s[nt * 4 + 3]));
+      }
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+      // A row with every key so far masked keeps max -inf: subtract 0 instead, so exp2
+      // gives 0 for the masked scores and alpha = exp2(-inf) = 0 (never inf - inf).
+      const float ms0 = mx0 == -INFINITY ? 0.f : mx0 * sl;
+      const float ms1 = mx1 == -INFINITY ? 0.f : mx1 * sl;
+      const float alpha0 = exp2f(m0 * sl - ms0), alpha1 = exp2f(m1 * sl - ms1);
+      m0 = mx0;
+      m1 = mx1;
+      float sum0 = 0.f, sum1 = 0.f;
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt) {
+        s[nt * 4] = exp2f(fmaf(s[nt * 4], sl, -ms0));
+        s[nt * 4 + 1] = exp2f(fmaf(s[nt * 4 + 1], sl, -ms0));
+        s[nt * 4 + 2] = exp2f(fmaf(s[nt * 4 + 2], sl, -ms1));
+        s[nt * 4 + 3] = exp2f(fmaf(s[nt * 4 + 3], sl, -ms1));
+        sum0 += s[nt * 4] + s[nt * 4 + 1];
+        sum1 += s[nt * 4 + 2] + s[nt * 4 + 3];
+      }
+      l0 = l0 * alpha0 + sum0;  // partial: this lane's columns; the quad sums at the end
+      l1 = l1 * alpha1 + sum1;
+#pragma unroll
+      for (int i = 0; i < kDT; ++i) {
+        o[4 * i] *= alpha0;
+        o[4 * i + 1] *= alpha0;
+        o[4 * i + 2] *= alpha1;
+        o[4 * i + 3] *= alpha1;
+      }
+
+      // O += P V: key n-tiles 2kk, 2kk+1 of S are the register A fragment of k-step kk.
+      uint32_t pa[kNT / 2][4];
+#pragma unroll
+      for (int kk = 0; kk < kNT / 2; ++kk) {
+        pa[kk][0] = pack2<T>(s[8 * kk], s[8 * kk + 1]);
+        pa[kk][1] = pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);
+        pa[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
+        pa[kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
+      }
+      reg_fence(o);
+      wg_fence();
+#pragma unroll
+      for (int kk = 0; kk < kNT / 2; ++kk) wgmma_pv<T, kD>(o, pa[kk], make_desc(vs + kk * 2048, kHalf, 1024));
+      wg_commit();
+      wg_wait<0>();
+      reg_fence(o);
+    }
+    __syncthreads();  // this stage is read by every warpgroup before the next prefetch refills it
+  }
+
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+
+  const int row0 = wg * 64 + warp * 16 + g, row1 = row0 + 8;  // rows within the block's tile
+  // Past-only: the diagonal key/value come from k_self/v_self, one more online step per
+  // row. The quad splits the dot product over dims (lane t takes dims t, t+4, ...).
+  if (self) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int row = half == 0 ? row0 : row1;
+      const bool mine = row < nq;
+      const int64_t tok = static_cast<int64_t>(r) * a.n + q0 + (mine ? row : 0);
+      const T* ksf = static_cast<const T*>(a.k_self) + (tok * a.kv_heads + kvh) * kD;
+      const T* vsf = static_cast<const T*>(a.v_self) + (tok * a.kv_heads + kvh) * kD;
+      const T* qrow = q + (tok * a.n_heads + h) * kD;
+      float dot = 0.f;
+      if (mine)
+        for (int d = t4; d < kD; d += 4) dot += to_f(qrow[d]) * to_f(ksf[d]);
+      dot += __shfl_xor_sync(0xffffffffu, dot, 1);
+      dot += __shfl_xor_sync(0xffffffffu, dot, 2);
+      if (mine) {
+        float& m = half == 0 ? m0 : m1;
+        float& l = half == 0 ? l0 : l1;
+        const float m_new = fmaxf(m, dot);
+        const float alpha = exp2f((m - m_new) * sl);  // m = -inf (nothing else seen): 0
+        const float p = exp2f((dot - m_new) * sl);
+        l = l * alpha + p;
+        m = m_new;
+#pragma unroll
+        for (int i = 0; i < kDT; ++i) {
+          const int c = i * 8 + 2 * t4;
+          o[4 * i + 2 * half] = o[4 * i + 2 * half] * alpha + p * to_f(vsf[c]);
+          o[4 * i + 2 * half + 1] = o[4 * i + 2 * half + 1] * alpha + p * to_f(vsf[c + 1]);
+        }
+      }
+    }
+  }
+
+  T* out = static_cast<T*>(a.out);
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int row = half == 0 ? row0 : row1;
+    if (row >= nq) continue;
+    const float l = half == 0 ? l0 : l1;
+    T* orow = out + ((static_cast<int64_t>(r) * a.n + q0 + row) * a.n_heads + h) * kD;
+#pragma unroll
+    for (int i = 0; i < kDT; ++i) {
+      const int c = i * 8 + 2 * t4;
+      *reinterpret_cast<uint32_t*>(orow + c) = pack2<T>(o[4 * i + 2 * half] / l, o[4 * i + 2 * half + 1] / l);
+    }
+  }
+#else
+  // Compiled for a target without wgmma: this image must never run (the launcher checks
+  // the device first); trap rather than return garbage.
+  __trap();
+#endif
+}
+
+template <typename T, int D>
+cudaError_t launch(const AttentionArgs& a, cudaStream_t stream) {
+  constexpr size_t smem = Sm90Smem<D>::kBytes;
+  cudaError_t e = cudaFuncSetAttribute(attention_prefill_wgmma<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(smem));
+  if (e != cudaSuccess) return e;
+  dim3 grid((a.n + kBQ - 1) / kBQ, a.n_heads, a.rows);
+  attention_prefill_wgmma<T, D><<<grid, kThreads, smem, stream>>>(a);
+  return launch_status();
+}
+
+// Per device: 0 = not yet asked, 1 = compute capability 9.0 with a loadable sm_90a image,
+// 2 = not. Racing first calls compute and store the same answer.
+constexpr int kMaxDevices = 64;
+int g_usable[kMaxDevices] = {};
+
+bool device_usable() {
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kMaxDevices) {
+    cudaGetLastError();
+    return false;
+  }
+  if (g_usable[dev] == 0) {
+    int major = 0, minor = 0;
+    bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+              cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess &&
+              major == 9 && minor == 0;
+    cudaFuncAttributes fa;
+    // No sm_90a image in this build (or another reason it cannot load): the FA2 path.
+    ok = ok && cudaFuncGetAttributes(&fa, attention_prefill_wgmma<__half, 128>) == cudaSuccess &&
+         fa.maxDynamicSharedSizeBytes >= 0;
+    cudaGetLastError();  // a failed query must not show up as the next launch's status
+    g_usable[dev] = ok ? 1 : 2;
+  }
+  return g_usable[dev] == 1;
+}
+
+}  // namespace
+
+bool attention_prefill_sm90_usable(const AttentionArgs& a) {
+  return (a.head_dim == 64 || a.head_dim == 128) && device_usable();
+}
+
+cudaError_t attention_prefill_sm90(Act act, const AttentionArgs& a, cudaStream_t stream) {
+  if (a.head_dim % 8 != 0 || a.head_dim > kMaxHeadDim || a.head_dim <= 0 || a.kv_heads <= 0 ||
+      a.n_heads % a.kv_heads != 0)
+    return cudaErrorInvalidValue;
+  if (!attention_prefill_sm90_usable(a)) return cudaErrorNotSupported;
+  if (a.rows == 0 || a.n == 0) return cudaSuccess;
+  if (a.head_dim == 64) return act == Act::kF16 ? launch<__half, 64>(a, stream) : launch<__nv_bfloat16, 64>(a, stream);
+  return act == Act::kF16 ? launch<__half, 128>(a, stream) : launch<__nv_bfloat16, 128>(a, stream);
+}
+
+}  // namespace kvq::kern
