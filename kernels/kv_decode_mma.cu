@@ -112,6 +112,15 @@ __device__ __forceinline__ void word_pairs(uint32_t w, uint32_t* out) {
   (void)NH;
 }
 
+// pw[grp] for a run-time grp without indexing a register array (which would go to local
+// memory): a chain of selects.
+__device__ __forceinline__ float spw_or(const float (&pw)[8], int grp) {
+  float v = pw[0];
+#pragma unroll
+  for (int i = 1; i < 8; ++i) v = grp == i ? pw[i] : v;
+  return v;
+}
+
 // Channel (within the lane's 32-channel block) of the low code of key pair p (0..15).
 template <int BITS>
 __device__ __forceinline__ int key_pair_channel(int p) {
@@ -119,8 +128,8 @@ __device__ __forceinline__ int key_pair_channel(int p) {
   return (p / NP) * CPW + p % NP;  // the high code is this + NP
 }
 
-template <int BITS, int NTK, int NTV, int U, int UV>
-__global__ void __launch_bounds__(kT, 3)
+template <int BITS, int NTK, int NTV, int U, int UV, int MINB>
+__global__ void __launch_bounds__(kT, MINB)
 mma_decode_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, int splits,
                   float* part_o, float* part_ml) {
   constexpr int NP = 16 / BITS;       // fp16 pairs per code word
@@ -137,7 +146,9 @@ mma_decode_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, int
   float* stat = zsum + kMaxCols;                    // [G][2]
   float* smx = stat + 2 * kMaxGroup;                // [kW][8] largest value scale per group
   float* spw = smx + kW * 8;                        // [8] 2^E per value group
-  __half* W = reinterpret_cast<__half*>(spw + 8);   // [NCV][chunk] value weights
+  float* rbuf = spw + 8;                            // [kW][32] per-warp max / sum / z partials
+  uint32_t* vmeta = reinterpret_cast<uint32_t*>(rbuf + kW * 32);  // [NGV][chunk] value scale|zero
+  __half* W = reinterpret_cast<__half*>(vmeta + NGV * chunk);     // [NCV][chunk] value weights
 
   const int s = blockIdx.x, kvh = blockIdx.y, r = blockIdx.z;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -156,15 +167,51 @@ mma_decode_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, int
     return;
   }
   const uint16_t* q = static_cast<const uint16_t*>(a.q) + head0 * kD;  // [G][kD] fp16 bits
-  if (threadIdx.x < NCK) {
-    const int g = threadIdx.x / NGK, grp = threadIdx.x % NGK;
+  // q staged in shared memory (red is free until the value pass ends), then the per-column
+  // sums by warps: the first version summed 128 global loads in one thread per column, a
+  // chain of load latencies at the start of every block.
+  float* qf = red;  // [G][kD] fp32
+  for (int i = threadIdx.x; i < G * kD; i += kT) qf[i] = h2f(q[i]);
+  __syncthreads();
+  for (int col = warp; col < NCK; col += kW) {
+    const int g = col / NGK, grp = col % NGK;
     float acc = 0.f;
-    for (int d = grp * K.group; d < (grp + 1) * K.group; ++d) acc += h2f(q[g * kD + d]);
-    qsum[threadIdx.x] = acc;
+    for (int d = lane; d < K.group; d += 32) acc += qf[g * kD + grp * K.group + d];
+    acc = warp_sum(acc);
+    if (lane == 0) qsum[col] = acc;
   }
   const int64_t sh = static_cast<int64_t>(a.slot[r]) * K.kv_heads + kvh;
   const int cnt = end - begin;
   const int ntiles = (cnt + 15) / 16;
+  const bool vsym = V.format == KvFormat::kTokenSym;
+  const float voff = static_cast<float>(1 << (BITS - 1));
+  // The chunk's value scales/zeros into shared memory before the key pass (their loads
+  // overlap it), with the largest scale per value group (the weights' exponent E).
+  {
+    float mx[8];
+#pragma unroll
+    for (int grp = 0; grp < 8; ++grp) mx[grp] = 0.f;
+#pragma unroll
+    for (int k = 0; k < kMaxChunk / kT; ++k) {
+      const int i = threadIdx.x + k * kT;
+      if (i < cnt) {
+        const uint16_t* meta = V.meta + (sh * V.max_tokens + begin + i) * V.mpr;
+#pragma unroll
+        for (int grp = 0; grp < 8; ++grp)
+          if (grp < NGV) {
+            const uint32_t m = vsym ? static_cast<uint32_t>(__ldg(meta + grp))
+                                    : __ldg(reinterpret_cast<const uint32_t*>(meta + 2 * grp));
+            vmeta[grp * chunk + i] = m;
+            mx[grp] = fmaxf(mx[grp], fabsf(h2f(static_cast<uint16_t>(m & 0xFFFFu))));
+          }
+      }
+    }
+#pragma unroll
+    for (int grp = 0; grp < 8; ++grp) {
+      const float m = warp_max(mx[grp]);
+      if (lane == 0) smx[warp * 8 + grp] = m;
+    }
+  }
 
   // ---- Pass 1: scores on the tensor cores. ----
   {
@@ -182,12 +229,12 @@ mma_decode_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, int
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const int ca = 32 * t4 + key_pair_channel<BITS>(2 * kk + h), cb = ca + NP;
-          const float qa = ok && ca / K.group == grp ? h2f(q[g * kD + ca]) : 0.f;
-          const float qb = ok && cb / K.group == grp ? h2f(q[g * kD + cb]) : 0.f;
+          const float qa = ok && ca / K.group == grp ? qf[g * kD + ca] : 0.f;
+          const float qb = ok && cb / K.group == grp ? qf[g * kD + cb] : 0.f;
           bq[nt][kk][h] = pack_h2(qa, qb);  // fp16 -> fp32 -> fp16: exact
         }
     }
-    __syncthreads();  // qsum
+    __syncthreads();  // qsum; qf is read no more
     const uint32_t* kcodes = K.codes + sh * K.max_tokens * K.wpr + t4 * NWK;
     for (int tb = warp * U; tb < ntiles; tb += kW * U) {
       uint32_t w[U][2][NWK];
@@ -277,25 +324,10 @@ mma_decode_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, int
   __syncthreads();
 
   // ---- Pass 2: softmax weights, split into the fp16 hi/lo B columns of the value pass. ----
-  const bool vsym = V.format == KvFormat::kTokenSym;
-  const float voff = static_cast<float>(1 << (BITS - 1));
-  {
-    float mx[8];
-#pragma unroll
-    for (int g = 0; g < 8; ++g) mx[g] = 0.f;
-    for (int i = threadIdx.x; i < cnt; i += kT) {
-      const uint16_t* meta = V.meta + (sh * V.max_tokens + begin + i) * V.mpr;
-#pragma unroll
-      for (int grp = 0; grp < 8; ++grp)
-        if (grp < NGV) mx[grp] = fmaxf(mx[grp], fabsf(h2f(meta[vsym ? grp : 2 * grp])));
-    }
-#pragma unroll
-    for (int grp = 0; grp < 8; ++grp) {
-      const float m = warp_max(mx[grp]);
-      if (lane == 0) smx[warp * 8 + grp] = m;
-    }
-  }
-  __syncthreads();
+  // Every thread takes tokens tid, tid + kT, ... (at most kMaxChunk / kT): the first version
+  // gave one warp per query head and read the value scales from global memory inside that
+  // loop, so at G = 1 one warp walked 1024 tokens with a load latency per 32 of them
+  // (measured: int2 took 0.82x the int4 time, far from the 0.5x of the bytes).
   float pw[8];  // 2^E per value group
 #pragma unroll
   for (int grp = 0; grp < 8; ++grp) {
@@ -307,46 +339,101 @@ mma_decode_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, int
 #pragma unroll
     for (int grp = 0; grp < 8; ++grp) spw[grp] = pw[grp];
   }
-  const int cpad = ntiles * 16;
-  for (int g = warp; g < G; g += kW) {
-    float m = -INFINITY;
-    for (int i = lane; i < cnt; i += 32) m = fmaxf(m, sc[g * chunk + i]);
-    m = warp_max(m);
-    float sum = 0.f, zs[8];
+  constexpr int KPT = kMaxChunk / kT;  // tokens per thread
+  float mg[8];
+  {
+    float ml[8];
 #pragma unroll
-    for (int grp = 0; grp < 8; ++grp) zs[grp] = 0.f;
-    for (int i = lane; i < cnt; i += 32) {
-      const float p = expf(sc[g * chunk + i] - m);
-      sum += p;
-      const uint16_t* meta = V.meta + (sh * V.max_tokens + begin + i) * V.mpr;
+    for (int g = 0; g < 8; ++g) {
+      ml[g] = -INFINITY;
+      if (g < G)
 #pragma unroll
-      for (int grp = 0; grp < 8; ++grp)
-        if (grp < NGV) {
-          const float sf = h2f(meta[vsym ? grp : 2 * grp]);
-          const float zf = vsym ? -voff * sf : h2f(meta[2 * grp + 1]);
-          const float w = p * sf * pw[grp];
-          const __half hi = __float2half_rn(w);
-          const __half lo = __float2half_rn(w - __half2float(hi));
-          const int col = 2 * (g * NGV + grp);
-          W[col * chunk + i] = hi;
-          W[(col + 1) * chunk + i] = lo;
-          zs[grp] = fmaf(p, zf, zs[grp]);
+        for (int k = 0; k < KPT; ++k) {
+          const int i = threadIdx.x + k * kT;
+          if (i < cnt) ml[g] = fmaxf(ml[g], sc[g * chunk + i]);
         }
-    }
-    sum = warp_sum(sum);
-#pragma unroll
-    for (int grp = 0; grp < 8; ++grp) {
-      const float z = warp_sum(zs[grp]);
-      if (lane == 0 && grp < NGV) zsum[g * NGV + grp] = z;
-    }
-    if (lane == 0) {
-      stat[2 * g] = m;
-      stat[2 * g + 1] = sum;
+      const float v = warp_max(ml[g]);
+      if (lane == 0) rbuf[warp * 32 + g] = v;
     }
   }
+  __syncthreads();
+#pragma unroll
+  for (int g = 0; g < 8; ++g) {
+    float m = -INFINITY;
+    for (int w2 = 0; w2 < kW; ++w2) m = fmaxf(m, rbuf[w2 * 32 + g]);
+    mg[g] = m;
+  }
+  {
+    float sl[8], zl[8];
+#pragma unroll
+    for (int g = 0; g < 8; ++g) {
+      sl[g] = 0.f;
+      if (g < G)
+#pragma unroll
+        for (int k = 0; k < KPT; ++k) {
+          const int i = threadIdx.x + k * kT;
+          if (i < cnt) {
+            const float p = expf(sc[g * chunk + i] - mg[g]);
+            sc[g * chunk + i] = p;
+            sl[g] += p;
+          }
+        }
+    }
+    // Combination c = (g, value group grp): B columns 2c (hi) and 2c + 1 (lo).
+#pragma unroll
+    for (int c = 0; c < 8; ++c) {
+      zl[c] = 0.f;
+      if (c < G * NGV) {
+        const int g = c / NGV, grp = c % NGV;
+        const float pwc = spw_or(pw, grp);
+#pragma unroll
+        for (int k = 0; k < KPT; ++k) {
+          const int i = threadIdx.x + k * kT;
+          if (i < cnt) {
+            const float p = sc[g * chunk + i];
+            const uint32_t m = vmeta[grp * chunk + i];
+            const float sf = h2f(static_cast<uint16_t>(m & 0xFFFFu));
+            const float zf = vsym ? -voff * sf : h2f(static_cast<uint16_t>(m >> 16));
+            const float w = p * sf * pwc;
+            const __half hi = __float2half_rn(w);
+            const __half lo = __float2half_rn(w - __half2float(hi));
+            W[2 * c * chunk + i] = hi;
+            W[(2 * c + 1) * chunk + i] = lo;
+            zl[c] = fmaf(p, zf, zl[c]);
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int g = 0; g < 8; ++g) {
+      const float v = warp_sum(sl[g]);
+      if (lane == 0) rbuf[warp * 32 + 8 + g] = v;
+    }
+#pragma unroll
+    for (int c = 0; c < 8; ++c) {
+      const float v = warp_sum(zl[c]);
+      if (lane == 0) rbuf[warp * 32 + 16 + c] = v;
+    }
+  }
+  const int cpad = ntiles * 16;
   for (int i = threadIdx.x; i < NCV * (cpad - cnt); i += kT)
     W[(i / (cpad - cnt)) * chunk + cnt + i % (cpad - cnt)] = __float2half_rn(0.f);
   __syncthreads();
+  if (threadIdx.x < 8) {
+    const int x = threadIdx.x;
+    float l = 0.f, z = 0.f;
+    for (int w2 = 0; w2 < kW; ++w2) {
+      l += rbuf[w2 * 32 + 8 + x];
+      z += rbuf[w2 * 32 + 16 + x];
+    }
+    if (x < G) {
+      float m = -INFINITY;
+      for (int w2 = 0; w2 < kW; ++w2) m = fmaxf(m, rbuf[w2 * 32 + x]);
+      stat[2 * x] = m;
+      stat[2 * x + 1] = l;
+    }
+    if (x < G * NGV) zsum[x] = z;
+  }
 
   // ---- Pass 3: P V on the tensor cores. ----
   {
@@ -449,21 +536,22 @@ mma_decode_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, int
   }
 }
 
-size_t smem_bytes(int G, int ncv, int chunk) {
+size_t smem_bytes(int G, int ngv, int ncv, int chunk) {
   return (static_cast<size_t>(G) * chunk + static_cast<size_t>(kW) * G * kD + 2 * kMaxCols +
-          2 * kMaxGroup + kW * 8 + 8) * sizeof(float) +
+          2 * kMaxGroup + kW * 8 + 8 + kW * 32) * sizeof(float) +
+         static_cast<size_t>(ngv) * chunk * sizeof(uint32_t) +
          static_cast<size_t>(ncv) * chunk * sizeof(__half);
 }
 
-template <int BITS, int NTK, int NTV>
+template <int BITS, int NTK, int NTV, int MINB = 3>
 cudaError_t launch(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int chunk,
                    int splits, float* part_o, float* part_ml, cudaStream_t stream) {
   const int G = a.n_heads / k.kv_heads;
   const int ncv = 2 * G * (kD / v.group);
-  const size_t smem = smem_bytes(G, ncv, chunk);
+  const size_t smem = smem_bytes(G, kD / v.group, ncv, chunk);
   // U: key tiles (16 tokens) per warp loaded before use; UV the same for values.
   constexpr int U = 4, UV = NTV == 1 ? 4 : 2;
-  auto* kernel = mma_decode_kernel<BITS, NTK, NTV, U, UV>;
+  auto* kernel = mma_decode_kernel<BITS, NTK, NTV, U, UV, MINB>;
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        static_cast<int>(smem));
   if (e != cudaSuccess) return e;
@@ -480,6 +568,8 @@ cudaError_t dispatch(const PackedSide& k, const PackedSide& v, const PackedDecod
                      int splits, float* o, float* ml, cudaStream_t stream) {
   const int G = a.n_heads / k.kv_heads;
   const int ntk = (G * (kD / k.group) + 7) / 8, ntv = (2 * G * (kD / v.group) + 7) / 8;
+  // Variant 5 (KVQ_KV_DECODE=mma4, benchmarks): <= 128 registers for 4 blocks per SM.
+  if (ntk == 1 && ntv == 1 && a.variant == 5) return launch<BITS, 1, 1, 4>(k, v, a, chunk, splits, o, ml, stream);
   if (ntk == 1 && ntv == 1) return launch<BITS, 1, 1>(k, v, a, chunk, splits, o, ml, stream);
   if (ntk == 1) return launch<BITS, 1, 2>(k, v, a, chunk, splits, o, ml, stream);
   if (ntv == 1) return launch<BITS, 2, 1>(k, v, a, chunk, splits, o, ml, stream);

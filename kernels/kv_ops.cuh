@@ -100,7 +100,8 @@ struct PackedDecodeArgs {
   bool rope_interleaved = false;
   // Kernel choice (benchmarks): 0 auto (the fast kernel where it applies, no prefetch),
   // 1 the general kernel, 2 fast without prefetch (2 blocks/SM), 3 fast with prefetch,
-  // 4 the tensor-core kernel (kv_decode_mma.cu; auto also picks it where it applies).
+  // 4 the tensor-core kernel (kv_decode_mma.cu; auto also picks it where it applies),
+  // 5 the same capped at 128 registers (4 blocks per SM).
   int variant = 0;
 };
 
