@@ -12,6 +12,9 @@
 // from shared memory through a matrix descriptor, so the ldmatrix traffic and register
 // staging of the FA2 kernel disappear, and one instruction covers a 64 x N x 16 product.
 //
+// Two forms: the pipelined kernel (attention_prefill_wgmma_pipe, the default: one
+// warpgroup per block, the softmax of tile j overlapping the P V of tile j - 1, described
+// above it) and the plain one (attention_prefill_wgmma, KVQ_SM90_PIPE=0), described here.
 // Work split: a block of KVQ_SM90_WG consumer warpgroups (128 threads each) owns
 // 64 x KVQ_SM90_WG queries of one head; warpgroup w owns query rows [64w, 64w + 64), warp
 // j of it rows [16j, 16j + 16) of those (the wgmma m64 accumulator layout). Per 64-key
@@ -186,6 +189,130 @@ template <> __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, f
   return *reinterpret_cast<uint32_t*>(&v);
 }
 
+// Mask (only where some key of the tile may be invisible to some row of the warp: the causal
+// diagonal, where the past-only diagonal lies too, or the window's far edge), online
+// softmax in log2 units on the S fragments, and P rounded to 16 bits as the register A
+// fragments of P V (key n-tiles 2kk, 2kk+1 of S form k-step kk). Rows g and g + 8 of the
+// warp (positions pos0 = wp0 + g, pos1 = pos0 + 8); m, l: running max (raw scores) and this
+// lane's partial sum; alpha: the factor that rescales O to the new max.
+template <typename T>
+__device__ __forceinline__ void online_softmax(float (&s)[32], uint32_t (&pa)[4][4], float& m0, float& m1,
+                                               float& l0, float& l1, float& alpha0, float& alpha1, int kt,
+                                               int wp0, int pos1, int window, bool self, int t4, float sl) {
+  const int pos0 = pos1 - 8;
+  if (kt + kBK - 1 >= wp0 || (window > 0 && kt < wp0 + 15 - window + 1)) {
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int j = kt + nt * 8 + 2 * t4 + (e & 1);
+        const int p = e < 2 ? pos0 : pos1;
+        const bool ok = j <= p && (window == 0 || p - j < window) && !(self && j == p);
+        if (!ok) s[nt * 4 + e] = -INFINITY;
+      }
+  }
+  float mx0 = m0, mx1 = m1;
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) {
+    mx0 = fmaxf(mx0, fmaxf(s[nt * 4], s[nt * 4 + 1]));
+    mx1 = fmaxf(mx1, fmaxf(s[nt * 4 + 2], s[nt * 4 + 3]));
+  }
+  mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+  mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+  mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+  mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+  // A row with every key so far masked keeps max -inf: subtract 0 instead, so exp2 gives 0
+  // for the masked scores and alpha = exp2(-inf) = 0 (never inf - inf).
+  const float ms0 = mx0 == -INFINITY ? 0.f : mx0 * sl;
+  const float ms1 = mx1 == -INFINITY ? 0.f : mx1 * sl;
+  alpha0 = exp2f(m0 * sl - ms0);
+  alpha1 = exp2f(m1 * sl - ms1);
+  m0 = mx0;
+  m1 = mx1;
+  float sum0 = 0.f, sum1 = 0.f;
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) {
+    s[nt * 4] = exp2f(fmaf(s[nt * 4], sl, -ms0));
+    s[nt * 4 + 1] = exp2f(fmaf(s[nt * 4 + 1], sl, -ms0));
+    s[nt * 4 + 2] = exp2f(fmaf(s[nt * 4 + 2], sl, -ms1));
+    s[nt * 4 + 3] = exp2f(fmaf(s[nt * 4 + 3], sl, -ms1));
+    sum0 += s[nt * 4] + s[nt * 4 + 1];
+    sum1 += s[nt * 4 + 2] + s[nt * 4 + 3];
+  }
+  l0 = l0 * alpha0 + sum0;  // partial: this lane's columns; the quad sums at the end
+  l1 = l1 * alpha1 + sum1;
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    pa[kk][0] = pack2<T>(s[8 * kk], s[8 * kk + 1]);
+    pa[kk][1] = pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);
+    pa[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
+    pa[kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
+  }
+}
+
+// After the last tile: quad sums of l, the past-only diagonal step (k_self/v_self), the
+// division by l and the one rounding of the output. row0: the lane's first row in the
+// block's query tile (its second is row0 + 8).
+template <typename T, int kD>
+__device__ __forceinline__ void finish_rows(const AttentionArgs& a, float (&o)[kD / 2], float m0, float m1,
+                                            float l0, float l1, int row0, int q0, int nq, int r, int h, int kvh,
+                                            int t4, float sl) {
+  constexpr int kDT = kD / 8;
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+
+  const int row1 = row0 + 8;
+  // Past-only: the diagonal key/value come from k_self/v_self, one more online step per
+  // row. The quad splits the dot product over dims (lane t takes dims t, t+4, ...).
+  if (a.k_self != nullptr) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int row = half == 0 ? row0 : row1;
+      const bool mine = row < nq;
+      const int64_t tok = static_cast<int64_t>(r) * a.n + q0 + (mine ? row : 0);
+      const T* ksf = static_cast<const T*>(a.k_self) + (tok * a.kv_heads + kvh) * kD;
+      const T* vsf = static_cast<const T*>(a.v_self) + (tok * a.kv_heads + kvh) * kD;
+      const T* qrow = static_cast<const T*>(a.q) + (tok * a.n_heads + h) * kD;
+      float dot = 0.f;
+      if (mine)
+        for (int d = t4; d < kD; d += 4) dot += to_f(qrow[d]) * to_f(ksf[d]);
+      dot += __shfl_xor_sync(0xffffffffu, dot, 1);
+      dot += __shfl_xor_sync(0xffffffffu, dot, 2);
+      if (mine) {
+        float& m = half == 0 ? m0 : m1;
+        float& l = half == 0 ? l0 : l1;
+        const float m_new = fmaxf(m, dot);
+        const float alpha = exp2f((m - m_new) * sl);  // m = -inf (nothing else seen): 0
+        const float p = exp2f((dot - m_new) * sl);
+        l = l * alpha + p;
+        m = m_new;
+#pragma unroll
+        for (int i = 0; i < kDT; ++i) {
+          const int c = i * 8 + 2 * t4;
+          o[4 * i + 2 * half] = o[4 * i + 2 * half] * alpha + p * to_f(vsf[c]);
+          o[4 * i + 2 * half + 1] = o[4 * i + 2 * half + 1] * alpha + p * to_f(vsf[c + 1]);
+        }
+      }
+    }
+  }
+
+  T* out = static_cast<T*>(a.out);
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int row = half == 0 ? row0 : row1;
+    if (row >= nq) continue;
+    const float l = half == 0 ? l0 : l1;
+    T* orow = out + ((static_cast<int64_t>(r) * a.n + q0 + row) * a.n_heads + h) * kD;
+#pragma unroll
+    for (int i = 0; i < kDT; ++i) {
+      const int c = i * 8 + 2 * t4;
+      *reinterpret_cast<uint32_t*>(orow + c) = pack2<T>(o[4 * i + 2 * half] / l, o[4 * i + 2 * half + 1] / l);
+    }
+  }
+}
+
 #endif  // sm_90a device code
 
 // Fragment ownership (PTX ISA, wgmma m64nNk16 accumulators): warp j of the warpgroup,
@@ -284,63 +411,15 @@ __global__ void __launch_bounds__(kThreads, kWG == 1 ? 2 : 1) attention_prefill_
       wg_wait<0>();
       reg_fence(s);
 
-      if (kt + kBK - 1 >= pos0 - g || (window > 0 && kt < pos0 - g + 15 - window + 1)) {
-#pragma unroll
-        for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int j = kt + nt * 8 + 2 * t4 + (e & 1);
-            const int p = e < 2 ? pos0 : pos1;
-            const bool ok = j <= p && (window == 0 || p - j < window) && !(self && j == p);
-            if (!ok) s[nt * 4 + e] = -INFINITY;
-          }
-      }
-
-      float mx0 = m0, mx1 = m1;
-#pragma unroll
-      for (int nt = 0; nt < kNT; ++nt) {
-        mx0 = fmaxf(mx0, fmaxf(s[nt * 4], s[nt * 4 + 1]));
-        mx1 = fmaxf(mx1, fmaxf(s[nt * 4 + 2], s[nt * 4 + 3]));
-      }
-      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-      // A row with every key so far masked keeps max -inf: subtract 0 instead, so exp2
-      // gives 0 for the masked scores and alpha = exp2(-inf) = 0 (never inf - inf).
-      const float ms0 = mx0 == -INFINITY ? 0.f : mx0 * sl;
-      const float ms1 = mx1 == -INFINITY ? 0.f : mx1 * sl;
-      const float alpha0 = exp2f(m0 * sl - ms0), alpha1 = exp2f(m1 * sl - ms1);
-      m0 = mx0;
-      m1 = mx1;
-      float sum0 = 0.f, sum1 = 0.f;
-#pragma unroll
-      for (int nt = 0; nt < kNT; ++nt) {
-        s[nt * 4] = exp2f(fmaf(s[nt * 4], sl, -ms0));
-        s[nt * 4 + 1] = exp2f(fmaf(s[nt * 4 + 1], sl, -ms0));
-        s[nt * 4 + 2] = exp2f(fmaf(s[nt * 4 + 2], sl, -ms1));
-        s[nt * 4 + 3] = exp2f(fmaf(s[nt * 4 + 3], sl, -ms1));
-        sum0 += s[nt * 4] + s[nt * 4 + 1];
-        sum1 += s[nt * 4 + 2] + s[nt * 4 + 3];
-      }
-      l0 = l0 * alpha0 + sum0;  // partial: this lane's columns; the quad sums at the end
-      l1 = l1 * alpha1 + sum1;
+      uint32_t pa[kNT / 2][4];
+      float alpha0, alpha1;
+      online_softmax<T>(s, pa, m0, m1, l0, l1, alpha0, alpha1, kt, pos0 - g, pos1, window, self, t4, sl);
 #pragma unroll
       for (int i = 0; i < kDT; ++i) {
         o[4 * i] *= alpha0;
         o[4 * i + 1] *= alpha0;
         o[4 * i + 2] *= alpha1;
         o[4 * i + 3] *= alpha1;
-      }
-
-      // O += P V: key n-tiles 2kk, 2kk+1 of S are the register A fragment of k-step kk.
-      uint32_t pa[kNT / 2][4];
-#pragma unroll
-      for (int kk = 0; kk < kNT / 2; ++kk) {
-        pa[kk][0] = pack2<T>(s[8 * kk], s[8 * kk + 1]);
-        pa[kk][1] = pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);
-        pa[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
-        pa[kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
       }
       reg_fence(o);
       wg_fence();
@@ -353,59 +432,7 @@ __global__ void __launch_bounds__(kThreads, kWG == 1 ? 2 : 1) attention_prefill_
     __syncthreads();  // this stage is read by every warpgroup before the next prefetch refills it
   }
 
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-
-  const int row0 = wg * 64 + warp * 16 + g, row1 = row0 + 8;  // rows within the block's tile
-  // Past-only: the diagonal key/value come from k_self/v_self, one more online step per
-  // row. The quad splits the dot product over dims (lane t takes dims t, t+4, ...).
-  if (self) {
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int row = half == 0 ? row0 : row1;
-      const bool mine = row < nq;
-      const int64_t tok = static_cast<int64_t>(r) * a.n + q0 + (mine ? row : 0);
-      const T* ksf = static_cast<const T*>(a.k_self) + (tok * a.kv_heads + kvh) * kD;
-      const T* vsf = static_cast<const T*>(a.v_self) + (tok * a.kv_heads + kvh) * kD;
-      const T* qrow = q + (tok * a.n_heads + h) * kD;
-      float dot = 0.f;
-      if (mine)
-        for (int d = t4; d < kD; d += 4) dot += to_f(qrow[d]) * to_f(ksf[d]);
-      dot += __shfl_xor_sync(0xffffffffu, dot, 1);
-      dot += __shfl_xor_sync(0xffffffffu, dot, 2);
-      if (mine) {
-        float& m = half == 0 ? m0 : m1;
-        float& l = half == 0 ? l0 : l1;
-        const float m_new = fmaxf(m, dot);
-        const float alpha = exp2f((m - m_new) * sl);  // m = -inf (nothing else seen): 0
-        const float p = exp2f((dot - m_new) * sl);
-        l = l * alpha + p;
-        m = m_new;
-#pragma unroll
-        for (int i = 0; i < kDT; ++i) {
-          const int c = i * 8 + 2 * t4;
-          o[4 * i + 2 * half] = o[4 * i + 2 * half] * alpha + p * to_f(vsf[c]);
-          o[4 * i + 2 * half + 1] = o[4 * i + 2 * half + 1] * alpha + p * to_f(vsf[c + 1]);
-        }
-      }
-    }
-  }
-
-  T* out = static_cast<T*>(a.out);
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int row = half == 0 ? row0 : row1;
-    if (row >= nq) continue;
-    const float l = half == 0 ? l0 : l1;
-    T* orow = out + ((static_cast<int64_t>(r) * a.n + q0 + row) * a.n_heads + h) * kD;
-#pragma unroll
-    for (int i = 0; i < kDT; ++i) {
-      const int c = i * 8 + 2 * t4;
-      *reinterpret_cast<uint32_t*>(orow + c) = pack2<T>(o[4 * i + 2 * half] / l, o[4 * i + 2 * half + 1] / l);
-    }
-  }
+  finish_rows<T, kD>(a, o, m0, m1, l0, l1, wg * 64 + warp * 16 + g, q0, nq, r, h, kvh, t4, sl);
 #else
   // Compiled for a target without wgmma: this image must never run (the launcher checks
   // the device first); trap rather than return garbage.
@@ -413,8 +440,164 @@ __global__ void __launch_bounds__(kThreads, kWG == 1 ? 2 : 1) attention_prefill_
 #endif
 }
 
+// The pipelined form (FlashAttention-3's intra-warpgroup overlap), one warpgroup of 64
+// queries per block: in iteration `it` the warpgroup issues S(it) = Q K(it) and then
+// O += P(it-1) V(it-1) as two wgmma groups, waits for the first only, and computes the
+// softmax of S(it) (exp2 on the SFU, shuffles) while the tensor cores still run P V; then
+// waits for P V and rescales O. K runs one tile ahead of V, so two stages each suffice and
+// one barrier per tile orders the refills: iteration it loads K(it+1) and V(it) into the
+// stages that S(it-1) and P(it-2) V(it-2) read, both waited for before that barrier.
+// Every loaded tile is visible to the warpgroup (key_begin/key_end come from its own rows).
+template <typename T, int kD>
+__global__ void __launch_bounds__(128, 2) attention_prefill_wgmma_pipe(AttentionArgs a) {
+#ifdef KVQ_HAVE_WGMMA
+  constexpr int kDT = kD / 8;   // dim n-tiles of O
+  constexpr int kC16 = kD / 8;  // 16-byte chunks per row
+  constexpr uint32_t kTileBytes = Sm90Smem<kD>::kTile;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const uint32_t base = (smem_addr(smem_raw) + 1023u) & ~1023u;
+  const uint32_t sq = base;                        // Q [64][kD]
+  const uint32_t sk = base + kTileBytes;           // K stages 0, 1
+  const uint32_t sv = base + 3 * kTileBytes;       // V stages 0, 1
+
+  const int qt = static_cast<int>(gridDim.x) - 1 - static_cast<int>(blockIdx.x);  // heavy first
+  const int h = blockIdx.y, r = blockIdx.z, q0 = qt * 64;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int g = lane >> 2, t4 = lane & 3;
+  const int kvh = h / (a.n_heads / a.kv_heads);
+  const int slot = a.slot[r], p0 = a.pos0[r];
+  const int nq = min(64, a.n - q0);
+  const int window = a.window;
+  const bool self = a.k_self != nullptr;
+  const T* q = static_cast<const T*>(a.q);
+  const int64_t cache_base = (static_cast<int64_t>(slot) * a.kv_heads + kvh) * a.max_tokens * kD;
+  const T* kc = static_cast<const T*>(a.k_cache) + cache_base;
+  const T* vc = static_cast<const T*>(a.v_cache) + cache_base;
+
+  const int key_end = p0 + q0 + nq;  // keys [key_begin, key_end)
+  int key_begin = window > 0 ? max(0, p0 + q0 - window + 1) : 0;
+  key_begin = (key_begin / kBK) * kBK;
+  const int n_tiles = (key_end - key_begin + kBK - 1) / kBK;
+
+  for (int idx = tid; idx < 64 * kC16; idx += 128) {
+    const int row = idx / kC16, c16 = idx % kC16;
+    const bool ok = row < nq;
+    const T* src = q + ((static_cast<int64_t>(r) * a.n + q0 + (ok ? row : 0)) * a.n_heads + h) * kD + c16 * 8;
+    cp_async16(sq + swz(row, c16), src, ok ? 16 : 0);
+  }
+  // Rows [kt, kt + 64) of the K or V cache into the tile at dst; rows past key_end become
+  // zeros without reading (the cache there may hold anything, NaN bits included).
+  auto load_tile = [&](uint32_t dst, const T* src, int kt) {
+    const int valid = min(kBK, key_end - kt);
+    for (int idx = tid; idx < kBK * kC16; idx += 128) {
+      const int row = idx / kC16, c16 = idx % kC16;
+      const bool ok = row < valid;
+      cp_async16(dst + swz(row, c16), src + static_cast<int64_t>(ok ? kt + row : 0) * kD + c16 * 8, ok ? 16 : 0);
+    }
+  };
+  load_tile(sk, kc, key_begin);
+  cp_async_commit();
+
+  const float sl = a.scale * 1.4426950408889634f;  // scores -> log2 units
+  float o[kDT * 4];
+#pragma unroll
+  for (int i = 0; i < kDT * 4; ++i) o[i] = 0.f;
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;  // rows g and g + 8 (raw scores)
+  const int wp0 = p0 + q0 + warp * 16;  // position of the warp's first row
+  const int pos1 = wp0 + g + 8;
+  uint32_t pa[4][4];  // P of the previous tile, the A operand of its P V
+
+  for (int it = 0; it < n_tiles; ++it) {
+    const int kt = key_begin + it * kBK;
+    cp_async_wait<0>();  // K(it) and V(it - 1)
+    // cp.async writes are generic-proxy stores; wgmma reads through the async proxy.
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    __syncthreads();
+    if (it + 1 < n_tiles) load_tile(sk + ((it + 1) & 1) * kTileBytes, kc, kt + kBK);
+    load_tile(sv + (it & 1) * kTileBytes, vc, kt);
+    cp_async_commit();
+
+    const uint32_t ks = sk + (it & 1) * kTileBytes;
+    float s[32];
+    reg_fence(s);
+    reg_fence(o);
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < kD / 16; ++kk) {
+      const uint32_t off = (kk >> 2) * kHalf + (kk & 3) * 32;
+      wgmma_qk<T>(s, make_desc(sq + off, 16, 1024), make_desc(ks + off, 16, 1024), kk > 0);
+    }
+    wg_commit();
+    if (it > 0) {
+      const uint32_t vs = sv + ((it - 1) & 1) * kTileBytes;
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) wgmma_pv<T, kD>(o, pa[kk], make_desc(vs + kk * 2048, kHalf, 1024));
+      wg_commit();
+      wg_wait<1>();  // S(it) done; P V may still run
+    } else {
+      wg_wait<0>();
+    }
+    reg_fence(s);
+
+    uint32_t pn[4][4];
+    float alpha0, alpha1;
+    online_softmax<T>(s, pn, m0, m1, l0, l1, alpha0, alpha1, kt, wp0, pos1, window, self, t4, sl);
+    wg_wait<0>();
+    reg_fence(o);
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)  // keeps pa live (unchanged) until P V has read it
+#pragma unroll
+      for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(pa[kk][e])::"memory");
+#pragma unroll
+    for (int i = 0; i < kDT; ++i) {
+      o[4 * i] *= alpha0;
+      o[4 * i + 1] *= alpha0;
+      o[4 * i + 2] *= alpha1;
+      o[4 * i + 3] *= alpha1;
+    }
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) pa[kk][e] = pn[kk][e];
+  }
+  // The last tile's P V.
+  cp_async_wait<0>();
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+  __syncthreads();
+  {
+    const uint32_t vs = sv + ((n_tiles - 1) & 1) * kTileBytes;
+    reg_fence(o);
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) wgmma_pv<T, kD>(o, pa[kk], make_desc(vs + kk * 2048, kHalf, 1024));
+    wg_commit();
+    wg_wait<0>();
+    reg_fence(o);
+  }
+
+  finish_rows<T, kD>(a, o, m0, m1, l0, l1, warp * 16 + g, q0, nq, r, h, kvh, t4, sl);
+#else
+  __trap();  // see attention_prefill_wgmma
+#endif
+}
+
+// 1: the pipelined kernel (one warpgroup per block); 0: the plain one (KVQ_SM90_WG
+// warpgroups per block), kept for the microbenchmark's comparison.
+#ifndef KVQ_SM90_PIPE
+#define KVQ_SM90_PIPE 1
+#endif
+
 template <typename T, int D>
 cudaError_t launch(const AttentionArgs& a, cudaStream_t stream) {
+  if (KVQ_SM90_PIPE) {
+    constexpr size_t smem = Sm90Smem<D>::kTile * size_t(5) + 1024;
+    cudaError_t e = cudaFuncSetAttribute(attention_prefill_wgmma_pipe<T, D>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (e != cudaSuccess) return e;
+    dim3 grid((a.n + 63) / 64, a.n_heads, a.rows);
+    attention_prefill_wgmma_pipe<T, D><<<grid, 128, smem, stream>>>(a);
+    return launch_status();
+  }
   constexpr size_t smem = Sm90Smem<D>::kBytes;
   cudaError_t e = cudaFuncSetAttribute(attention_prefill_wgmma<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        static_cast<int>(smem));
