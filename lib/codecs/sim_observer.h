@@ -56,6 +56,12 @@ class SimQuantObserver final : public ForwardObserver {
 
   const Codec& k_codec(int layer) const { return *k_codecs_.at(layer); }
   const Codec& v_codec(int layer) const { return *v_codecs_.at(layer); }
+  // MiKV: the accumulated attention [tokens, n_kv_heads] of (layer, sequence) so far;
+  // null when no codec needs it or the pair has not been seen.
+  const std::vector<float>* importance(int layer, int seq) const {
+    auto it = states_.find({layer, seq});
+    return it == states_.end() || !need_importance_ ? nullptr : &it->second.importance;
+  }
 
   // Bytes held by the caches of the latest chunk of every (layer, sequence), and the
   // elements they hold (2 sides x tokens x n_kv_heads x head_dim): bits per element as
