@@ -185,25 +185,34 @@ mma_decode_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, int
   const int ntiles = (cnt + 15) / 16;
   const bool vsym = V.format == KvFormat::kTokenSym;
   const float voff = static_cast<float>(1 << (BITS - 1));
-  // The chunk's value scales/zeros into shared memory before the key pass (their loads
-  // overlap it), with the largest scale per value group (the weights' exponent E).
+  // The chunk's value scales/zeros into shared memory before the key pass, with the largest
+  // scale per value group (the weights' exponent E). All KPT loads of a group are issued
+  // before any is used (clamped index instead of a branch around load + store): the
+  // second version loaded and stored token by token, which serialized 8 load latencies
+  // per block (measured: int4 llama3-8b b8 128K 1208 -> 1675 us).
   {
+    constexpr int KPT = kMaxChunk / kT;
     float mx[8];
 #pragma unroll
     for (int grp = 0; grp < 8; ++grp) mx[grp] = 0.f;
 #pragma unroll
-    for (int k = 0; k < kMaxChunk / kT; ++k) {
-      const int i = threadIdx.x + k * kT;
-      if (i < cnt) {
-        const uint16_t* meta = V.meta + (sh * V.max_tokens + begin + i) * V.mpr;
+    for (int grp = 0; grp < 8; ++grp) {
+      if (grp >= NGV) break;
+      uint32_t lm[KPT];
 #pragma unroll
-        for (int grp = 0; grp < 8; ++grp)
-          if (grp < NGV) {
-            const uint32_t m = vsym ? static_cast<uint32_t>(__ldg(meta + grp))
-                                    : __ldg(reinterpret_cast<const uint32_t*>(meta + 2 * grp));
-            vmeta[grp * chunk + i] = m;
-            mx[grp] = fmaxf(mx[grp], fabsf(h2f(static_cast<uint16_t>(m & 0xFFFFu))));
-          }
+      for (int k = 0; k < KPT; ++k) {
+        const int i = min(threadIdx.x + k * kT, cnt - 1);
+        const uint16_t* meta = V.meta + (sh * V.max_tokens + begin + i) * V.mpr;
+        lm[k] = vsym ? static_cast<uint32_t>(__ldg(meta + grp))
+                     : __ldg(reinterpret_cast<const uint32_t*>(meta + 2 * grp));
+      }
+#pragma unroll
+      for (int k = 0; k < KPT; ++k) {
+        const int i = threadIdx.x + k * kT;
+        if (i < cnt) {
+          vmeta[grp * chunk + i] = lm[k];
+          mx[grp] = fmaxf(mx[grp], fabsf(h2f(static_cast<uint16_t>(lm[k] & 0xFFFFu))));
+        }
       }
     }
 #pragma unroll
@@ -568,9 +577,11 @@ cudaError_t dispatch(const PackedSide& k, const PackedSide& v, const PackedDecod
                      int splits, float* o, float* ml, cudaStream_t stream) {
   const int G = a.n_heads / k.kv_heads;
   const int ntk = (G * (kD / k.group) + 7) / 8, ntv = (2 * G * (kD / v.group) + 7) / 8;
-  // Variant 5 (KVQ_KV_DECODE=mma4, benchmarks): <= 128 registers for 4 blocks per SM.
-  if (ntk == 1 && ntv == 1 && a.variant == 5) return launch<BITS, 1, 1, 4>(k, v, a, chunk, splits, o, ml, stream);
-  if (ntk == 1 && ntv == 1) return launch<BITS, 1, 1>(k, v, a, chunk, splits, o, ml, stream);
+  // One n-tile each way: <= 128 registers for 4 blocks per SM (measured faster than 3 blocks
+  // at ~168 registers: llama2-7b b8 128K int4 3903 vs 5013 us, H100, 2026-11-22); variant 5
+  // (KVQ_KV_DECODE=mma3, benchmarks) keeps the 3-block build for comparison.
+  if (ntk == 1 && ntv == 1 && a.variant == 5) return launch<BITS, 1, 1, 3>(k, v, a, chunk, splits, o, ml, stream);
+  if (ntk == 1 && ntv == 1) return launch<BITS, 1, 1, 4>(k, v, a, chunk, splits, o, ml, stream);
   if (ntk == 1) return launch<BITS, 1, 2>(k, v, a, chunk, splits, o, ml, stream);
   if (ntv == 1) return launch<BITS, 2, 1>(k, v, a, chunk, splits, o, ml, stream);
   return launch<BITS, 2, 2>(k, v, a, chunk, splits, o, ml, stream);

@@ -101,7 +101,7 @@ struct PackedDecodeArgs {
   // Kernel choice (benchmarks): 0 auto (the fast kernel where it applies, no prefetch),
   // 1 the general kernel, 2 fast without prefetch (2 blocks/SM), 3 fast with prefetch,
   // 4 the tensor-core kernel (kv_decode_mma.cu; auto also picks it where it applies),
-  // 5 the same capped at 128 registers (4 blocks per SM).
+  // 5 the same with the 3-blocks-per-SM build of its one-n-tile case.
   int variant = 0;
 };
 

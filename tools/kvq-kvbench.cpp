@@ -10,7 +10,7 @@
 // Caches come from make_packed_cache (lib/cuda/packed_more.h), so every codec with a GPU
 // packed cache can be benchmarked; a codec without one prints a "skipped" line on stderr
 // and the sweep goes on.
-// The environment variable KVQ_KV_DECODE=general|fast|fast-pf|mma forces one decode kernel
+// The environment variable KVQ_KV_DECODE=general|fast|fast-pf|mma|mma3 forces one decode kernel
 // of PackedKvCache (lib/cuda/packed_cache.cpp; default: the tensor-core kernel where it
 // applies, else the fast kernel where it applies, else the general one); the header line
 // on stderr names it, so tables of different variants stay apart.
