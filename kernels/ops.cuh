@@ -40,6 +40,13 @@ cudaError_t embed(Act act, const int32_t* ids, int tokens, const void* table, in
 cudaError_t rmsnorm(Act act, const float* x, int tokens, int hidden, const void* w, float eps,
                     void* out, int* flag, cudaStream_t stream);
 
+// The same RMSNorm reading x once with 16-byte loads (the row held in registers): for
+// hidden % 4 == 0, hidden <= 16384 and 16/8/8-byte aligned x/w/out; otherwise it calls
+// rmsnorm(). The sum of squares is added in another order than rmsnorm()'s (a few ulps of
+// the sum), so the two may differ by one 16-bit rounding step in rare elements.
+cudaError_t rmsnorm_vec(Act act, const float* x, int tokens, int hidden, const void* w, float eps,
+                        void* out, int* flag, cudaStream_t stream);
+
 // y[t, c] += bias[c].  y: [tokens, ld] fp32 (first `cols` columns), bias: [cols] Act.
 cudaError_t add_bias(Act act, float* y, int tokens, int cols, int64_t ld, const void* bias,
                      cudaStream_t stream);
@@ -70,6 +77,24 @@ cudaError_t store_kv(Act act, const float* k, const float* v, int64_t ld, int ro
 // out: [tokens, inter] Act.
 cudaError_t swiglu(Act act, const float* gu, int tokens, int inter, void* out,
                    cudaStream_t stream);
+
+// The fused form of rope(q), rope(k), store_kv(k, v) and to_act(q), bit-identical to them:
+// one pass over the fp32 GEMM output. qkv: [rows * n, ld] fp32, token (r, i) at row r * n + i,
+// position pos0[r] + i; q at columns [0, QD), k at [QD, QD + KV), v at [QD + KV, QD + 2 KV)
+// (QD = n_heads * head_dim, KV = kv_heads * head_dim). Writes q_out: [rows * n, QD] Act
+// (rotated), k_cache / v_cache: [slots, kv_heads, max_tokens, head_dim] Act at
+// [slot[r], g, pos0[r] + i, :] (keys rotated). inv_freq: [head_dim/2] fp32 (any scaling
+// applied by the caller). Requires head_dim % 8 == 0 and head_dim <= 256; qkv is not written.
+cudaError_t rope_store_qkv(Act act, const float* qkv, int64_t ld, int rows, int n, int n_heads,
+                           int kv_heads, int head_dim, const int32_t* slot, const int32_t* pos0,
+                           const float* inv_freq, bool interleaved, int max_tokens, void* q_out,
+                           void* k_cache, void* v_cache, cudaStream_t stream);
+
+// out[t, c] = round(round(silu(g)) * u) with g = gu[t, c], u = gu[t, inter + c] 16-bit
+// (transformers' rounding points for a 16-bit model). gu: [tokens, 2*inter] Act (gate | up),
+// out: [tokens, inter] Act.
+cudaError_t swiglu_act(Act act, const void* gu, int tokens, int inter, void* out,
+                       cudaStream_t stream);
 
 struct AttentionArgs {
   const void* q = nullptr;        // [rows, n, n_heads, head_dim] Act, post-RoPE
@@ -121,5 +146,10 @@ cudaError_t fill_const(Act act, void* dst, size_t count, float value, cudaStream
 // (cuBLAS, no TF32: the inputs are already 16-bit). Returns a cublasStatus_t as int (0 = ok).
 int gemm(cublasHandle_t handle, Act act, const void* x, int tokens, int k, const void* w,
          int n_out, float* y, float beta, cudaStream_t stream);
+
+// y[tokens, n_out] = x[tokens, k] * w[n_out, k]^T rounded once to Act (fp32 accumulation,
+// the output conversion in cuBLAS's epilogue): for GEMMs whose consumer reads 16 bits anyway.
+int gemm_act(cublasHandle_t handle, Act act, const void* x, int tokens, int k, const void* w,
+             int n_out, void* y, cudaStream_t stream);
 
 }  // namespace kvq::kern

@@ -4,11 +4,20 @@
 //   x = embed(ids)                                            fp32 [R, hidden]
 //   per layer:
 //     xn = RMSNorm(x) * w (16-bit)      qkv = xn [Wq;Wk;Wv]^T   one GEMM, fp32 out
-//     hooks on pre-RoPE q/k/v (host copies, only when wanted), RoPE in place on q and k,
-//     hooks on post-RoPE k, k/v -> 16-bit cache, q -> 16-bit
+//     hooks on pre-RoPE q/k/v (host copies, only when wanted), then either
+//       one fused kernel: RoPE on q and k, k/v -> 16-bit cache, q -> 16-bit   (default), or
+//       RoPE in place on q and k, hooks on post-RoPE k, k/v -> cache, q -> 16-bit
+//       (when an observer wants post-RoPE keys or past-only quantization: it needs the
+//       fp32 post-RoPE tensors; same bits as the fused kernel otherwise)
 //     attention (tiled prefill kernel for m > 1, split-K decode kernel for m == 1)
 //     x += att Wo^T                     (cuBLAS beta = 1: the residual add is the epilogue)
-//     xn = RMSNorm(x) * w;  gu = xn [Wg;Wu]^T;  h = silu(g) * u;  x += h Wd^T
+//     xn = RMSNorm(x) * w;  gu = xn [Wg;Wu]^T rounded to 16 bits (fp32 accumulation);
+//     h = round(round(silu(g)) * u)     (transformers' rounding points in a 16-bit model)
+//     x += h Wd^T
+//   With a gate/up bias the gate/up GEMM writes fp32 and SwiGLU rounds once (bias added in
+//   fp32). RMSNorm reads each row once (rmsnorm_vec). KVQ_NO_FUSION=1 in the environment
+//   selects the session-2 kernels everywhere (unfused RoPE/KV/q, fp32 gate/up, two-read
+//   RMSNorm): the before/after of notes/cuda-perf.md in one build.
 //   xn = RMSNorm(x); logits / NLL of blocks of kLogitRows tokens (never [R, vocab] at once
 //   in forward_nll).
 // Every RMSNorm also flags non-finite inputs, so the layer where a NaN/Inf first appears is
@@ -75,7 +84,8 @@ void append_as(Act act, const TensorView& t, std::vector<uint16_t>& out) {
 // time the one stream.
 class StageTimer {
  public:
-  enum Stage { kNormQkv, kRopeKv, kAttention, kOProj, kNormGateUp, kSwiglu, kDown, kCount };
+  // kNorm sums both RMSNorms of a layer (attention and MLP inputs).
+  enum Stage { kNorm, kQkv, kRopeKv, kAttention, kOProj, kGateUp, kSwiglu, kDown, kCount };
   StageTimer() : on_(std::getenv("KVQ_STAGE_TIMES") != nullptr) {}
   StageTimer(const StageTimer&) = delete;
   StageTimer& operator=(const StageTimer&) = delete;
@@ -110,8 +120,8 @@ class StageTimer {
       for (double& t : total_) t = 0;
       return;
     }
-    static const char* names[kCount] = {"rmsnorm+qkv", "rope+kv+q16", "attention", "o_proj",
-                                        "rmsnorm+gate|up", "swiglu", "down"};
+    static const char* names[kCount] = {"rmsnorm", "qkv", "rope+kv+q16", "attention", "o_proj",
+                                        "gate|up", "swiglu", "down"};
     double sum = 0;
     for (double t : total_) sum += t;
     std::fprintf(stderr, "stage times for %d tokens (ms, all layers):", tokens);
@@ -142,7 +152,7 @@ class CudaBackend final : public Backend {
  public:
   // From a checkpoint.
   CudaBackend(std::shared_ptr<const Model> model, const CudaOptions& opt)
-      : model_(std::move(model)), opt_(opt) {
+      : model_(std::move(model)), opt_(opt), no_fusion_(std::getenv("KVQ_NO_FUSION") != nullptr) {
     if (!model_) throw InvalidArgument("cuda backend", "no model");
     cfg_ = model_->config();
     init_device();
@@ -151,7 +161,8 @@ class CudaBackend final : public Backend {
   }
 
   // Synthetic weights drawn on the device.
-  CudaBackend(const ModelConfig& cfg, uint64_t seed, const CudaOptions& opt) : opt_(opt) {
+  CudaBackend(const ModelConfig& cfg, uint64_t seed, const CudaOptions& opt)
+      : opt_(opt), no_fusion_(std::getenv("KVQ_NO_FUSION") != nullptr) {
     cfg_ = cfg;
     init_device();
     act_ = cfg.dtype == DType::kBF16 ? Act::kBF16 : Act::kF16;
@@ -512,10 +523,11 @@ class CudaBackend final : public Backend {
     timer_.start(stream_);
     for (int l = 0; l < cfg_.n_layers; ++l) {
       const LayerDev& w = layers_[static_cast<size_t>(l)];
-      KVQ_CUDA_CHECK(kern::rmsnorm(act_, x, R, H, w.attn_norm.get(), eps, xn_.get(), flags + 2 * l, stream_));
+      KVQ_CUDA_CHECK(rmsnorm(x, R, H, w.attn_norm.get(), eps, xn_.get(), flags + 2 * l));
+      timer_.end(StageTimer::kNorm, stream_);
       KVQ_CUBLAS_CHECK(kern::gemm(cublas_, act_, xn_.get(), R, H, w.wqkv.get(), QKV, qkv, 0.f, stream_));
       if (w.bqkv.get()) KVQ_CUDA_CHECK(kern::add_bias(act_, qkv, R, QKV, QKV, w.bqkv.get(), stream_));
-      timer_.end(StageTimer::kNormQkv, stream_);
+      timer_.end(StageTimer::kQkv, stream_);
       if (past_only)
         KVQ_CUDA_CHECK(cudaMemcpyAsync(qkv_orig_.get(), qkv, static_cast<size_t>(R) * QKV * 4,
                                        cudaMemcpyDeviceToDevice, stream_));
@@ -528,26 +540,33 @@ class CudaBackend final : public Backend {
         }
         upload_to(qkv, host);
       }
-      KVQ_CUDA_CHECK(kern::rope(qkv, R, QKV, cfg_.n_heads, hd, m, d_pos0, inv, interleaved, stream_));
-      KVQ_CUDA_CHECK(kern::rope(qkv + QD, R, QKV, cfg_.n_kv_heads, hd, m, d_pos0, inv, interleaved, stream_));
-      if (past_only) {
-        float* o = qkv_orig_.as<float>();
-        KVQ_CUDA_CHECK(kern::rope(o + QD, R, QKV, cfg_.n_kv_heads, hd, m, d_pos0, inv, interleaved, stream_));
-        KVQ_CUDA_CHECK(kern::to_act(act_, o + QD, R, KV, QKV, kself_.get(), KV, stream_));
-        KVQ_CUDA_CHECK(kern::to_act(act_, o + QD + KV, R, KV, QKV, vself_.get(), KV, stream_));
-      }
-      if (hook_post) {
-        download(host, qkv, static_cast<size_t>(R) * QKV);
-        for (int r = 0; r < rows; ++r) {
-          float* base = host.data() + static_cast<size_t>(r) * m * QKV;
-          obs->on_k_post_rope(l, slots[r], pos0[r], ConstMatrixView{base, m, QD, QKV},
-                              MatrixView{base + QD, m, KV, QKV});
+      if (!hook_post && !past_only && !no_fusion_) {
+        // One pass: 6 bytes per q/k/v element instead of 14 (q, k) and 6 (v) unfused.
+        KVQ_CUDA_CHECK(kern::rope_store_qkv(act_, qkv, QKV, rows, m, cfg_.n_heads, cfg_.n_kv_heads, hd,
+                                            d_slot, d_pos0, inv, interleaved, max_tokens_, qh_.get(),
+                                            kc(l), vc(l), stream_));
+      } else {
+        KVQ_CUDA_CHECK(kern::rope(qkv, R, QKV, cfg_.n_heads, hd, m, d_pos0, inv, interleaved, stream_));
+        KVQ_CUDA_CHECK(kern::rope(qkv + QD, R, QKV, cfg_.n_kv_heads, hd, m, d_pos0, inv, interleaved, stream_));
+        if (past_only) {
+          float* o = qkv_orig_.as<float>();
+          KVQ_CUDA_CHECK(kern::rope(o + QD, R, QKV, cfg_.n_kv_heads, hd, m, d_pos0, inv, interleaved, stream_));
+          KVQ_CUDA_CHECK(kern::to_act(act_, o + QD, R, KV, QKV, kself_.get(), KV, stream_));
+          KVQ_CUDA_CHECK(kern::to_act(act_, o + QD + KV, R, KV, QKV, vself_.get(), KV, stream_));
         }
-        upload_to(qkv, host);
+        if (hook_post) {
+          download(host, qkv, static_cast<size_t>(R) * QKV);
+          for (int r = 0; r < rows; ++r) {
+            float* base = host.data() + static_cast<size_t>(r) * m * QKV;
+            obs->on_k_post_rope(l, slots[r], pos0[r], ConstMatrixView{base, m, QD, QKV},
+                                MatrixView{base + QD, m, KV, QKV});
+          }
+          upload_to(qkv, host);
+        }
+        KVQ_CUDA_CHECK(kern::store_kv(act_, qkv + QD, qkv + QD + KV, QKV, rows, m, d_slot, d_pos0,
+                                      cfg_.n_kv_heads, hd, max_tokens_, kc(l), vc(l), stream_));
+        KVQ_CUDA_CHECK(kern::to_act(act_, qkv, R, QD, QKV, qh_.get(), QD, stream_));
       }
-      KVQ_CUDA_CHECK(kern::store_kv(act_, qkv + QD, qkv + QD + KV, QKV, rows, m, d_slot, d_pos0,
-                                    cfg_.n_kv_heads, hd, max_tokens_, kc(l), vc(l), stream_));
-      KVQ_CUDA_CHECK(kern::to_act(act_, qkv, R, QD, QKV, qh_.get(), QD, stream_));
       timer_.end(StageTimer::kRopeKv, stream_);
 
       kern::AttentionArgs a;
@@ -584,19 +603,27 @@ class CudaBackend final : public Backend {
       if (w.bo.get()) KVQ_CUDA_CHECK(kern::add_bias(act_, x, R, H, H, w.bo.get(), stream_));
       timer_.end(StageTimer::kOProj, stream_);
 
-      KVQ_CUDA_CHECK(kern::rmsnorm(act_, x, R, H, w.mlp_norm.get(), eps, xn_.get(), flags + 2 * l + 1, stream_));
-      float* gu = gu_.as<float>();
-      KVQ_CUBLAS_CHECK(kern::gemm(cublas_, act_, xn_.get(), R, H, w.wgu.get(), 2 * I, gu, 0.f, stream_));
-      if (w.bgu.get()) KVQ_CUDA_CHECK(kern::add_bias(act_, gu, R, 2 * I, 2 * I, w.bgu.get(), stream_));
-      timer_.end(StageTimer::kNormGateUp, stream_);
-      KVQ_CUDA_CHECK(kern::swiglu(act_, gu, R, I, hmlp_.get(), stream_));
+      KVQ_CUDA_CHECK(rmsnorm(x, R, H, w.mlp_norm.get(), eps, xn_.get(), flags + 2 * l + 1));
+      timer_.end(StageTimer::kNorm, stream_);
+      if (!w.bgu.get() && !no_fusion_) {
+        // gate|up rounded to 16 bits by the GEMM: SwiGLU reads 4 bytes per channel pair
+        // instead of 8 (and the GEMM writes half as many bytes).
+        KVQ_CUBLAS_CHECK(kern::gemm_act(cublas_, act_, xn_.get(), R, H, w.wgu.get(), 2 * I, gu_.get(), stream_));
+        timer_.end(StageTimer::kGateUp, stream_);
+        KVQ_CUDA_CHECK(kern::swiglu_act(act_, gu_.get(), R, I, hmlp_.get(), stream_));
+      } else {
+        float* gu = gu_.as<float>();
+        KVQ_CUBLAS_CHECK(kern::gemm(cublas_, act_, xn_.get(), R, H, w.wgu.get(), 2 * I, gu, 0.f, stream_));
+        if (w.bgu.get()) KVQ_CUDA_CHECK(kern::add_bias(act_, gu, R, 2 * I, 2 * I, w.bgu.get(), stream_));
+        timer_.end(StageTimer::kGateUp, stream_);
+        KVQ_CUDA_CHECK(kern::swiglu(act_, gu, R, I, hmlp_.get(), stream_));
+      }
       timer_.end(StageTimer::kSwiglu, stream_);
       KVQ_CUBLAS_CHECK(kern::gemm(cublas_, act_, hmlp_.get(), R, I, w.wdown.get(), H, x, 1.f, stream_));
       if (w.bdown.get()) KVQ_CUDA_CHECK(kern::add_bias(act_, x, R, H, H, w.bdown.get(), stream_));
       timer_.end(StageTimer::kDown, stream_);
     }
-    KVQ_CUDA_CHECK(kern::rmsnorm(act_, x, R, H, final_norm_.get(), eps, xn_.get(),
-                                 flags + 2 * cfg_.n_layers, stream_));
+    KVQ_CUDA_CHECK(rmsnorm(x, R, H, final_norm_.get(), eps, xn_.get(), flags + 2 * cfg_.n_layers));
     check_flags(slots, pos0);
     timer_.collect();
   }
@@ -619,6 +646,13 @@ class CudaBackend final : public Backend {
                               std::to_string(pos0.front()),
                   "the weights or the observer's keys/values overflow");
     }
+  }
+
+  // RMSNorm of the residual stream to 16 bits: the one-read vectorized kernel, or the
+  // original one under KVQ_NO_FUSION.
+  cudaError_t rmsnorm(const float* x, int R, int H, const void* w, float eps, void* out, int* flag) {
+    return no_fusion_ ? kern::rmsnorm(act_, x, R, H, w, eps, out, flag, stream_)
+                      : kern::rmsnorm_vec(act_, x, R, H, w, eps, out, flag, stream_);
   }
 
   void download(std::vector<float>& host, const float* dev, size_t count) {
@@ -705,6 +739,7 @@ class CudaBackend final : public Backend {
 
   std::shared_ptr<const Model> model_;
   CudaOptions opt_;
+  bool no_fusion_ = false;  // KVQ_NO_FUSION: the unfused kernels (see the file comment)
   ModelConfig cfg_;
   cuda::DeviceInfo info_;
   Act act_ = Act::kF16;
