@@ -33,12 +33,15 @@
 //    22 bits, relative error <= 2^-22, and underflow of small weights costs at most
 //    2^-25 * 2^-E absolute, below 2^-39 of the chunk's largest weight.
 //  - The z terms (sum_g q per group, sum_t p z) are fp32 sums outside the tensor cores.
-// Instruction count per element (predicted, SASS not yet read): keys 4 bits 9/8 conversion
-// + 1/8 mma + ~0.3 epilogue (scale/zero per token, 2 of 64 codes per lane) = ~1.55;
-// values 4 bits 10/8 (2 PRMT + 2 SHF + 8 LOP3 + 8 HFMA2 per 16 codes) + 1/8 mma + ~0.05
-// = ~1.4; 2 bits ~1.3 each. Against 5.3 (int4) / 2.8 (int2) per element at 100% of copy
-// bandwidth that is 28% / 47% of the issue rate: the floor is the bytes again, not the
-// instructions, if enough loads are in flight (U tiles per warp loaded before use).
+// Instruction count per element, predicted: keys 4 bits 9/8 conversion + 1/8 mma + ~0.3
+// epilogue (scale/zero per token, 2 of 64 codes per lane) = ~1.55; values 4 bits 10/8
+// (2 PRMT + 2 SHF + 8 LOP3 + 8 HFMA2 per 16 codes) + 1/8 mma + ~0.05 = ~1.4; 2 bits ~1.3
+// each, against 5.3 (int4) / 2.8 (int2) issued per element at 100% of copy bandwidth.
+// Measured in the SASS (H100 run of 2026-11-22, notes/s3/results-h21.md): key loop 8.6,
+// value loop 3.0 per element. The conversions and mmas are as predicted; the key pass's
+// epilogue is not (run-time / and % by the key group count and per-column meta addresses
+// inside the tile loop): that, not bytes, is why this version stops at 50% of copy
+// (notes/s3/h21-key-epilogue-hoist.patch hoists them; compiled, not yet run).
 // Error: the mma's fp32 accumulation aligns the 16 products and the accumulator to the
 // largest exponent and truncates (Fasi et al., "Numerical behavior of NVIDIA tensor
 // cores", 2021): per mma step at most 17 units of 2^-23 of the largest term. Over the
