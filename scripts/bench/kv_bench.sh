@@ -2,6 +2,8 @@
 # On the GPU machine (device tool): build the packed-KV targets for sm_90, run the packed
 # KV GPU tests ([kv]), then kvq-kvbench (decode attention over packed caches vs fp16).
 # Usage: bash scripts/bench/kv_bench.sh [extra kvq-kvbench args]   (logs under $OUT)
+# Decode kernel: KVQ_KV_DECODE=mma|mma3|fast|fast-pf|general forces one (default: the
+# tensor-core kernel for uniform per-token int2/int4 at head_dim 128, else fast, else general).
 # Env: KV_SKIP_TESTS=1 / KV_SKIP_BENCH=1 skip a step; KV_BENCH_TIMEOUT (s, default 300)
 # or KV_DEADLINE (epoch seconds by which the bench must end);
 # KV_BUILD_DIR (default build-kv; a warm machine keeps it between calls, so a second call
