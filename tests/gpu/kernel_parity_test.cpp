@@ -445,7 +445,9 @@ TEST_CASE("gpu kernels: prefill attention against fp64 reference", "[gpu]") {
 // the FA2 kernel always, the wgmma kernel where it applies (head_dim 64 and 128 on an sm_90
 // device); cases it does not take are the dispatcher's FA2 cases above. Extra head_dim-128
 // cases aim at the wgmma kernel's own edges: several 64-query blocks with a ragged last
-// one, the sliding window's far edge, past-only with GQA, a 1-token chunk deep in a prefix.
+// one, the sliding window's far edge, past-only with GQA, a 1-token chunk deep in a prefix;
+// and two grids of 256 blocks (more than one block per SM on an H100: a pipelined variant
+// passed every smaller case here and returned NaN only once blocks shared SMs).
 TEST_CASE("gpu kernels: prefill attention, FA2 and wgmma paths, against fp64 reference", "[gpu]") {
   const uint64_t seed = kvq_test::test_seed(108);
   std::printf("prefill paths seed %llu\n", (unsigned long long)seed);
@@ -464,6 +466,8 @@ TEST_CASE("gpu kernels: prefill attention, FA2 and wgmma paths, against fp64 ref
         {act, 1, 70, 8, 4, 64, 1, 100, 0, {0}, {3}, false},
         {act, 2, 67, 4, 2, 64, 2, 140, 40, {0, 1}, {0, 60}, true},
         {act, 1, 100, 2, 1, 96, 1, 260, 37, {0}, {150}, false},
+        {act, 1, 1024, 16, 4, 128, 1, 1024, 0, {0}, {0}, false},
+        {act, 1, 2048, 8, 2, 64, 1, 2100, 0, {0}, {0}, false},
     };
     for (const AttnCase& c : cases) {
       run_attention_case(c, rng, false, kvq::kern::attention_prefill_fa2, "prefill fa2 ");
@@ -481,8 +485,8 @@ TEST_CASE("gpu kernels: prefill attention, FA2 and wgmma paths, against fp64 ref
   REQUIRE(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess);
   std::printf("prefill sm90 cases run: %d (device compute capability %d.%d)\n", sm90_cases, major, minor);
   // On an sm_90 device this build must have taken the wgmma kernel for every head_dim 64 / 128
-  // case (10 per type), and never for head_dim 96.
-  if (major == 9 && minor == 0) REQUIRE(sm90_cases == 20);
+  // case (12 per type), and never for head_dim 96.
+  if (major == 9 && minor == 0) REQUIRE(sm90_cases == 24);
   kvq::kern::AttentionArgs hd96;
   hd96.head_dim = 96;
   REQUIRE_FALSE(kvq::kern::attention_prefill_sm90_usable(hd96));
