@@ -8,7 +8,10 @@
 // attention_prefill_wmma.cu, kept as the microbenchmark's baseline) reached 38-50. The
 // ceilings on the same GPU: cuBLAS 749 (fp16) / 774 (bf16), a register-only mma.sync loop
 // 622 TFLOP/s; so this kernel is at ~42% of what mma.sync can do. Going further needs
-// wgmma (sm_90a, FlashAttention-3 style).
+// wgmma (sm_90a, FlashAttention-3 style): kernels/attention_prefill_sm90.cu, which
+// kern::attention_prefill (end of this file) takes instead on compute capability 9.0 for
+// head_dim 64 and 128 (+34-42%, session 3); this kernel serves every other case and any
+// GPU, and KVQ_PREFILL=fa2 forces it.
 //
 // Work split: a block of 4 warps owns 64 queries of one head; warp w owns query rows
 // [16w, 16w+16). Each warp keeps in registers its Q fragments (loaded once through shared
@@ -56,7 +59,8 @@ namespace {
 // registers for DP = 128, 149 for DP = 64, no spills) beat 3 (registers capped at 168 / 128
 // with 92 / 52 bytes of spills) at every measured shape, by 4-10% for head_dim 128 (1% for
 // 64): 259.6 vs 242.9 TFLOP/s at llama2-7b T=16384 fp16 (H100, 2026-11-22). The macros let
-// scripts/bench/run_attn_bench.sh time other choices from this one source.
+// session 2's microbenchmark time other choices from this one source (compile with
+// -Dattention_prefill_fa2=NAME -Dattention_prefill=NAME_dispatch to rename the entries).
 #ifndef KVQ_FA_MIN_BLOCKS_128
 #define KVQ_FA_MIN_BLOCKS_128 2
 #endif
