@@ -90,8 +90,8 @@ cudaError_t rope_store_qkv(Act act, const float* qkv, int64_t ld, int rows, int 
                            const float* inv_freq, bool interleaved, int max_tokens, void* q_out,
                            void* k_cache, void* v_cache, cudaStream_t stream);
 
-// out[t, c] = round(round(silu(g)) * u) with g = gu[t, c], u = gu[t, inter + c] 16-bit
-// (transformers' rounding points for a 16-bit model). gu: [tokens, 2*inter] Act (gate | up),
+// out[t, c] = round(silu(g) * u) in fp32 with g = gu[t, c], u = gu[t, inter + c] 16-bit:
+// the same bits as swiglu() on the widened values. gu: [tokens, 2*inter] Act (gate | up),
 // out: [tokens, inter] Act.
 cudaError_t swiglu_act(Act act, const void* gu, int tokens, int inter, void* out,
                        cudaStream_t stream);

@@ -11,8 +11,8 @@
 //       fp32 post-RoPE tensors; same bits as the fused kernel otherwise)
 //     attention (tiled prefill kernel for m > 1, split-K decode kernel for m == 1)
 //     x += att Wo^T                     (cuBLAS beta = 1: the residual add is the epilogue)
-//     xn = RMSNorm(x) * w;  gu = xn [Wg;Wu]^T rounded to 16 bits (fp32 accumulation);
-//     h = round(round(silu(g)) * u)     (transformers' rounding points in a 16-bit model)
+//     xn = RMSNorm(x) * w;  gu = xn [Wg;Wu]^T rounded to 16 bits (fp32 accumulation; where
+//     transformers rounds in a 16-bit model);  h = round(silu(g) * u) (fp32 inside);
 //     x += h Wd^T
 //   With a gate/up bias the gate/up GEMM writes fp32 and SwiGLU rounds once (bias added in
 //   fp32). RMSNorm reads each row once (rmsnorm_vec). KVQ_NO_FUSION=1 in the environment

@@ -4,9 +4,8 @@
 // Precision (what the parity tests derive their tolerances from): weights, the activations
 // fed to GEMMs and the KV cache are 16-bit (the checkpoint's fp16/bf16; fp32 checkpoints
 // are rounded to fp16 once at upload); GEMMs accumulate in fp32 and write fp32, except the
-// gate/up GEMM of bias-free MLPs, which writes 16 bits (where transformers rounds too; SiLU
-// is then rounded to 16 bits before the product, as there); the residual stream, RMSNorm,
-// RoPE, softmax and the NLL are fp32.
+// gate/up GEMM of bias-free MLPs, which writes 16 bits (where transformers rounds too); the
+// residual stream, RMSNorm, RoPE, SwiGLU, softmax and the NLL are fp32.
 #pragma once
 
 #include <cstdint>
