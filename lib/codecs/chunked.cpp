@@ -152,12 +152,17 @@ void decode_channel_group(const uint32_t* codes, const uint16_t* halves, int64_t
     }
 }
 
+// Element-wise, so split across threads for whole windows (a simulated 1024-token
+// window converts 393K values per layer and side; per token the loop stays serial).
 void rows_to_halves(const float* rows, int64_t count, std::vector<uint16_t>& out) {
   const size_t base = out.size();
   out.resize(base + count);
-  for (int64_t i = 0; i < count; ++i) out[base + i] = float_to_half(rows[i]);
+  uint16_t* o = out.data() + base;
+#pragma omp parallel for schedule(static) if (count >= 65536)
+  for (int64_t i = 0; i < count; ++i) o[i] = float_to_half(rows[i]);
 }
 void halves_to_rows(const uint16_t* h, int64_t count, float* rows) {
+#pragma omp parallel for schedule(static) if (count >= 65536)
   for (int64_t i = 0; i < count; ++i) rows[i] = half_to_float(h[i]);
 }
 
@@ -177,18 +182,28 @@ class ChunkedCache final : public KvCache {
     const int64_t n = rows.rows;
     if (n == 0) return;
     std::vector<float> x(static_cast<size_t>(n) * dim);
-    for (int64_t t = 0; t < n; ++t)
-      for (int c = 0; c < dim; ++c) {
-        const float v = rows.at(static_cast<int>(t), c);
-        if (!std::isfinite(v))
-          throw InvalidArgument(codec_where(codec_),
-                                "non-finite value at position " + std::to_string(size_ + t) +
-                                    ", column " + std::to_string(c));
-        x[t * dim + c] = v;
-      }
     const bool window = codec_.uses_window();
-    if (window)  // the window holds fp16: every token is quantized from its fp16 value
-      for (float& v : x) v = half_to_float(float_to_half(v));
+    // Copy (and, for a window, round to fp16: every token is quantized from its fp16
+    // value) in parallel over tokens; the first non-finite value in row-major order is
+    // reported, whatever the thread count.
+    std::vector<char> bad(static_cast<size_t>(n), 0);
+#pragma omp parallel for schedule(static) if (n * dim >= 65536)
+    for (int64_t t = 0; t < n; ++t) {
+      const float* r = rows.row(static_cast<int>(t));
+      float* xt = x.data() + t * dim;
+      for (int c = 0; c < dim; ++c) {
+        const float v = r[c];
+        if (!std::isfinite(v)) bad[t] = 1;
+        xt[c] = window ? half_to_float(float_to_half(v)) : v;
+      }
+    }
+    for (int64_t t = 0; t < n; ++t)
+      if (bad[t])
+        for (int c = 0; c < dim; ++c)
+          if (!std::isfinite(rows.at(static_cast<int>(t), c)))
+            throw InvalidArgument(codec_where(codec_),
+                                  "non-finite value at position " + std::to_string(size_ + t) +
+                                      ", column " + std::to_string(c));
     if (!frozen_) {
       ConstMatrixView view{x.data(), static_cast<int>(n), dim, dim};
       frozen_ = codec_.freeze(*state_, view, size_, ctx);

@@ -144,52 +144,77 @@ class MikvCodec final : public ChunkedCodec {
       for (int64_t j = 0; j < quota; ++j) hi[order[j] * H + h] = 1;
       st.hi_count[h] += quota;
     }
-    std::vector<float> x(hd);
-    std::vector<uint32_t> q(hd);
-    for (int64_t t = 0; t < n; ++t)
-      for (int h = 0; h < H; ++h) {
-        for (int i = 0; i < hd; ++i) {
-          const int c = h * hd + i;
-          x[i] = balance_ ? rows[t * dim + c] * st.b[c] : rows[t * dim + c];
+    // Every (token, head) record has a size fixed by its flag: offsets first, then the
+    // records are written in parallel over tokens into the same arrays a serial loop
+    // appends (identical bytes for any thread count).
+    const size_t h0 = out.halves.size(), w0 = out.codes.size();
+    std::vector<size_t> hoff(static_cast<size_t>(n) * H + 1), woff(hoff.size());
+    hoff[0] = h0;
+    woff[0] = w0;
+    for (int64_t r = 0; r < n * H; ++r) {
+      const int bits = hi[r] ? hi_bits_ : lo_bits_;
+      hoff[r + 1] = hoff[r] + (bits == 16 ? hd : 2);
+      woff[r + 1] = woff[r] + (bits == 16 ? 0 : kvlayout::packed_words(bits, hd));
+    }
+    out.raw.insert(out.raw.end(), hi.begin(), hi.end());
+    out.halves.resize(hoff.back());
+    out.codes.resize(woff.back(), 0u);
+#pragma omp parallel if (n * dim >= 65536)
+    {
+      std::vector<float> x(hd);
+      std::vector<uint32_t> q(hd);
+#pragma omp for schedule(static)
+      for (int64_t t = 0; t < n; ++t)
+        for (int h = 0; h < H; ++h) {
+          for (int i = 0; i < hd; ++i) {
+            const int c = h * hd + i;
+            x[i] = balance_ ? rows[t * dim + c] * st.b[c] : rows[t * dim + c];
+          }
+          const size_t r = static_cast<size_t>(t) * H + h;
+          const int bits = hi[r] ? hi_bits_ : lo_bits_;
+          uint16_t* hv = out.halves.data() + hoff[r];
+          if (bits == 16) {
+            for (int i = 0; i < hd; ++i) hv[i] = float_to_half(x[i]);
+            continue;
+          }
+          const kvlayout::ScaleZero sz = quantize_group_asym(x.data(), hd, 1, bits, q.data());
+          hv[0] = sz.scale;
+          hv[1] = sz.zero;
+          for (int i = 0; i < hd; ++i) kvlayout::put_code(out.codes.data() + woff[r], bits, i, q[i]);
         }
-        const bool is_hi = hi[t * H + h];
-        out.raw.push_back(is_hi ? 1 : 0);
-        const int bits = is_hi ? hi_bits_ : lo_bits_;
-        if (bits == 16) {
-          rows_to_halves(x.data(), hd, out.halves);
-          continue;
-        }
-        const kvlayout::ScaleZero sz = quantize_group_asym(x.data(), hd, 1, bits, q.data());
-        out.halves.push_back(sz.scale);
-        out.halves.push_back(sz.zero);
-        const size_t base_w = out.codes.size();
-        out.codes.resize(base_w + kvlayout::packed_words(bits, hd), 0u);
-        for (int i = 0; i < hd; ++i) kvlayout::put_code(out.codes.data() + base_w, bits, i, q[i]);
-      }
+    }
   }
 
   void decode(const CodecState& base, const Chunk& c, float* out) const override {
     const auto& st = static_cast<const MikvState&>(base);
     const int dim = shape().dim(), hd = shape().head_dim, H = shape().n_kv_heads;
-    size_t hcur = 0, wcur = 0;
-    std::vector<uint32_t> q(hd);
-    for (int64_t t = 0; t < c.n; ++t)
-      for (int h = 0; h < H; ++h) {
-        float* y = out + t * dim + h * hd;
-        const int bits = c.raw[t * H + h] ? hi_bits_ : lo_bits_;
-        if (bits == 16) {
-          halves_to_rows(c.halves.data() + hcur, hd, y);
-          hcur += hd;
-        } else {
-          const kvlayout::ScaleZero sz{c.halves[hcur], c.halves[hcur + 1]};
-          hcur += 2;
-          for (int i = 0; i < hd; ++i) q[i] = kvlayout::get_code(c.codes.data() + wcur, bits, i);
-          wcur += kvlayout::packed_words(bits, hd);
-          dequantize_group_asym(q.data(), hd, sz, y, 1);
+    // Record offsets from the flags, then tokens in parallel (as encode).
+    std::vector<size_t> hoff(static_cast<size_t>(c.n) * H + 1, 0), woff(hoff.size(), 0);
+    for (int64_t r = 0; r < c.n * H; ++r) {
+      const int bits = c.raw[r] ? hi_bits_ : lo_bits_;
+      hoff[r + 1] = hoff[r] + (bits == 16 ? hd : 2);
+      woff[r + 1] = woff[r] + (bits == 16 ? 0 : kvlayout::packed_words(bits, hd));
+    }
+#pragma omp parallel if (c.n * dim >= 65536)
+    {
+      std::vector<uint32_t> q(hd);
+#pragma omp for schedule(static)
+      for (int64_t t = 0; t < c.n; ++t)
+        for (int h = 0; h < H; ++h) {
+          const size_t r = static_cast<size_t>(t) * H + h;
+          float* y = out + t * dim + h * hd;
+          const int bits = c.raw[r] ? hi_bits_ : lo_bits_;
+          if (bits == 16) {
+            for (int i = 0; i < hd; ++i) y[i] = half_to_float(c.halves[hoff[r] + i]);
+          } else {
+            const kvlayout::ScaleZero sz{c.halves[hoff[r]], c.halves[hoff[r] + 1]};
+            for (int i = 0; i < hd; ++i) q[i] = kvlayout::get_code(c.codes.data() + woff[r], bits, i);
+            dequantize_group_asym(q.data(), hd, sz, y, 1);
+          }
+          if (balance_)
+            for (int i = 0; i < hd; ++i) y[i] *= st.inv_b[h * hd + i];
         }
-        if (balance_)
-          for (int i = 0; i < hd; ++i) y[i] *= st.inv_b[h * hd + i];
-      }
+    }
   }
 
  private:

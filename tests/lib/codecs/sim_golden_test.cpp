@@ -344,6 +344,12 @@ TEST_CASE("KVQuant simulate equals the reference bit for bit, any thread count",
             o.qnorm_fit = (bits + sink) % 3 == 0;
             opts.push_back(o);
           }
+      {  // a large outlier fraction: key ranges by nth_element instead of the small-k scan
+        KvqOpts o;
+        o.bits = 3;
+        o.frac = 0.45;
+        opts.push_back(o);
+      }
       {  // calibrated: ranges, a non-uniform LUT and Q-Norm from a "profile"
         KvqOpts o;
         o.bits = 3;
