@@ -697,6 +697,13 @@ class CudaBackend final : public Backend {
       std::vector<float> probs(static_cast<size_t>(m) * L);
       for (int h = 0; h < cfg_.n_heads; ++h) {
         const int g = h / cfg_.group_size();
+        // O(m L head_dim) per head: rows are independent, so they run on the --threads
+        // cores (each row's arithmetic as before: the same weights for any thread count);
+        // the observer is still called from this thread, head by head.
+#pragma omp parallel if (static_cast<int64_t>(m) * L * hd > 65536)
+        {
+        std::vector<double> e(static_cast<size_t>(L));
+#pragma omp for schedule(dynamic, 8)
         for (int i = 0; i < m; ++i) {
           const int p = pos0[r] + i;
           const float* qi = q.data() + (static_cast<size_t>(r) * m + i) * QD + static_cast<size_t>(h) * hd;
@@ -714,8 +721,9 @@ class CudaBackend final : public Backend {
             mx = std::max(mx, static_cast<double>(row[j]));
           }
           double sum = 0.0;
-          for (int j = lo; j <= p; ++j) sum += std::exp(row[j] - mx);
-          for (int j = lo; j <= p; ++j) row[j] = static_cast<float>(std::exp(row[j] - mx) / sum);
+          for (int j = lo; j <= p; ++j) sum += (e[j] = std::exp(row[j] - mx));
+          for (int j = lo; j <= p; ++j) row[j] = static_cast<float>(e[j] / sum);
+        }
         }
         obs->on_attention_probs(l, slots[r], h, pos0[r], ConstMatrixView{probs.data(), m, L, L});
       }
