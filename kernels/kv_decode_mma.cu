@@ -41,7 +41,7 @@
 // value loop 3.0 per element. The conversions and mmas are as predicted; the key pass's
 // epilogue is not (run-time / and % by the key group count and per-column meta addresses
 // inside the tile loop): that, not bytes, is why this version stops at 50% of copy
-// (notes/s3/h21-key-epilogue-hoist.patch hoists them; compiled, not yet run).
+// (HOIST = true, KVQ_KV_DECODE=mma-hoist, hoists them; compiled, not yet run on a GPU).
 // Error: the mma's fp32 accumulation aligns the 16 products and the accumulator to the
 // largest exponent and truncates (Fasi et al., "Numerical behavior of NVIDIA tensor
 // cores", 2021): per mma step at most 17 units of 2^-23 of the largest term. Over the
@@ -131,7 +131,7 @@ __device__ __forceinline__ int key_pair_channel(int p) {
   return (p / NP) * CPW + p % NP;  // the high code is this + NP
 }
 
-template <int BITS, int NTK, int NTV, int U, int UV, int MINB>
+template <int BITS, int NTK, int NTV, int U, int UV, int MINB, bool HOIST>
 __global__ void __launch_bounds__(kT, MINB)
 mma_decode_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, int splits,
                   float* part_o, float* part_ml) {
@@ -247,89 +247,200 @@ mma_decode_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, int
         }
     }
     __syncthreads();  // qsum; qf is read no more
-    const uint32_t* kcodes = K.codes + sh * K.max_tokens * K.wpr + t4 * NWK;
-    for (int tb = warp * U; tb < ntiles; tb += kW * U) {
-      uint32_t w[U][2][NWK];
-      uint32_t mk[U][2][NTK][2];
+    if constexpr (!HOIST) {
+      const uint32_t* kcodes = K.codes + sh * K.max_tokens * K.wpr + t4 * NWK;
+      for (int tb = warp * U; tb < ntiles; tb += kW * U) {
+        uint32_t w[U][2][NWK];
+        uint32_t mk[U][2][NTK][2];
 #pragma unroll
-      for (int u = 0; u < U; ++u)
-#pragma unroll
-        for (int rr = 0; rr < 2; ++rr) {
-          const int j = begin + (tb + u) * 16 + gid + 8 * rr;
-          const bool ok = j < end;
-          const int64_t row = sh * K.max_tokens + j;
-          if constexpr (NWK == 4) {
-            uint4 v = make_uint4(0, 0, 0, 0);
-            if (ok) v = __ldg(reinterpret_cast<const uint4*>(kcodes + static_cast<int64_t>(j) * K.wpr));
-            w[u][rr][0] = v.x; w[u][rr][1] = v.y; w[u][rr][2] = v.z; w[u][rr][3] = v.w;
-          } else {
-            uint2 v = make_uint2(0, 0);
-            if (ok) v = __ldg(reinterpret_cast<const uint2*>(kcodes + static_cast<int64_t>(j) * K.wpr));
-            w[u][rr][0] = v.x; w[u][rr][1] = v.y;
-          }
-#pragma unroll
-          for (int nt = 0; nt < NTK; ++nt)
-#pragma unroll
-            for (int c = 0; c < 2; ++c) {
-              const int col = nt * 8 + 2 * t4 + c;
-              uint32_t m = 0u;
-              if (ok && col < NCK) {
-                const int grp = col % NGK;
-                m = ksym ? static_cast<uint32_t>(__ldg(K.meta + row * K.mpr + grp))
-                         : __ldg(reinterpret_cast<const uint32_t*>(K.meta + row * K.mpr + 2 * grp));
-              }
-              mk[u][rr][nt][c] = m;
-            }
-        }
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        uint32_t pr[2][16];
-#pragma unroll
-        for (int rr = 0; rr < 2; ++rr)
-#pragma unroll
-          for (int i = 0; i < NWK; ++i) word_pairs<BITS>(w[u][rr][i], &pr[rr][i * NP]);
-        float acc[NTK][4];
-#pragma unroll
-        for (int nt = 0; nt < NTK; ++nt)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
-#pragma unroll
-        for (int kk = 0; kk < 8; ++kk)
-#pragma unroll
-          for (int nt = 0; nt < NTK; ++nt)
-            mma16816(acc[nt], pr[0][2 * kk], pr[1][2 * kk], pr[0][2 * kk + 1], pr[1][2 * kk + 1],
-                     bq[nt][kk][0], bq[nt][kk][1]);
-        // acc[nt]: (row gid, cols 2t4, 2t4+1), (row gid+8, same cols).
-#pragma unroll
-        for (int nt = 0; nt < NTK; ++nt)
+        for (int u = 0; u < U; ++u)
 #pragma unroll
           for (int rr = 0; rr < 2; ++rr) {
             const int j = begin + (tb + u) * 16 + gid + 8 * rr;
-            float v[2];
-#pragma unroll
-            for (int c = 0; c < 2; ++c) {
-              const int col = nt * 8 + 2 * t4 + c;
-              const uint32_t m = mk[u][rr][nt][c];
-              const float sf = h2f(static_cast<uint16_t>(m & 0xFFFFu));
-              const float dot = acc[nt][2 * rr + c];
-              const float qs = col < NCK ? qsum[col] : 0.f;
-              v[c] = ksym ? sf * fmaf(-koff, qs, dot)
-                          : fmaf(sf, dot, h2f(static_cast<uint16_t>(m >> 16)) * qs);
+            const bool ok = j < end;
+            const int64_t row = sh * K.max_tokens + j;
+            if constexpr (NWK == 4) {
+              uint4 v = make_uint4(0, 0, 0, 0);
+              if (ok) v = __ldg(reinterpret_cast<const uint4*>(kcodes + static_cast<int64_t>(j) * K.wpr));
+              w[u][rr][0] = v.x; w[u][rr][1] = v.y; w[u][rr][2] = v.z; w[u][rr][3] = v.w;
+            } else {
+              uint2 v = make_uint2(0, 0);
+              if (ok) v = __ldg(reinterpret_cast<const uint2*>(kcodes + static_cast<int64_t>(j) * K.wpr));
+              w[u][rr][0] = v.x; w[u][rr][1] = v.y;
             }
-            if (NGK == 1) {
+#pragma unroll
+            for (int nt = 0; nt < NTK; ++nt)
 #pragma unroll
               for (int c = 0; c < 2; ++c) {
                 const int col = nt * 8 + 2 * t4 + c;
-                if (col < NCK && j < end) sc[col * chunk + (j - begin)] = v[c] * a.scale;
+                uint32_t m = 0u;
+                if (ok && col < NCK) {
+                  const int grp = col % NGK;
+                  m = ksym ? static_cast<uint32_t>(__ldg(K.meta + row * K.mpr + grp))
+                           : __ldg(reinterpret_cast<const uint32_t*>(K.meta + row * K.mpr + 2 * grp));
+                }
+                mk[u][rr][nt][c] = m;
               }
+          }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          uint32_t pr[2][16];
+#pragma unroll
+          for (int rr = 0; rr < 2; ++rr)
+#pragma unroll
+            for (int i = 0; i < NWK; ++i) word_pairs<BITS>(w[u][rr][i], &pr[rr][i * NP]);
+          float acc[NTK][4];
+#pragma unroll
+          for (int nt = 0; nt < NTK; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
+#pragma unroll
+          for (int kk = 0; kk < 8; ++kk)
+#pragma unroll
+            for (int nt = 0; nt < NTK; ++nt)
+              mma16816(acc[nt], pr[0][2 * kk], pr[1][2 * kk], pr[0][2 * kk + 1], pr[1][2 * kk + 1],
+                       bq[nt][kk][0], bq[nt][kk][1]);
+          // acc[nt]: (row gid, cols 2t4, 2t4+1), (row gid+8, same cols).
+#pragma unroll
+          for (int nt = 0; nt < NTK; ++nt)
+#pragma unroll
+            for (int rr = 0; rr < 2; ++rr) {
+              const int j = begin + (tb + u) * 16 + gid + 8 * rr;
+              float v[2];
+#pragma unroll
+              for (int c = 0; c < 2; ++c) {
+                const int col = nt * 8 + 2 * t4 + c;
+                const uint32_t m = mk[u][rr][nt][c];
+                const float sf = h2f(static_cast<uint16_t>(m & 0xFFFFu));
+                const float dot = acc[nt][2 * rr + c];
+                const float qs = col < NCK ? qsum[col] : 0.f;
+                v[c] = ksym ? sf * fmaf(-koff, qs, dot)
+                            : fmaf(sf, dot, h2f(static_cast<uint16_t>(m >> 16)) * qs);
+              }
+              if (NGK == 1) {
+#pragma unroll
+                for (int c = 0; c < 2; ++c) {
+                  const int col = nt * 8 + 2 * t4 + c;
+                  if (col < NCK && j < end) sc[col * chunk + (j - begin)] = v[c] * a.scale;
+                }
+              } else {
+                float sum = v[0] + v[1];
+                for (int o = 1; o < NGK / 2; o <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+                const int col = nt * 8 + 2 * t4;
+                if (t4 % (NGK / 2) == 0 && col < NCK && j < end)
+                  sc[(col / NGK) * chunk + (j - begin)] = sum * a.scale;
+              }
+            }
+        }
+      }
+    } else {
+      // The lane's column constants, hoisted out of the tile loop (SASS of the first measured
+      // version: run-time / and % by the group count and the meta address rebuilt for every
+      // tile, row and column made the key loop 8.6 instructions per element).
+      const bool kone = NGK == 1;
+      int moff[NTK][2];   // offset of the column's group in a meta row (halves)
+      bool cok[NTK][2];   // column in use
+      float cqs[NTK][2];  // sum of q over the column's group
+      int sdst[NTK][2];   // score row (g * chunk) this lane writes for the column, -1: none
+#pragma unroll
+      for (int nt = 0; nt < NTK; ++nt)
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const int col = nt * 8 + 2 * t4 + c;
+          cok[nt][c] = col < NCK;
+          const int grp = cok[nt][c] ? col % NGK : 0;
+          moff[nt][c] = ksym ? grp : 2 * grp;
+          cqs[nt][c] = cok[nt][c] ? qsum[col] : 0.f;
+          if (kone)
+            sdst[nt][c] = cok[nt][c] ? col * chunk : -1;
+          else
+            sdst[nt][c] = c == 0 && cok[nt][0] && t4 % (NGK / 2) == 0 ? (col / NGK) * chunk : -1;
+        }
+      const float ascale = a.scale;
+      const int kwpr = K.wpr, kmpr = K.mpr;
+      const uint32_t* kc0 = K.codes + (sh * K.max_tokens + begin) * kwpr + t4 * NWK;
+      const uint16_t* km0 = K.meta + (sh * K.max_tokens + begin) * kmpr;
+      for (int tb = warp * U; tb < ntiles; tb += kW * U) {
+        uint32_t w[U][2][NWK];
+        uint32_t mk[U][2][NTK][2];
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+#pragma unroll
+          for (int rr = 0; rr < 2; ++rr) {
+            const int li = (tb + u) * 16 + gid + 8 * rr;  // token index within the chunk
+            const bool ok = li < cnt;
+            if constexpr (NWK == 4) {
+              uint4 v = make_uint4(0, 0, 0, 0);
+              if (ok) v = __ldg(reinterpret_cast<const uint4*>(kc0 + li * kwpr));
+              w[u][rr][0] = v.x; w[u][rr][1] = v.y; w[u][rr][2] = v.z; w[u][rr][3] = v.w;
             } else {
-              float sum = v[0] + v[1];
-              for (int o = 1; o < NGK / 2; o <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-              const int col = nt * 8 + 2 * t4;
-              if (t4 % (NGK / 2) == 0 && col < NCK && j < end)
-                sc[(col / NGK) * chunk + (j - begin)] = sum * a.scale;
+              uint2 v = make_uint2(0, 0);
+              if (ok) v = __ldg(reinterpret_cast<const uint2*>(kc0 + li * kwpr));
+              w[u][rr][0] = v.x; w[u][rr][1] = v.y;
+            }
+            const uint16_t* mrow = km0 + li * kmpr;
+            if (kone) {
+              uint32_t m = 0u;
+              if (ok) m = ksym ? static_cast<uint32_t>(__ldg(mrow)) : __ldg(reinterpret_cast<const uint32_t*>(mrow));
+#pragma unroll
+              for (int nt = 0; nt < NTK; ++nt) mk[u][rr][nt][0] = mk[u][rr][nt][1] = m;
+            } else {
+#pragma unroll
+              for (int nt = 0; nt < NTK; ++nt)
+#pragma unroll
+                for (int c = 0; c < 2; ++c) {
+                  uint32_t m = 0u;
+                  if (ok && cok[nt][c])
+                    m = ksym ? static_cast<uint32_t>(__ldg(mrow + moff[nt][c]))
+                             : __ldg(reinterpret_cast<const uint32_t*>(mrow + moff[nt][c]));
+                  mk[u][rr][nt][c] = m;
+                }
             }
           }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          uint32_t pr[2][16];
+#pragma unroll
+          for (int rr = 0; rr < 2; ++rr)
+#pragma unroll
+            for (int i = 0; i < NWK; ++i) word_pairs<BITS>(w[u][rr][i], &pr[rr][i * NP]);
+          float acc[NTK][4];
+#pragma unroll
+          for (int nt = 0; nt < NTK; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
+#pragma unroll
+          for (int kk = 0; kk < 8; ++kk)
+#pragma unroll
+            for (int nt = 0; nt < NTK; ++nt)
+              mma16816(acc[nt], pr[0][2 * kk], pr[1][2 * kk], pr[0][2 * kk + 1], pr[1][2 * kk + 1],
+                       bq[nt][kk][0], bq[nt][kk][1]);
+          // acc[nt]: (row gid, cols 2t4, 2t4+1), (row gid+8, same cols).
+#pragma unroll
+          for (int nt = 0; nt < NTK; ++nt)
+#pragma unroll
+            for (int rr = 0; rr < 2; ++rr) {
+              const int li = (tb + u) * 16 + gid + 8 * rr;
+              float v[2];
+#pragma unroll
+              for (int c = 0; c < 2; ++c) {
+                const uint32_t m = mk[u][rr][nt][c];
+                const float sf = h2f(static_cast<uint16_t>(m & 0xFFFFu));
+                const float dot = acc[nt][2 * rr + c];
+                v[c] = ksym ? sf * fmaf(-koff, cqs[nt][c], dot)
+                            : fmaf(sf, dot, h2f(static_cast<uint16_t>(m >> 16)) * cqs[nt][c]);
+              }
+              if (kone) {
+#pragma unroll
+                for (int c = 0; c < 2; ++c)
+                  if (sdst[nt][c] >= 0 && li < cnt) sc[sdst[nt][c] + li] = v[c] * ascale;
+              } else {
+                float sum = v[0] + v[1];
+                for (int o = 1; o < NGK / 2; o <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+                if (sdst[nt][0] >= 0 && li < cnt) sc[sdst[nt][0] + li] = sum * ascale;
+              }
+            }
+        }
       }
     }
   }
@@ -555,7 +666,7 @@ size_t smem_bytes(int G, int ngv, int ncv, int chunk) {
          static_cast<size_t>(ncv) * chunk * sizeof(__half);
 }
 
-template <int BITS, int NTK, int NTV, int MINB = 3>
+template <int BITS, int NTK, int NTV, int MINB = 3, bool HOIST = false>
 cudaError_t launch(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int chunk,
                    int splits, float* part_o, float* part_ml, cudaStream_t stream) {
   const int G = a.n_heads / k.kv_heads;
@@ -563,7 +674,7 @@ cudaError_t launch(const PackedSide& k, const PackedSide& v, const PackedDecodeA
   const size_t smem = smem_bytes(G, kD / v.group, ncv, chunk);
   // U: key tiles (16 tokens) per warp loaded before use; UV the same for values.
   constexpr int U = 4, UV = NTV == 1 ? 4 : 2;
-  auto* kernel = mma_decode_kernel<BITS, NTK, NTV, U, UV, MINB>;
+  auto* kernel = mma_decode_kernel<BITS, NTK, NTV, U, UV, MINB, HOIST>;
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        static_cast<int>(smem));
   if (e != cudaSuccess) return e;
@@ -584,6 +695,9 @@ cudaError_t dispatch(const PackedSide& k, const PackedSide& v, const PackedDecod
   // at ~168 registers: llama2-7b b8 128K int4 3903 vs 5013 us, H100, 2026-11-22); variant 5
   // (KVQ_KV_DECODE=mma3, benchmarks) keeps the 3-block build for comparison.
   if (ntk == 1 && ntv == 1 && a.variant == 5) return launch<BITS, 1, 1, 3>(k, v, a, chunk, splits, o, ml, stream);
+  // Variant 6 (KVQ_KV_DECODE=mma-hoist): the key loop with its column constants hoisted
+  // (HOIST, notes/kv-cuda-perf.md next step 1); compiled, not yet measured, so not default.
+  if (ntk == 1 && ntv == 1 && a.variant == 6) return launch<BITS, 1, 1, 4, true>(k, v, a, chunk, splits, o, ml, stream);
   if (ntk == 1 && ntv == 1) return launch<BITS, 1, 1, 4>(k, v, a, chunk, splits, o, ml, stream);
   if (ntk == 1) return launch<BITS, 1, 2>(k, v, a, chunk, splits, o, ml, stream);
   if (ntv == 1) return launch<BITS, 2, 1>(k, v, a, chunk, splits, o, ml, stream);

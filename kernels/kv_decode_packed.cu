@@ -876,9 +876,9 @@ cudaError_t kv_decode_attention(Act act, const PackedSide& k, const PackedSide& 
   if (workspace_bytes < kv_decode_workspace(k, a, max_len, sm_count)) return cudaErrorInvalidValue;
   const Plan p = make_plan(k.kv_heads, a.rows, a.n_heads / k.kv_heads, max_len, sm_count);
   float* part_o = static_cast<float*>(workspace);
-  // Auto (variant 0) and variants 4/5: the tensor-core kernel where it applies (uniform
+  // Auto (variant 0) and variants 4-6: the tensor-core kernel where it applies (uniform
   // per-token 2/4-bit codes, head_dim 128, fp16); its partials use its own split count.
-  if ((a.variant == 0 || a.variant == 4 || a.variant == 5) && mma_decode::fits(act, k, v, a)) {
+  if ((a.variant == 0 || a.variant >= 4) && mma_decode::fits(act, k, v, a)) {
     int mchunk = 0, msplits = 0;
     mma_decode::plan(k.kv_heads, a.rows, a.n_heads / k.kv_heads, max_len, sm_count, &mchunk, &msplits);
     float* mml = part_o + static_cast<size_t>(a.rows) * a.n_heads * msplits * D;
