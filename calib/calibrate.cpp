@@ -16,6 +16,7 @@
 #include <memory>
 
 #include "calib/crr.h"
+#include "calib/key_ranges.h"
 #include "calib/serial_products.h"
 #include "calib/signposts.h"
 #include "calib/thresholds.h"
@@ -393,12 +394,25 @@ CalibrateSummary run_calibration(std::shared_ptr<const Model> model, std::span<c
     krange.insert(krange.end(), kt.max.begin(), kt.max.end());
     vrange = vr.min;
     vrange.insert(vrange.end(), vr.max.begin(), vr.max.end());
+    // The fit fraction's row: the same total outlier budget, allocated across channels
+    // and tails by Fisher weight (calib/key_ranges.h); it becomes the profile's static key
+    // range, and the signposts and Q-Norm are fitted on it. The other rows stay plain
+    // percentiles (kvq-convert --outliers F for another F). Why: on kvq-docs valid.txt
+    // (the development set) it gave lower 2/3/4-bit PPL than the percentile row
+    // (docs/calibrate.md, "Static key ranges").
+    std::vector<RowsView> gview;
+    for (size_t i = 0; i < nseq; ++i) gview.push_back({d.dk[i].data() + static_cast<int64_t>(opt.sink) * D, opt.seqlen - opt.sink, D});
+    KeyRangeFit kr;
+    if (opt.outlier_fraction > 0) kr = fisher_key_ranges(kview, gview, opt.outlier_fraction / 2);
     for (size_t fi = 0; fi < fractions.size(); ++fi) {
-      kthr.insert(kthr.end(), kt.lo[fi].begin(), kt.lo[fi].end());
-      kthr.insert(kthr.end(), kt.hi[fi].begin(), kt.hi[fi].end());
-      if (fractions[fi] == opt.outlier_fraction) {
-        fit_lo = kt.lo[fi];
-        fit_hi = kt.hi[fi];
+      const bool fit_row = fractions[fi] == opt.outlier_fraction;
+      const std::vector<float>& lo = fit_row ? kr.lo : kt.lo[fi];
+      const std::vector<float>& hi = fit_row ? kr.hi : kt.hi[fi];
+      kthr.insert(kthr.end(), lo.begin(), lo.end());
+      kthr.insert(kthr.end(), hi.begin(), hi.end());
+      if (fit_row) {
+        fit_lo = lo;
+        fit_hi = hi;
       }
     }
     T[calibration_tensor_name(l, 'k', "channel_range")] = tensor({2, D}, krange);
