@@ -240,6 +240,7 @@ class ChunkedCache final : public KvCache {
     auto copy_out = [&](int64_t first, int64_t count, const float* src) {
       // src holds tokens [first, first + count)
       const int64_t a = std::max(first, t0), b = std::min(first + count, t1);
+#pragma omp parallel for schedule(static) if ((b - a) * dim >= 65536)
       for (int64_t t = a; t < b; ++t)
         std::copy(src + (t - first) * dim, src + (t - first + 1) * dim,
                   out.row(static_cast<int>(t - t0)));

@@ -24,6 +24,7 @@ SimQuantObserver::SimQuantObserver(const ModelConfig& cfg, const CodecSpec& k_sp
                                    const CodecSpec& v_spec, SimOptions opt)
     : cfg_(cfg), shape_{cfg.n_kv_heads, cfg.head_dim, cfg.n_heads} {
   past_only_ = opt.past_only;
+  importance_batch_ = std::max<int64_t>(1, opt.importance_batch);
   for (int l = 0; l < cfg.n_layers; ++l) {
     k_codecs_.push_back(make_codec(k_spec, KvSide::kKey, l, shape_, layer_params(opt.k_params, l)));
     v_codecs_.push_back(make_codec(v_spec, KvSide::kValue, l, shape_, layer_params(opt.v_params, l)));
@@ -83,59 +84,98 @@ void SimQuantObserver::update_importance(SeqState& st, int pos0, ConstMatrixView
   for (int i = 0; i < n; ++i) std::copy(k.row(i), k.row(i) + KV, kn + static_cast<size_t>(i) * KV);
   rope_.apply(kn, n, H, KV, pos0);
   st.importance.resize(static_cast<size_t>(total) * H, 0.0f);
+  if (n == 0) return;
   const int grp = NH / H;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  // Softmax weights of a block of B query rows, [B, total] (zero beyond the diagonal):
-  // at most 4M floats at a time.
-  const int B = std::max(1, std::min(n, (1 << 22) / std::max(total, 1)));
-  std::vector<float> kt(static_cast<size_t>(hd) * total), w(static_cast<size_t>(B) * total);
-  for (int kh = 0; kh < H; ++kh) {
-    for (int j = 0; j < total; ++j)
-      for (int c = 0; c < hd; ++c)
-        kt[static_cast<size_t>(c) * total + j] = st.k_rot[static_cast<size_t>(j) * KV + kh * hd + c];
-    for (int qh = kh * grp; qh < (kh + 1) * grp; ++qh)
-      for (int i0 = 0; i0 < n; i0 += B) {
-        const int nb = std::min(B, n - i0);
-#pragma omp parallel if (static_cast<int64_t>(nb) * total * hd > 65536)
-        {
-          std::vector<float> s(static_cast<size_t>(total));
-          std::vector<double> p(static_cast<size_t>(total));
+  // Keys transposed per kv head, [H][hd][ldk], ldk = total rounded up to kJ (zero pad).
+  constexpr int kJ = 16;
+  const int ldk = (total + kJ - 1) / kJ * kJ;
+  std::vector<float> kt(static_cast<size_t>(H) * hd * ldk, 0.0f);
+  for (int j = 0; j < total; ++j)
+    for (int c = 0; c < KV; ++c)
+      kt[(static_cast<size_t>(c / hd) * hd + c % hd) * ldk + j] = st.k_rot[static_cast<size_t>(j) * KV + c];
+  // Work units: (query head, block of query rows), in the order the sums must follow
+  // (query head, then row). A batch of consecutive units (at most 8M weights) is computed
+  // in one parallel loop over its rows, then accumulated in one parallel loop over
+  // (kv head, block of keys), each task adding the batch's units of its kv head in unit
+  // order: two barriers per batch (one batch per layer for the testbed's windows) rather
+  // than per head, which matters when threads wait on a busy machine.
+  const int64_t cap = importance_batch_;
+  const int rows_per_unit = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(n, cap / total)));
+  struct Unit {
+    int qh, i0, nb;
+    size_t w0;  // offset of its weights [nb, total] in w
+  };
+  std::vector<Unit> units;
+  for (int qh = 0; qh < NH; ++qh)
+    for (int i0 = 0; i0 < n; i0 += rows_per_unit) units.push_back({qh, i0, std::min(rows_per_unit, n - i0), 0});
+  std::vector<float> w;
+  size_t u0 = 0;
+  while (u0 < units.size()) {
+    size_t u1 = u0, used = 0;
+    std::vector<std::pair<int, int>> rows;  // (unit, row within it)
+    while (u1 < units.size() && (u1 == u0 || used + static_cast<size_t>(units[u1].nb) * total <= static_cast<size_t>(cap))) {
+      units[u1].w0 = used;
+      used += static_cast<size_t>(units[u1].nb) * total;
+      for (int b = 0; b < units[u1].nb; ++b) rows.emplace_back(static_cast<int>(u1), b);
+      ++u1;
+    }
+    w.resize(used);
+    const int nrows = static_cast<int>(rows.size());
+    int keys = 0;
+    for (size_t u = u0; u < u1; ++u) keys = std::max(keys, pos0 + units[u].i0 + units[u].nb);
+#pragma omp parallel if (static_cast<int64_t>(nrows) * total * hd > 65536)
+    {
+      std::vector<float> s(static_cast<size_t>(total));
+      std::vector<double> p(static_cast<size_t>(total));
 #pragma omp for schedule(dynamic, 4)
-          for (int b = 0; b < nb; ++b) {
-            const int i = i0 + b, t = pos0 + i;
-            const float* qv = qr.data() + static_cast<size_t>(i) * QD + qh * hd;
-            std::fill(s.begin(), s.begin() + t + 1, 0.0f);
-            for (int c = 0; c < hd; ++c) {
-              const float qc = qv[c];
-              const float* kc = kt.data() + static_cast<size_t>(c) * total;
-              for (int j = 0; j <= t; ++j) s[j] += qc * kc[j];
-            }
-            double mx = -INFINITY;
-            for (int j = 0; j <= t; ++j) {
-              p[j] = s[j] * scale;
-              mx = std::max(mx, p[j]);
-            }
-            double sum = 0;
-            for (int j = 0; j <= t; ++j) sum += (p[j] = std::exp(p[j] - mx));
-            float* wr = w.data() + static_cast<size_t>(b) * total;
-            for (int j = 0; j <= t; ++j) wr[j] = static_cast<float>(p[j] / sum);
-            std::fill(wr + t + 1, wr + total, 0.0f);  // + 0.0f leaves a sum of weights as is
+      for (int r = 0; r < nrows; ++r) {
+        const Unit& un = units[static_cast<size_t>(rows[r].first)];
+        const int b = rows[r].second, i = un.i0 + b, t = pos0 + i, kh = un.qh / grp;
+        const float* qv = qr.data() + static_cast<size_t>(i) * QD + un.qh * hd;
+        const float* kth = kt.data() + static_cast<size_t>(kh) * hd * ldk;
+        // kJ keys at a time with their sums in registers across the channel loop (the
+        // padded keys beyond t are computed and dropped).
+        for (int j0 = 0; j0 <= t; j0 += kJ) {
+          float acc[kJ];
+          for (int jj = 0; jj < kJ; ++jj) acc[jj] = 0.0f;
+          for (int c = 0; c < hd; ++c) {
+            const float qc = qv[c];
+            const float* kc = kth + static_cast<size_t>(c) * ldk + j0;
+            for (int jj = 0; jj < kJ; ++jj) acc[jj] += qc * kc[jj];
           }
+          const int nj = std::min(kJ, t + 1 - j0);
+          for (int jj = 0; jj < nj; ++jj) s[j0 + jj] = acc[jj];
         }
-        // Keys [0, pos0 + i0 + nb) received weight from this block; 64 keys per task.
-        const int keys = pos0 + i0 + nb;
-#pragma omp parallel for schedule(static) if (static_cast<int64_t>(nb) * keys > 65536)
-        for (int j0 = 0; j0 < keys; j0 += 64) {
-          const int nj = std::min(64, keys - j0);
-          float acc[64];
-          for (int j = 0; j < nj; ++j) acc[j] = st.importance[static_cast<size_t>(j0 + j) * H + kh];
-          for (int b = 0; b < nb; ++b) {
-            const float* wr = w.data() + static_cast<size_t>(b) * total + j0;
+        double mx = -INFINITY;
+        for (int j = 0; j <= t; ++j) {
+          p[j] = s[j] * scale;
+          mx = std::max(mx, p[j]);
+        }
+        double sum = 0;
+        for (int j = 0; j <= t; ++j) sum += (p[j] = std::exp(p[j] - mx));
+        float* wr = w.data() + un.w0 + static_cast<size_t>(b) * total;
+        for (int j = 0; j <= t; ++j) wr[j] = static_cast<float>(p[j] / sum);
+        std::fill(wr + t + 1, wr + total, 0.0f);  // + 0.0f leaves a sum of weights as is
+      }
+      // Keys [0, keys) received weight from this batch; 64 keys per task.
+      const int kb = (keys + 63) / 64;
+#pragma omp for schedule(static)
+      for (int task = 0; task < H * kb; ++task) {
+        const int kh = task / kb, j0 = (task % kb) * 64, nj = std::min(64, keys - j0);
+        float acc[64];
+        for (int j = 0; j < nj; ++j) acc[j] = st.importance[static_cast<size_t>(j0 + j) * H + kh];
+        for (size_t u = u0; u < u1; ++u) {
+          if (units[u].qh / grp != kh) continue;
+          for (int b = 0; b < units[u].nb; ++b) {
+            const float* wr = w.data() + units[u].w0 + static_cast<size_t>(b) * total + j0;
             for (int j = 0; j < nj; ++j) acc[j] += wr[j];
           }
-          for (int j = 0; j < nj; ++j) st.importance[static_cast<size_t>(j0 + j) * H + kh] = acc[j];
         }
+        for (int j = 0; j < nj; ++j) st.importance[static_cast<size_t>(j0 + j) * H + kh] = acc[j];
       }
+    }
+    u0 = u1;
   }
 }
 

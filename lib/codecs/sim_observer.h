@@ -37,6 +37,9 @@ struct SimOptions {
   bool past_only = false;  // POQ protocol
   // Per-layer calibrated parameters (a profile); empty or shorter: defaults.
   std::vector<CodecParams> k_params, v_params;
+  // MiKV importance: the most softmax weights (floats) held at once; a smaller cap only
+  // splits the work into more batches, with the same result (tests use tiny caps).
+  int64_t importance_batch = int64_t{1} << 23;
 };
 
 class SimQuantObserver final : public ForwardObserver {
@@ -89,6 +92,7 @@ class SimQuantObserver final : public ForwardObserver {
   KvShape shape_;
   bool past_only_ = false;
   bool need_importance_ = false;
+  int64_t importance_batch_ = int64_t{1} << 23;
   std::vector<std::unique_ptr<Codec>> k_codecs_, v_codecs_;
   std::map<std::pair<int, int>, SeqState> states_;
   std::map<std::pair<int, int>, double> st_bytes_, st_elems_;  // last figures in stats_

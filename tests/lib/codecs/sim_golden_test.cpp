@@ -476,11 +476,15 @@ TEST_CASE("observer importance and MiKV rows equal the references, one chunk or 
     const KvShape s{cs.H, cs.hd, cs.NH};
     const std::vector<float> want_k = ref_mikv(KvSide::kKey, s, kr, T, o, imp, qr);
     const std::vector<float> want_v = ref_mikv(KvSide::kValue, s, v, T, o, imp, {});
-    for (int th : kThreads) {
+    for (int th : kThreads)
+    for (int64_t batch : {int64_t{1} << 23, int64_t{1000}, int64_t{1}}) {
       ThreadCount tc(th);
       const std::string what = "NH=" + std::to_string(cs.NH) + " H=" + std::to_string(cs.H) +
-                               " T=" + std::to_string(T) + " threads=" + std::to_string(th);
-      SimQuantObserver obs(cfg, parse_codec_spec(mikv_spec(o)));
+                               " T=" + std::to_string(T) + " threads=" + std::to_string(th) +
+                               " batch=" + std::to_string(batch);
+      SimOptions so;
+      so.importance_batch = batch;
+      SimQuantObserver obs(cfg, parse_codec_spec(mikv_spec(o)), so);
       std::vector<float> kk = k, vv = v;
       obs.on_qkv(0, 0, 0, kvq::ConstMatrixView{q.data(), T, QD, QD}, kvq::MatrixView{kk.data(), T, KV, KV},
                  kvq::MatrixView{vv.data(), T, KV, KV});
@@ -498,7 +502,7 @@ TEST_CASE("observer importance and MiKV rows equal the references, one chunk or 
       // Two chunks (split at an awkward place) accumulate the same importance.
       if (T > 3) {
         const int a = T / 3;
-        SimQuantObserver obs2(cfg, parse_codec_spec("mikv"));
+        SimQuantObserver obs2(cfg, parse_codec_spec("mikv"), so);
         std::vector<float> k2 = k, v2 = v, kp2 = kr;
         for (auto [p0, n] : {std::pair<int, int>{0, a}, std::pair<int, int>{a, T - a}}) {
           obs2.on_qkv(0, 0, p0, kvq::ConstMatrixView{q.data() + p0 * QD, n, QD, QD},
