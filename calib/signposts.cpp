@@ -7,6 +7,7 @@
 #include <string>
 
 #include "calib/kmeans1d.h"
+#include "formats/dtype.h"
 #include "formats/error.h"
 
 namespace kvq::calib {
@@ -43,8 +44,11 @@ void value_vector(const float* x, int hd, int k, ValueVec& r) {
     mx = std::max(mx, x[c]);
   }
   if (mn <= mx) {
-    r.mid = 0.5f * (mn + mx);
-    r.half = 0.5f * (mx - mn);
+    // The codec stores mid and half as fp16 per (token, head) and normalizes with those
+    // (lib/codecs/kvquant.cpp), so the fit does too: with fp32 mid/half the points near
+    // +-1 could land on the other side of a signpost boundary than at run time.
+    r.mid = half_to_float(float_to_half(0.5f * (mn + mx)));
+    r.half = half_to_float(float_to_half(0.5f * (mx - mn)));
   }
 }
 
@@ -61,7 +65,7 @@ void append_key_points(const float* k, const float* grad, int64_t rows, int dim,
       if (x < lo[c] || x > hi[c]) continue;
       const float mid = 0.5f * (lo[c] + hi[c]), half = 0.5f * (hi[c] - lo[c]);
       if (!(half > 0.0f)) continue;
-      u.push_back(clamp1((x - mid) / half));
+      u.push_back(clamp1((x - mid) * (1.0f / half)));  // the codec's reciprocal
       const float g = grad ? grad[t * dim + c] : 1.0f;
       w.push_back(g * g);
     }
@@ -83,7 +87,7 @@ void append_value_points(const float* v, const float* grad, int64_t rows, int di
       if (!(vv.half > 0.0f)) continue;
       for (int c = 0; c < head_dim; ++c) {
         if (vv.outlier[static_cast<size_t>(c)]) continue;
-        u.push_back(clamp1((x[c] - vv.mid) / vv.half));
+        u.push_back(clamp1((x[c] - vv.mid) * (1.0f / vv.half)));
         const float g = grad ? grad[t * dim + h0 + c] : 1.0f;
         w.push_back(g * g);
       }
@@ -212,7 +216,7 @@ void qnorm_add_keys(const float* k, int64_t rows, int dim, const std::vector<flo
       if (x < lo[c] || x > hi[c]) continue;
       const float mid = 0.5f * (lo[c] + hi[c]), half = 0.5f * (hi[c] - lo[c]);
       const float d = half > 0.0f
-                          ? lut[static_cast<size_t>(nearest_signpost(lut, clamp1((x - mid) / half)))] * half + mid
+                          ? lut[static_cast<size_t>(nearest_signpost(lut, clamp1((x - mid) * (1.0f / half))))] * half + mid
                           : mid;
       acc.add(x, d);
     }
@@ -230,7 +234,7 @@ void qnorm_add_values(const float* v, int64_t rows, int dim, int head_dim, doubl
       for (int c = 0; c < head_dim; ++c) {
         if (vv.outlier[static_cast<size_t>(c)]) continue;
         const float d = vv.half > 0.0f
-                            ? lut[static_cast<size_t>(nearest_signpost(lut, clamp1((x[c] - vv.mid) / vv.half)))] * vv.half + vv.mid
+                            ? lut[static_cast<size_t>(nearest_signpost(lut, clamp1((x[c] - vv.mid) * (1.0f / vv.half))))] * vv.half + vv.mid
                             : vv.mid;
         acc.add(x[c], d);
       }

@@ -1,11 +1,13 @@
 // KVQuant's NUQ signposts and Q-Norm, from calibration activations and their Fisher
 // information. The normalisation follows what lib/codecs/kvquant.cpp does at run time, so
 // the signposts are fitted on the distribution the codec will quantize:
-//   keys (pre-RoPE): per channel c, static range [lo_c, hi_c] (the calibration's tail
-//     thresholds); dense points u = (x - mid) / half with mid = (lo+hi)/2,
-//     half = (hi-lo)/2; x outside [lo_c, hi_c] is an outlier and not a point.
+//   keys (pre-RoPE): per channel c, static range [lo_c, hi_c] (the calibration's
+//     thresholds of the fit fraction, calib/key_ranges.h); dense points
+//     u = (x - mid) * (1 / half) with mid = (lo+hi)/2, half = (hi-lo)/2 in fp32 (the
+//     codec's float reciprocal); x outside [lo_c, hi_c] is an outlier and not a point.
 //   values: per token and head, the k = round_half_even(f * head_dim) entries of largest
-//     |x| (ties: lower channel first) are outliers; mid/half from the rest.
+//     |x| (ties: lower channel first) are outliers; mid/half from the rest, rounded to
+//     fp16 as the codec stores them, then the same reciprocal.
 // Each point is weighted by its Fisher information F = (dL/dx)^2 from the same sequence
 // (KVQuant weights every activation by its own squared gradient); sink tokens are not
 // given to these functions at all. Channels/vectors with half == 0 give no points.

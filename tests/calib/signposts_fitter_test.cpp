@@ -8,6 +8,7 @@
 
 #include "calib/rng.h"
 #include "calib/signposts.h"
+#include "formats/dtype.h"
 #include "formats/error.h"
 #include "tests/catch.h"
 #include "tests/support/test_support.h"
@@ -98,10 +99,12 @@ TEST_CASE("key_points/value_points equal per-sequence appends; value outliers by
               mx = std::max(mx, x[c]);
             }
           }
-          const float mid = 0.5f * (mn + mx), half = 0.5f * (mx - mn);
+          // As the codec: mid and half stored as fp16, then the float reciprocal.
+          const float mid = half_to_float(float_to_half(0.5f * (mn + mx)));
+          const float half = half_to_float(float_to_half(0.5f * (mx - mn)));
           if (!(half > 0.0f)) continue;
           for (int c = 0; c < head_dim; ++c) {
-            if (!out[static_cast<size_t>(c)]) vu3.push_back(std::min(1.0f, std::max(-1.0f, (x[c] - mid) / half)));
+            if (!out[static_cast<size_t>(c)]) vu3.push_back(std::min(1.0f, std::max(-1.0f, (x[c] - mid) * (1.0f / half))));
           }
         }
       }

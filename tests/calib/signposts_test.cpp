@@ -12,6 +12,7 @@
 #include "calib/serial_products.h"
 #include "calib/signposts.h"
 #include "formats/calibration.h"
+#include "formats/dtype.h"
 #include "formats/error.h"
 #include "formats/fingerprint.h"
 #include "lib/backward/cpu_gradient.h"
@@ -84,6 +85,25 @@ TEST_CASE("value points: round_half_even(f * head_dim) outliers per token and he
   CHECK(u[3] == 1.0f);
   CHECK(u[4] == kvq_test::Approx(-1.0f));
   CHECK(u[5] == kvq_test::Approx((1.0f - 1.75f) / 1.25f));
+}
+
+TEST_CASE("value points use the codec's fp16 mid/half and reciprocal", "[signposts]") {
+  // One head of 4, no outliers: min -0.2002, max 0.7 -> half 0.4501 in fp32, but the
+  // codec stores half as fp16 (0.450195...) and mid as fp16 (0.249878...), and multiplies
+  // by the float reciprocal: the maximum then maps just below 1, not to 1.
+  const std::vector<float> v{0.1f, 0.7f, 0.3337f, -0.2002f};
+  std::vector<float> u, w;
+  append_value_points(v.data(), nullptr, 1, 4, 4, 0.0, u, w);
+  REQUIRE(u.size() == 4);
+  const float mid = half_to_float(float_to_half(0.5f * (0.7f + -0.2002f)));
+  const float half = half_to_float(float_to_half(0.5f * (0.7f - -0.2002f)));
+  REQUIRE(half != 0.5f * (0.7f - -0.2002f));  // the case is only a test when fp16 rounds
+  const float inv = 1.0f / half;
+  for (int i = 0; i < 4; ++i) {
+    const float e = std::min(1.0f, std::max(-1.0f, (v[i] - mid) * inv));
+    CHECK(u[i] == e);
+  }
+  CHECK(u[1] < 1.0f);
 }
 
 TEST_CASE("Q-Norm restores the mean and standard deviation", "[signposts]") {
