@@ -14,6 +14,7 @@
 #   scripts/calib_table.sh                                   # the issue's protocol
 #   scripts/calib_table.sh --windows 4 --nseq 2 --calib-seqlen 256 --backend cpu   # smoke run
 #   scripts/calib_table.sh --qnorm                           # adds calibrated + Q-Norm rows
+#   scripts/calib_table.sh --eval-data ../shared/datasets/kvq-docs/valid.txt --windows 8   # dev set
 #
 # Never calibrate on the evaluation split: --calib-data must not be WikiText-2 test.
 set -euo pipefail
@@ -35,7 +36,7 @@ do_build=1
 qnorm=0
 threads=0
 
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while (($#)); do
   case $1 in
     --model) model=$2; shift 2 ;;
@@ -129,7 +130,8 @@ rows = {r["method"]: r for r in c["rows"]}
 ref = next(r for r in c["rows"] if r.get("reference"))
 def cell(r):
     return "%.3f (%+.2f%%)" % (r["ppl"], r["ppl_delta_pct"])
-print("### Calibrated vs default KVQuant, %s, WikiText-2 test, seqlen %d" % (c["model"], c["seqlen"]))
+data_name = "WikiText-2 test" if "wiki" in c["data"].lower() else os.path.basename(c["data"])
+print("### Calibrated vs default KVQuant, %s, %s, seqlen %d" % (c["model"], data_name, c["seqlen"]))
 print()
 print("Data: %s, windows of %d tokens%s. Device: %s. kvq %s. Date: %s." % (
     c["data"], c["seqlen"], "" if windows < 0 else " (the first %d only: not the full protocol)" % windows,
@@ -139,7 +141,8 @@ print("Calibration: %s, %d sequences x %d tokens (asked %s), seed %s, backend %s
     cal["dataset"], cal["sequences"], cal["seqlen"], calib_seqlen, seed, cal.get("backend", "?"), t_cal, t_eval))
 print("fp16 KV: PPL %.3f. Cells: PPL (change vs fp16 KV); bits/elem include metadata. Default: uniform"
       " signposts, 1%% outliers and ranges from the window itself; calibrated: Fisher-weighted signposts,"
-      " static per-channel key ranges/thresholds from the calibration, 1%% outliers, 1 sink token." % ref["ppl"])
+      " static per-channel key ranges from the calibration (the 1%% outlier budget allocated across channels"
+      " by Fisher weight, docs/calibrate.md), 1 sink token." % ref["ppl"])
 print()
 head = "| bits | default `kvquant:bits=B` | calibrated profile |"
 sep = "|---:|---:|---:|"
