@@ -43,6 +43,7 @@ namespace {
 struct KvqState final : CodecState {
   std::vector<float> lo, hi;     // keys: per channel (stored, 8 bytes per channel)
   std::vector<float> mid, half;  // keys: derived, mid = (lo+hi)/2, half = (hi-lo)/2 in fp32
+  std::vector<float> inv_half;   // keys: safe_inverse(half), once per channel, not per token
   float qa = 1.0f, qb = 0.0f;    // Q-Norm
   std::unique_ptr<CodecState> clone() const override { return std::make_unique<KvqState>(*this); }
 };
@@ -157,9 +158,11 @@ class KvQuantCodec final : public ChunkedCodec {
       st.hi = hi;
       st.mid.resize(dim);
       st.half.resize(dim);
+      st.inv_half.resize(dim);
       for (int c = 0; c < dim; ++c) {
         st.mid[c] = 0.5f * (lo[c] + hi[c]);
         st.half[c] = 0.5f * (hi[c] - lo[c]);
+        st.inv_half[c] = kvlayout::safe_inverse(st.half[c]);
       }
     }
     if (qnorm_fit_ && !qnorm_given_) {
@@ -271,7 +274,7 @@ class KvQuantCodec final : public ChunkedCodec {
         } else {
           for (int i = 0; i < hd; ++i) {
             const int c = h * hd + i;
-            const float inv = kvlayout::safe_inverse(st.half[c]);
+            const float inv = st.inv_half[c];
             const float u = kvlayout::clampf((xh[i] - st.mid[c]) * inv, -1.0f, 1.0f);
             kvlayout::put_code(w, bits_, i, lut_code(u));
           }
