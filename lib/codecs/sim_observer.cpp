@@ -77,12 +77,19 @@ void SimQuantObserver::update_importance(SeqState& st, int pos0, ConstMatrixView
   const int total = pos0 + n;
   if (rope_.max_pos() < total) rope_ = RopeTable(cfg_.rope, hd, std::max(total, 2 * rope_.max_pos()));
   std::vector<float> qr(static_cast<size_t>(n) * QD);
-  for (int i = 0; i < n; ++i) std::copy(q.row(i), q.row(i) + QD, qr.data() + static_cast<size_t>(i) * QD);
-  rope_.apply(qr.data(), n, NH, QD, pos0);
   st.k_rot.resize(static_cast<size_t>(total) * KV);
   float* kn = st.k_rot.data() + static_cast<size_t>(pos0) * KV;
-  for (int i = 0; i < n; ++i) std::copy(k.row(i), k.row(i) + KV, kn + static_cast<size_t>(i) * KV);
-  rope_.apply(kn, n, H, KV, pos0);
+  // Copies and RoPE by blocks of 64 rows in parallel (rows are independent).
+#pragma omp parallel for schedule(static) if (static_cast<int64_t>(n) * (QD + KV) >= 65536)
+  for (int i0 = 0; i0 < n; i0 += 64) {
+    const int m = std::min(64, n - i0);
+    for (int i = i0; i < i0 + m; ++i) {
+      std::copy(q.row(i), q.row(i) + QD, qr.data() + static_cast<size_t>(i) * QD);
+      std::copy(k.row(i), k.row(i) + KV, kn + static_cast<size_t>(i) * KV);
+    }
+    rope_.apply(qr.data() + static_cast<size_t>(i0) * QD, m, NH, QD, pos0 + i0);
+    rope_.apply(kn + static_cast<size_t>(i0) * KV, m, H, KV, pos0 + i0);
+  }
   st.importance.resize(static_cast<size_t>(total) * H, 0.0f);
   if (n == 0) return;
   const int grp = NH / H;
@@ -90,10 +97,13 @@ void SimQuantObserver::update_importance(SeqState& st, int pos0, ConstMatrixView
   // Keys transposed per kv head, [H][hd][ldk], ldk = total rounded up to kJ (zero pad).
   constexpr int kJ = 16;
   const int ldk = (total + kJ - 1) / kJ * kJ;
-  std::vector<float> kt(static_cast<size_t>(H) * hd * ldk, 0.0f);
-  for (int j = 0; j < total; ++j)
-    for (int c = 0; c < KV; ++c)
-      kt[(static_cast<size_t>(c / hd) * hd + c % hd) * ldk + j] = st.k_rot[static_cast<size_t>(j) * KV + c];
+  std::vector<float> kt(static_cast<size_t>(H) * hd * ldk);
+#pragma omp parallel for schedule(static) if (static_cast<int64_t>(total) * KV >= 65536)
+  for (int c = 0; c < KV; ++c) {  // row c of kt is channel c % hd of kv head c / hd
+    float* row = kt.data() + static_cast<size_t>(c) * ldk;
+    for (int j = 0; j < total; ++j) row[j] = st.k_rot[static_cast<size_t>(j) * KV + c];
+    std::fill(row + total, row + ldk, 0.0f);
+  }
   // Work units: (query head, block of query rows), in the order the sums must follow
   // (query head, then row). A batch of consecutive units (at most 8M weights) is computed
   // in one parallel loop over its rows, then accumulated in one parallel loop over
