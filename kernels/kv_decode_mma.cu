@@ -100,7 +100,6 @@ __device__ __forceinline__ uint32_t pair_at(uint32_t x) {
 // bit stream (code i at bit BITS * i).
 template <int BITS>
 __device__ __forceinline__ void word_pairs(uint32_t w, uint32_t* out) {
-  constexpr int NH = 8 / BITS;  // pairs per byte-aligned half of the shift
   const uint32_t w8 = w >> 8;
   if constexpr (BITS == 4) {
     out[0] = pair_at<4, 0>(w);  out[1] = pair_at<4, 1>(w);
@@ -112,7 +111,31 @@ __device__ __forceinline__ void word_pairs(uint32_t w, uint32_t* out) {
     out[4] = pair_at<2, 0>(w8); out[5] = pair_at<2, 1>(w8);
     out[6] = pair_at<2, 2>(w8); out[7] = pair_at<2, 3>(w8);
   }
-  (void)NH;
+}
+
+// Key scores of one 16-token tile on the tensor cores, the same in every build of the key
+// pass: w[rr] holds the lane's code words of tile row gid + 8 rr, bq the q B-fragments
+// (n-tile nt, k-step kk); acc[nt] = codes x q for key n-tile nt, fp32 from zero, in the mma
+// accumulator layout (row gid, cols 2 t4, 2 t4 + 1; row gid + 8, same cols).
+template <int BITS, int NWK, int NTK>
+__device__ __forceinline__ void key_tile_dot(const uint32_t (&w)[2][NWK], const uint32_t (&bq)[NTK][8][2],
+                                             float (&acc)[NTK][4]) {
+  constexpr int NP = 16 / BITS;  // fp16 pairs per code word
+  uint32_t pr[2][16];
+#pragma unroll
+  for (int rr = 0; rr < 2; ++rr)
+#pragma unroll
+    for (int i = 0; i < NWK; ++i) word_pairs<BITS>(w[rr][i], &pr[rr][i * NP]);
+#pragma unroll
+  for (int nt = 0; nt < NTK; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < 8; ++kk)
+#pragma unroll
+    for (int nt = 0; nt < NTK; ++nt)
+      mma16816(acc[nt], pr[0][2 * kk], pr[1][2 * kk], pr[0][2 * kk + 1], pr[1][2 * kk + 1], bq[nt][kk][0],
+               bq[nt][kk][1]);
 }
 
 // pw[grp] for a run-time grp without indexing a register array (which would go to local
@@ -284,22 +307,8 @@ mma_decode_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, int
           }
 #pragma unroll
         for (int u = 0; u < U; ++u) {
-          uint32_t pr[2][16];
-#pragma unroll
-          for (int rr = 0; rr < 2; ++rr)
-#pragma unroll
-            for (int i = 0; i < NWK; ++i) word_pairs<BITS>(w[u][rr][i], &pr[rr][i * NP]);
           float acc[NTK][4];
-#pragma unroll
-          for (int nt = 0; nt < NTK; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
-#pragma unroll
-          for (int kk = 0; kk < 8; ++kk)
-#pragma unroll
-            for (int nt = 0; nt < NTK; ++nt)
-              mma16816(acc[nt], pr[0][2 * kk], pr[1][2 * kk], pr[0][2 * kk + 1], pr[1][2 * kk + 1],
-                       bq[nt][kk][0], bq[nt][kk][1]);
+          key_tile_dot<BITS>(w[u], bq, acc);
           // acc[nt]: (row gid, cols 2t4, 2t4+1), (row gid+8, same cols).
 #pragma unroll
           for (int nt = 0; nt < NTK; ++nt)
@@ -399,22 +408,8 @@ mma_decode_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, int
           }
 #pragma unroll
         for (int u = 0; u < U; ++u) {
-          uint32_t pr[2][16];
-#pragma unroll
-          for (int rr = 0; rr < 2; ++rr)
-#pragma unroll
-            for (int i = 0; i < NWK; ++i) word_pairs<BITS>(w[u][rr][i], &pr[rr][i * NP]);
           float acc[NTK][4];
-#pragma unroll
-          for (int nt = 0; nt < NTK; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
-#pragma unroll
-          for (int kk = 0; kk < 8; ++kk)
-#pragma unroll
-            for (int nt = 0; nt < NTK; ++nt)
-              mma16816(acc[nt], pr[0][2 * kk], pr[1][2 * kk], pr[0][2 * kk + 1], pr[1][2 * kk + 1],
-                       bq[nt][kk][0], bq[nt][kk][1]);
+          key_tile_dot<BITS>(w[u], bq, acc);
           // acc[nt]: (row gid, cols 2t4, 2t4+1), (row gid+8, same cols).
 #pragma unroll
           for (int nt = 0; nt < NTK; ++nt)
