@@ -30,48 +30,24 @@
 #include "lib/observer.h"
 #include "lib/rope.h"
 #include "tests/catch.h"
+#include "tests/gpu/device_buffers.h"
 #include "tests/support/test_support.h"
 
 namespace {
 
 using kvq::kern::Act;
 
-#define CK(call) REQUIRE((call) == cudaSuccess)
+using kvq_test::act_name;
+using kvq_test::Dev;
+using kvq_test::download;
+using kvq_test::from16;
+using kvq_test::to16;
+using kvq_test::unit;
+using kvq_test::upload;
 
-struct Dev {
-  void* p = nullptr;
-  size_t bytes = 0;
-  explicit Dev(size_t b) : bytes(b) {
-    REQUIRE(cudaMalloc(&p, std::max<size_t>(b, 16)) == cudaSuccess);
-    REQUIRE(cudaMemset(p, 0xFF, std::max<size_t>(b, 16)) == cudaSuccess);
-  }
-  Dev(const Dev&) = delete;
-  Dev& operator=(const Dev&) = delete;
-  ~Dev() { cudaFree(p); }
-  template <typename T> T* as() const { return static_cast<T*>(p); }
-};
-
-template <typename T>
-void upload(Dev& d, const std::vector<T>& v) {
-  REQUIRE(d.bytes >= v.size() * sizeof(T));
-  REQUIRE(cudaMemcpy(d.p, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice) == cudaSuccess);
-}
-template <typename T>
-std::vector<T> download(const Dev& d, size_t n) {
-  std::vector<T> v(n);
-  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
-  REQUIRE(cudaMemcpy(v.data(), d.p, n * sizeof(T), cudaMemcpyDeviceToHost) == cudaSuccess);
-  return v;
-}
-
-uint16_t to16(Act a, float f) { return a == Act::kF16 ? kvq::float_to_half(f) : kvq::float_to_bf16(f); }
-float from16(Act a, uint16_t h) { return a == Act::kF16 ? kvq::half_to_float(h) : kvq::bf16_to_float(h); }
-// Unit roundoff of the 16-bit type: 2^-11 (fp16), 2^-8 (bf16).
-double unit(Act a) { return a == Act::kF16 ? std::ldexp(1.0, -11) : std::ldexp(1.0, -8); }
 // Spacing of the smallest subnormals (absolute error floor of one rounding): 2^-24 fp16;
 // bf16 has fp32's exponent range, 2^-133.
 double tiny(Act a) { return a == Act::kF16 ? std::ldexp(1.0, -24) : std::ldexp(1.0, -133); }
-const char* act_name(Act a) { return a == Act::kF16 ? "fp16" : "bf16"; }
 
 struct RopeCase {
   Act act;

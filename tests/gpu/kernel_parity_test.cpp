@@ -18,45 +18,20 @@
 #include "kernels/attention_prefill_sm90.cuh"
 #include "kernels/ops.cuh"
 #include "tests/catch.h"
+#include "tests/gpu/device_buffers.h"
 #include "tests/support/test_support.h"
 
 namespace {
 
 using kvq::kern::Act;
 
-#define CK(call) REQUIRE((call) == cudaSuccess)
-
-// Device buffer poisoned with 0xFF bytes (NaN in fp16/bf16/fp32).
-struct Dev {
-  void* p = nullptr;
-  size_t bytes = 0;
-  explicit Dev(size_t b) : bytes(b) {
-    REQUIRE(cudaMalloc(&p, std::max<size_t>(b, 16)) == cudaSuccess);
-    REQUIRE(cudaMemset(p, 0xFF, std::max<size_t>(b, 16)) == cudaSuccess);
-  }
-  ~Dev() { cudaFree(p); }
-  template <typename T> T* as() const { return static_cast<T*>(p); }
-};
-
-template <typename T>
-Dev to_dev(const std::vector<T>& v) {
-  Dev d(v.size() * sizeof(T));
-  REQUIRE(cudaMemcpy(d.p, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice) == cudaSuccess);
-  return d;
-}
-template <typename T>
-std::vector<T> from_dev(const Dev& d, size_t n) {
-  std::vector<T> v(n);
-  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
-  REQUIRE(cudaMemcpy(v.data(), d.p, n * sizeof(T), cudaMemcpyDeviceToHost) == cudaSuccess);
-  return v;
-}
-
-uint16_t to16(Act a, float f) { return a == Act::kF16 ? kvq::float_to_half(f) : kvq::float_to_bf16(f); }
-float from16(Act a, uint16_t h) { return a == Act::kF16 ? kvq::half_to_float(h) : kvq::bf16_to_float(h); }
-// Unit roundoff of the 16-bit type: 2^-11 (fp16, 10 explicit mantissa bits), 2^-8 (bf16).
-double unit(Act a) { return a == Act::kF16 ? std::ldexp(1.0, -11) : std::ldexp(1.0, -8); }
-const char* act_name(Act a) { return a == Act::kF16 ? "fp16" : "bf16"; }
+using kvq_test::act_name;
+using kvq_test::Dev;
+using kvq_test::download;
+using kvq_test::from16;
+using kvq_test::to16;
+using kvq_test::to_dev;
+using kvq_test::unit;
 
 // Random 16-bit values (rounded from N(0, sd)), returned as raw bits and as floats.
 struct Rand16 {
@@ -91,8 +66,8 @@ TEST_CASE("gpu kernels: rmsnorm matches fp64 reference within one 16-bit roundin
       Dev dx = to_dev(x), dw = to_dev(w.bits), dout(x.size() * 2), flag(4);
       CK(cudaMemset(flag.p, 0, 4));
       CK(kvq::kern::rmsnorm(act, dx.as<float>(), tokens, hidden, dw.p, 1e-5f, dout.p, flag.as<int>(), nullptr));
-      auto out = from_dev<uint16_t>(dout, x.size());
-      REQUIRE(from_dev<int>(flag, 1)[0] == 0);
+      auto out = download<uint16_t>(dout, x.size());
+      REQUIRE(download<int>(flag, 1)[0] == 0);
       double worst = 0;
       for (int t = 0; t < tokens; ++t) {
         double ss = 0;
@@ -118,7 +93,7 @@ TEST_CASE("gpu kernels: rmsnorm matches fp64 reference within one 16-bit roundin
   Dev dx = to_dev(x), dw = to_dev(w), dout(6), flag(4);
   CK(cudaMemset(flag.p, 0, 4));
   CK(kvq::kern::rmsnorm(Act::kF16, dx.as<float>(), 1, 3, dw.p, 1e-5f, dout.p, flag.as<int>(), nullptr));
-  REQUIRE(from_dev<int>(flag, 1)[0] == 1);
+  REQUIRE(download<int>(flag, 1)[0] == 1);
 }
 
 TEST_CASE("gpu kernels: embed, store_kv, to_act and swiglu are exact or one rounding", "[gpu]") {
@@ -133,7 +108,7 @@ TEST_CASE("gpu kernels: embed, store_kv, to_act and swiglu are exact or one roun
     ids[0] = vocab - 1;
     Dev dt = to_dev(table.bits), di = to_dev(ids), de(static_cast<size_t>(tokens) * hidden * 4);
     CK(kvq::kern::embed(act, di.as<int32_t>(), tokens, dt.p, hidden, de.as<float>(), nullptr));
-    auto e = from_dev<float>(de, static_cast<size_t>(tokens) * hidden);
+    auto e = download<float>(de, static_cast<size_t>(tokens) * hidden);
     for (int t = 0; t < tokens; ++t)
       for (int c = 0; c < hidden; ++c) REQUIRE(e[t * hidden + c] == table.f[ids[t] * hidden + c]);
 
@@ -146,7 +121,7 @@ TEST_CASE("gpu kernels: embed, store_kv, to_act and swiglu are exact or one roun
     f[2] = 70000.f;                        // fp16 overflow -> inf
     Dev df = to_dev(f), dh(f.size() * 2);
     CK(kvq::kern::to_act(act, df.as<float>(), 1, static_cast<int>(f.size()), f.size(), dh.p, f.size(), nullptr));
-    auto h = from_dev<uint16_t>(dh, f.size());
+    auto h = download<uint16_t>(dh, f.size());
     for (size_t i = 0; i < f.size(); ++i) REQUIRE(h[i] == to16(act, f[i]));
 
     // store_kv: two rows into slots {2, 0} at positions {5, 0}.
@@ -158,7 +133,7 @@ TEST_CASE("gpu kernels: embed, store_kv, to_act and swiglu are exact or one roun
     Dev dkv = to_dev(kv), ds = to_dev(slot), dp = to_dev(pos0), kc(cache * 2), vc(cache * 2);
     CK(kvq::kern::store_kv(act, dkv.as<float>(), dkv.as<float>() + kvh * hd, ld, rows, n, ds.as<int32_t>(),
                            dp.as<int32_t>(), kvh, hd, maxt, kc.p, vc.p, nullptr));
-    auto k = from_dev<uint16_t>(kc, cache), v = from_dev<uint16_t>(vc, cache);
+    auto k = download<uint16_t>(kc, cache), v = download<uint16_t>(vc, cache);
     size_t written = 0;
     for (int r = 0; r < rows; ++r)
       for (int i = 0; i < n; ++i)
@@ -179,7 +154,7 @@ TEST_CASE("gpu kernels: embed, store_kv, to_act and swiglu are exact or one roun
     for (auto& x : gu) x = nd(rng);
     Dev dg = to_dev(gu), dout(static_cast<size_t>(tk) * inter * 2);
     CK(kvq::kern::swiglu(act, dg.as<float>(), tk, inter, dout.p, nullptr));
-    auto o = from_dev<uint16_t>(dout, static_cast<size_t>(tk) * inter);
+    auto o = download<uint16_t>(dout, static_cast<size_t>(tk) * inter);
     for (int t = 0; t < tk; ++t)
       for (int c = 0; c < inter; ++c) {
         const double g = gu[t * 2 * inter + c], u = gu[t * 2 * inter + inter + c];
@@ -204,7 +179,7 @@ TEST_CASE("gpu kernels: rope rotates like the fp64 rotation of the fp32 angle", 
       for (int i = 0; i < hd / 2; ++i) invf[i] = static_cast<float>(std::pow(10000.0, -2.0 * i / hd));
       Dev dx = to_dev(x), dp = to_dev(pos0), di = to_dev(invf);
       CK(kvq::kern::rope(dx.as<float>(), tokens, ld, heads, hd, n, dp.as<int32_t>(), di.as<float>(), inter, nullptr));
-      auto y = from_dev<float>(dx, x.size());
+      auto y = download<float>(dx, x.size());
       double worst = 0;
       for (int t = 0; t < tokens; ++t) {
         const int pos = pos0[t / n] + t % n;
@@ -245,7 +220,7 @@ TEST_CASE("gpu kernels: nll_rows against fp64 log-softmax", "[gpu]") {
     tg[2] = -1;
     Dev dl = to_dev(lg), dt = to_dev(tg), dn(tokens * 4);
     CK(kvq::kern::nll_rows(dl.as<float>(), tokens, vocab, dt.as<int32_t>(), dn.as<float>(), nullptr));
-    auto nll = from_dev<float>(dn, tokens);
+    auto nll = download<float>(dn, tokens);
     for (int t = 0; t < tokens; ++t) {
       if (tg[t] < 0) {
         REQUIRE(std::isnan(nll[t]));
@@ -277,7 +252,7 @@ TEST_CASE("gpu kernels: cuBLAS gemm with fp32 accumulation", "[gpu]") {
     for (auto& v : y0) v = nd(rng);
     Dev dx = to_dev(x.bits), dw = to_dev(w.bits), dy = to_dev(y0);
     REQUIRE(kvq::kern::gemm(h, act, dx.p, T, K, dw.p, N, dy.as<float>(), 1.f, nullptr) == 0);
-    auto y = from_dev<float>(dy, y0.size());
+    auto y = download<float>(dy, y0.size());
     for (int t = 0; t < T; ++t)
       for (int o = 0; o < N; ++o) {
         double ref = y0[t * N + o], mag = std::fabs(y0[t * N + o]);
@@ -350,7 +325,7 @@ void run_attention_case(const AttnCase& c, std::mt19937_64& rng, bool decode,
   } else {
     CK(prefill(c.act, a, nullptr));
   }
-  auto out = from_dev<uint16_t>(dout, qn);
+  auto out = download<uint16_t>(dout, qn);
   const int group = c.heads / c.kv_heads;
   double worst = 0, worst_ratio = 0;
   for (int r = 0; r < c.rows; ++r)
@@ -526,7 +501,7 @@ TEST_CASE("gpu kernels: fill_uniform is deterministic, in range and not constant
   Dev a(n * 2), b(n * 2);
   CK(kvq::kern::fill_uniform(Act::kF16, a.p, n, 0.5f, 42, nullptr));
   CK(kvq::kern::fill_uniform(Act::kF16, b.p, n, 0.5f, 42, nullptr));
-  auto x = from_dev<uint16_t>(a, n), y = from_dev<uint16_t>(b, n);
+  auto x = download<uint16_t>(a, n), y = download<uint16_t>(b, n);
   REQUIRE(x == y);
   double mean = 0, sq = 0;
   for (auto h : x) {
