@@ -125,7 +125,6 @@ __device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&d)[4], const uin
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-
 // Fragment ownership (PTX ISA, mma.m16n8k16): lane = 4 g + t holds accumulator elements
 // (row g, cols 2t, 2t+1) in [0], [1] and (row g + 8, same cols) in [2], [3] of each n-tile.
 template <typename T, int DP>
