@@ -22,8 +22,12 @@ bool fits(Act act, const PackedSide& k, const PackedSide& v, const PackedDecodeA
 // Tokens per split-K chunk (multiple of 64) and the number of chunks for max_len tokens.
 void plan(int kv_heads, int rows, int G, int max_len, int sm_count, int* chunk, int* splits);
 
+// The most splits any build of this kernel uses for max_len tokens (plan()'s, or the
+// streaming version's one per 256 tokens at most): the workspace and the offset of part_ml.
+int max_splits(int kv_heads, int rows, int G, int max_len, int sm_count);
+
 // Launches the kernel and the split-K combine. part_o / part_ml: the workspace as
-// kv_decode_attention lays it out, sized for plan()'s splits.
+// kv_decode_attention lays it out, part_ml after max_splits() splits of part_o.
 cudaError_t run(Act act, const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a,
                 int max_len, int sm_count, float* part_o, float* part_ml, cudaStream_t stream);
 

@@ -102,7 +102,8 @@ struct PackedDecodeArgs {
   // 1 the general kernel, 2 fast without prefetch (2 blocks/SM), 3 fast with prefetch,
   // 4 the tensor-core kernel (kv_decode_mma.cu; auto also picks it where it applies),
   // 5 the same with the 3-blocks-per-SM build of its one-n-tile case.
-  // 6 the same with the key loop's column constants hoisted (not yet measured).
+  // 6 the same with the key loop's column constants hoisted, 7 the staged version 4
+  // (kv_decode_mma.cu; auto picks it where it applies).
   int variant = 0;
 };
 

@@ -359,13 +359,16 @@ void PackedKvCache::decode(const void* q_dev, void* out_dev, bool bf16, void* st
   a.scale = 1.0f / std::sqrt(static_cast<float>(I.hd));
   a.inv_freq = I.inv_freq;
   a.rope_interleaved = I.interleaved;
-  // Benchmark knob (kvq-kvbench, notes/kv-cuda-perf.md): KVQ_KV_DECODE=general|fast|fast-pf|mma|mma3|mma-hoist
-  // forces a decode kernel; unset = the tensor-core kernel where it applies, else the fast
-  // kernel (no prefetch) where it applies, else the general one.
+  // Benchmark knob (kvq-kvbench, notes/kv-cuda-perf.md):
+  // KVQ_KV_DECODE=general|fast|fast-pf|mma|mma3|mma-hoist|mma-stream forces a decode kernel
+  // (mma* = builds of the tensor-core kernel: mma the version-3 default, mma-stream the
+  // staged version 4); unset = the tensor-core kernel's default build where it applies, else
+  // the fast kernel (no prefetch) where it applies, else the general one.
   static const int variant = [] {
     const char* e = std::getenv("KVQ_KV_DECODE");
     const std::string v = e ? e : "";
-    return v == "general" ? 1 : v == "fast" ? 2 : v == "fast-pf" ? 3 : v == "mma" ? 4 : v == "mma3" ? 5 : v == "mma-hoist" ? 6 : 0;
+    return v == "general" ? 1 : v == "fast" ? 2 : v == "fast-pf" ? 3 : v == "mma" ? 4 : v == "mma3" ? 5 : v == "mma-hoist" ? 6
+         : v == "mma-stream" ? 7 : 0;
   }();
   a.variant = variant;
   KVQ_CUDA_CHECK(kern::kv_decode_attention(bf16 ? kern::Act::kBF16 : kern::Act::kF16, I.k.d, I.v.d,
