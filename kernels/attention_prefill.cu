@@ -391,19 +391,24 @@ cudaError_t dispatch_prefill(const AttentionArgs& a, cudaStream_t stream) {
   return launch_prefill<T, 128>(a, stream);
 }
 
-// KVQ_PREFILL: "fa2" keeps every call on this kernel, "sm90" asks for the wgmma kernel
-// where it applies (head_dim 64 or 128 on a compute capability 9.0 device). Unset:
-// kSm90Default.
-enum class PrefillPath { kDefault, kFa2, kSm90 };
+// KVQ_PREFILL: "fa2" keeps every call on this kernel, "sm90" asks for the plain wgmma kernel
+// where it applies (head_dim 64 or 128 on a compute capability 9.0 device), "fa3" for the
+// warp-specialized one (head_dim 128 there; head_dim 64 then takes the plain wgmma kernel).
+// Unset: kFa3Default / kSm90Default.
+enum class PrefillPath { kDefault, kFa2, kSm90, kFa3 };
 PrefillPath prefill_path() {
   static const PrefillPath path = [] {
     const char* v = std::getenv("KVQ_PREFILL");
     if (v != nullptr && std::strcmp(v, "fa2") == 0) return PrefillPath::kFa2;
     if (v != nullptr && std::strcmp(v, "sm90") == 0) return PrefillPath::kSm90;
+    if (v != nullptr && std::strcmp(v, "fa3") == 0) return PrefillPath::kFa3;
     return PrefillPath::kDefault;
   }();
   return path;
 }
+// Whether the warp-specialized kernel (kernels/attention_prefill_sm90_fa3.cu) is the default
+// for head_dim 128: not until it has passed parity and measured faster on the H100.
+constexpr bool kFa3Default = false;
 // Whether the wgmma kernel (kernels/attention_prefill_sm90.cu) is the default where usable:
 // yes, it measured 340-361 TFLOP/s against this kernel's 249-261 at 16K-32K (H100,
 // notes/cuda-perf.md) and passes the same parity cases.
@@ -422,7 +427,10 @@ cudaError_t attention_prefill_fa2(Act act, const AttentionArgs& a, cudaStream_t 
 
 cudaError_t attention_prefill(Act act, const AttentionArgs& a, cudaStream_t stream) {
   const PrefillPath path = prefill_path();
-  const bool want_sm90 = path == PrefillPath::kSm90 || (path == PrefillPath::kDefault && kSm90Default);
+  const bool want_fa3 = path == PrefillPath::kFa3 || (path == PrefillPath::kDefault && kFa3Default);
+  if (want_fa3 && attention_prefill_fa3_usable(a)) return attention_prefill_fa3(act, a, stream);
+  const bool want_sm90 =
+      want_fa3 || path == PrefillPath::kSm90 || (path == PrefillPath::kDefault && kSm90Default);
   if (want_sm90 && attention_prefill_sm90_usable(a))
     return attention_prefill_sm90(act, a, stream);
   return attention_prefill_fa2(act, a, stream);

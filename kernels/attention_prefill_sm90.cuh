@@ -26,4 +26,11 @@ bool attention_prefill_sm90_usable(const AttentionArgs& a);
 // cudaErrorInvalidValue for shapes attention_prefill rejects too.
 cudaError_t attention_prefill_sm90(Act act, const AttentionArgs& a, cudaStream_t stream);
 
+// The FlashAttention-3 style kernel (kernels/attention_prefill_sm90_fa3.cu: producer
+// warpgroup, two consumer warpgroups in ping-pong, 128-key tiles), head_dim 128 only; usable
+// where attention_prefill_sm90_usable() holds and head_dim == 128. KVQ_PREFILL=fa3 asks for it.
+bool attention_prefill_fa3_usable(const AttentionArgs& a);
+// Same contract; cudaErrorNotSupported when !attention_prefill_fa3_usable(a).
+cudaError_t attention_prefill_fa3(Act act, const AttentionArgs& a, cudaStream_t stream);
+
 }  // namespace kvq::kern

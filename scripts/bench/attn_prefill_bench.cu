@@ -7,8 +7,9 @@
 //      TFLOP/s, FLOPs counted exactly: 4 * heads * head_dim * sum over queries of visible
 //      keys; and the relative L2 difference of each output from the first kernel's.
 // Kernels, side by side in one run: the FA2 mma.sync kernel (kern::attention_prefill_fa2),
-// the wgmma kernel as shipped (kern::attention_prefill_sm90: plain form, 1 warpgroup per
-// block), its pipelined form (softmax overlapping P V; NaN at these sizes when last
+// the plain wgmma kernel (kern::attention_prefill_sm90: 1 warpgroup per block), the
+// warp-specialized FA3-style kernel (kern::attention_prefill_fa3), the plain kernel's
+// pipelined form (softmax overlapping P V; NaN at these sizes when last
 // measured, see kernels/attention_prefill_sm90.cu) and its 2-warpgroup form (both compiled
 // from the same source with -DKVQ_SM90_PIPE=1 / -DKVQ_SM90_WG=2 under renamed entry points,
 // scripts/bench/run_attn_bench.sh), and the dispatcher kern::attention_prefill as the model
@@ -31,9 +32,11 @@
 #include "kernels/attention_prefill_sm90.cuh"
 #include "kernels/ops.cuh"
 
+// Weak: defined only when run_attn_bench.sh links its renamed objects; a build that links
+// libkvq_kernels.a alone (scripts/gpu/prefill_check.sh) leaves them null and skips them.
 namespace kvq::kern {
-cudaError_t attention_prefill_sm90_pipe(Act act, const AttentionArgs& a, cudaStream_t stream);
-cudaError_t attention_prefill_sm90_wg2(Act act, const AttentionArgs& a, cudaStream_t stream);
+__attribute__((weak)) cudaError_t attention_prefill_sm90_pipe(Act act, const AttentionArgs& a, cudaStream_t stream);
+__attribute__((weak)) cudaError_t attention_prefill_sm90_wg2(Act act, const AttentionArgs& a, cudaStream_t stream);
 }  // namespace kvq::kern
 
 using kvq::kern::Act;
@@ -109,7 +112,9 @@ struct Shape { const char* name; int heads, kv_heads, hd, pos0, n; };
 
 }  // namespace
 
-int main() {
+// Usage: attn_prefill_bench [KERNEL...]: KERNEL among fa2, sm90, pipe, wg2, fa3, dispatcher
+// (default: all that are linked); the first one named is the reference of the relL2 column.
+int main(int argc, char** argv) {
   cudaDeviceProp prop;
   CHECK(cudaGetDeviceProperties(&prop, 0));
   std::printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
@@ -157,12 +162,26 @@ int main() {
       {"llama3-8b T=16384", 32, 8, 128, 0, 16384},
       {"llama3-8b T=32768", 32, 8, 128, 0, 32768},
   };
-  struct Variant { const char* name; cudaError_t (*fn)(Act, const kvq::kern::AttentionArgs&, cudaStream_t); };
-  const std::vector<Variant> variants = {{"fa2 (mma.sync)", kvq::kern::attention_prefill_fa2},
-                                         {"sm90 shipped 1 WG", kvq::kern::attention_prefill_sm90},
-                                         {"sm90 pipelined", kvq::kern::attention_prefill_sm90_pipe},
-                                         {"sm90 plain 2 WG", kvq::kern::attention_prefill_sm90_wg2},
-                                         {"dispatcher", kvq::kern::attention_prefill}};
+  struct Variant {
+    const char* key;
+    const char* name;
+    cudaError_t (*fn)(Act, const kvq::kern::AttentionArgs&, cudaStream_t);
+  };
+  const std::vector<Variant> all = {{"fa2", "fa2 (mma.sync)", kvq::kern::attention_prefill_fa2},
+                                    {"sm90", "sm90 plain 1 WG", kvq::kern::attention_prefill_sm90},
+                                    {"pipe", "sm90 pipelined", kvq::kern::attention_prefill_sm90_pipe},
+                                    {"wg2", "sm90 plain 2 WG", kvq::kern::attention_prefill_sm90_wg2},
+                                    {"fa3", "sm90 fa3 (ws, 2 WG)", kvq::kern::attention_prefill_fa3},
+                                    {"dispatcher", "dispatcher", kvq::kern::attention_prefill}};
+  std::vector<Variant> variants;
+  if (argc > 1) {
+    for (int i = 1; i < argc; ++i)
+      for (const Variant& v : all)
+        if (std::strcmp(argv[i], v.key) == 0 && v.fn != nullptr) variants.push_back(v);
+  } else {
+    for (const Variant& v : all)
+      if (v.fn != nullptr) variants.push_back(v);
+  }
   std::printf("\n%-32s %-5s %-20s %10s %9s %10s\n", "shape", "type", "kernel", "ms", "TFLOP/s", "relL2 vs 1st");
   for (const Shape& s : shapes) {
     for (int bf = 0; bf < 2; ++bf) {

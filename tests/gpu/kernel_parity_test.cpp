@@ -427,7 +427,7 @@ TEST_CASE("gpu kernels: prefill attention, FA2 and wgmma paths, against fp64 ref
   const uint64_t seed = kvq_test::test_seed(108);
   std::printf("prefill paths seed %llu\n", (unsigned long long)seed);
   std::mt19937_64 rng(seed);
-  int sm90_cases = 0;
+  int sm90_cases = 0, fa3_cases = 0;
   for (Act act : {Act::kF16, Act::kBF16}) {
     const std::vector<AttnCase> cases = {
         {act, 2, 65, 8, 2, 128, 3, 300, 0, {2, 0}, {130, 7}, false},
@@ -452,6 +452,29 @@ TEST_CASE("gpu kernels: prefill attention, FA2 and wgmma paths, against fp64 ref
         run_attention_case(c, rng, false, kvq::kern::attention_prefill_sm90, "prefill sm90");
         ++sm90_cases;
       }
+      if (kvq::kern::attention_prefill_fa3_usable(probe)) {
+        run_attention_case(c, rng, false, kvq::kern::attention_prefill_fa3, "prefill fa3 ");
+        ++fa3_cases;
+      }
+    }
+    // The warp-specialized kernel's own edges (128-query blocks, 128-key tiles, 2-stage
+    // rings): a chunk of 64 (the second consumer warpgroup's rows all past it), prefixes
+    // that are not multiples of 128 (partial first and last tiles), 41 key tiles (the rings
+    // wrap many times), a window shorter than one tile with past-only, and 20 heads x 9
+    // query tiles = 180 blocks (more than one wave on a 132-SM H100).
+    const std::vector<AttnCase> fa3_edges = {
+        {act, 1, 64, 4, 1, 128, 1, 200, 0, {0}, {0}, false},
+        {act, 2, 257, 4, 2, 128, 2, 900, 0, {1, 0}, {300, 77}, false},
+        {act, 1, 130, 2, 1, 128, 1, 5300, 0, {0}, {5100}, false},
+        {act, 1, 300, 4, 4, 128, 1, 700, 45, {0}, {200}, true},
+        {act, 1, 1100, 20, 4, 128, 1, 1100, 0, {0}, {0}, false},
+    };
+    for (const AttnCase& c : fa3_edges) {
+      kvq::kern::AttentionArgs probe;
+      probe.head_dim = c.hd;
+      if (!kvq::kern::attention_prefill_fa3_usable(probe)) break;
+      run_attention_case(c, rng, false, kvq::kern::attention_prefill_fa3, "prefill fa3 ");
+      ++fa3_cases;
     }
   }
   int major = 0, minor = 0, dev = 0;
@@ -461,10 +484,16 @@ TEST_CASE("gpu kernels: prefill attention, FA2 and wgmma paths, against fp64 ref
   std::printf("prefill sm90 cases run: %d (device compute capability %d.%d)\n", sm90_cases, major, minor);
   // On an sm_90 device this build must have taken the wgmma kernel for every head_dim 64 / 128
   // case (12 per type), and never for head_dim 96.
+  std::printf("prefill fa3 cases run: %d\n", fa3_cases);
   if (major == 9 && minor == 0) REQUIRE(sm90_cases == 24);
+  // ... and the warp-specialized kernel for every head_dim 128 case (9 + 5 per type).
+  if (major == 9 && minor == 0) REQUIRE(fa3_cases == 28);
   kvq::kern::AttentionArgs hd96;
   hd96.head_dim = 96;
   REQUIRE_FALSE(kvq::kern::attention_prefill_sm90_usable(hd96));
+  kvq::kern::AttentionArgs hd64;
+  hd64.head_dim = 64;
+  REQUIRE_FALSE(kvq::kern::attention_prefill_fa3_usable(hd64));
 }
 
 TEST_CASE("gpu kernels: decode attention against fp64 reference", "[gpu]") {
