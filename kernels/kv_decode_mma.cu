@@ -93,7 +93,12 @@ __device__ __forceinline__ uint32_t pair_at(uint32_t x) {
   // (1024 + c 2^k) * 2^-k - 1024 * 2^-k = c, both steps exact; constants as fp16 bits.
   constexpr uint32_t mul = static_cast<uint32_t>(15 - BITS * J) << 10;             // 2^-k
   constexpr uint32_t add = 0x8000u | (static_cast<uint32_t>(25 - BITS * J) << 10);  // -2^(10-k)
-  const __half2 h = bits_h2((x & (m | (m << 16))) | 0x64006400u);
+  // (x & mask) | 0x64006400 as one LOP3: written in C++, ptxas split it into an AND and an OR
+  // with an immediate each (SASS of the H100 run of 2026-11-22: 67 LOP3 for 32 pairs per key
+  // tile); in PTX with both constants it keeps one LOP3 and puts one constant in a register.
+  uint32_t hb;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(hb) : "r"(x), "n"(m | (m << 16)), "n"(0x64006400u));
+  const __half2 h = bits_h2(hb);
   return h2_bits(__hfma2(h, bits_h2(mul | (mul << 16)), bits_h2(add | (add << 16))));
 }
 
@@ -695,11 +700,12 @@ __device__ __forceinline__ void stage_halves(uint16_t* s, const uint16_t* g, int
   if (((n + off) & 1) && threadIdx.x == kT - 1) s[off + n - 1] = __ldg(g + n - 1);
 }
 
-// v[idx] for a run-time idx < 8 without indexing a register array (a chain of selects).
-__device__ __forceinline__ float sel8(const float (&v)[8], int idx) {
+// v[idx] for a run-time idx < N without indexing a register array (a chain of selects).
+template <int N>
+__device__ __forceinline__ float sel8(const float (&v)[N], int idx) {
   float x = v[0];
 #pragma unroll
-  for (int i = 1; i < 8; ++i) x = idx == i ? v[i] : x;
+  for (int i = 1; i < N; ++i) x = idx == i ? v[i] : x;
   return x;
 }
 
@@ -712,11 +718,15 @@ __device__ __forceinline__ uint32_t meta_at(const uint16_t* m, bool sym) {
 // Halves of a staged meta buffer (kS tokens of mpr halves, the shift half, 16-byte multiple).
 __host__ __device__ inline int meta_stage_halves(int mpr) { return (kS * mpr + 2 + 7) / 8 * 8; }
 
-// KONE: one key channel group (group = 128: the default per-token codes), so the key column
-// of B is the query head and no per-column group bookkeeping is needed.
+// KONE: one channel group on both sides (group = 128: the default per-token codes), so the
+// key column of B is the query head, the value combination is the head, and no per-column
+// group bookkeeping is needed. GM >= G bounds the per-head loops of the softmax step: the
+// first build unrolled them to 8 heads and 8 value groups whatever G was, and the stage's
+// 32 warp reductions (160 SHFL), its max/exp/split loops and their predicates cost about as
+// many instructions per thread as the key and value tiles (SASS, H100 run 1 of 2026-11-22).
 // 4 blocks per SM (<= 128 registers) for one n-tile each way; the two-n-tile builds keep
 // 64 accumulators and spill at 128 registers (ptxas), so they take 3 (<= 168).
-template <int BITS, int NTK, int NTV, bool KONE>
+template <int BITS, int NTK, int NTV, bool KONE, int GM>
 __global__ void __launch_bounds__(kT, NTK == 1 && NTV == 1 ? 4 : 3)
 stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int splits, float* part_o,
               float* part_ml) {
@@ -725,9 +735,12 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
   constexpr int NWV = BITS / 2;   // words per 16-channel value run
   constexpr int RW = 4 * BITS;    // words per (token, head) row at head_dim 128
   constexpr int KPT = kS / kT;    // softmax tokens per thread per stage
+  constexpr int GA = GM;                // head loop bound (G <= GM)
+  constexpr int VA = KONE ? 1 : 8;      // value group loop bound
+  constexpr int CA = KONE ? GM : 8;     // (head, value group) combination loop bound
   extern __shared__ __align__(16) float sm[];
   const int G = a.n_heads / K.kv_heads;
-  const int NGK = kD / K.group, NGV = kD / V.group;
+  const int NGK = KONE ? 1 : kD / K.group, NGV = KONE ? 1 : kD / V.group;
   const int NCK = G * NGK, NCV = 2 * G * NGV;
   const int kmpr = K.mpr, vmpr = V.mpr;
   const int kms = meta_stage_halves(kmpr), vms = meta_stage_halves(vmpr);
@@ -839,12 +852,11 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
   const float voff = static_cast<float>(1 << (BITS - 1));
   const int vgroup = V.group;
 
-  float m_run[8], pw_run[8];
+  float m_run[GA], pw_run[VA];
 #pragma unroll
-  for (int g = 0; g < 8; ++g) {
-    m_run[g] = -INFINITY;
-    pw_run[g] = 1.f;
-  }
+  for (int g = 0; g < GA; ++g) m_run[g] = -INFINITY;
+#pragma unroll
+  for (int grp = 0; grp < VA; ++grp) pw_run[grp] = 1.f;
   float acc[NTV][8][4];
 #pragma unroll
   for (int nt = 0; nt < NTV; ++nt)
@@ -923,10 +935,10 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
 
     // ---- Softmax of the stage against the running max; weights split into fp16 hi/lo. ----
     const uint16_t* vmb = vm_s + (j & 1) * vms + voffs;
-    float alpha[8], pwn[8];
+    float alpha[GA], pwn[VA];
     {
 #pragma unroll
-      for (int g = 0; g < 8; ++g) {
+      for (int g = 0; g < GA; ++g) {
         float ml = -INFINITY;
         if (g < G)
 #pragma unroll
@@ -938,7 +950,7 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
         if (lane == 0) rbuf[warp * 40 + g] = v;
       }
 #pragma unroll
-      for (int grp = 0; grp < 8; ++grp) {
+      for (int grp = 0; grp < VA; ++grp) {
         float mx = 0.f;
         if (grp < NGV)
 #pragma unroll
@@ -951,24 +963,27 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
       }
     }
     __syncthreads();
-    float mnew[8];
+    float mnew[GA];
 #pragma unroll
-    for (int g = 0; g < 8; ++g) {
-      float m = m_run[g], mx = 0.f;
+    for (int g = 0; g < GA; ++g) {
+      float m = m_run[g];
 #pragma unroll
-      for (int w2 = 0; w2 < kW; ++w2) {
-        m = fmaxf(m, rbuf[w2 * 40 + g]);
-        mx = fmaxf(mx, rbuf[w2 * 40 + 8 + g]);
-      }
+      for (int w2 = 0; w2 < kW; ++w2) m = fmaxf(m, rbuf[w2 * 40 + g]);
       mnew[g] = m;
       alpha[g] = g < G ? expf(m_run[g] - m) : 0.f;  // m_run = -inf on the first stage: 0
+    }
+#pragma unroll
+    for (int grp = 0; grp < VA; ++grp) {
+      float mx = 0.f;
+#pragma unroll
+      for (int w2 = 0; w2 < kW; ++w2) mx = fmaxf(mx, rbuf[w2 * 40 + 8 + grp]);
       // 2^E per value group: w 2^E = p s 2^E < 2^15 (p <= 1).
-      pwn[g] = mx > 0.f && isfinite(mx) ? ldexpf(1.f, 14 - ilogbf(mx)) : 1.f;
+      pwn[grp] = mx > 0.f && isfinite(mx) ? ldexpf(1.f, 14 - ilogbf(mx)) : 1.f;
     }
     {
-      float sl[8], zl[8];
+      float sl[GA], zl[CA];
 #pragma unroll
-      for (int g = 0; g < 8; ++g) {
+      for (int g = 0; g < GA; ++g) {
         sl[g] = 0.f;
         if (g < G)
 #pragma unroll
@@ -983,10 +998,10 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
       }
       // Combination c = (g, value group grp): B columns 2c (hi) and 2c + 1 (lo).
 #pragma unroll
-      for (int c = 0; c < 8; ++c) {
+      for (int c = 0; c < CA; ++c) {
         zl[c] = 0.f;
         if (c < G * NGV) {
-          const int g = c / NGV, grp = c % NGV;
+          const int g = KONE ? c : c / NGV, grp = KONE ? 0 : c % NGV;
           const float pwc = sel8(pwn, grp);
 #pragma unroll
           for (int k = 0; k < KPT; ++k) {
@@ -1007,12 +1022,12 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
         }
       }
 #pragma unroll
-      for (int g = 0; g < 8; ++g) {
+      for (int g = 0; g < GA; ++g) {
         const float v = warp_sum(sl[g]);
         if (lane == 0) rbuf[warp * 40 + 16 + g] = v;
       }
 #pragma unroll
-      for (int c = 0; c < 8; ++c) {
+      for (int c = 0; c < CA; ++c) {
         const float v = warp_sum(zl[c]);
         if (lane == 0) rbuf[warp * 40 + 24 + c] = v;
       }
@@ -1027,7 +1042,7 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
       float l = 0.f, z = 0.f;
 #pragma unroll
       for (int w2 = 0; w2 < kW; ++w2) {
-        l += rbuf[w2 * 40 + 16 + (x & 7)];
+        l += rbuf[w2 * 40 + 16 + (x & 7)];  // slots past GA / CA: unread below
         z += rbuf[w2 * 40 + 24 + (x & 7)];
       }
       if (x < 8 && x < G) lrun[x] = fmaf(lrun[x], sel8(alpha, x), l);
@@ -1041,7 +1056,7 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
         const int k = nt * 4 + t4;
         float f = 1.f;
         if (k < G * NGV) {
-          const int g = k / NGV, grp = k % NGV;
+          const int g = KONE ? k : k / NGV, grp = KONE ? 0 : k % NGV;
           f = sel8(alpha, g) * (sel8(pwn, grp) / sel8(pw_run, grp));  // the ratio is a power of two
         }
 #pragma unroll
@@ -1099,10 +1114,9 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
       }
     }
 #pragma unroll
-    for (int g = 0; g < 8; ++g) {
-      m_run[g] = mnew[g];
-      pw_run[g] = pwn[g];
-    }
+    for (int g = 0; g < GA; ++g) m_run[g] = mnew[g];
+#pragma unroll
+    for (int grp = 0; grp < VA; ++grp) pw_run[grp] = pwn[grp];
     __syncthreads();  // value codes, scores and weights of stage j read by every warp
     if (j + 1 < nsub) issue_b(j + 1);
     cp_async_commit();
@@ -1116,7 +1130,7 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
   for (int nt = 0; nt < NTV; ++nt) {
     const int k = nt * 4 + t4;
     if (k < G * NGV) {
-      const int g = k / NGV, grp = k % NGV;
+      const int g = KONE ? k : k / NGV, grp = KONE ? 0 : k % NGV;
       const float inv = 1.f / sel8(pw_run, grp);  // a power of two: exact
 #pragma unroll
       for (int mt = 0; mt < 8; ++mt)
@@ -1172,13 +1186,13 @@ void stream_plan(int kv_heads, int rows, int max_len, int resident, int* span, i
   *splits = bs;
 }
 
-template <int BITS, int NTK, int NTV, bool KONE>
+template <int BITS, int NTK, int NTV, bool KONE, int GM>
 cudaError_t launch_stream(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len,
                           int sm_count, float* part_o, float* part_ml, cudaStream_t stream) {
   const int G = a.n_heads / k.kv_heads;
   const int ncv = 2 * G * (kD / v.group);
   const size_t smem = stream_smem_bytes(BITS, G, k.mpr, v.mpr, ncv);
-  auto* kernel = stream_kernel<BITS, NTK, NTV, KONE>;
+  auto* kernel = stream_kernel<BITS, NTK, NTV, KONE, GM>;
   // The attribute and the occupancy query once per build and smem size (host time per decode).
   static size_t last_smem = 0;
   static int per_sm = 0;
@@ -1204,14 +1218,16 @@ cudaError_t dispatch_stream(const PackedSide& k, const PackedSide& v, const Pack
                             int sm_count, float* o, float* ml, cudaStream_t stream) {
   const int G = a.n_heads / k.kv_heads;
   const int ntk = (G * (kD / k.group) + 7) / 8, ntv = (2 * G * (kD / v.group) + 7) / 8;
-  const bool kone = k.group == kD;
-  // kone: G columns (G <= 8), one key n-tile.
-  if (kone && ntv == 1) return launch_stream<BITS, 1, 1, true>(k, v, a, max_len, sm_count, o, ml, stream);
-  if (kone) return launch_stream<BITS, 1, 2, true>(k, v, a, max_len, sm_count, o, ml, stream);
-  if (ntk == 1 && ntv == 1) return launch_stream<BITS, 1, 1, false>(k, v, a, max_len, sm_count, o, ml, stream);
-  if (ntk == 1) return launch_stream<BITS, 1, 2, false>(k, v, a, max_len, sm_count, o, ml, stream);
-  if (ntv == 1) return launch_stream<BITS, 2, 1, false>(k, v, a, max_len, sm_count, o, ml, stream);
-  return launch_stream<BITS, 2, 2, false>(k, v, a, max_len, sm_count, o, ml, stream);
+  if (k.group == kD && v.group == kD) {  // the default per-token codes: G <= 8 columns, 2 G <= 16
+    if (G == 1) return launch_stream<BITS, 1, 1, true, 1>(k, v, a, max_len, sm_count, o, ml, stream);
+    if (G == 2) return launch_stream<BITS, 1, 1, true, 2>(k, v, a, max_len, sm_count, o, ml, stream);
+    if (G <= 4) return launch_stream<BITS, 1, 1, true, 4>(k, v, a, max_len, sm_count, o, ml, stream);
+    return launch_stream<BITS, 1, 2, true, 8>(k, v, a, max_len, sm_count, o, ml, stream);
+  }
+  if (ntk == 1 && ntv == 1) return launch_stream<BITS, 1, 1, false, 8>(k, v, a, max_len, sm_count, o, ml, stream);
+  if (ntk == 1) return launch_stream<BITS, 1, 2, false, 8>(k, v, a, max_len, sm_count, o, ml, stream);
+  if (ntv == 1) return launch_stream<BITS, 2, 1, false, 8>(k, v, a, max_len, sm_count, o, ml, stream);
+  return launch_stream<BITS, 2, 2, false, 8>(k, v, a, max_len, sm_count, o, ml, stream);
 }
 
 size_t smem_bytes(int G, int ngv, int ncv, int chunk) {

@@ -344,10 +344,11 @@ TEST_CASE("kv packed: uniform int-b per token, GPU bytes == CPU bytes, decode ==
 // head_dim 128, 2 and 4 bits, per-token groups of 16..128 channels: the tensor-core kernel
 // (kernels/kv_decode_mma.cu) serves these (fp16, G * 128/key group <= 16 and
 // 2 G * 128/value group <= 16); the other pairs fall back to the CUDA-core kernel. MHA, G = 2,
-// 4 and 8; lengths 10, 129 (a partial 16-token tile) and 300 (two 256-token chunks).
+// 3 (a head bound of 4 with one unused), 4 and 8; lengths 10, 129 (a partial 16-token tile)
+// and 300 (two 256-token stages or chunks).
 TEST_CASE("kv packed: tensor-core decode (int2/int4 per token, head_dim 128) == simulated", "[gpu][kv]") {
   const std::vector<Shape> shapes = {Shape{3, 3, 128}, Shape{2, 4, 128}, Shape{2, 8, 128},
-                                     Shape{1, 8, 128}};
+                                     Shape{1, 8, 128}, Shape{2, 6, 128}};  // G = 1, 2, 4, 8, 3
   run_all("int4", "int4", 905, nullptr, nullptr, shapes);
   run_all("int2", "int2", 906, nullptr, nullptr, shapes);
   run_all("int4:sym=1", "int4:group=64,sym=1", 908, nullptr, nullptr, shapes);
