@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # On the GPU machine (device tool): build the packed-KV targets for sm_90, run the packed
 # KV GPU tests ([kv]), then kvq-kvbench (decode attention over packed caches vs fp16).
-# Usage: bash scripts/bench/kv_bench.sh [extra kvq-kvbench args]   (logs under $OUT)
-# Decode kernel: KVQ_KV_DECODE=mma|mma3|fast|fast-pf|general forces one (default: the
-# tensor-core kernel for uniform per-token int2/int4 at head_dim 128, else fast, else general).
+# Usage: bash scripts/bench/kv_bench.sh [kvq-kvbench args]   (logs under $OUT)
+# Without args the bench is the acceptance-4 table: contexts 4K..128K, batch 1 and 8, both
+# head shapes, fp16 vs int4, int2, kivi:bits=4, kivi:bits=2, median of 10 timed runs.
+# Decode kernel: KVQ_KV_DECODE=mma-stream|mma|mma3|mma-hoist|fast|fast-pf|general forces one
+# (default: the staged tensor-core kernel, version 4, for uniform per-token int2/int4 at
+# head_dim 128, else fast, else general; mma = the version-3 build).
 # Env: KV_SKIP_TESTS=1 / KV_SKIP_BENCH=1 skip a step; KV_BENCH_TIMEOUT (s, default 300)
 # or KV_DEADLINE (epoch seconds by which the bench must end);
 # KV_BUILD_DIR (default build-kv; a warm machine keeps it between calls, so a second call
@@ -31,5 +34,6 @@ fi
 bt=${KV_BENCH_TIMEOUT:-300}
 if [ -n "${KV_DEADLINE:-}" ]; then bt=$(( KV_DEADLINE - $(date +%s) )); fi
 echo "bench time limit: $bt s"
+[ $# -eq 0 ] && set -- --reps 10 --kv int4 --kv int2 --kv kivi:bits=4 --kv kivi:bits=2
 timeout "$bt" "$BUILD/tools/kvq-kvbench" --json "$OUT/kvbench.json" "$@" 2>&1 | tee "$OUT/kvbench.txt"
 echo "total: $(( $(date +%s) - t0 )) s"
