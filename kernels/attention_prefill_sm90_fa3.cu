@@ -41,6 +41,8 @@
 // rows, k-step kk at half kk / 4, byte 32 (kk % 4)); V MN-major (leading byte offset = one
 // 64-dim half = 16 KB, stride 1024 = 8 keys, k-step kk of 16 keys at 2048 kk).
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #include "kernels/attention_prefill_sm90.cuh"
@@ -60,10 +62,16 @@ constexpr uint32_t kQHalf = 64 * 128;    // [64 rows][64 columns] 16-bit
 constexpr uint32_t kQTile = 2 * kQHalf;  // one consumer's Q [64][128]
 constexpr uint32_t kKVHalf = 128 * 128;  // [128 rows][64 columns]
 constexpr uint32_t kKVTile = 2 * kKVHalf;
-constexpr uint32_t kOffK = 2 * kQTile;
-constexpr uint32_t kOffV = kOffK + 2 * kKVTile;
-constexpr uint32_t kOffBar = kOffV + 2 * kKVTile;
-constexpr size_t kSmemBytes = kOffBar + 128 + 1024;  // + barriers, + alignment slack
+// Shared memory for kStages-deep K and V rings: Q, K stages, V stages, then the mbarriers
+// (q_full, then k_full, k_empty, v_full, v_empty, kStages each), + 1024 alignment slack.
+template <int kStages>
+struct Fa3Smem {
+  static constexpr uint32_t kOffK = 2 * kQTile;
+  static constexpr uint32_t kOffV = kOffK + kStages * kKVTile;
+  static constexpr uint32_t kOffBar = kOffV + kStages * kKVTile;
+  static constexpr size_t kBytes = kOffBar + 8 * (1 + 4 * kStages) + 1024;
+};
+static_assert(Fa3Smem<3>::kBytes <= 227 * 1024, "3 stages must fit the H100's 227 KB per block");
 // 128 x 40 + 256 x 232 = 64512 <= 65536 registers per SM: the producer only computes
 // addresses; the consumers hold O (64), S (64) and P (32) fp32/packed registers per thread.
 constexpr int kProducerRegs = 40;
@@ -114,20 +122,25 @@ __device__ __forceinline__ uint32_t swz(int row, int c16) {
 
 // Fragment ownership: as in the plain kernel (warp j of a consumer, lane 4 g + t: rows
 // 16 j + g and + 8, columns 8 i + 2 t, + 1 in [4 i], [4 i + 1], [4 i + 2], [4 i + 3]).
-template <typename T>
+// kStages: depth of the K and V rings (2 or 3). kQTileFast: grid x = query tiles (the
+// blocks running at once are mostly one head's query tiles, all streaming that head's K/V
+// through L2) instead of x = heads (the heads of one GQA group side by side).
+template <typename T, int kStages, bool kQTileFast>
 __global__ void __launch_bounds__(kThreads, 1) attention_prefill_fa3(AttentionArgs a) {
 #ifdef KVQ_HAVE_WGMMA
+  using L = Fa3Smem<kStages>;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const uint32_t base = (smem_addr(smem_raw) + 1023u) & ~1023u;
-  const uint32_t sq = base, sk = base + kOffK, sv = base + kOffV, bars = base + kOffBar;
+  const uint32_t sq = base, sk = base + L::kOffK, sv = base + L::kOffV, bars = base + L::kOffBar;
   const uint32_t q_full = bars;
   auto k_full = [&](int st) { return bars + 8 + 8 * st; };
-  auto k_empty = [&](int st) { return bars + 24 + 8 * st; };
-  auto v_full = [&](int st) { return bars + 40 + 8 * st; };
-  auto v_empty = [&](int st) { return bars + 56 + 8 * st; };
+  auto k_empty = [&](int st) { return bars + 8 + 8 * (kStages + st); };
+  auto v_full = [&](int st) { return bars + 8 + 8 * (2 * kStages + st); };
+  auto v_empty = [&](int st) { return bars + 8 + 8 * (3 * kStages + st); };
 
-  const int h = blockIdx.x;
-  const int qt = static_cast<int>(gridDim.y) - 1 - static_cast<int>(blockIdx.y);  // heavy first
+  const int h = kQTileFast ? blockIdx.y : blockIdx.x;
+  const int n_qt = static_cast<int>(kQTileFast ? gridDim.x : gridDim.y);
+  const int qt = n_qt - 1 - static_cast<int>(kQTileFast ? blockIdx.x : blockIdx.y);  // heavy first
   const int r = blockIdx.z, q0 = qt * kBQ;
   const int tid = threadIdx.x;
   const int kvh = h / (a.n_heads / a.kv_heads);
@@ -142,7 +155,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_prefill_fa3(AttentionAr
 
   if (tid == 0) {
     mbar_init(q_full, 128);
-    for (int st = 0; st < 2; ++st) {
+    for (int st = 0; st < kStages; ++st) {
       mbar_init(k_full(st), 128);  // the producer's threads, through cp.async
       mbar_init(v_full(st), 128);
       mbar_init(k_empty(st), 8);   // one arrival per consumer warp
@@ -180,12 +193,12 @@ __global__ void __launch_bounds__(kThreads, 1) attention_prefill_fa3(AttentionAr
       }
     };
     for (int t = 0; t < n_tiles; ++t) {
-      const int st = t & 1, kt = key_begin + t * kBK;
-      const uint32_t parity = ((t >> 1) - 1) & 1;  // the release of tile t - 2
-      if (t >= 2) mbar_wait(k_empty(st), parity);
+      const int st = t % kStages, kt = key_begin + t * kBK;
+      const uint32_t parity = (t / kStages - 1) & 1;  // the release of tile t - kStages
+      if (t >= kStages) mbar_wait(k_empty(st), parity);
       load_tile(sk + st * kKVTile, kc, kt);
       mbar_arrive_cp_async(k_full(st));
-      if (t >= 2) mbar_wait(v_empty(st), parity);
+      if (t >= kStages) mbar_wait(v_empty(st), parity);
       load_tile(sv + st * kKVTile, vc, kt);
       mbar_arrive_cp_async(v_full(st));
     }
@@ -240,7 +253,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_prefill_fa3(AttentionAr
     // wgmma sits in a branch: ptxas serializes wgmma issued on divergent paths (C7520).
     auto step = [&](int it, auto next_tag) {
       constexpr bool next = decltype(next_tag)::value;
-      const int kt = key_begin + it * kBK, st = it & 1;
+      const int kt = key_begin + it * kBK, st = it % kStages, st1 = (it + 1) % kStages;
       uint32_t pa[8][4];
       float alpha0, alpha1;
       online_softmax<T, 16>(s, pa, m0, m1, l0, l1, alpha0, alpha1, kt, pos0 - g, pos1, window, self, t4, sl);
@@ -251,8 +264,8 @@ __global__ void __launch_bounds__(kThreads, 1) attention_prefill_fa3(AttentionAr
         o[4 * i + 2] *= alpha1;
         o[4 * i + 3] *= alpha1;
       }
-      mbar_wait(v_full(st), (it >> 1) & 1);
-      if (next) mbar_wait(k_full(st ^ 1), ((it + 1) >> 1) & 1);
+      mbar_wait(v_full(st), (it / kStages) & 1);
+      if (next) mbar_wait(k_full(st1), ((it + 1) / kStages) & 1);
       fence_async_shared();
       named_sync(mine);
       reg_fence(o);
@@ -260,7 +273,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_prefill_fa3(AttentionAr
       const uint32_t vs = sv + st * kKVTile;
 #pragma unroll
       for (int kk = 0; kk < kBK / 16; ++kk) wgmma_pv<T, kD>(o, pa[kk], make_desc(vs + kk * 2048, kKVHalf, 1024));
-      if constexpr (next) issue_qk(st ^ 1);
+      if constexpr (next) issue_qk(st1);
       wg_commit();
       // Consumer 1's last group is followed by no turn of consumer 0.
       if (!(c == 1 && !next)) named_arrive(other);
@@ -274,7 +287,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_prefill_fa3(AttentionAr
       __syncwarp();
       if (lane == 0) {
         mbar_arrive(v_empty(st));
-        if (next) mbar_arrive(k_empty(st ^ 1));
+        if (next) mbar_arrive(k_empty(st1));
       }
     };
     for (int it = 0; it + 1 < n_tiles; ++it) step(it, std::true_type{});
@@ -286,6 +299,28 @@ __global__ void __launch_bounds__(kThreads, 1) attention_prefill_fa3(AttentionAr
   // Compiled for a target without wgmma: never launched (the launcher checks the device).
   __trap();
 #endif
+}
+
+// Ring depth and grid order: kDefaultStages / kDefaultQTileFast unless KVQ_FA3_STAGES (2, 3)
+// or KVQ_FA3_ORDER (head, qtile) say otherwise (read once; for the microbenchmark).
+constexpr int kDefaultStages = 2;
+constexpr bool kDefaultQTileFast = false;
+struct Fa3Config {
+  int stages;
+  bool qtile_fast;
+};
+Fa3Config fa3_config() {
+  static const Fa3Config cfg = [] {
+    Fa3Config c{kDefaultStages, kDefaultQTileFast};
+    const char* st = std::getenv("KVQ_FA3_STAGES");
+    if (st != nullptr && std::strcmp(st, "2") == 0) c.stages = 2;
+    if (st != nullptr && std::strcmp(st, "3") == 0) c.stages = 3;
+    const char* order = std::getenv("KVQ_FA3_ORDER");
+    if (order != nullptr && std::strcmp(order, "head") == 0) c.qtile_fast = false;
+    if (order != nullptr && std::strcmp(order, "qtile") == 0) c.qtile_fast = true;
+    return c;
+  }();
+  return cfg;
 }
 
 }  // namespace
@@ -300,16 +335,25 @@ cudaError_t attention_prefill_fa3(Act act, const AttentionArgs& a, cudaStream_t 
     return cudaErrorInvalidValue;
   if (!attention_prefill_fa3_usable(a)) return cudaErrorNotSupported;
   if (a.rows == 0 || a.n == 0) return cudaSuccess;
-  const dim3 grid(a.n_heads, (a.n + kBQ - 1) / kBQ, a.rows);
+  const Fa3Config cfg = fa3_config();
+  const unsigned n_qt = static_cast<unsigned>((a.n + kBQ - 1) / kBQ);
+  const dim3 grid = cfg.qtile_fast ? dim3(n_qt, a.n_heads, a.rows) : dim3(a.n_heads, n_qt, a.rows);
   if (grid.y > 65535u || grid.z > 65535u) return cudaErrorInvalidValue;
-  auto run = [&](auto kernel) {
-    cudaError_t e =
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmemBytes));
+  auto run = [&](auto kernel, size_t smem) {
+    cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (e != cudaSuccess) return e;
-    kernel<<<grid, kThreads, kSmemBytes, stream>>>(a);
+    kernel<<<grid, kThreads, smem, stream>>>(a);
     return launch_status();
   };
-  return act == Act::kF16 ? run(attention_prefill_fa3<__half>) : run(attention_prefill_fa3<__nv_bfloat16>);
+  auto pick = [&](auto t_tag) {
+    using T = decltype(t_tag);
+    if (cfg.stages == 3)
+      return cfg.qtile_fast ? run(attention_prefill_fa3<T, 3, true>, Fa3Smem<3>::kBytes)
+                            : run(attention_prefill_fa3<T, 3, false>, Fa3Smem<3>::kBytes);
+    return cfg.qtile_fast ? run(attention_prefill_fa3<T, 2, true>, Fa3Smem<2>::kBytes)
+                          : run(attention_prefill_fa3<T, 2, false>, Fa3Smem<2>::kBytes);
+  };
+  return act == Act::kF16 ? pick(__half{}) : pick(__nv_bfloat16{});
 }
 
 }  // namespace kvq::kern

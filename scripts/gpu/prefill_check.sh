@@ -4,10 +4,12 @@
 #     microbenchmark (scripts/bench/attn_prefill_bench.cu linked against that library alone:
 #     the kernels named in KERNELS side by side at 4K/16K/32K, Llama-2-7B and Llama-3-8B head
 #     shapes, median of 7, exact causal FLOPs) while the test binary and tools build;
-#  2. tests/gpu: the prefill parity cases through every path (FA2, plain wgmma, FA3-style);
+#     FA3_SWEEP=1 adds the FA3-style kernel under each KVQ_FA3_ORDER x KVQ_FA3_STAGES choice;
+#  2. tests/gpu: the prefill parity cases (TESTS, a Catch2 filter) through every path (FA2,
+#     plain wgmma, FA3-style), with PARITY_ENV (e.g. "KVQ_FA3_STAGES=3") in the environment;
 #     PARITY_ONLY=1 stops here;
-#  3. kvq-gpubench prefill of the synthetic Llama-2-7B (and Llama-3-8B with BOTH=1) at CTX
-#     under each path in PATHS (only when the parity cases passed);
+#  3. kvq-gpubench prefill of the synthetic Llama-2-7B (and Llama-3-8B with BOTH=1) at CTX,
+#     one run per entry of GB_RUNS ("label:VAR=x,VAR=y ..."), only when the parity cases passed;
 #  4. MODEL=1: the whole-model GPU tests (testbed, needs .carry/shared) under each path.
 # Usage: bash scripts/gpu/prefill_check.sh [SRC]   (SRC: source tree, default .; logs under
 # $OUT; BUILD = build folder; a clean source copy avoids other engineers' work in progress:
@@ -19,6 +21,9 @@ BUILD=${BUILD:-build-gpu}
 CTX=${CTX:-16384,32768}
 KERNELS=${KERNELS:-sm90 fa3}
 PATHS=${PATHS:-sm90 fa3}
+TESTS=${TESTS:-gpu kernels: prefill*}
+PARITY_ENV=${PARITY_ENV:-}
+GB_RUNS=${GB_RUNS:-sm90:KVQ_PREFILL=sm90 fa3:KVQ_PREFILL=fa3}
 mkdir -p "$OUT"
 export KVQ_SHARED=${KVQ_SHARED:-$PWD/.carry/shared}
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/device.txt"
@@ -38,15 +43,26 @@ if [ -x "$BUILD/attn_prefill_bench" ]; then
   timeout 300 "$BUILD/attn_prefill_bench" $KERNELS > "$OUT/attn_bench.txt" 2>&1
   echo "attn bench exit $? after $(( $(date +%s) - t0 )) s"
   grep -E "^ceiling|^device|T=|chunk" "$OUT/attn_bench.txt"
+  if [ "${FA3_SWEEP:-0}" = 1 ]; then
+    for order in head qtile; do
+      for stages in 2 3; do
+        echo "== KVQ_FA3_ORDER=$order KVQ_FA3_STAGES=$stages" | tee -a "$OUT/attn_sweep.txt"
+        KVQ_FA3_ORDER=$order KVQ_FA3_STAGES=$stages timeout 120 "$BUILD/attn_prefill_bench" fa3 2>&1 |
+          grep -E "T=|chunk" | tee -a "$OUT/attn_sweep.txt"
+      done
+    done
+    echo "sweep done: $(( $(date +%s) - t0 )) s"
+  fi
 fi
 wait $bpid || grep -E "error|FAILED" -A4 "$OUT/build.log" | head -40
 echo "build done: $(( $(date +%s) - t0 )) s"
 T="$BUILD/tests/kvq_test_gpu"
 parity=1
 if [ -x "$T" ]; then
-  timeout 240 "$T" "gpu kernels: prefill*" --durations yes > "$OUT/prefill_tests.log" 2>&1
+  # shellcheck disable=SC2086
+  env $PARITY_ENV timeout 240 "$T" "$TESTS" --durations yes > "$OUT/prefill_tests.log" 2>&1
   parity=$?
-  echo "prefill parity tests exit $parity"
+  echo "prefill parity tests ($PARITY_ENV) exit $parity"
   grep -E "seed|cases run|passed|failed|FAILED|REQUIRE|with expansion|got .* ref" "$OUT/prefill_tests.log" | head -40
   grep -E "^prefill (fa3|sm90)" "$OUT/prefill_tests.log" | head -60
 else
@@ -58,12 +74,13 @@ G="$BUILD/tools/kvq-gpubench"
 if [ "$parity" = 0 ] && [ -x "$G" ]; then
   models="--synthetic llama2-7b"
   [ "${BOTH:-0}" = 1 ] && models="$models --synthetic llama3-8b"
-  for path in $PATHS; do
+  for run in $GB_RUNS; do
+    label=${run%%:*}; vars=${run#*:}
     # shellcheck disable=SC2086
-    KVQ_PREFILL=$path timeout 200 "$G" $models --contexts "$CTX" --decode-steps 2 \
-      --json "$OUT/kvq_$path.json" > "$OUT/gpubench_$path.log" 2>&1
-    echo "gpubench KVQ_PREFILL=$path exit $?"
-    grep -iE "prefill|llama" "$OUT/gpubench_$path.log" | tail -8
+    env ${vars//,/ } timeout 200 "$G" $models --contexts "$CTX" --decode-steps 2 \
+      --json "$OUT/kvq_$label.json" > "$OUT/gpubench_$label.log" 2>&1
+    echo "gpubench $label (${vars//,/ }) exit $?"
+    grep -iE "prefill|llama" "$OUT/gpubench_$label.log" | tail -8
   done
 fi
 if [ "${MODEL:-0}" = 1 ] && [ -x "$T" ]; then
