@@ -710,13 +710,19 @@ __device__ __forceinline__ float sel8(const float (&v)[N], int idx) {
 }
 
 // The (scale, zero) meta of one group of a staged token: halves m[0] (scale) and m[1]
-// (zero, asym only), read as two 16-bit loads (the staged buffer is only 2-byte aligned).
+// (zero, asym only). Asym rows have an even number of halves (2 per group) and start on a
+// 4-byte boundary in global memory, so the stage copy has no shift and (scale, zero) is one
+// 32-bit load; sym rows may be odd-aligned (one half per group).
 __device__ __forceinline__ uint32_t meta_at(const uint16_t* m, bool sym) {
-  return sym ? static_cast<uint32_t>(m[0]) : (static_cast<uint32_t>(m[0]) | (static_cast<uint32_t>(m[1]) << 16));
+  return sym ? static_cast<uint32_t>(m[0]) : *reinterpret_cast<const uint32_t*>(m);
 }
 
 // Halves of a staged meta buffer (kS tokens of mpr halves, the shift half, 16-byte multiple).
 __host__ __device__ inline int meta_stage_halves(int mpr) { return (kS * mpr + 2 + 7) / 8 * 8; }
+// The key side's: KIVI keys stage the (scale, zero) rows of kS / group token groups.
+__host__ __device__ inline int key_meta_stage_halves(const PackedSide& K) {
+  return K.format == KvFormat::kChannelAsym ? kS / K.group * 2 * kD : meta_stage_halves(K.mpr);
+}
 
 // KONE: one channel group on both sides (group = 128: the default per-token codes), so the
 // key column of B is the query head, the value combination is the head, and no per-column
@@ -726,7 +732,14 @@ __host__ __device__ inline int meta_stage_halves(int mpr) { return (kS * mpr + 2
 // many instructions per thread as the key and value tiles (SASS, H100 run 1 of 2026-11-22).
 // 4 blocks per SM (<= 128 registers) for one n-tile each way; the two-n-tile builds keep
 // 64 accumulators and spill at 128 registers (ptxas), so they take 3 (<= 168).
-template <int BITS, int NTK, int NTV, bool KONE, int GM>
+// KCH: KIVI keys (kChannelAsym: per-channel (scale, zero) per group of K.group tokens), for
+// the tokens whose key and value are both quantized (j < len - resid_cap); kivi_tail_kernel
+// does the rest. Per key group the B fragments are rebuilt from q' s, q' = q 2^-Eq (|q'| < 1,
+// so q' s cannot overflow fp16), split into fp16 hi = RN(q' s) (HMUL2) and lo = RN(q' s - hi)
+// (one HFMA2, fused) in two B columns per head; hi + lo = q' s exactly (q' s has <= 22
+// significant bits) unless q' or lo fall below the fp16 normal range (<= 2^-25 each, the
+// test's extra KIVI term). score = 2^Eq (acc_hi + acc_lo) + sum_d q_d z_d.
+template <int BITS, int NTK, int NTV, bool KONE, int GM, bool KCH>
 __global__ void __launch_bounds__(kT, NTK == 1 && NTV == 1 ? 4 : 3)
 stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int splits, float* part_o,
               float* part_ml) {
@@ -740,10 +753,10 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
   constexpr int CA = KONE ? GM : 8;     // (head, value group) combination loop bound
   extern __shared__ __align__(16) float sm[];
   const int G = a.n_heads / K.kv_heads;
-  const int NGK = KONE ? 1 : kD / K.group, NGV = KONE ? 1 : kD / V.group;
+  const int NGK = KONE || KCH ? 1 : kD / K.group, NGV = KONE ? 1 : kD / V.group;
   const int NCK = G * NGK, NCV = 2 * G * NGV;
   const int kmpr = K.mpr, vmpr = V.mpr;
-  const int kms = meta_stage_halves(kmpr), vms = meta_stage_halves(vmpr);
+  const int kms = key_meta_stage_halves(K), vms = meta_stage_halves(vmpr);
   uint32_t* kc_s = reinterpret_cast<uint32_t*>(sm);        // [2][kS][RW] key codes
   uint32_t* vc_s = kc_s + 2 * kS * RW;                     // [kS][RW] value codes
   float* sc = reinterpret_cast<float*>(vc_s + kS * RW);    // [G][kS] scores, then p
@@ -751,7 +764,8 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
   float* zsum = qsum + 16;                                 // [16] running sum p z per (g, value group)
   float* lrun = zsum + 16;                                 // [8] running sum of p per head
   float* rbuf = lrun + 8;                                  // [kW][40] per-warp partials
-  uint16_t* km_s = reinterpret_cast<uint16_t*>(rbuf + kW * 40);  // [2][kms] key meta
+  float* qx = rbuf + kW * 40;                              // KCH: [2][kD] q (fp32)
+  uint16_t* km_s = reinterpret_cast<uint16_t*>(qx + (KCH ? 2 * kD : 0));  // [2][kms] key meta
   uint16_t* vm_s = km_s + 2 * kms;                               // [2][vms] value meta
   __half* W = reinterpret_cast<__half*>(vm_s + 2 * vms);         // [NCV][kS] value weights hi/lo
 
@@ -760,7 +774,7 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
   const int gid = lane >> 2, t4 = lane & 3;
   const int len = a.len[r];
   const int begin = s * span;
-  const int end = min(len, begin + span);
+  const int end = min(KCH ? len - K.resid_cap : len, begin + span);
   const int64_t head0 = static_cast<int64_t>(r) * a.n_heads + kvh * G;
   if (begin >= end) {
     for (int i = threadIdx.x; i < G * kD; i += kT) part_o[((head0 + i / kD) * splits + s) * kD + i % kD] = 0.f;
@@ -773,16 +787,21 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
   const int64_t sh = static_cast<int64_t>(a.slot[r]) * K.kv_heads + kvh;
   const uint32_t* kcg = K.codes + sh * K.max_tokens * RW;
   const uint32_t* vcg = V.codes + sh * V.max_tokens * RW;
-  const uint16_t* kmg = K.meta + sh * K.max_tokens * kmpr;
+  const uint16_t* kmg = KCH ? K.cmeta + sh * (K.max_tokens / K.group) * 2 * kD : K.meta + sh * K.max_tokens * kmpr;
   const uint16_t* vmg = V.meta + sh * V.max_tokens * vmpr;
   // Stage starts are multiples of kS tokens, so the 2-byte shift is the block's.
-  const int koff = static_cast<int>((reinterpret_cast<uintptr_t>(kmg + static_cast<int64_t>(begin) * kmpr) >> 1) & 1u);
+  const int koff =
+      KCH ? 0 : static_cast<int>((reinterpret_cast<uintptr_t>(kmg + static_cast<int64_t>(begin) * kmpr) >> 1) & 1u);
   const int voffs = static_cast<int>((reinterpret_cast<uintptr_t>(vmg + static_cast<int64_t>(begin) * vmpr) >> 1) & 1u);
   const int nsub = (end - begin + kS - 1) / kS;
   auto issue_a = [&](int j) {  // key codes, key meta, value meta of stage j
     const int t0 = begin + j * kS, n = min(kS, end - t0);
     stage16(kc_s + (j & 1) * kS * RW, kcg + static_cast<int64_t>(t0) * RW, n * RW / 4);
-    stage_halves(km_s + (j & 1) * kms, kmg + static_cast<int64_t>(t0) * kmpr, n * kmpr, koff);
+    if constexpr (KCH)  // the (scale, zero) rows of the stage's key groups (t0 is group-aligned)
+      stage16(km_s + (j & 1) * kms, kmg + static_cast<int64_t>(t0 / K.group) * 2 * kD,
+              (n + K.group - 1) / K.group * (4 * kD / 16));
+    else
+      stage_halves(km_s + (j & 1) * kms, kmg + static_cast<int64_t>(t0) * kmpr, n * kmpr, koff);
     stage_halves(vm_s + (j & 1) * vms, vmg + static_cast<int64_t>(t0) * vmpr, n * vmpr, voffs);
   };
   auto issue_b = [&](int j) {  // value codes of stage j
@@ -803,12 +822,37 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
     if (threadIdx.x < 8) lrun[threadIdx.x] = 0.f;
   }
   __syncthreads();
-  for (int col = warp; col < NCK; col += kW) {
-    const int g = col / NGK, grp = col % NGK;
-    float acc = 0.f;
-    for (int d = lane; d < K.group; d += 32) acc += qf[g * kD + grp * K.group + d];
-    acc = warp_sum(acc);
-    if (lane == 0) qsum[col] = acc;
+  uint32_t qk[8][2];  // KCH: q' of the lane's B column head, (channel ca, cb) pairs
+  float qunscale = 0.f;
+  if constexpr (KCH) {
+    // 2^-Eq per head with max |q| 2^-Eq < 1 (in qsum), q copied to qx (sc is overwritten).
+    for (int i = threadIdx.x; i < G * kD; i += kT) qx[i] = qf[i];
+    if (warp < G) {
+      float mq = 0.f;
+      for (int d = lane; d < kD; d += 32) mq = fmaxf(mq, fabsf(qf[warp * kD + d]));
+      mq = warp_max(mq);
+      if (lane == 0) qsum[warp] = mq > 0.f ? ldexpf(1.f, -(ilogbf(mq) + 1)) : 1.f;
+    }
+    __syncthreads();
+    const int g = gid >> 1;
+    const bool ok = g < G;
+    const float qsc = ok ? qsum[g] : 0.f;
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int ca = 32 * t4 + key_pair_channel<BITS>(2 * kk + h), cb = ca + NP;
+        qk[kk][h] = ok ? pack_h2(qf[g * kD + ca] * qsc, qf[g * kD + cb] * qsc) : 0u;
+      }
+    qunscale = t4 < G ? 1.f / qsum[t4] : 0.f;  // a power of two: exact
+  } else {
+    for (int col = warp; col < NCK; col += kW) {
+      const int g = col / NGK, grp = col % NGK;
+      float acc = 0.f;
+      for (int d = lane; d < K.group; d += 32) acc += qf[g * kD + grp * K.group + d];
+      acc = warp_sum(acc);
+      if (lane == 0) qsum[col] = acc;
+    }
   }
   uint32_t bq[NTK][8][2];
 #pragma unroll
@@ -842,10 +886,10 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
       const int grp = ok ? col % NGK : 0;
       moff[nt][c] = ksym ? grp : 2 * grp;
       cqs[nt][c] = ok ? qsum[col] : 0.f;
-      if (KONE)
+      if (KONE || KCH || NGK == 1)  // one key group: a column per head (KCH: unused)
         sdst[nt][c] = ok ? col * kS : -1;
       else
-        sdst[nt][c] = c == 0 && ok && t4 % (NGK / 2) == 0 ? (col / NGK) * kS : -1;
+        sdst[nt][c] = c == 0 && ok && t4 % max(1, NGK / 2) == 0 ? (col / NGK) * kS : -1;
     }
   const float ascale = a.scale;
   const bool vsym = V.format == KvFormat::kTokenSym;
@@ -874,7 +918,62 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
     __syncthreads();
 
     // ---- Keys: scores of the stage on the tensor cores. ----
-    {
+    if constexpr (KCH) {
+      // A warp takes whole key groups (tpg tiles each), so B is rebuilt once per group.
+      const uint32_t* kcb = kc_s + (j & 1) * kS * RW + t4 * NWK;
+      const int tpg = K.group / 16;
+      const int ngr = (ntiles + tpg - 1) / tpg;
+      const int part = gid & 1;  // this lane's B column: hi (0) or lo (1) of head gid / 2
+      for (int gi = warp; gi < ngr; gi += kW) {
+        const uint16_t* cmb = km_s + (j & 1) * kms + gi * 2 * kD;  // [kD][2] (scale, zero)
+        uint32_t bk[1][8][2];
+#pragma unroll
+        for (int kk = 0; kk < 8; ++kk)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int ca = 32 * t4 + key_pair_channel<BITS>(2 * kk + h), cb = ca + NP;
+            const __half2 sp = bits_h2(static_cast<uint32_t>(cmb[2 * ca]) | (static_cast<uint32_t>(cmb[2 * cb]) << 16));
+            const __half2 qq = bits_h2(qk[kk][h]);
+            const __half2 hi = __hmul2(qq, sp);
+            bk[0][kk][h] = part ? h2_bits(__hfma2(qq, sp, __hneg2(hi))) : h2_bits(hi);
+          }
+        float zq[GA];  // sum_d q_d z_d of the group, per head
+#pragma unroll
+        for (int g = 0; g < GA; ++g) {
+          float z = 0.f;
+          if (g < G)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) z = fmaf(qx[g * kD + 4 * lane + e], h2f(cmb[2 * (4 * lane + e) + 1]), z);
+          zq[g] = warp_sum(z);
+        }
+        const float zmine = sel8(zq, t4);
+        for (int tt = 0; tt < tpg; ++tt) {
+          const int tb = gi * tpg + tt;
+          if (tb >= ntiles) break;
+          uint32_t w[2][NWK];
+#pragma unroll
+          for (int rr = 0; rr < 2; ++rr) {
+            const int li = tb * 16 + gid + 8 * rr;
+            if constexpr (NWK == 4) {
+              const uint4 v = *reinterpret_cast<const uint4*>(kcb + li * RW);
+              w[rr][0] = v.x; w[rr][1] = v.y; w[rr][2] = v.z; w[rr][3] = v.w;
+            } else {
+              const uint2 v = *reinterpret_cast<const uint2*>(kcb + li * RW);
+              w[rr][0] = v.x; w[rr][1] = v.y;
+            }
+          }
+          float dots[1][4];
+          key_tile_dot<BITS>(w, bk, dots);
+          // dots[0]: (row gid, cols 2t4 = hi, 2t4 + 1 = lo of head t4), (row gid + 8, same).
+#pragma unroll
+          for (int rr = 0; rr < 2; ++rr) {
+            const int li = tb * 16 + gid + 8 * rr;
+            const float v = fmaf(dots[0][2 * rr] + dots[0][2 * rr + 1], qunscale, zmine);
+            if (t4 < G && li < cnt) sc[t4 * kS + li] = v * ascale;
+          }
+        }
+      }
+    } else {
       const uint32_t* kcb = kc_s + (j & 1) * kS * RW + t4 * NWK;
       const uint16_t* kmb = km_s + (j & 1) * kms + koff;
       for (int tb = warp; tb < ntiles; tb += kW) {
@@ -904,7 +1003,9 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
         }
         float dots[NTK][4];
         key_tile_dot<BITS>(w, bq, dots);
-        // dots[nt]: (row gid, cols 2t4, 2t4+1), (row gid+8, same cols).
+        // dots[nt]: (row gid, cols 2t4, 2t4+1), (row gid+8, same cols). With one head (KONE,
+        // GM = 1) only column 0 is ever used: NC = 1 drops the other column's epilogue.
+        constexpr int NC = KONE && GM == 1 ? 1 : 2;
 #pragma unroll
         for (int nt = 0; nt < NTK; ++nt)
 #pragma unroll
@@ -912,16 +1013,16 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
             const int li = tb * 16 + gid + 8 * rr;
             float v[2];
 #pragma unroll
-            for (int c = 0; c < 2; ++c) {
+            for (int c = 0; c < NC; ++c) {
               const uint32_t m = mk[rr][nt][c];
               const float sf = h2f(static_cast<uint16_t>(m & 0xFFFFu));
               const float dot = dots[nt][2 * rr + c];
               v[c] = ksym ? sf * fmaf(-koffv, cqs[nt][c], dot)
                           : fmaf(sf, dot, h2f(static_cast<uint16_t>(m >> 16)) * cqs[nt][c]);
             }
-            if constexpr (KONE) {
+            if (KONE || NGK == 1) {  // a column per head (key group 128; value groups may differ)
 #pragma unroll
-              for (int c = 0; c < 2; ++c)
+              for (int c = 0; c < NC; ++c)
                 if (sdst[nt][c] >= 0 && li < cnt) sc[sdst[nt][c] + li] = v[c] * ascale;
             } else {
               float sum = v[0] + v[1];
@@ -1154,12 +1255,89 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
   }
 }
 
-size_t stream_smem_bytes(int bits, int G, int kmpr, int vmpr, int ncv) {
+size_t stream_smem_bytes(int bits, int G, const PackedSide& k, int vmpr, int ncv) {
   const size_t rw = 4 * static_cast<size_t>(bits);
-  return 3 * kS * rw * 4 + static_cast<size_t>(G) * kS * 4 + (16 + 16 + 8 + kW * 40) * 4 +
-         2 * static_cast<size_t>(meta_stage_halves(kmpr) + meta_stage_halves(vmpr)) * 2 +
+  const bool kch = k.format == KvFormat::kChannelAsym;
+  return 3 * kS * rw * 4 + static_cast<size_t>(G) * kS * 4 + (16 + 16 + 8 + kW * 40 + (kch ? 2 * kD : 0)) * 4 +
+         2 * static_cast<size_t>(key_meta_stage_halves(k) + meta_stage_halves(vmpr)) * 2 +
          static_cast<size_t>(ncv) * kS * 2;
 }
+
+// KIVI tail: tokens [len - R, len) of a row (R = resid_cap), whose values sit in the fp16
+// ring and whose keys are quantized per channel below floor(len / R) R and in the ring from
+// there, on CUDA cores (at most R tokens per (row, kv head): 128 by default, under 0.4% of
+// a 32K context). One block per (kv head, row); writes split s_tail of the partials. Keys
+// dequantized by the reference formula fma(c, s, z) (kv_layout.h), dot products and P V in
+// fp32 as in the CUDA-core kernels.
+template <int BITS>
+__global__ void __launch_bounds__(kT) kivi_tail_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int splits,
+                                                       int s_tail, float* part_o, float* part_ml) {
+  extern __shared__ __align__(16) float tsm[];
+  const int kvh = blockIdx.x, r = blockIdx.y;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int G = a.n_heads / K.kv_heads, cap = K.resid_cap;
+  const int len = a.len[r];
+  const int v0 = max(0, len - cap), kq = len / cap * cap, n = len - v0;
+  const int64_t sh = static_cast<int64_t>(a.slot[r]) * K.kv_heads + kvh;
+  const int64_t head0 = static_cast<int64_t>(r) * a.n_heads + kvh * G;
+  float* qs = tsm;            // [G][kD]
+  float* ps = qs + G * kD;    // [G][cap] scores, then p
+  float* st = ps + G * cap;   // [G][2] (max, sum)
+  const uint16_t* q = static_cast<const uint16_t*>(a.q) + head0 * kD;
+  for (int i = threadIdx.x; i < G * kD; i += kT) qs[i] = h2f(q[i]);
+  __syncthreads();
+  for (int t = warp; t < n; t += kW) {
+    const int j = v0 + t;
+    float k4[4];
+    if (j >= kq) {
+      const uint16_t* kr = K.resid + (sh * cap + j % cap) * kD + 4 * lane;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) k4[e] = h2f(kr[e]);
+    } else {
+      const uint32_t* cw = K.codes + (sh * K.max_tokens + j) * (4 * BITS);
+      const uint16_t* cm = K.cmeta + ((sh * (K.max_tokens / K.group) + j / K.group) * kD + 4 * lane) * 2;
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        k4[e] = kvlayout::dequantize_asym(kvlayout::get_code(cw, BITS, 4 * lane + e), h2f(cm[2 * e]), h2f(cm[2 * e + 1]));
+    }
+    for (int g = 0; g < G; ++g) {
+      float d = 0.f;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) d = fmaf(qs[g * kD + 4 * lane + e], k4[e], d);
+      d = warp_sum(d);
+      if (lane == 0) ps[g * cap + t] = d * a.scale;
+    }
+  }
+  __syncthreads();
+  for (int g = warp; g < G; g += kW) {
+    float m = -INFINITY;
+    for (int t = lane; t < n; t += 32) m = fmaxf(m, ps[g * cap + t]);
+    m = warp_max(m);
+    float l = 0.f;
+    for (int t = lane; t < n; t += 32) {
+      const float p = expf(ps[g * cap + t] - m);
+      ps[g * cap + t] = p;
+      l += p;
+    }
+    l = warp_sum(l);
+    if (lane == 0) {
+      st[2 * g] = m;
+      st[2 * g + 1] = l;
+    }
+  }
+  __syncthreads();
+  const int d = threadIdx.x;  // kT == kD: one channel per thread
+  for (int g = 0; g < G; ++g) {
+    float o = 0.f;
+    for (int t = 0; t < n; ++t) o = fmaf(ps[g * cap + t], h2f(V.resid[(sh * cap + (v0 + t) % cap) * kD + d]), o);
+    part_o[((head0 + g) * splits + s_tail) * kD + d] = o;
+  }
+  if (threadIdx.x < G) {
+    part_ml[((head0 + threadIdx.x) * splits + s_tail) * 2] = st[2 * threadIdx.x];
+    part_ml[((head0 + threadIdx.x) * splits + s_tail) * 2 + 1] = st[2 * threadIdx.x + 1];
+  }
+}
+static_assert(kT == kD, "kivi_tail_kernel: one thread per channel");
 
 // Tokens per block (a multiple of kS) and the split count for the streaming kernel: the
 // split count that minimises (waves of blocks) x (tokens per block + a per-block cost of
@@ -1186,13 +1364,13 @@ void stream_plan(int kv_heads, int rows, int max_len, int resident, int* span, i
   *splits = bs;
 }
 
-template <int BITS, int NTK, int NTV, bool KONE, int GM>
+template <int BITS, int NTK, int NTV, bool KONE, int GM, bool KCH = false>
 cudaError_t launch_stream(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len,
                           int sm_count, float* part_o, float* part_ml, cudaStream_t stream) {
   const int G = a.n_heads / k.kv_heads;
   const int ncv = 2 * G * (kD / v.group);
-  const size_t smem = stream_smem_bytes(BITS, G, k.mpr, v.mpr, ncv);
-  auto* kernel = stream_kernel<BITS, NTK, NTV, KONE, GM>;
+  const size_t smem = stream_smem_bytes(BITS, G, k, v.mpr, ncv);
+  auto* kernel = stream_kernel<BITS, NTK, NTV, KONE, GM, KCH>;
   // The attribute and the occupancy query once per build and smem size (host time per decode).
   static size_t last_smem = 0;
   static int per_sm = 0;
@@ -1206,10 +1384,17 @@ cudaError_t launch_stream(const PackedSide& k, const PackedSide& v, const Packed
   }
   int span = 0, splits = 0;
   stream_plan(k.kv_heads, a.rows, max_len, std::max(1, per_sm) * std::max(1, sm_count), &span, &splits);
-  kernel<<<dim3(splits, k.kv_heads, a.rows), kT, smem, stream>>>(k, v, a, span, splits, part_o, part_ml);
+  // KIVI: one more split, the tail kernel's (the last R tokens of each row).
+  const int total = KCH ? splits + 1 : splits;
+  kernel<<<dim3(splits, k.kv_heads, a.rows), kT, smem, stream>>>(k, v, a, span, total, part_o, part_ml);
   if ((e = launch_status()) != cudaSuccess) return e;
+  if constexpr (KCH) {
+    const size_t tsmem = (static_cast<size_t>(G) * (kD + k.resid_cap) + 2 * G) * sizeof(float);
+    kivi_tail_kernel<BITS><<<dim3(k.kv_heads, a.rows), kT, tsmem, stream>>>(k, v, a, total, splits, part_o, part_ml);
+    if ((e = launch_status()) != cudaSuccess) return e;
+  }
   splitk_combine_kernel<__half><<<dim3(a.n_heads, a.rows), 128, 0, stream>>>(
-      part_o, part_ml, static_cast<__half*>(a.out), a.n_heads, kD, splits);
+      part_o, part_ml, static_cast<__half*>(a.out), a.n_heads, kD, total);
   return launch_status();
 }
 
@@ -1218,7 +1403,12 @@ cudaError_t dispatch_stream(const PackedSide& k, const PackedSide& v, const Pack
                             int sm_count, float* o, float* ml, cudaStream_t stream) {
   const int G = a.n_heads / k.kv_heads;
   const int ntk = (G * (kD / k.group) + 7) / 8, ntv = (2 * G * (kD / v.group) + 7) / 8;
-  if (k.group == kD && v.group == kD) {  // the default per-token codes: G <= 8 columns, 2 G <= 16
+  if (k.format == KvFormat::kChannelAsym) {  // KIVI (kivi_fits: G <= 2, 2 G * 128/value group <= 16)
+    if (G == 1 && ntv == 1) return launch_stream<BITS, 1, 1, false, 1, true>(k, v, a, max_len, sm_count, o, ml, stream);
+    if (ntv == 1) return launch_stream<BITS, 1, 1, false, 2, true>(k, v, a, max_len, sm_count, o, ml, stream);
+    return launch_stream<BITS, 1, 2, false, 2, true>(k, v, a, max_len, sm_count, o, ml, stream);
+  }
+  if (k.format != KvFormat::kChannelAsym && k.group == kD && v.group == kD) {  // default per-token codes
     if (G == 1) return launch_stream<BITS, 1, 1, true, 1>(k, v, a, max_len, sm_count, o, ml, stream);
     if (G == 2) return launch_stream<BITS, 1, 1, true, 2>(k, v, a, max_len, sm_count, o, ml, stream);
     if (G <= 4) return launch_stream<BITS, 1, 1, true, 4>(k, v, a, max_len, sm_count, o, ml, stream);
@@ -1282,12 +1472,27 @@ bool side_fits(const PackedSide& s) {
          kD % s.group == 0;
 }
 
+// KIVI (version 4 only): per-channel keys in token groups of 16..256 dividing the stage,
+// per-token values, one residual length R on both sides; G <= 2 (the value side's
+// 2 G * 128/value group B columns: KIVI's default 32-channel value groups give 8 G <= 16).
+bool kivi_fits(const PackedSide& k, const PackedSide& v, int G) {
+  if (k.format != KvFormat::kChannelAsym || v.format != KvFormat::kTokenAsym) return false;
+  if (k.n_sink > 0 || k.outliers || k.inv_s || k.lut || v.n_sink > 0 || v.outliers || v.inv_s || v.lut) return false;
+  if (k.head_dim != kD || v.head_dim != kD || (k.bits != 2 && k.bits != 4)) return false;
+  if (k.group < 16 || k.group % 16 != 0 || kS % k.group != 0) return false;
+  if (k.resid_cap <= 0 || k.resid_cap > 4096 || k.resid_cap % k.group != 0 || v.resid_cap != k.resid_cap) return false;
+  if (v.group < 16 || v.group > kD || kD % v.group != 0) return false;
+  return G <= 2 && 2 * G * (kD / v.group) <= kMaxCols;
+}
+
 }  // namespace
 
 bool fits(Act act, const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a) {
   if (act != Act::kF16 || a.inv_freq || k.bits != v.bits || k.kv_heads <= 0) return false;
-  if (!side_fits(k) || !side_fits(v) || a.n_heads % k.kv_heads != 0) return false;
+  if (a.n_heads % k.kv_heads != 0) return false;
   const int G = a.n_heads / k.kv_heads;
+  if ((a.variant == 0 || a.variant == 7) && kivi_fits(k, v, G)) return true;
+  if (!side_fits(k) || !side_fits(v)) return false;
   return G <= kMaxGroup && G * (kD / k.group) <= kMaxCols && 2 * G * (kD / v.group) <= kMaxCols;
 }
 
@@ -1308,7 +1513,7 @@ void plan(int kv_heads, int rows, int G, int max_len, int sm_count, int* chunk, 
 int max_splits(int kv_heads, int rows, int G, int max_len, int sm_count) {
   int chunk = 0, splits = 0;
   plan(kv_heads, rows, G, max_len, sm_count, &chunk, &splits);
-  return std::max(splits, (std::max(max_len, 1) + kS - 1) / kS);
+  return std::max(splits, (std::max(max_len, 1) + kS - 1) / kS + 1);  // + 1: KIVI's tail split
 }
 
 cudaError_t run(Act act, const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a,

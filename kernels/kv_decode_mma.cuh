@@ -13,10 +13,11 @@
 namespace kvq::kern::mma_decode {
 
 // True when the tensor-core kernel serves this pair of sides: fp16 activations, post-RoPE
-// keys, head_dim 128, uniform per-token codes (kTokenAsym or kTokenSym) of 2 or 4 bits on
-// both sides, channel groups of 16..128, no residual ring, sinks, outliers, LUT or
-// smoothing, G = heads / kv heads <= 8 with G * (128 / key group) <= 16 and
-// 2 * G * (128 / value group) <= 16.
+// keys, head_dim 128, 2 or 4 bits, no sinks, outliers, LUT or smoothing, and either
+// uniform per-token codes (kTokenAsym or kTokenSym) on both sides with channel groups of
+// 16..128, no residual ring, G = heads / kv heads <= 8 with G * (128 / key group) <= 16 and
+// 2 * G * (128 / value group) <= 16; or (variant 0 or 7: version 4 only) KIVI with G <= 2
+// (kivi_fits in kv_decode_mma.cu).
 bool fits(Act act, const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a);
 
 // Tokens per split-K chunk (multiple of 64) and the number of chunks for max_len tokens.

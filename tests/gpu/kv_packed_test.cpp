@@ -140,7 +140,25 @@ double attention_tolerance_factored(double ref, double delta, int L, double vmax
 // mma_decode::fits() (kernels/kv_decode_mma.cuh) in codec terms (fp16 activations and no
 // KVQ_KV_DECODE override, as in these tests). Only those cases take the factored bound;
 // the others keep attention_tolerance().
+// KIVI pairs the tensor-core kernel's version 4 serves (kivi_fits in kernels/kv_decode_mma.cu):
+// head_dim 128, 2 or 4 bits, key groups of 16..256 tokens dividing 256, residual a multiple
+// of the group (<= 4096), G <= 2 and 2 G * 128 / value group <= 16 (value group = min(group,
+// head_dim)). Its keys go through q' = q 2^-Eq (|q'| < 1, Eq <= ilogb(max|q|) + 1) and
+// fp16 hi/lo of q' s: exact except where q' or lo are fp16 subnormals (<= 2^-25 each), so a
+// score may err by a further scale * hd * (2^b - 1) * 2^Eq * 2^-25 * (1 + s), bounded with
+// 2^Eq <= 2 max|q| and (2^b - 1) s <= range <= Zb by scale * hd * 2^-24 * max|q| * ((2^b - 1) + Zb).
+bool kivi_tensor_core(const codecs::Codec& k, const codecs::Codec& v, const Shape& s) {
+  if (s.hd != 128 || k.method() != "kivi" || v.method() != "kivi") return false;
+  const codecs::CodecParams p = k.params();
+  const int bits = static_cast<int>(p.number("bits", 0)), group = static_cast<int>(p.number("group", 0));
+  const int resid = static_cast<int>(p.number("residual", 0));
+  const int vgroup = std::min(group, s.hd), G = s.n_heads / s.H;
+  return (bits == 2 || bits == 4) && group >= 16 && group % 16 == 0 && 256 % group == 0 && resid > 0 &&
+         resid <= 4096 && resid % group == 0 && s.hd % vgroup == 0 && G <= 2 && 2 * G * (s.hd / vgroup) <= 16;
+}
+
 bool tensor_core_decode(const codecs::Codec& k, const codecs::Codec& v, const Shape& s) {
+  if (kivi_tensor_core(k, v, s)) return true;
   if (s.hd != 128 || k.method() != v.method() || k.stage() == codecs::RopeStage::kPreRope) return false;
   int groups[2];
   for (int i = 0; i < 2; ++i) {
@@ -243,6 +261,8 @@ Result run_case(const std::string& kspec, const std::string& vspec, const Shape&
   Result res;
   const int G = s.n_heads / s.H;
   const bool factored = tensor_core_decode(*kc, *vc, s);
+  const bool kivi_tc = kivi_tensor_core(*kc, *vc, s);
+  const int kbits = static_cast<int>(kc->params().number("bits", 0));
   const double scale = 1.0 / std::sqrt(static_cast<double>(s.hd));
   for (int r = 0; r < R; ++r) {
     const int slot = rows[r];
@@ -271,6 +291,10 @@ Result run_case(const std::string& kspec, const std::string& vspec, const Shape&
           zbv = std::max(zbv, 2.01 * std::fabs(V[slot][static_cast<size_t>(t) * dim + h * s.hd + i]));
         }
       const uint16_t* qrow = qh.data() + (static_cast<size_t>(r) * s.n_heads + qh_i) * s.hd;
+      double qmax = 0;
+      for (int i = 0; i < s.hd; ++i) qmax = std::max(qmax, std::fabs(static_cast<double>(half_to_float(qrow[i]))));
+      const double kivi_term =  // kivi_tensor_core() above
+          kivi_tc ? scale * s.hd * std::ldexp(1.0, -24) * qmax * (((1 << kbits) - 1) + zbk) : 0.0;
       std::vector<double> sc(L);
       double m = -INFINITY, delta = 0;
       for (int t = 0; t < L; ++t) {
@@ -287,7 +311,7 @@ Result run_case(const std::string& kspec, const std::string& vspec, const Shape&
         sc[t] = dot * scale;
         m = std::max(m, sc[t]);
         delta = std::max(delta, scale * (A * s.hd * std::ldexp(1.0, -24) +
-                                         (pre ? Ar * std::ldexp(1.0, -17) : 0.0)));
+                                         (pre ? Ar * std::ldexp(1.0, -17) : 0.0)) + kivi_term);
       }
       double l = 0;
       std::vector<double> ew(L);  // exp(s_t - m), once per key (the long cases have 40K keys)
@@ -360,20 +384,36 @@ TEST_CASE("kv packed: tensor-core decode (int2/int4 per token, head_dim 128) == 
 // 16,000 + 1 + 2 + 24,000, so the stages see tokens of several appends), slots 1 and 2 short
 // ones in the same batch (their blocks past the end write empty partials). With 8 kv heads x
 // 4 rows a device of <= 132 SMs gets several 256-token stages per block (the plan minimises
-// waves x tokens per block); MHA and G = 4, 4 and 2 bits.
+// waves x tokens per block); MHA and G = 4 (KIVI: G = 2), 4 and 2 bits, int-b and KIVI.
 TEST_CASE("kv packed: tensor-core decode over long contexts (several stages per block) == simulated",
           "[gpu][kv]") {
   LongCase lc;
   lc.on = true;
   lc.pieces = {{16000, 1, 2, 24000}, {129}, {7, 1, 1, 1}};
   const uint64_t seed = kvq_test::test_seed(912);
-  for (const char* spec : {"int4", "int2"})
-    for (const Shape& s : {Shape{8, 8, 128}, Shape{8, 32, 128}}) {
+  for (const char* spec : {"int4", "int2", "kivi:bits=4", "kivi:bits=2"})
+    for (const Shape& s : {Shape{8, 8, 128}, std::string(spec).rfind("kivi", 0) == 0 ? Shape{8, 16, 128} : Shape{8, 32, 128}}) {
       const Result r = run_case(spec, spec, s, seed, nullptr, nullptr, lc);
       std::printf("kv packed long %s, kv_heads %d, heads %d: bytes equal; decode max err %.3g (%.3f of "
                   "tolerance), seed %llu\n",
                   spec, s.H, s.n_heads, r.worst_err, r.worst_ratio, static_cast<unsigned long long>(seed));
     }
+}
+
+// KIVI through the tensor-core kernel (G <= 2, head_dim 128): the quantized tokens in the
+// staged kernel, the last R tokens (mixed quantized / residual keys, residual values) in its
+// tail kernel. Lengths 300 / 129 / 10 with R = 128 give a row with one partial stage plus a
+// tail of quantized and residual keys, a row with one streamed token, and a row that is all
+// tail; R = 64 and key groups of 64 and 16 vary the group staging.
+TEST_CASE("kv packed: KIVI on the tensor cores (G <= 2, head_dim 128) == simulated", "[gpu][kv]") {
+  const std::vector<Shape> shapes = {Shape{3, 3, 128}, Shape{2, 4, 128}};
+  run_all("kivi:bits=4", "kivi:bits=4", 913, nullptr, nullptr, shapes);
+  run_all("kivi:bits=2", "kivi:bits=2", 914, nullptr, nullptr, shapes);
+  run_all("kivi:bits=2,group=32,residual=64", "kivi:bits=2,group=32,residual=64", 915, nullptr, nullptr, shapes);
+  run_all("kivi:bits=4,group=64,residual=128", "kivi:bits=4,group=64,residual=128", 916, nullptr, nullptr,
+          {Shape{3, 3, 128}});
+  run_all("kivi:bits=4,group=16,residual=32", "kivi:bits=4,group=16,residual=32", 917, nullptr, nullptr,
+          {Shape{2, 4, 128}});
 }
 
 TEST_CASE("kv packed: KIVI channel-grouped keys + fp16 residual, per-token values", "[gpu][kv]") {
