@@ -8,10 +8,11 @@
 // attention_prefill_wmma.cu, kept as the microbenchmark's baseline) reached 38-50. The
 // ceilings on the same GPU: cuBLAS 749 (fp16) / 774 (bf16), a register-only mma.sync loop
 // 622 TFLOP/s; so this kernel is at ~42% of what mma.sync can do. Going further needs
-// wgmma (sm_90a, FlashAttention-3 style): kernels/attention_prefill_sm90.cu, which
-// kern::attention_prefill (end of this file) takes instead on compute capability 9.0 for
-// head_dim 64 and 128 (+34-42%, session 3); this kernel serves every other case and any
-// GPU, and KVQ_PREFILL=fa2 forces it.
+// wgmma (sm_90a): kernels/attention_prefill_sm90.cu (+34-42%, session 3) and, for
+// head_dim 128, its FlashAttention-3 style form kernels/attention_prefill_sm90_fa3.cu
+// (+20-40% over that, session 4), which kern::attention_prefill (end of this file) takes
+// instead on compute capability 9.0; this kernel serves every other case and any GPU, and
+// KVQ_PREFILL=fa2 forces it.
 //
 // Work split: a block of 4 warps owns 64 queries of one head; warp w owns query rows
 // [16w, 16w+16). Each warp keeps in registers its Q fragments (loaded once through shared
@@ -407,8 +408,10 @@ PrefillPath prefill_path() {
   return path;
 }
 // Whether the warp-specialized kernel (kernels/attention_prefill_sm90_fa3.cu) is the default
-// for head_dim 128: not until it has passed parity and measured faster on the H100.
-constexpr bool kFa3Default = false;
+// for head_dim 128: yes, it passed the same parity cases and measured 405-494 TFLOP/s against
+// the plain wgmma kernel's 279-360 at 4K-32K, whole llama2-7b prefill +10% at 16K and +16% at
+// 32K (H100, 2026-11-22, notes/s4/results-h32.md). KVQ_PREFILL=sm90 keeps the plain kernel.
+constexpr bool kFa3Default = true;
 // Whether the wgmma kernel (kernels/attention_prefill_sm90.cu) is the default where usable:
 // yes, it measured 340-361 TFLOP/s against this kernel's 249-261 at 16K-32K (H100,
 // notes/cuda-perf.md) and passes the same parity cases.

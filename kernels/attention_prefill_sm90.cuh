@@ -4,10 +4,13 @@
 //  - attention_prefill_fa2 (kernels/attention_prefill.cu): mma.sync, FlashAttention-2
 //    style; every head_dim the interface allows, any CUDA GPU kvq builds for.
 //  - attention_prefill_sm90 (kernels/attention_prefill_sm90.cu): warpgroup MMA (wgmma,
-//    sm_90a only), head_dim 128; the same arguments and semantics (causal, GQA, sliding
-//    window, past-only diagonal, chunks over a cached prefix).
-// kern::attention_prefill takes the sm90 path when attention_prefill_sm90_usable() and the
-// environment variable KVQ_PREFILL is not "fa2" (KVQ_PREFILL=sm90 asks for it explicitly).
+//    sm_90a only), head_dim 64 and 128; the same arguments and semantics (causal, GQA,
+//    sliding window, past-only diagonal, chunks over a cached prefix).
+//  - attention_prefill_fa3 (kernels/attention_prefill_sm90_fa3.cu): wgmma with a producer
+//    warpgroup and two consumer warpgroups (FlashAttention-3 style), head_dim 128 only.
+// kern::attention_prefill, with KVQ_PREFILL unset, takes the fa3 path where
+// attention_prefill_fa3_usable(), else the sm90 path where attention_prefill_sm90_usable(),
+// else FA2; KVQ_PREFILL=fa2 / sm90 / fa3 asks for one path (falling back the same way).
 #pragma once
 
 #include "kernels/ops.cuh"

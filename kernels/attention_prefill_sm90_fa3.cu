@@ -10,7 +10,10 @@
 // Why (notes/cuda-perf.md, H100 2026-11-22): the plain kernel reaches 338-361 TFLOP/s alone and
 // ~313 inside the 7B model, where transformers' attention implies ~400+; its consumer
 // threads issue their own K/V copies, wait at 2 block barriers per 64-key tile, and the
-// softmax of a warpgroup never overlaps its own matrix work.
+// softmax of a warpgroup never overlaps its own matrix work. Measured (H100, 2026-11-22,
+// notes/s4/results-h32.md): 405-417 TFLOP/s at 4K, 477-494 at 16K, 437-462 at 32K causal
+// (plain kernel in the same runs: 279-295, 353-360, 338-358); whole llama2-7b prefill +10%
+// at 16K, +16% at 32K; all 28 head_dim-128 parity cases pass.
 //
 // Block: 384 threads = 3 warpgroups for 128 queries of one head.
 //  - warpgroup 0, the producer (setmaxnreg down to kProducerRegs): cp.async copies of Q
@@ -31,13 +34,14 @@
 //    tensor cores work through the other's group. No register stays in flight across a
 //    softmax (each group is waited for before the next softmax), which avoids the hazard that
 //    broke the intra-warpgroup pipelined form of the plain kernel.
-// Heavy (late, most keys) query tiles first; heads run fastest in the grid, so the heads of
-// one GQA group read the same K/V tiles at about the same time (L2 reuse).
+// Heavy (late, most keys) query tiles first. Grid order: for chunks of 8K+ tokens the query
+// tiles of one head run fastest (the blocks on the GPU at once stream the same head's K/V
+// through L2), below that the heads (measured, see kQTileFastFrom).
 //
 // Shared memory (1024-byte aligned for the 128-byte swizzle, layout as in the plain kernel:
 // a tile is stored as 64-column halves, row r's 16-byte chunk c at chunk c ^ (r % 8)):
 // Q 2 x [64][128] (32 KB), K 2 stages x [128][128] (64 KB), V the same (64 KB), barriers:
-// ~161 KB, one block per SM. wgmma descriptors: Q, K K-major (stride byte offset 1024 = 8
+// ~161 KB, one block per SM (3 stages fit too, 225 KB, and measured no faster). wgmma descriptors: Q, K K-major (stride byte offset 1024 = 8
 // rows, k-step kk at half kk / 4, byte 32 (kk % 4)); V MN-major (leading byte offset = one
 // 64-dim half = 16 KB, stride 1024 = 8 keys, k-step kk of 16 keys at 2048 kk).
 #include <cmath>
@@ -301,23 +305,34 @@ __global__ void __launch_bounds__(kThreads, 1) attention_prefill_fa3(AttentionAr
 #endif
 }
 
-// Ring depth and grid order: kDefaultStages / kDefaultQTileFast unless KVQ_FA3_STAGES (2, 3)
-// or KVQ_FA3_ORDER (head, qtile) say otherwise (read once; for the microbenchmark).
+// Ring depth and grid order, measured on the H100 (2026-11-22, notes/s4/results-h32.md,
+// TFLOP/s of fp16/bf16 llama2-7b | llama3-8b shapes, one run):
+//   order, stages     4K                    16K                   32K
+//   heads, 2     385/412 | 418/423   460/477 | 471/492   408/427 | 432/454
+//   heads, 3     406/415 | 412/417   459/476 | 477/489   409/439 | 432/469
+//   qtiles, 2    344/378 | 373/379   480/491 | 479/494   437/462 | 441/458
+//   qtiles, 3    380/373 | 374/380   480/485 | 481/490   434/449 | 435/455
+// A third stage buys nothing measurable: 2. Query tiles fastest wins from 16K on (+4-7% at
+// 32K for llama2-7b: the blocks running together share one head's K/V in L2) and loses at 4K
+// (-8..-11%: there every head's K/V fits in L2 anyway): so query tiles fastest for chunks of
+// kQTileFastFrom tokens or more (the last 8K chunk of 32K: 459/493 vs 415/474), heads fastest
+// below. KVQ_FA3_STAGES (2, 3) and KVQ_FA3_ORDER (head, qtile) override (read once; for the
+// microbenchmark).
 constexpr int kDefaultStages = 2;
-constexpr bool kDefaultQTileFast = false;
+constexpr int kQTileFastFrom = 8192;
 struct Fa3Config {
   int stages;
-  bool qtile_fast;
+  int order;  // 0: by chunk length, 1: heads fastest, 2: query tiles fastest
 };
 Fa3Config fa3_config() {
   static const Fa3Config cfg = [] {
-    Fa3Config c{kDefaultStages, kDefaultQTileFast};
+    Fa3Config c{kDefaultStages, 0};
     const char* st = std::getenv("KVQ_FA3_STAGES");
     if (st != nullptr && std::strcmp(st, "2") == 0) c.stages = 2;
     if (st != nullptr && std::strcmp(st, "3") == 0) c.stages = 3;
     const char* order = std::getenv("KVQ_FA3_ORDER");
-    if (order != nullptr && std::strcmp(order, "head") == 0) c.qtile_fast = false;
-    if (order != nullptr && std::strcmp(order, "qtile") == 0) c.qtile_fast = true;
+    if (order != nullptr && std::strcmp(order, "head") == 0) c.order = 1;
+    if (order != nullptr && std::strcmp(order, "qtile") == 0) c.order = 2;
     return c;
   }();
   return cfg;
@@ -336,8 +351,9 @@ cudaError_t attention_prefill_fa3(Act act, const AttentionArgs& a, cudaStream_t 
   if (!attention_prefill_fa3_usable(a)) return cudaErrorNotSupported;
   if (a.rows == 0 || a.n == 0) return cudaSuccess;
   const Fa3Config cfg = fa3_config();
+  const bool qtile_fast = cfg.order == 2 || (cfg.order == 0 && a.n >= kQTileFastFrom);
   const unsigned n_qt = static_cast<unsigned>((a.n + kBQ - 1) / kBQ);
-  const dim3 grid = cfg.qtile_fast ? dim3(n_qt, a.n_heads, a.rows) : dim3(a.n_heads, n_qt, a.rows);
+  const dim3 grid = qtile_fast ? dim3(n_qt, a.n_heads, a.rows) : dim3(a.n_heads, n_qt, a.rows);
   if (grid.y > 65535u || grid.z > 65535u) return cudaErrorInvalidValue;
   auto run = [&](auto kernel, size_t smem) {
     cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
@@ -348,10 +364,10 @@ cudaError_t attention_prefill_fa3(Act act, const AttentionArgs& a, cudaStream_t 
   auto pick = [&](auto t_tag) {
     using T = decltype(t_tag);
     if (cfg.stages == 3)
-      return cfg.qtile_fast ? run(attention_prefill_fa3<T, 3, true>, Fa3Smem<3>::kBytes)
-                            : run(attention_prefill_fa3<T, 3, false>, Fa3Smem<3>::kBytes);
-    return cfg.qtile_fast ? run(attention_prefill_fa3<T, 2, true>, Fa3Smem<2>::kBytes)
-                          : run(attention_prefill_fa3<T, 2, false>, Fa3Smem<2>::kBytes);
+      return qtile_fast ? run(attention_prefill_fa3<T, 3, true>, Fa3Smem<3>::kBytes)
+                        : run(attention_prefill_fa3<T, 3, false>, Fa3Smem<3>::kBytes);
+    return qtile_fast ? run(attention_prefill_fa3<T, 2, true>, Fa3Smem<2>::kBytes)
+                      : run(attention_prefill_fa3<T, 2, false>, Fa3Smem<2>::kBytes);
   };
   return act == Act::kF16 ? pick(__half{}) : pick(__nv_bfloat16{});
 }
