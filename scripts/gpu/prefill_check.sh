@@ -7,7 +7,7 @@
 #     FA3_SWEEP=1 adds the FA3-style kernel under each KVQ_FA3_ORDER x KVQ_FA3_STAGES choice;
 #  2. tests/gpu: the prefill parity cases (TESTS, a Catch2 filter) through every path (FA2,
 #     plain wgmma, FA3-style), with PARITY_ENV (e.g. "KVQ_FA3_STAGES=3") in the environment;
-#     PARITY_ONLY=1 stops here;
+#     PARITY_ONLY=1 stops here (BENCH_ONLY=1 already after step 1);
 #  3. kvq-gpubench prefill of the synthetic Llama-2-7B (and Llama-3-8B with BOTH=1) at CTX,
 #     one run per entry of GB_RUNS ("label:VAR=x,VAR=y ..."), only when the parity cases passed;
 #  4. MODEL=1: the whole-model GPU tests (testbed, needs .carry/shared) under each path.
@@ -34,8 +34,11 @@ cmake -S "$SRC" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DKVQ_CUDA=ON -D
 cmake --build "$BUILD" --target kvq_kernels -j16 > "$OUT/build_kernels.log" 2>&1 ||
   { grep -E "error" -A4 "$OUT/build_kernels.log" | head -40; exit 1; }
 echo "kernels built: $(( $(date +%s) - t0 )) s"
-( cmake --build "$BUILD" --target kvq_test_gpu kvq-gpubench -j12 -- -k 0 > "$OUT/build.log" 2>&1 ) &
-bpid=$!
+bpid=
+if [ "${BENCH_ONLY:-0}" != 1 ]; then
+  ( cmake --build "$BUILD" --target kvq_test_gpu kvq-gpubench -j12 -- -k 0 > "$OUT/build.log" 2>&1 ) &
+  bpid=$!
+fi
 nvcc -std=c++17 -O3 -I"$SRC" -arch=sm_90 "$SRC/scripts/bench/attn_prefill_bench.cu" "$BUILD/kernels/libkvq_kernels.a" \
   -lcublas -o "$BUILD/attn_prefill_bench" > "$OUT/bench_build.log" 2>&1 || cat "$OUT/bench_build.log"
 if [ -x "$BUILD/attn_prefill_bench" ]; then
@@ -54,6 +57,7 @@ if [ -x "$BUILD/attn_prefill_bench" ]; then
     echo "sweep done: $(( $(date +%s) - t0 )) s"
   fi
 fi
+[ "${BENCH_ONLY:-0}" = 1 ] && exit 0
 wait $bpid || grep -E "error|FAILED" -A4 "$OUT/build.log" | head -40
 echo "build done: $(( $(date +%s) - t0 )) s"
 T="$BUILD/tests/kvq_test_gpu"
