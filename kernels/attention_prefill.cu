@@ -408,7 +408,7 @@ PrefillPath prefill_path() {
   return path;
 }
 // Whether the warp-specialized kernel (kernels/attention_prefill_sm90_fa3.cu) is the default
-// for head_dim 128: yes, it passed the same parity cases and measured 405-494 TFLOP/s against
+// for head_dim 128: yes, it passed the same parity cases and measured 385-494 TFLOP/s against
 // the plain wgmma kernel's 279-360 at 4K-32K, whole llama2-7b prefill +10% at 16K and +16% at
 // 32K (H100, 2026-11-22, notes/s4/results-h32.md). KVQ_PREFILL=sm90 keeps the plain kernel.
 constexpr bool kFa3Default = true;

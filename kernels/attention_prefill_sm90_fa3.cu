@@ -11,7 +11,7 @@
 // ~313 inside the 7B model, where transformers' attention implies ~400+; its consumer
 // threads issue their own K/V copies, wait at 2 block barriers per 64-key tile, and the
 // softmax of a warpgroup never overlaps its own matrix work. Measured (H100, 2026-11-22,
-// notes/s4/results-h32.md): 405-417 TFLOP/s at 4K, 477-494 at 16K, 437-462 at 32K causal
+// notes/s4/results-h32.md): 385-423 TFLOP/s at 4K, 479-494 at 16K, 437-462 at 32K causal
 // (plain kernel in the same runs: 279-295, 353-360, 338-358); whole llama2-7b prefill +10%
 // at 16K, +16% at 32K; all 28 head_dim-128 parity cases pass.
 //
