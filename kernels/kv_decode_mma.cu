@@ -1,6 +1,13 @@
 // Decode attention over packed uniform per-token KV caches (intB axis=token, sym or asym,
-// 2 or 4 bits, head_dim 128) with the dot products on the tensor cores (mma.sync
-// m16n8k16, fp16 inputs, fp32 accumulation). Why: the CUDA-core kernels (kv_decode_packed.cu)
+// 2 or 4 bits, head_dim 128) and KIVI caches (G <= 2) with the dot products on the tensor
+// cores (mma.sync m16n8k16, fp16 inputs, fp32 accumulation). Two builds live here:
+// version 3 (mma_decode_kernel: codes loaded into registers, three passes per 1024-token
+// chunk; KVQ_KV_DECODE=mma|mma3|mma-hoist) and version 4 (stream_kernel, the default: the
+// chunk staged in shared memory with cp.async, online softmax over 256-token stages; its
+// design, KIVI factorisation and measured instruction counts are in the comments above it
+// and in notes/kv-cuda-perf.md; H100 2026-11-22: int4 MHA 87-98% of copy from 32K at batch
+// 8 / 128K at batch 1, 3.2-3.8x the fp16 kernel; int2 issue-bound at 39-64%).
+// Why tensor cores: the CUDA-core kernels (kv_decode_packed.cu)
 // spend ~5 instructions per element (shift, magic OR, FADD, dequant FFMA, dot FFMA) and
 // stalled at 18-34% of copy bandwidth (notes/kv-cuda-perf.md); at 2990 GB/s the H100 issues
 // 5.3 thread-instructions per int4 element and 2.8 per int2 element, so the kernel must do
@@ -41,7 +48,8 @@
 // value loop 3.0 per element. The conversions and mmas are as predicted; the key pass's
 // epilogue is not (run-time / and % by the key group count and per-column meta addresses
 // inside the tile loop): that, not bytes, is why this version stops at 50% of copy
-// (HOIST = true, KVQ_KV_DECODE=mma-hoist, hoists them; compiled, not yet run on a GPU).
+// (HOIST = true, KVQ_KV_DECODE=mma-hoist, hoists them: measured faster for GQA and slower
+// for MHA in session 3; version 4 hoists them too and keeps its loads out of registers).
 // Error: the mma's fp32 accumulation aligns the 16 products and the accumulator to the
 // largest exponent and truncates (Fasi et al., "Numerical behavior of NVIDIA tensor
 // cores", 2021): per mma step at most 17 units of 2^-23 of the largest term. Over the
@@ -739,7 +747,9 @@ __host__ __device__ inline int key_meta_stage_halves(const PackedSide& K) {
 // (one HFMA2, fused) in two B columns per head; hi + lo = q' s exactly (q' s has <= 22
 // significant bits) unless q' or lo fall below the fp16 normal range (<= 2^-25 each, the
 // test's extra KIVI term). score = 2^Eq (acc_hi + acc_lo) + sum_d q_d z_d.
-template <int BITS, int NTK, int NTV, bool KONE, int GM, bool KCH>
+// NGVT > 0: the value group count at compile time (KIVI's default 32-channel value groups:
+// 4), so the softmax step's per-group loops stop at NGVT instead of 8.
+template <int BITS, int NTK, int NTV, bool KONE, int GM, bool KCH, int NGVT = 0>
 __global__ void __launch_bounds__(kT, NTK == 1 && NTV == 1 ? 4 : 3)
 stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int splits, float* part_o,
               float* part_ml) {
@@ -749,11 +759,12 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
   constexpr int RW = 4 * BITS;    // words per (token, head) row at head_dim 128
   constexpr int KPT = kS / kT;    // softmax tokens per thread per stage
   constexpr int GA = GM;                // head loop bound (G <= GM)
-  constexpr int VA = KONE ? 1 : 8;      // value group loop bound
-  constexpr int CA = KONE ? GM : 8;     // (head, value group) combination loop bound
+  constexpr int VA = KONE ? 1 : NGVT > 0 ? NGVT : 8;        // value group loop bound
+  constexpr int CA = KONE ? GM : NGVT > 0 ? GM * NGVT : 8;  // (head, value group) combination loop bound
+  static_assert(CA <= 8, "rbuf holds 8 combinations");
   extern __shared__ __align__(16) float sm[];
   const int G = a.n_heads / K.kv_heads;
-  const int NGK = KONE || KCH ? 1 : kD / K.group, NGV = KONE ? 1 : kD / V.group;
+  const int NGK = KONE || KCH ? 1 : kD / K.group, NGV = KONE ? 1 : NGVT > 0 ? NGVT : kD / V.group;
   const int NCK = G * NGK, NCV = 2 * G * NGV;
   const int kmpr = K.mpr, vmpr = V.mpr;
   const int kms = key_meta_stage_halves(K), vms = meta_stage_halves(vmpr);
@@ -1286,27 +1297,44 @@ __global__ void __launch_bounds__(kT) kivi_tail_kernel(PackedSide K, PackedSide 
   const uint16_t* q = static_cast<const uint16_t*>(a.q) + head0 * kD;
   for (int i = threadIdx.x; i < G * kD; i += kT) qs[i] = h2f(q[i]);
   __syncthreads();
-  for (int t = warp; t < n; t += kW) {
+  // One token per thread (n <= R tokens): the first version gave a warp per token with a
+  // warp reduction after each token's loads, so a warp walked its 32 tokens one load
+  // latency at a time (KIVI llama2-7b b1 4K: 61 us against 27 us for int4, H100 2026-11-22).
+  // Here a thread's loads are independent of its sums. G <= 2 (kivi_fits).
+  for (int t = threadIdx.x; t < n; t += kT) {
     const int j = v0 + t;
-    float k4[4];
+    float dot0 = 0.f, dot1 = 0.f;
     if (j >= kq) {
-      const uint16_t* kr = K.resid + (sh * cap + j % cap) * kD + 4 * lane;
+      const uint16_t* kr = K.resid + (sh * cap + j % cap) * kD;
+#pragma unroll 4
+      for (int d = 0; d < kD; d += 8) {
+        const uint4 u = *reinterpret_cast<const uint4*>(kr + d);
+        const uint32_t wv[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
-      for (int e = 0; e < 4; ++e) k4[e] = h2f(kr[e]);
+        for (int e = 0; e < 8; ++e) {
+          const float kv = h2f(static_cast<uint16_t>(wv[e >> 1] >> (16 * (e & 1))));
+          dot0 = fmaf(qs[d + e], kv, dot0);
+          if (G > 1) dot1 = fmaf(qs[kD + d + e], kv, dot1);
+        }
+      }
     } else {
       const uint32_t* cw = K.codes + (sh * K.max_tokens + j) * (4 * BITS);
-      const uint16_t* cm = K.cmeta + ((sh * (K.max_tokens / K.group) + j / K.group) * kD + 4 * lane) * 2;
+      const uint16_t* cm = K.cmeta + (sh * (K.max_tokens / K.group) + j / K.group) * kD * 2;
+#pragma unroll 2
+      for (int wi = 0; wi < 4 * BITS; ++wi) {
+        const uint32_t word = cw[wi];
 #pragma unroll
-      for (int e = 0; e < 4; ++e)
-        k4[e] = kvlayout::dequantize_asym(kvlayout::get_code(cw, BITS, 4 * lane + e), h2f(cm[2 * e]), h2f(cm[2 * e + 1]));
+        for (int e = 0; e < 32 / BITS; ++e) {
+          const int d = wi * (32 / BITS) + e;  // code d of the row (kv_layout.h bit stream)
+          const uint32_t c = (word >> (BITS * e)) & ((1u << BITS) - 1u);
+          const float kv = kvlayout::dequantize_asym(c, h2f(cm[2 * d]), h2f(cm[2 * d + 1]));
+          dot0 = fmaf(qs[d], kv, dot0);
+          if (G > 1) dot1 = fmaf(qs[kD + d], kv, dot1);
+        }
+      }
     }
-    for (int g = 0; g < G; ++g) {
-      float d = 0.f;
-#pragma unroll
-      for (int e = 0; e < 4; ++e) d = fmaf(qs[g * kD + 4 * lane + e], k4[e], d);
-      d = warp_sum(d);
-      if (lane == 0) ps[g * cap + t] = d * a.scale;
-    }
+    ps[t] = dot0 * a.scale;
+    if (G > 1) ps[cap + t] = dot1 * a.scale;
   }
   __syncthreads();
   for (int g = warp; g < G; g += kW) {
@@ -1329,6 +1357,7 @@ __global__ void __launch_bounds__(kT) kivi_tail_kernel(PackedSide K, PackedSide 
   const int d = threadIdx.x;  // kT == kD: one channel per thread
   for (int g = 0; g < G; ++g) {
     float o = 0.f;
+#pragma unroll 8
     for (int t = 0; t < n; ++t) o = fmaf(ps[g * cap + t], h2f(V.resid[(sh * cap + (v0 + t) % cap) * kD + d]), o);
     part_o[((head0 + g) * splits + s_tail) * kD + d] = o;
   }
@@ -1364,13 +1393,13 @@ void stream_plan(int kv_heads, int rows, int max_len, int resident, int* span, i
   *splits = bs;
 }
 
-template <int BITS, int NTK, int NTV, bool KONE, int GM, bool KCH = false>
+template <int BITS, int NTK, int NTV, bool KONE, int GM, bool KCH = false, int NGVT = 0>
 cudaError_t launch_stream(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len,
                           int sm_count, float* part_o, float* part_ml, cudaStream_t stream) {
   const int G = a.n_heads / k.kv_heads;
   const int ncv = 2 * G * (kD / v.group);
   const size_t smem = stream_smem_bytes(BITS, G, k, v.mpr, ncv);
-  auto* kernel = stream_kernel<BITS, NTK, NTV, KONE, GM, KCH>;
+  auto* kernel = stream_kernel<BITS, NTK, NTV, KONE, GM, KCH, NGVT>;
   // The attribute and the occupancy query once per build and smem size (host time per decode).
   static size_t last_smem = 0;
   static int per_sm = 0;
@@ -1404,6 +1433,8 @@ cudaError_t dispatch_stream(const PackedSide& k, const PackedSide& v, const Pack
   const int G = a.n_heads / k.kv_heads;
   const int ntk = (G * (kD / k.group) + 7) / 8, ntv = (2 * G * (kD / v.group) + 7) / 8;
   if (k.format == KvFormat::kChannelAsym) {  // KIVI (kivi_fits: G <= 2, 2 G * 128/value group <= 16)
+    if (v.group == 32 && G == 1) return launch_stream<BITS, 1, 1, false, 1, true, 4>(k, v, a, max_len, sm_count, o, ml, stream);
+    if (v.group == 32) return launch_stream<BITS, 1, 2, false, 2, true, 4>(k, v, a, max_len, sm_count, o, ml, stream);
     if (G == 1 && ntv == 1) return launch_stream<BITS, 1, 1, false, 1, true>(k, v, a, max_len, sm_count, o, ml, stream);
     if (ntv == 1) return launch_stream<BITS, 1, 1, false, 2, true>(k, v, a, max_len, sm_count, o, ml, stream);
     return launch_stream<BITS, 1, 2, false, 2, true>(k, v, a, max_len, sm_count, o, ml, stream);
