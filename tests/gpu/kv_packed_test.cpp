@@ -176,7 +176,7 @@ struct Result {
   double worst_ratio = 0, worst_err = 0;
 };
 
-// Long contexts (LongCase): slot 0 holds tens of thousands of tokens, so that a block of the
+// Long contexts (LongCase): slot 0 holds ten thousand tokens, so that a block of the
 // streaming tensor-core kernel walks several 256-token stages (online softmax across stages,
 // double-buffered copies) and the split-K combine merges many blocks. The data keep the
 // derived bound meaningful there: no outlier channels (Zb and vmax ~4.5 instead of ~36) and
@@ -380,16 +380,18 @@ TEST_CASE("kv packed: tensor-core decode (int2/int4 per token, head_dim 128) == 
   run_all("int4:group=16", "int4:group=64", 910, nullptr, nullptr, {Shape{3, 3, 128}, Shape{2, 4, 128}});
 }
 
-// The tensor-core kernel over long contexts: slot 0 has 40,003 tokens (appended in pieces of
-// 16,000 + 1 + 2 + 24,000, so the stages see tokens of several appends), slots 1 and 2 short
+// The tensor-core kernel over long contexts: slot 0 has 10,003 tokens (appended in pieces of
+// 4,000 + 1 + 2 + 6,000, so the stages see tokens of several appends), slots 1 and 2 short
 // ones in the same batch (their blocks past the end write empty partials). With 8 kv heads x
 // 4 rows a device of <= 132 SMs gets several 256-token stages per block (the plan minimises
-// waves x tokens per block); MHA and G = 4 (KIVI: G = 2), 4 and 2 bits, int-b and KIVI.
+// waves x tokens per block: on the H100, 4 blocks per SM, 14 splits of 3 stages); MHA and
+// G = 4 (KIVI: G = 2), 4 and 2 bits, int-b and KIVI. (40,003 tokens, 10 stages per block,
+// passed at d52849a but took 105 s of the [kv] suite's 110, mostly the CPU reference.)
 TEST_CASE("kv packed: tensor-core decode over long contexts (several stages per block) == simulated",
           "[gpu][kv]") {
   LongCase lc;
   lc.on = true;
-  lc.pieces = {{16000, 1, 2, 24000}, {129}, {7, 1, 1, 1}};
+  lc.pieces = {{4000, 1, 2, 6000}, {129}, {7, 1, 1, 1}};
   const uint64_t seed = kvq_test::test_seed(912);
   for (const char* spec : {"int4", "int2", "kivi:bits=4", "kivi:bits=2"})
     for (const Shape& s : {Shape{8, 8, 128}, std::string(spec).rfind("kivi", 0) == 0 ? Shape{8, 16, 128} : Shape{8, 32, 128}}) {
