@@ -10,10 +10,12 @@
 // Caches come from make_packed_cache (lib/cuda/packed_more.h), so every codec with a GPU
 // packed cache can be benchmarked; a codec without one prints a "skipped" line on stderr
 // and the sweep goes on.
-// The environment variable KVQ_KV_DECODE=general|fast|fast-pf|mma|mma3 forces one decode kernel
-// of PackedKvCache (lib/cuda/packed_cache.cpp; default: the tensor-core kernel where it
-// applies, else the fast kernel where it applies, else the general one); the header line
-// on stderr names it, so tables of different variants stay apart.
+// The environment variable KVQ_KV_DECODE=general|fast|fast-pf|mma|mma3|mma-hoist|mma-stream
+// forces one decode kernel of PackedKvCache (lib/cuda/packed_cache.cpp; default: version 4 of
+// the tensor-core kernel, kernels/kv_decode_mma.cu, where it applies (uniform per-token
+// int2/int4 and KIVI at G <= 2, head_dim 128), else the fast kernel where it applies, else
+// the general one; mma = version 3); the header line on stderr names it, so tables of
+// different variants stay apart. The acceptance-4 table: scripts/bench/kv_bench.sh.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
