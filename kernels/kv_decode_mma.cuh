@@ -32,4 +32,13 @@ int max_splits(int kv_heads, int rows, int G, int max_len, int sm_count);
 cudaError_t run(Act act, const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a,
                 int max_len, int sm_count, float* part_o, float* part_ml, cudaStream_t stream);
 
+// Version 4 (kv_decode_stream.cu), called by run() for the default and KVQ_KV_DECODE=mma-stream:
+// the KIVI pairs it serves (G <= 2, key groups of 16..256 tokens, one residual length), the
+// most splits it uses (one per 256 tokens + the KIVI tail), and the launch (stream kernel,
+// KIVI tail kernel, split-K combine) into the same workspace layout as run().
+bool stream_kivi_fits(const PackedSide& k, const PackedSide& v, int G);
+int stream_max_splits(int max_len);
+cudaError_t stream_run(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len,
+                       int sm_count, float* part_o, float* part_ml, cudaStream_t stream);
+
 }  // namespace kvq::kern::mma_decode

@@ -1,0 +1,827 @@
+// Version 4 of the tensor-core decode over packed KV caches (uniform per-token int2/int4, and
+// KIVI at G <= 2; head_dim 128, fp16 activations): the default build where mma_decode::fits()
+// holds (kv_decode_mma.cu's run() calls stream_run; KVQ_KV_DECODE=mma keeps version 3 there).
+// Measured on the H100 (notes/s4/results-h31.md, notes/kv-cuda-perf.md "Version 4"): int4 MHA
+// at 87-98% of copy bandwidth from 32K at batch 8 and from 64K at batch 1, 3.2-3.8x the fp16
+// kernel; int2 issue-bound at 39-64%. The factorisation, exact code conversion and error
+// bound are version 3's (kv_decode_mma.cu); what differs is below.
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/common.cuh"
+#include "kernels/kv_decode_mma.cuh"
+#include "kernels/kv_decode_mma_common.cuh"
+#include "kernels/prefill_common.cuh"
+
+namespace kvq::kern::mma_decode {
+namespace {
+
+// ---- Version 4: the chunk staged in shared memory, online softmax over 256-token stages ----
+// Why (notes/kv-cuda-perf.md, version 3): the v3 kernel loads codes into registers, so the
+// bytes in flight per warp are capped by the register budget (<= 128 per thread for 4
+// blocks per SM), every pass waits for its own loads, and its three passes per 1024-token
+// chunk leave the memory idle while a block does its softmax. Here every byte goes through
+// cp.async into shared memory: while a block computes stage j, the key codes, key meta and
+// value meta of stage j + 1 are in flight (double-buffered), and the value codes of stage
+// j + 1 are issued as soon as stage j's value pass has read its buffer (single-buffered, so
+// that 4 blocks of 128 threads fit an SM at G = 1: ~55 KB each at 4 bits). The softmax is
+// online across stages (running max and sum per query head, the P V accumulators of the
+// mma stay in registers and are rescaled by exp(m_old - m_new) * 2^(E_new - E_old) per
+// stage, E the weights' exponent per value group), so a block can walk thousands of tokens
+// and the split-K combine reads a few partials per head instead of one per 1024 tokens.
+// The lane's key columns (head, group, q sum, score row) are computed once per block
+// (the v3 SASS spent 5 of its 8.6 instructions per key element rebuilding them per tile).
+constexpr int kS = 256;  // tokens per stage
+
+__device__ __forceinline__ void cp_async4(uint32_t dst, const void* src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(dst), "l"(src) : "memory");
+}
+
+// n 16-byte pieces from gsrc (16-byte aligned) to sdst, spread over the block's threads.
+__device__ __forceinline__ void stage16(void* sdst, const void* gsrc, int n) {
+  const uint32_t d = smem_addr(sdst);
+  const char* g = static_cast<const char*>(gsrc);
+  for (int i = threadIdx.x; i < n; i += kT) cp_async16(d + 16 * i, g + 16 * i, 16);
+}
+
+// Halves g[0, n) to s[off, off + n), off = 1 when g is 2 bytes past a 4-byte boundary (then
+// the half before g, which lies in the same allocation because allocations are 256-byte
+// aligned, is copied too); 4-byte copies, and a plain load for a last half whose word
+// would reach past g + n.
+__device__ __forceinline__ void stage_halves(uint16_t* s, const uint16_t* g, int n, int off) {
+  const uint16_t* g4 = g - off;
+  const int nw = (n + off) >> 1;
+  const uint32_t d = smem_addr(s);
+  for (int i = threadIdx.x; i < nw; i += kT) cp_async4(d + 4 * i, g4 + 2 * i);
+  if (((n + off) & 1) && threadIdx.x == kT - 1) s[off + n - 1] = __ldg(g + n - 1);
+}
+
+// v[idx] for a run-time idx < N without indexing a register array (a chain of selects).
+template <int N>
+__device__ __forceinline__ float sel8(const float (&v)[N], int idx) {
+  float x = v[0];
+#pragma unroll
+  for (int i = 1; i < N; ++i) x = idx == i ? v[i] : x;
+  return x;
+}
+
+// The (scale, zero) meta of one group of a staged token: halves m[0] (scale) and m[1]
+// (zero, asym only). Asym rows have an even number of halves (2 per group) and start on a
+// 4-byte boundary in global memory, so the stage copy has no shift and (scale, zero) is one
+// 32-bit load; sym rows may be odd-aligned (one half per group).
+__device__ __forceinline__ uint32_t meta_at(const uint16_t* m, bool sym) {
+  return sym ? static_cast<uint32_t>(m[0]) : *reinterpret_cast<const uint32_t*>(m);
+}
+
+// Halves of a staged meta buffer (kS tokens of mpr halves, the shift half, 16-byte multiple).
+__host__ __device__ inline int meta_stage_halves(int mpr) { return (kS * mpr + 2 + 7) / 8 * 8; }
+// The key side's: KIVI keys stage the (scale, zero) rows of kS / group token groups.
+__host__ __device__ inline int key_meta_stage_halves(const PackedSide& K) {
+  return K.format == KvFormat::kChannelAsym ? kS / K.group * 2 * kD : meta_stage_halves(K.mpr);
+}
+
+// KONE: one channel group on both sides (group = 128: the default per-token codes), so the
+// key column of B is the query head, the value combination is the head, and no per-column
+// group bookkeeping is needed. GM >= G bounds the per-head loops of the softmax step: the
+// first build unrolled them to 8 heads and 8 value groups whatever G was, and the stage's
+// 32 warp reductions (160 SHFL), its max/exp/split loops and their predicates cost about as
+// many instructions per thread as the key and value tiles (SASS, H100 run 1 of 2026-11-22).
+// 4 blocks per SM (<= 128 registers) for one n-tile each way; the two-n-tile builds keep
+// 64 accumulators and spill at 128 registers (ptxas), so they take 3 (<= 168).
+// KCH: KIVI keys (kChannelAsym: per-channel (scale, zero) per group of K.group tokens), for
+// the tokens whose key and value are both quantized (j < len - resid_cap); kivi_tail_kernel
+// does the rest. Per key group the B fragments are rebuilt from q' s, q' = q 2^-Eq (|q'| < 1,
+// so q' s cannot overflow fp16), split into fp16 hi = RN(q' s) (HMUL2) and lo = RN(q' s - hi)
+// (one HFMA2, fused) in two B columns per head; hi + lo = q' s exactly (q' s has <= 22
+// significant bits) unless q' or lo fall below the fp16 normal range (<= 2^-25 each, the
+// test's extra KIVI term). score = 2^Eq (acc_hi + acc_lo) + sum_d q_d z_d.
+// NGVT > 0: the value group count at compile time (KIVI's default 32-channel value groups:
+// 4), so the softmax step's per-group loops stop at NGVT instead of 8.
+template <int BITS, int NTK, int NTV, bool KONE, int GM, bool KCH, int NGVT = 0>
+__global__ void __launch_bounds__(kT, NTK == 1 && NTV == 1 ? 4 : 3)
+stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int splits, float* part_o,
+              float* part_ml) {
+  constexpr int NP = 16 / BITS;   // fp16 pairs per code word
+  constexpr int NWK = BITS;       // words per 32-code key block (a lane's share of a key row)
+  constexpr int NWV = BITS / 2;   // words per 16-channel value run
+  constexpr int RW = 4 * BITS;    // words per (token, head) row at head_dim 128
+  constexpr int KPT = kS / kT;    // softmax tokens per thread per stage
+  constexpr int GA = GM;                // head loop bound (G <= GM)
+  constexpr int VA = KONE ? 1 : NGVT > 0 ? NGVT : 8;        // value group loop bound
+  constexpr int CA = KONE ? GM : NGVT > 0 ? GM * NGVT : 8;  // (head, value group) combination loop bound
+  static_assert(CA <= 8, "rbuf holds 8 combinations");
+  extern __shared__ __align__(16) float sm[];
+  const int G = a.n_heads / K.kv_heads;
+  const int NGK = KONE || KCH ? 1 : kD / K.group, NGV = KONE ? 1 : NGVT > 0 ? NGVT : kD / V.group;
+  const int NCK = G * NGK, NCV = 2 * G * NGV;
+  const int kmpr = K.mpr, vmpr = V.mpr;
+  const int kms = key_meta_stage_halves(K), vms = meta_stage_halves(vmpr);
+  uint32_t* kc_s = reinterpret_cast<uint32_t*>(sm);        // [2][kS][RW] key codes
+  uint32_t* vc_s = kc_s + 2 * kS * RW;                     // [kS][RW] value codes
+  float* sc = reinterpret_cast<float*>(vc_s + kS * RW);    // [G][kS] scores, then p
+  float* qsum = sc + G * kS;                               // [16] sum of q per key column
+  float* zsum = qsum + 16;                                 // [16] running sum p z per (g, value group)
+  float* lrun = zsum + 16;                                 // [8] running sum of p per head
+  float* rbuf = lrun + 8;                                  // [kW][40] per-warp partials
+  float* qx = rbuf + kW * 40;                              // KCH: [2][kD] q (fp32)
+  uint16_t* km_s = reinterpret_cast<uint16_t*>(qx + (KCH ? 2 * kD : 0));  // [2][kms] key meta
+  uint16_t* vm_s = km_s + 2 * kms;                               // [2][vms] value meta
+  __half* W = reinterpret_cast<__half*>(vm_s + 2 * vms);         // [NCV][kS] value weights hi/lo
+
+  const int s = blockIdx.x, kvh = blockIdx.y, r = blockIdx.z;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int gid = lane >> 2, t4 = lane & 3;
+  const int len = a.len[r];
+  const int begin = s * span;
+  const int end = min(KCH ? len - K.resid_cap : len, begin + span);
+  const int64_t head0 = static_cast<int64_t>(r) * a.n_heads + kvh * G;
+  if (begin >= end) {
+    for (int i = threadIdx.x; i < G * kD; i += kT) part_o[((head0 + i / kD) * splits + s) * kD + i % kD] = 0.f;
+    if (threadIdx.x < G) {
+      part_ml[((head0 + threadIdx.x) * splits + s) * 2] = -INFINITY;
+      part_ml[((head0 + threadIdx.x) * splits + s) * 2 + 1] = 0.f;
+    }
+    return;
+  }
+  const int64_t sh = static_cast<int64_t>(a.slot[r]) * K.kv_heads + kvh;
+  const uint32_t* kcg = K.codes + sh * K.max_tokens * RW;
+  const uint32_t* vcg = V.codes + sh * V.max_tokens * RW;
+  const uint16_t* kmg = KCH ? K.cmeta + sh * (K.max_tokens / K.group) * 2 * kD : K.meta + sh * K.max_tokens * kmpr;
+  const uint16_t* vmg = V.meta + sh * V.max_tokens * vmpr;
+  // Stage starts are multiples of kS tokens, so the 2-byte shift is the block's.
+  const int koff =
+      KCH ? 0 : static_cast<int>((reinterpret_cast<uintptr_t>(kmg + static_cast<int64_t>(begin) * kmpr) >> 1) & 1u);
+  const int voffs = static_cast<int>((reinterpret_cast<uintptr_t>(vmg + static_cast<int64_t>(begin) * vmpr) >> 1) & 1u);
+  const int nsub = (end - begin + kS - 1) / kS;
+  auto issue_a = [&](int j) {  // key codes, key meta, value meta of stage j
+    const int t0 = begin + j * kS, n = min(kS, end - t0);
+    stage16(kc_s + (j & 1) * kS * RW, kcg + static_cast<int64_t>(t0) * RW, n * RW / 4);
+    if constexpr (KCH)  // the (scale, zero) rows of the stage's key groups (t0 is group-aligned)
+      stage16(km_s + (j & 1) * kms, kmg + static_cast<int64_t>(t0 / K.group) * 2 * kD,
+              (n + K.group - 1) / K.group * (4 * kD / 16));
+    else
+      stage_halves(km_s + (j & 1) * kms, kmg + static_cast<int64_t>(t0) * kmpr, n * kmpr, koff);
+    stage_halves(vm_s + (j & 1) * vms, vmg + static_cast<int64_t>(t0) * vmpr, n * vmpr, voffs);
+  };
+  auto issue_b = [&](int j) {  // value codes of stage j
+    const int t0 = begin + j * kS, n = min(kS, end - t0);
+    stage16(vc_s, vcg + static_cast<int64_t>(t0) * RW, n * RW / 4);
+  };
+  issue_a(0);
+  cp_async_commit();
+  issue_b(0);
+  cp_async_commit();
+
+  // q staged in sc (free until the first key pass), per-column sums, B fragments.
+  const uint16_t* q = static_cast<const uint16_t*>(a.q) + head0 * kD;  // [G][kD] fp16 bits
+  float* qf = sc;
+  for (int i = threadIdx.x; i < G * kD; i += kT) qf[i] = h2f(q[i]);
+  if (threadIdx.x < 16) {
+    zsum[threadIdx.x] = 0.f;
+    if (threadIdx.x < 8) lrun[threadIdx.x] = 0.f;
+  }
+  __syncthreads();
+  uint32_t qk[8][2];  // KCH: q' of the lane's B column head, (channel ca, cb) pairs
+  float qunscale = 0.f;
+  if constexpr (KCH) {
+    // 2^-Eq per head with max |q| 2^-Eq < 1 (in qsum), q copied to qx (sc is overwritten).
+    for (int i = threadIdx.x; i < G * kD; i += kT) qx[i] = qf[i];
+    if (warp < G) {
+      float mq = 0.f;
+      for (int d = lane; d < kD; d += 32) mq = fmaxf(mq, fabsf(qf[warp * kD + d]));
+      mq = warp_max(mq);
+      if (lane == 0) qsum[warp] = mq > 0.f ? ldexpf(1.f, -(ilogbf(mq) + 1)) : 1.f;
+    }
+    __syncthreads();
+    const int g = gid >> 1;
+    const bool ok = g < G;
+    const float qsc = ok ? qsum[g] : 0.f;
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int ca = 32 * t4 + key_pair_channel<BITS>(2 * kk + h), cb = ca + NP;
+        qk[kk][h] = ok ? pack_h2(qf[g * kD + ca] * qsc, qf[g * kD + cb] * qsc) : 0u;
+      }
+    qunscale = t4 < G ? 1.f / qsum[t4] : 0.f;  // a power of two: exact
+  } else {
+    for (int col = warp; col < NCK; col += kW) {
+      const int g = col / NGK, grp = col % NGK;
+      float acc = 0.f;
+      for (int d = lane; d < K.group; d += 32) acc += qf[g * kD + grp * K.group + d];
+      acc = warp_sum(acc);
+      if (lane == 0) qsum[col] = acc;
+    }
+  }
+  uint32_t bq[NTK][8][2];
+#pragma unroll
+  for (int nt = 0; nt < NTK; ++nt) {
+    const int col = nt * 8 + gid;
+    const bool ok = col < NCK;
+    const int g = ok ? col / NGK : 0, grp = ok ? col % NGK : 0;
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int ca = 32 * t4 + key_pair_channel<BITS>(2 * kk + h), cb = ca + NP;
+        const float qa = ok && ca / K.group == grp ? qf[g * kD + ca] : 0.f;
+        const float qb = ok && cb / K.group == grp ? qf[g * kD + cb] : 0.f;
+        bq[nt][kk][h] = pack_h2(qa, qb);  // fp16 -> fp32 -> fp16: exact
+      }
+  }
+  __syncthreads();  // qsum written; qf (sc) read no more
+  // The lane's key columns, once per block.
+  const bool ksym = K.format == KvFormat::kTokenSym;
+  const float koffv = static_cast<float>(1 << (BITS - 1));
+  int moff[NTK][2];   // halves from a token's meta row to the column's group
+  float cqs[NTK][2];  // sum of q over the column's group
+  int sdst[NTK][2];   // score row (g * kS) this lane writes for the column, -1: none
+#pragma unroll
+  for (int nt = 0; nt < NTK; ++nt)
+#pragma unroll
+    for (int c = 0; c < 2; ++c) {
+      const int col = nt * 8 + 2 * t4 + c;
+      const bool ok = col < NCK;
+      const int grp = ok ? col % NGK : 0;
+      moff[nt][c] = ksym ? grp : 2 * grp;
+      cqs[nt][c] = ok ? qsum[col] : 0.f;
+      if (KONE || KCH || NGK == 1)  // one key group: a column per head (KCH: unused)
+        sdst[nt][c] = ok ? col * kS : -1;
+      else
+        sdst[nt][c] = c == 0 && ok && t4 % max(1, NGK / 2) == 0 ? (col / NGK) * kS : -1;
+    }
+  const float ascale = a.scale;
+  const bool vsym = V.format == KvFormat::kTokenSym;
+  const float voff = static_cast<float>(1 << (BITS - 1));
+  const int vgroup = V.group;
+
+  float m_run[GA], pw_run[VA];
+#pragma unroll
+  for (int g = 0; g < GA; ++g) m_run[g] = -INFINITY;
+#pragma unroll
+  for (int grp = 0; grp < VA; ++grp) pw_run[grp] = 1.f;
+  float acc[NTV][8][4];
+#pragma unroll
+  for (int nt = 0; nt < NTV; ++nt)
+#pragma unroll
+    for (int mt = 0; mt < 8; ++mt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[nt][mt][e] = 0.f;
+
+  for (int j = 0; j < nsub; ++j) {
+    const int cnt = min(kS, end - begin - j * kS);
+    const int ntiles = (cnt + 15) / 16;
+    if (j + 1 < nsub) issue_a(j + 1);
+    cp_async_commit();
+    cp_async_wait<2>();  // stage j's keys and value meta (group A_j) have landed
+    __syncthreads();
+
+    // ---- Keys: scores of the stage on the tensor cores. ----
+    if constexpr (KCH) {
+      // A warp takes whole key groups (tpg tiles each), so B is rebuilt once per group.
+      const uint32_t* kcb = kc_s + (j & 1) * kS * RW + t4 * NWK;
+      const int tpg = K.group / 16;
+      const int ngr = (ntiles + tpg - 1) / tpg;
+      const int part = gid & 1;  // this lane's B column: hi (0) or lo (1) of head gid / 2
+      for (int gi = warp; gi < ngr; gi += kW) {
+        const uint16_t* cmb = km_s + (j & 1) * kms + gi * 2 * kD;  // [kD][2] (scale, zero)
+        uint32_t bk[1][8][2];
+#pragma unroll
+        for (int kk = 0; kk < 8; ++kk)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int ca = 32 * t4 + key_pair_channel<BITS>(2 * kk + h), cb = ca + NP;
+            const __half2 sp = bits_h2(static_cast<uint32_t>(cmb[2 * ca]) | (static_cast<uint32_t>(cmb[2 * cb]) << 16));
+            const __half2 qq = bits_h2(qk[kk][h]);
+            const __half2 hi = __hmul2(qq, sp);
+            bk[0][kk][h] = part ? h2_bits(__hfma2(qq, sp, __hneg2(hi))) : h2_bits(hi);
+          }
+        float zq[GA];  // sum_d q_d z_d of the group, per head
+#pragma unroll
+        for (int g = 0; g < GA; ++g) {
+          float z = 0.f;
+          if (g < G)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) z = fmaf(qx[g * kD + 4 * lane + e], h2f(cmb[2 * (4 * lane + e) + 1]), z);
+          zq[g] = warp_sum(z);
+        }
+        const float zmine = sel8(zq, t4);
+        for (int tt = 0; tt < tpg; ++tt) {
+          const int tb = gi * tpg + tt;
+          if (tb >= ntiles) break;
+          uint32_t w[2][NWK];
+#pragma unroll
+          for (int rr = 0; rr < 2; ++rr) {
+            const int li = tb * 16 + gid + 8 * rr;
+            if constexpr (NWK == 4) {
+              const uint4 v = *reinterpret_cast<const uint4*>(kcb + li * RW);
+              w[rr][0] = v.x; w[rr][1] = v.y; w[rr][2] = v.z; w[rr][3] = v.w;
+            } else {
+              const uint2 v = *reinterpret_cast<const uint2*>(kcb + li * RW);
+              w[rr][0] = v.x; w[rr][1] = v.y;
+            }
+          }
+          float dots[1][4];
+          key_tile_dot<BITS>(w, bk, dots);
+          // dots[0]: (row gid, cols 2t4 = hi, 2t4 + 1 = lo of head t4), (row gid + 8, same).
+#pragma unroll
+          for (int rr = 0; rr < 2; ++rr) {
+            const int li = tb * 16 + gid + 8 * rr;
+            const float v = fmaf(dots[0][2 * rr] + dots[0][2 * rr + 1], qunscale, zmine);
+            if (t4 < G && li < cnt) sc[t4 * kS + li] = v * ascale;
+          }
+        }
+      }
+    } else {
+      const uint32_t* kcb = kc_s + (j & 1) * kS * RW + t4 * NWK;
+      const uint16_t* kmb = km_s + (j & 1) * kms + koff;
+      for (int tb = warp; tb < ntiles; tb += kW) {
+        uint32_t w[2][NWK];
+        uint32_t mk[2][NTK][2];
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) {
+          const int li = tb * 16 + gid + 8 * rr;
+          if constexpr (NWK == 4) {
+            const uint4 v = *reinterpret_cast<const uint4*>(kcb + li * RW);
+            w[rr][0] = v.x; w[rr][1] = v.y; w[rr][2] = v.z; w[rr][3] = v.w;
+          } else {
+            const uint2 v = *reinterpret_cast<const uint2*>(kcb + li * RW);
+            w[rr][0] = v.x; w[rr][1] = v.y;
+          }
+          const uint16_t* mrow = kmb + li * kmpr;
+          if constexpr (KONE) {
+            const uint32_t m = meta_at(mrow, ksym);
+#pragma unroll
+            for (int nt = 0; nt < NTK; ++nt) mk[rr][nt][0] = mk[rr][nt][1] = m;
+          } else {
+#pragma unroll
+            for (int nt = 0; nt < NTK; ++nt)
+#pragma unroll
+              for (int c = 0; c < 2; ++c) mk[rr][nt][c] = meta_at(mrow + moff[nt][c], ksym);
+          }
+        }
+        float dots[NTK][4];
+        key_tile_dot<BITS>(w, bq, dots);
+        // dots[nt]: (row gid, cols 2t4, 2t4+1), (row gid+8, same cols). With one head (KONE,
+        // GM = 1) only column 0 is ever used: NC = 1 drops the other column's epilogue.
+        constexpr int NC = KONE && GM == 1 ? 1 : 2;
+#pragma unroll
+        for (int nt = 0; nt < NTK; ++nt)
+#pragma unroll
+          for (int rr = 0; rr < 2; ++rr) {
+            const int li = tb * 16 + gid + 8 * rr;
+            float v[2];
+#pragma unroll
+            for (int c = 0; c < NC; ++c) {
+              const uint32_t m = mk[rr][nt][c];
+              const float sf = h2f(static_cast<uint16_t>(m & 0xFFFFu));
+              const float dot = dots[nt][2 * rr + c];
+              v[c] = ksym ? sf * fmaf(-koffv, cqs[nt][c], dot)
+                          : fmaf(sf, dot, h2f(static_cast<uint16_t>(m >> 16)) * cqs[nt][c]);
+            }
+            if (KONE || NGK == 1) {  // a column per head (key group 128; value groups may differ)
+#pragma unroll
+              for (int c = 0; c < NC; ++c)
+                if (sdst[nt][c] >= 0 && li < cnt) sc[sdst[nt][c] + li] = v[c] * ascale;
+            } else {
+              float sum = v[0] + v[1];
+              for (int o = 1; o < NGK / 2; o <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+              if (sdst[nt][0] >= 0 && li < cnt) sc[sdst[nt][0] + li] = sum * ascale;
+            }
+          }
+      }
+    }
+    __syncthreads();
+
+    // ---- Softmax of the stage against the running max; weights split into fp16 hi/lo. ----
+    const uint16_t* vmb = vm_s + (j & 1) * vms + voffs;
+    float alpha[GA], pwn[VA];
+    {
+#pragma unroll
+      for (int g = 0; g < GA; ++g) {
+        float ml = -INFINITY;
+        if (g < G)
+#pragma unroll
+          for (int k = 0; k < KPT; ++k) {
+            const int i = threadIdx.x + k * kT;
+            if (i < cnt) ml = fmaxf(ml, sc[g * kS + i]);
+          }
+        const float v = warp_max(ml);
+        if (lane == 0) rbuf[warp * 40 + g] = v;
+      }
+#pragma unroll
+      for (int grp = 0; grp < VA; ++grp) {
+        float mx = 0.f;
+        if (grp < NGV)
+#pragma unroll
+          for (int k = 0; k < KPT; ++k) {
+            const int i = threadIdx.x + k * kT;
+            if (i < cnt) mx = fmaxf(mx, fabsf(h2f(vmb[i * vmpr + (vsym ? grp : 2 * grp)])));
+          }
+        const float v = warp_max(mx);
+        if (lane == 0) rbuf[warp * 40 + 8 + grp] = v;
+      }
+    }
+    __syncthreads();
+    float mnew[GA];
+#pragma unroll
+    for (int g = 0; g < GA; ++g) {
+      float m = m_run[g];
+#pragma unroll
+      for (int w2 = 0; w2 < kW; ++w2) m = fmaxf(m, rbuf[w2 * 40 + g]);
+      mnew[g] = m;
+      alpha[g] = g < G ? expf(m_run[g] - m) : 0.f;  // m_run = -inf on the first stage: 0
+    }
+#pragma unroll
+    for (int grp = 0; grp < VA; ++grp) {
+      float mx = 0.f;
+#pragma unroll
+      for (int w2 = 0; w2 < kW; ++w2) mx = fmaxf(mx, rbuf[w2 * 40 + 8 + grp]);
+      // 2^E per value group: w 2^E = p s 2^E < 2^15 (p <= 1).
+      pwn[grp] = mx > 0.f && isfinite(mx) ? ldexpf(1.f, 14 - ilogbf(mx)) : 1.f;
+    }
+    {
+      float sl[GA], zl[CA];
+#pragma unroll
+      for (int g = 0; g < GA; ++g) {
+        sl[g] = 0.f;
+        if (g < G)
+#pragma unroll
+          for (int k = 0; k < KPT; ++k) {
+            const int i = threadIdx.x + k * kT;
+            if (i < cnt) {
+              const float p = expf(sc[g * kS + i] - mnew[g]);
+              sc[g * kS + i] = p;
+              sl[g] += p;
+            }
+          }
+      }
+      // Combination c = (g, value group grp): B columns 2c (hi) and 2c + 1 (lo).
+#pragma unroll
+      for (int c = 0; c < CA; ++c) {
+        zl[c] = 0.f;
+        if (c < G * NGV) {
+          const int g = KONE ? c : c / NGV, grp = KONE ? 0 : c % NGV;
+          const float pwc = sel8(pwn, grp);
+#pragma unroll
+          for (int k = 0; k < KPT; ++k) {
+            const int i = threadIdx.x + k * kT;
+            if (i < cnt) {
+              const float p = sc[g * kS + i];
+              const uint32_t m = meta_at(vmb + i * vmpr + (vsym ? grp : 2 * grp), vsym);
+              const float sf = h2f(static_cast<uint16_t>(m & 0xFFFFu));
+              const float zf = vsym ? -voff * sf : h2f(static_cast<uint16_t>(m >> 16));
+              const float w = p * sf * pwc;
+              const __half hi = __float2half_rn(w);
+              const __half lo = __float2half_rn(w - __half2float(hi));
+              W[2 * c * kS + i] = hi;
+              W[(2 * c + 1) * kS + i] = lo;
+              zl[c] = fmaf(p, zf, zl[c]);
+            }
+          }
+        }
+      }
+#pragma unroll
+      for (int g = 0; g < GA; ++g) {
+        const float v = warp_sum(sl[g]);
+        if (lane == 0) rbuf[warp * 40 + 16 + g] = v;
+      }
+#pragma unroll
+      for (int c = 0; c < CA; ++c) {
+        const float v = warp_sum(zl[c]);
+        if (lane == 0) rbuf[warp * 40 + 24 + c] = v;
+      }
+    }
+    const int cpad = ntiles * 16;
+    for (int i = threadIdx.x; i < NCV * (cpad - cnt); i += kT)
+      W[(i / (cpad - cnt)) * kS + cnt + i % (cpad - cnt)] = __float2half_rn(0.f);
+    cp_async_wait<1>();  // stage j's value codes (group B_j) have landed
+    __syncthreads();
+    if (threadIdx.x < 16) {  // running sums: l per head, sum p z per (head, value group)
+      const int x = threadIdx.x;
+      float l = 0.f, z = 0.f;
+#pragma unroll
+      for (int w2 = 0; w2 < kW; ++w2) {
+        l += rbuf[w2 * 40 + 16 + (x & 7)];  // slots past GA / CA: unread below
+        z += rbuf[w2 * 40 + 24 + (x & 7)];
+      }
+      if (x < 8 && x < G) lrun[x] = fmaf(lrun[x], sel8(alpha, x), l);
+      if (x >= 8 && x - 8 < G * NGV) zsum[x - 8] = fmaf(zsum[x - 8], sel8(alpha, (x - 8) / NGV), z);
+    }
+
+    // ---- Values: P V on the tensor cores into the running accumulators. ----
+    {
+#pragma unroll
+      for (int nt = 0; nt < NTV; ++nt) {
+        const int k = nt * 4 + t4;
+        float f = 1.f;
+        if (k < G * NGV) {
+          const int g = KONE ? k : k / NGV, grp = KONE ? 0 : k % NGV;
+          f = sel8(alpha, g) * (sel8(pwn, grp) / sel8(pw_run, grp));  // the ratio is a power of two
+        }
+#pragma unroll
+        for (int mt = 0; mt < 8; ++mt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc[nt][mt][e] *= f;
+      }
+      const uint32_t* vcb = vc_s + gid * NWV;
+      for (int tb = warp; tb < ntiles; tb += kW) {
+        uint32_t w[4][NWV];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          const uint32_t* row = vcb + (tb * 16 + 4 * t4 + k) * RW;
+          if constexpr (NWV == 2) {
+            const uint2 v = *reinterpret_cast<const uint2*>(row);
+            w[k][0] = v.x; w[k][1] = v.y;
+          } else {
+            w[k][0] = row[0];
+          }
+        }
+        uint32_t b[NTV][2];
+#pragma unroll
+        for (int nt = 0; nt < NTV; ++nt) {
+          const int col = nt * 8 + gid;
+          uint2 v = make_uint2(0, 0);
+          if (col < NCV) v = *reinterpret_cast<const uint2*>(W + col * kS + tb * 16 + 4 * t4);
+          b[nt][0] = v.x; b[nt][1] = v.y;
+        }
+        // p01[c] / p23[c]: (token 4t, 4t+1) / (4t+2, 4t+3) codes of local channel c (0..15).
+        uint32_t p01[16], p23[16];
+#pragma unroll
+        for (int i = 0; i < NWV; ++i) {
+#pragma unroll
+          for (int hh = 0; hh < 2; ++hh) {
+            const uint32_t sel = hh ? 0x7632u : 0x5410u;
+            const uint32_t x01 = __byte_perm(w[0][i], w[1][i], sel);
+            const uint32_t x23 = __byte_perm(w[2][i], w[3][i], sel);
+            uint32_t t01[8], t23[8];
+            word_pairs<BITS>(x01, t01);
+            word_pairs<BITS>(x23, t23);
+#pragma unroll
+            for (int jj = 0; jj < NP; ++jj) {
+              const int c = (32 / BITS) * i + NP * hh + jj;
+              p01[c] = t01[jj];
+              p23[c] = t23[jj];
+            }
+          }
+        }
+#pragma unroll
+        for (int mt = 0; mt < 8; ++mt)
+#pragma unroll
+          for (int nt = 0; nt < NTV; ++nt)
+            mma16816(acc[nt][mt], p01[2 * mt], p01[2 * mt + 1], p23[2 * mt], p23[2 * mt + 1], b[nt][0],
+                     b[nt][1]);
+      }
+    }
+#pragma unroll
+    for (int g = 0; g < GA; ++g) m_run[g] = mnew[g];
+#pragma unroll
+    for (int grp = 0; grp < VA; ++grp) pw_run[grp] = pwn[grp];
+    __syncthreads();  // value codes, scores and weights of stage j read by every warp
+    if (j + 1 < nsub) issue_b(j + 1);
+    cp_async_commit();
+  }
+
+  // acc[nt][mt]: rows = channels 16 gid + 2 mt (+1 for row gid + 8), cols 2t4 (hi), 2t4+1 (lo)
+  // of combination k = nt * 4 + t4 = (g, value group). red aliases the key stages (no copy
+  // is pending: the last stage issued none).
+  float* red = reinterpret_cast<float*>(kc_s);  // [kW][G][kD]
+#pragma unroll
+  for (int nt = 0; nt < NTV; ++nt) {
+    const int k = nt * 4 + t4;
+    if (k < G * NGV) {
+      const int g = KONE ? k : k / NGV, grp = KONE ? 0 : k % NGV;
+      const float inv = 1.f / sel8(pw_run, grp);  // a power of two: exact
+#pragma unroll
+      for (int mt = 0; mt < 8; ++mt)
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) {
+          const int ch = 16 * gid + 2 * mt + rr;
+          if (ch / vgroup == grp) red[(warp * G + g) * kD + ch] = (acc[nt][mt][2 * rr] + acc[nt][mt][2 * rr + 1]) * inv;
+        }
+    }
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < G * kD; i += kT) {
+    const int g = i / kD, d = i % kD;
+    float v = 0.f;
+    for (int w2 = 0; w2 < kW; ++w2) v += red[(w2 * G + g) * kD + d];
+    part_o[((head0 + g) * splits + s) * kD + d] = v + zsum[g * NGV + d / vgroup];
+  }
+  if (threadIdx.x < G) {
+    part_ml[((head0 + threadIdx.x) * splits + s) * 2] = sel8(m_run, threadIdx.x);
+    part_ml[((head0 + threadIdx.x) * splits + s) * 2 + 1] = lrun[threadIdx.x];
+  }
+}
+
+size_t stream_smem_bytes(int bits, int G, const PackedSide& k, int vmpr, int ncv) {
+  const size_t rw = 4 * static_cast<size_t>(bits);
+  const bool kch = k.format == KvFormat::kChannelAsym;
+  return 3 * kS * rw * 4 + static_cast<size_t>(G) * kS * 4 + (16 + 16 + 8 + kW * 40 + (kch ? 2 * kD : 0)) * 4 +
+         2 * static_cast<size_t>(key_meta_stage_halves(k) + meta_stage_halves(vmpr)) * 2 +
+         static_cast<size_t>(ncv) * kS * 2;
+}
+
+// KIVI tail: tokens [len - R, len) of a row (R = resid_cap), whose values sit in the fp16
+// ring and whose keys are quantized per channel below floor(len / R) R and in the ring from
+// there, on CUDA cores (at most R tokens per (row, kv head): 128 by default, under 0.4% of
+// a 32K context). One block per (kv head, row); writes split s_tail of the partials. Keys
+// dequantized by the reference formula fma(c, s, z) (kv_layout.h), dot products and P V in
+// fp32 as in the CUDA-core kernels.
+template <int BITS>
+__global__ void __launch_bounds__(kT) kivi_tail_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int splits,
+                                                       int s_tail, float* part_o, float* part_ml) {
+  extern __shared__ __align__(16) float tsm[];
+  const int kvh = blockIdx.x, r = blockIdx.y;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int G = a.n_heads / K.kv_heads, cap = K.resid_cap;
+  const int len = a.len[r];
+  const int v0 = max(0, len - cap), kq = len / cap * cap, n = len - v0;
+  const int64_t sh = static_cast<int64_t>(a.slot[r]) * K.kv_heads + kvh;
+  const int64_t head0 = static_cast<int64_t>(r) * a.n_heads + kvh * G;
+  float* qs = tsm;            // [G][kD]
+  float* ps = qs + G * kD;    // [G][cap] scores, then p
+  float* st = ps + G * cap;   // [G][2] (max, sum)
+  const uint16_t* q = static_cast<const uint16_t*>(a.q) + head0 * kD;
+  for (int i = threadIdx.x; i < G * kD; i += kT) qs[i] = h2f(q[i]);
+  __syncthreads();
+  // One token per thread (n <= R tokens): the first version gave a warp per token with a
+  // warp reduction after each token's loads, so a warp walked its 32 tokens one load
+  // latency at a time (KIVI llama2-7b b1 4K: 61 us against 27 us for int4, H100 2026-11-22).
+  // Here a thread's loads are independent of its sums. G <= 2 (kivi_fits).
+  for (int t = threadIdx.x; t < n; t += kT) {
+    const int j = v0 + t;
+    float dot0 = 0.f, dot1 = 0.f;
+    if (j >= kq) {
+      const uint16_t* kr = K.resid + (sh * cap + j % cap) * kD;
+#pragma unroll 4
+      for (int d = 0; d < kD; d += 8) {
+        const uint4 u = *reinterpret_cast<const uint4*>(kr + d);
+        const uint32_t wv[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+          const float kv = h2f(static_cast<uint16_t>(wv[e >> 1] >> (16 * (e & 1))));
+          dot0 = fmaf(qs[d + e], kv, dot0);
+          if (G > 1) dot1 = fmaf(qs[kD + d + e], kv, dot1);
+        }
+      }
+    } else {
+      const uint32_t* cw = K.codes + (sh * K.max_tokens + j) * (4 * BITS);
+      const uint16_t* cm = K.cmeta + (sh * (K.max_tokens / K.group) + j / K.group) * kD * 2;
+#pragma unroll 2
+      for (int wi = 0; wi < 4 * BITS; ++wi) {
+        const uint32_t word = cw[wi];
+#pragma unroll
+        for (int e = 0; e < 32 / BITS; ++e) {
+          const int d = wi * (32 / BITS) + e;  // code d of the row (kv_layout.h bit stream)
+          const uint32_t c = (word >> (BITS * e)) & ((1u << BITS) - 1u);
+          const float kv = kvlayout::dequantize_asym(c, h2f(cm[2 * d]), h2f(cm[2 * d + 1]));
+          dot0 = fmaf(qs[d], kv, dot0);
+          if (G > 1) dot1 = fmaf(qs[kD + d], kv, dot1);
+        }
+      }
+    }
+    ps[t] = dot0 * a.scale;
+    if (G > 1) ps[cap + t] = dot1 * a.scale;
+  }
+  __syncthreads();
+  for (int g = warp; g < G; g += kW) {
+    float m = -INFINITY;
+    for (int t = lane; t < n; t += 32) m = fmaxf(m, ps[g * cap + t]);
+    m = warp_max(m);
+    float l = 0.f;
+    for (int t = lane; t < n; t += 32) {
+      const float p = expf(ps[g * cap + t] - m);
+      ps[g * cap + t] = p;
+      l += p;
+    }
+    l = warp_sum(l);
+    if (lane == 0) {
+      st[2 * g] = m;
+      st[2 * g + 1] = l;
+    }
+  }
+  __syncthreads();
+  const int d = threadIdx.x;  // kT == kD: one channel per thread
+  for (int g = 0; g < G; ++g) {
+    float o = 0.f;
+#pragma unroll 8
+    for (int t = 0; t < n; ++t) o = fmaf(ps[g * cap + t], h2f(V.resid[(sh * cap + (v0 + t) % cap) * kD + d]), o);
+    part_o[((head0 + g) * splits + s_tail) * kD + d] = o;
+  }
+  if (threadIdx.x < G) {
+    part_ml[((head0 + threadIdx.x) * splits + s_tail) * 2] = st[2 * threadIdx.x];
+    part_ml[((head0 + threadIdx.x) * splits + s_tail) * 2 + 1] = st[2 * threadIdx.x + 1];
+  }
+}
+static_assert(kT == kD, "kivi_tail_kernel: one thread per channel");
+
+// Tokens per block (a multiple of kS) and the split count for the streaming kernel: the
+// split count that minimises (waves of blocks) x (tokens per block + a per-block cost of
+// kS / 2 tokens: q set-up, partial writes, the combine's share), for `resident` blocks at
+// once on the device.
+void stream_plan(int kv_heads, int rows, int max_len, int resident, int* span, int* splits) {
+  const int per_split = std::max(1, kv_heads * rows);
+  const int max_splits = std::max(1, (max_len + kS - 1) / kS);
+  double best = 1e300;
+  int bs = 1, bspan = max_splits * kS;
+  for (int sp = 1; sp <= max_splits; ++sp) {
+    const int sub = ((max_len + sp - 1) / sp + kS - 1) / kS;  // stages per block
+    const int real = (max_len + sub * kS - 1) / (sub * kS);  // splits actually used
+    if (real != sp) continue;
+    const double waves = std::ceil(static_cast<double>(per_split) * sp / std::max(1, resident));
+    const double cost = waves * (static_cast<double>(sub) * kS + kS / 2);
+    if (cost < best) {
+      best = cost;
+      bs = sp;
+      bspan = sub * kS;
+    }
+  }
+  *span = bspan;
+  *splits = bs;
+}
+
+template <int BITS, int NTK, int NTV, bool KONE, int GM, bool KCH = false, int NGVT = 0>
+cudaError_t launch_stream(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len,
+                          int sm_count, float* part_o, float* part_ml, cudaStream_t stream) {
+  const int G = a.n_heads / k.kv_heads;
+  const int ncv = 2 * G * (kD / v.group);
+  const size_t smem = stream_smem_bytes(BITS, G, k, v.mpr, ncv);
+  auto* kernel = stream_kernel<BITS, NTK, NTV, KONE, GM, KCH, NGVT>;
+  // The attribute and the occupancy query once per build and smem size (host time per decode).
+  static size_t last_smem = 0;
+  static int per_sm = 0;
+  cudaError_t e = cudaSuccess;
+  if (smem != last_smem) {
+    if ((e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem))) !=
+        cudaSuccess)
+      return e;
+    if ((e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kT, smem)) != cudaSuccess) return e;
+    last_smem = smem;
+  }
+  int span = 0, splits = 0;
+  stream_plan(k.kv_heads, a.rows, max_len, std::max(1, per_sm) * std::max(1, sm_count), &span, &splits);
+  // KIVI: one more split, the tail kernel's (the last R tokens of each row).
+  const int total = KCH ? splits + 1 : splits;
+  kernel<<<dim3(splits, k.kv_heads, a.rows), kT, smem, stream>>>(k, v, a, span, total, part_o, part_ml);
+  if ((e = launch_status()) != cudaSuccess) return e;
+  if constexpr (KCH) {
+    const size_t tsmem = (static_cast<size_t>(G) * (kD + k.resid_cap) + 2 * G) * sizeof(float);
+    kivi_tail_kernel<BITS><<<dim3(k.kv_heads, a.rows), kT, tsmem, stream>>>(k, v, a, total, splits, part_o, part_ml);
+    if ((e = launch_status()) != cudaSuccess) return e;
+  }
+  splitk_combine_kernel<__half><<<dim3(a.n_heads, a.rows), 128, 0, stream>>>(
+      part_o, part_ml, static_cast<__half*>(a.out), a.n_heads, kD, total);
+  return launch_status();
+}
+
+template <int BITS>
+cudaError_t dispatch_stream(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len,
+                            int sm_count, float* o, float* ml, cudaStream_t stream) {
+  const int G = a.n_heads / k.kv_heads;
+  const int ntk = (G * (kD / k.group) + 7) / 8, ntv = (2 * G * (kD / v.group) + 7) / 8;
+  if (k.format == KvFormat::kChannelAsym) {  // KIVI (kivi_fits: G <= 2, 2 G * 128/value group <= 16)
+    if (v.group == 32 && G == 1) return launch_stream<BITS, 1, 1, false, 1, true, 4>(k, v, a, max_len, sm_count, o, ml, stream);
+    if (v.group == 32) return launch_stream<BITS, 1, 2, false, 2, true, 4>(k, v, a, max_len, sm_count, o, ml, stream);
+    if (G == 1 && ntv == 1) return launch_stream<BITS, 1, 1, false, 1, true>(k, v, a, max_len, sm_count, o, ml, stream);
+    if (ntv == 1) return launch_stream<BITS, 1, 1, false, 2, true>(k, v, a, max_len, sm_count, o, ml, stream);
+    return launch_stream<BITS, 1, 2, false, 2, true>(k, v, a, max_len, sm_count, o, ml, stream);
+  }
+  if (k.format != KvFormat::kChannelAsym && k.group == kD && v.group == kD) {  // default per-token codes
+    if (G == 1) return launch_stream<BITS, 1, 1, true, 1>(k, v, a, max_len, sm_count, o, ml, stream);
+    if (G == 2) return launch_stream<BITS, 1, 1, true, 2>(k, v, a, max_len, sm_count, o, ml, stream);
+    if (G <= 4) return launch_stream<BITS, 1, 1, true, 4>(k, v, a, max_len, sm_count, o, ml, stream);
+    return launch_stream<BITS, 1, 2, true, 8>(k, v, a, max_len, sm_count, o, ml, stream);
+  }
+  if (ntk == 1 && ntv == 1) return launch_stream<BITS, 1, 1, false, 8>(k, v, a, max_len, sm_count, o, ml, stream);
+  if (ntk == 1) return launch_stream<BITS, 1, 2, false, 8>(k, v, a, max_len, sm_count, o, ml, stream);
+  if (ntv == 1) return launch_stream<BITS, 2, 1, false, 8>(k, v, a, max_len, sm_count, o, ml, stream);
+  return launch_stream<BITS, 2, 2, false, 8>(k, v, a, max_len, sm_count, o, ml, stream);
+}
+
+// KIVI (version 4 only): per-channel keys in token groups of 16..256 dividing the stage,
+// per-token values, one residual length R on both sides; G <= 2 (the value side's
+// 2 G * 128/value group B columns: KIVI's default 32-channel value groups give 8 G <= 16).
+bool kivi_fits(const PackedSide& k, const PackedSide& v, int G) {
+  if (k.format != KvFormat::kChannelAsym || v.format != KvFormat::kTokenAsym) return false;
+  if (k.n_sink > 0 || k.outliers || k.inv_s || k.lut || v.n_sink > 0 || v.outliers || v.inv_s || v.lut) return false;
+  if (k.head_dim != kD || v.head_dim != kD || (k.bits != 2 && k.bits != 4)) return false;
+  if (k.group < 16 || k.group % 16 != 0 || kS % k.group != 0) return false;
+  if (k.resid_cap <= 0 || k.resid_cap > 4096 || k.resid_cap % k.group != 0 || v.resid_cap != k.resid_cap) return false;
+  if (v.group < 16 || v.group > kD || kD % v.group != 0) return false;
+  return G <= 2 && 2 * G * (kD / v.group) <= kMaxCols;
+}
+
+}  // namespace
+
+bool stream_kivi_fits(const PackedSide& k, const PackedSide& v, int G) { return kivi_fits(k, v, G); }
+
+int stream_max_splits(int max_len) { return (std::max(max_len, 1) + kS - 1) / kS + 1; }  // + 1: KIVI's tail
+
+cudaError_t stream_run(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len,
+                       int sm_count, float* part_o, float* part_ml, cudaStream_t stream) {
+  if (k.bits == 4) return dispatch_stream<4>(k, v, a, max_len, sm_count, part_o, part_ml, stream);
+  return dispatch_stream<2>(k, v, a, max_len, sm_count, part_o, part_ml, stream);
+}
+
+}  // namespace kvq::kern::mma_decode
