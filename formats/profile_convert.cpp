@@ -302,19 +302,25 @@ Profile make_profile(const ProfileSpec& spec, const Calibration* calib,
     case Method::kKvquant: {
       const Calibration& c = *calib;
       require_complete(c, spec.method);
-      const bool nuq = r.get_bool("nuq", true);
+      // nuq: which sides index the calibrated signposts; the others use uniform codes.
+      // keys-only exists because the value signposts can transfer worse than the key
+      // ones to text unlike the calibration's (docs/results.md, session 4).
+      const std::string nuq_sides = r.has("nuq") ? r.get_enum("nuq", "1", {"1", "true", "on", "yes", "both", "0",
+                                                                            "false", "off", "no", "none", "keys", "values"})
+                                                 : "both";
+      const bool none = nuq_sides == "0" || nuq_sides == "false" || nuq_sides == "off" ||
+                        nuq_sides == "no" || nuq_sides == "none";
+      const bool k_nuq = !none && nuq_sides != "values";
+      const bool v_nuq = !none && nuq_sides != "keys";
       const bool qnorm = r.get_bool("qnorm", false);
       const auto kv = r.bits(3);
-      if (nuq) {
-        for (int b : {kv.first, kv.second}) {
-          if (!c.has_nuq_bits(b)) {
-            r.fail(std::to_string(b) + " bits: the calibration has signposts for " + join_ints(c.nuq_bits) + " bits");
-          }
+      for (const auto& [b, side_nuq] : {std::pair{kv.first, k_nuq}, std::pair{kv.second, v_nuq}}) {
+        if (side_nuq && !c.has_nuq_bits(b)) {
+          r.fail(std::to_string(b) + " bits: the calibration has signposts for " + join_ints(c.nuq_bits) + " bits");
         }
-      } else {
-        r.require_bits_in(kv, {2, 3, 4, 5, 6, 7, 8});
-        if (qnorm) r.fail("qnorm=1 needs nuq=1 (Q-Norm was fitted for the NUQ quantizer)");
+        if (!side_nuq) r.require_bits_in({b, b}, {2, 3, 4, 5, 6, 7, 8});
       }
+      if (qnorm && !(k_nuq && v_nuq)) r.fail("qnorm=1 needs nuq=1 (Q-Norm was fitted for the NUQ quantizer on both sides)");
       const double f = r.get_fraction("outliers", c.outlier_fraction, 0.5);
       const int fi = c.outlier_index(f);
       if (f > 0.0 && fi < 0) {
@@ -333,12 +339,14 @@ Profile make_profile(const ProfileSpec& spec, const Calibration* calib,
         note("sink " + std::to_string(p.options.sink_tokens) + " differs from the " +
              std::to_string(c.sink_tokens) + " sink tokens excluded at calibration");
       }
-      k = KindScheme{kv.first, QuantAxis::kChannel, 0, false, true, nuq, RangeSource::kStatic, f, qnorm};
-      v = KindScheme{kv.second, QuantAxis::kToken, 0, false, false, nuq, RangeSource::kDynamic, f, qnorm};
+      k = KindScheme{kv.first, QuantAxis::kChannel, 0, false, true, k_nuq, RangeSource::kStatic, f, qnorm};
+      v = KindScheme{kv.second, QuantAxis::kToken, 0, false, false, v_nuq, RangeSource::kDynamic, f, qnorm};
       for (int i = 0; i < n_layers; ++i) {
-        if (nuq) {
+        if (k_nuq) {
           p.tensors[profile_tensor_name(i, KvKind::kKeys, "signposts")] =
               calib_tensor(c, calibration_bits_name(i, KvKind::kKeys, k.bits, "signposts"));
+        }
+        if (v_nuq) {
           p.tensors[profile_tensor_name(i, KvKind::kValues, "signposts")] =
               calib_tensor(c, calibration_bits_name(i, KvKind::kValues, v.bits, "signposts"));
         }

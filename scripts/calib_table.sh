@@ -5,8 +5,8 @@
 #   2. kvq-convert the calibration file to KVQuant profiles at each bit width;
 #   3. kvq-eval ppl on WikiText-2 test at --seqlen (1024), every window unless --windows,
 #      in one compare run: fp16, the uncalibrated `kvquant:bits=B` (uniform signposts,
-#      ranges from the window itself) and the calibrated profile per bit width, so every
-#      row sees the same windows;
+#      ranges from the window itself), the calibrated profile and the same with uniform
+#      value codes (`nuq=keys`) per bit width, so every row sees the same windows;
 #   4. prints a markdown table (stdout) with model, data, windows, device, date and commit.
 # Logs and progress go to stderr; the calibration file, profiles and the compare JSON stay
 # in --out (an interrupted run continues: kvq-calibrate --resume).
@@ -101,6 +101,12 @@ t1=$(date +%s)
 echo "calib_table.sh: [2/3] kvq-convert -> $out/kvquant-calibrated-B.kvqp" >&2
 "$bin/kvq-convert" --calib "$out/calib.kvqc" --model "$model" --method kvquant --bits "$bits" \
   -o "$out/kvquant-calibrated-{bits}.kvqp" > /dev/null
+# Calibrated key ranges and key signposts with uniform value codes (nuq=keys): the value
+# signposts can transfer worse than the key ones to text unlike the calibration's.
+for b in "${bit_list[@]}"; do
+  "$bin/kvq-convert" --calib "$out/calib.kvqc" --model "$model" --profile "kvquant:bits=$b,nuq=keys" \
+    -o "$out/kvquant-calibrated-keysnuq-$b.kvqp" > /dev/null
+done
 if ((qnorm)); then
   for b in "${bit_list[@]}"; do
     "$bin/kvq-convert" --calib "$out/calib.kvqc" --model "$model" --profile "kvquant:bits=$b,qnorm=1" \
@@ -111,7 +117,7 @@ fi
 # 3. One compare run: every row on the same windows.
 compare=()
 for b in "${bit_list[@]}"; do
-  compare+=(--compare "kvquant:bits=$b" --compare "$out/kvquant-calibrated-$b.kvqp")
+  compare+=(--compare "kvquant:bits=$b" --compare "$out/kvquant-calibrated-$b.kvqp" --compare "$out/kvquant-calibrated-keysnuq-$b.kvqp")
   if ((qnorm)); then compare+=(--compare "$out/kvquant-calibrated-qnorm-$b.kvqp"); fi
 done
 echo "calib_table.sh: [3/3] kvq-eval ppl, $eval_data, seqlen $seqlen, windows $windows, backend $backend" >&2
@@ -142,15 +148,15 @@ print("Calibration: %s, %d sequences x %d tokens (asked %s), seed %s, backend %s
 print("fp16 KV: PPL %.3f. Cells: PPL (change vs fp16 KV); bits/elem include metadata. Default: uniform"
       " signposts, 1%% outliers and ranges from the window itself; calibrated: Fisher-weighted signposts,"
       " static per-channel key ranges from the calibration (the 1%% outlier budget allocated across channels"
-      " by Fisher weight, docs/calibrate.md), 1 sink token." % ref["ppl"])
+      " by Fisher weight, docs/calibrate.md), 1 sink token; `nuq=keys`: the same with uniform value codes." % ref["ppl"])
 print()
 head = "| bits | default `kvquant:bits=B` | calibrated profile |"
 sep = "|---:|---:|---:|"
 if qnorm:
     head += " calibrated + Q-Norm |"
     sep += "---:|"
-head += " calibrated - default | bits/elem default / calibrated |"
-sep += "---:|---:|"
+head += " calibrated, NUQ keys only (`nuq=keys`) | calibrated - default | bits/elem default / calibrated |"
+sep += "---:|---:|---:|"
 print(head)
 print(sep)
 for b in bits:
@@ -160,6 +166,7 @@ for b in bits:
     line = "| %d | %s | %s |" % (b, cell(d), cell(k))
     if qnorm:
         line += " %s |" % cell(rows["kvquant-calibrated-qnorm-%d.kvqp" % b])
+    line += " %s |" % cell(rows["kvquant-calibrated-keysnuq-%d.kvqp" % b])
     line += " %+.3f | %.3f / %.3f |" % (k["ppl"] - d["ppl"], d["effective_bits"], k["effective_bits"])
     print(line)
 PY

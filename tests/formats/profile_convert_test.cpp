@@ -95,6 +95,22 @@ TEST_CASE("convert: kvquant takes signposts, threshold rows and Q-Norm from the 
   const Profile u = make("kvquant:bits=6,nuq=0");
   CHECK(u.find("layers.0.k.signposts") == nullptr);
   CHECK(u.tensors.size() == 3 * 2);
+  // nuq=keys: the key signposts only; values use uniform codes (and may take any width).
+  const Profile k = make("kvquant:key-bits=3,value-bits=6,nuq=keys");
+  CHECK(k.keys.nuq);
+  CHECK_FALSE(k.values.nuq);
+  for (int i = 0; i < 3; ++i) {
+    CHECK(k.tensor(profile_tensor_name(i, KvKind::kKeys, "signposts")) ==
+          c.tensor(calibration_bits_name(i, KvKind::kKeys, 3, "signposts")));
+    CHECK(k.find(profile_tensor_name(i, KvKind::kValues, "signposts")) == nullptr);
+  }
+  const Profile v = make("kvquant:bits=2,nuq=values");
+  CHECK_FALSE(v.keys.nuq);
+  CHECK(v.values.nuq);
+  CHECK(v.find("layers.0.k.signposts") == nullptr);
+  CHECK(v.tensor("layers.0.v.signposts") == c.tensor(calibration_bits_name(0, KvKind::kValues, 2, "signposts")));
+  // "both" and "1" are the default.
+  CHECK(make("kvquant:bits=3,nuq=both").tensors == make("kvquant:bits=3").tensors);
 }
 
 TEST_CASE("convert: notes when options differ from the calibration's", "[convert]") {
@@ -195,6 +211,9 @@ TEST_CASE("convert: refusals name the problem", "[convert]") {
   CHECK_THAT(make_error("kvquant:bits=3,outliers=2%"), HasSubstr("outliers 2%: the calibration has key thresholds for"));
   CHECK_THAT(make_error("kvquant:bits=3", nullptr), HasSubstr("needs a calibration file (--calib)"));
   CHECK_THAT(make_error("kvquant:bits=4,nuq=0,qnorm=1"), HasSubstr("qnorm=1 needs nuq=1"));
+  CHECK_THAT(make_error("kvquant:bits=3,nuq=keys,qnorm=1"), HasSubstr("qnorm=1 needs nuq=1"));
+  CHECK_THAT(make_error("kvquant:bits=3,nuq=half"), HasSubstr("nuq=half: expected one of"));
+  CHECK_THAT(make_error("kvquant:key-bits=6,value-bits=3,nuq=keys"), HasSubstr("6 bits: the calibration has signposts for"));
   CHECK_THAT(make_error("wkvquant:bits=2"), HasSubstr("2 bits: the calibration has WKVQuant fits for 3, 4 bits"));
   Calibration no_wkv = kvq_test::synthetic_calibration(kvq_test::tiny_fingerprint(), 3, 3, false);
   CHECK_THAT(make_error("wkvquant:bits=4", &no_wkv), HasSubstr("the calibration has no WKVQuant fit"));
