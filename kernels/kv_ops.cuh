@@ -103,7 +103,7 @@ struct PackedDecodeArgs {
   // 4 the tensor-core kernel (kv_decode_mma.cu; auto also picks it where it applies),
   // 5 the same with the 3-blocks-per-SM build of its one-n-tile case.
   // 6 the same with the key loop's column constants hoisted, 7 the staged version 4
-  // (kv_decode_mma.cu; auto picks it where it applies).
+  // (kv_decode_stream.cu; auto picks it where it applies).
   int variant = 0;
 };
 

@@ -12,7 +12,7 @@
 // and the sweep goes on.
 // The environment variable KVQ_KV_DECODE=general|fast|fast-pf|mma|mma3|mma-hoist|mma-stream
 // forces one decode kernel of PackedKvCache (lib/cuda/packed_cache.cpp; default: version 4 of
-// the tensor-core kernel, kernels/kv_decode_mma.cu, where it applies (uniform per-token
+// the tensor-core kernel, kernels/kv_decode_stream.cu, where it applies (uniform per-token
 // int2/int4 and KIVI at G <= 2, head_dim 128), else the fast kernel where it applies, else
 // the general one; mma = version 3); the header line on stderr names it, so tables of
 // different variants stay apart. The acceptance-4 table: scripts/bench/kv_bench.sh.

@@ -140,7 +140,7 @@ double attention_tolerance_factored(double ref, double delta, int L, double vmax
 // mma_decode::fits() (kernels/kv_decode_mma.cuh) in codec terms (fp16 activations and no
 // KVQ_KV_DECODE override, as in these tests). Only those cases take the factored bound;
 // the others keep attention_tolerance().
-// KIVI pairs the tensor-core kernel's version 4 serves (kivi_fits in kernels/kv_decode_mma.cu):
+// KIVI pairs the tensor-core kernel's version 4 serves (kivi_fits in kernels/kv_decode_stream.cu):
 // head_dim 128, 2 or 4 bits, key groups of 16..256 tokens dividing 256, residual a multiple
 // of the group (<= 4096), G <= 2 and 2 G * 128 / value group <= 16 (value group = min(group,
 // head_dim)). Its keys go through q' = q 2^-Eq (|q'| < 1, Eq <= ilogb(max|q|) + 1) and
