@@ -310,6 +310,11 @@ class CudaBackend final : public Backend {
   }
 
   void init_device() {
+    // KVQ_MAX_STEP_TOKENS overrides the step length (tokens per pass through the layers) for
+    // the prefill measurements in notes/cuda-perf.md; the results do not depend on it beyond
+    // rounding order (the steps are causally equivalent).
+    if (const char* s = std::getenv("KVQ_MAX_STEP_TOKENS"); s != nullptr && std::atoi(s) > 0)
+      opt_.max_step_tokens = std::atoi(s);
     info_ = cuda::select_device(opt_.device);
     KVQ_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     KVQ_CUBLAS_CHECK(cublasCreate(&cublas_));

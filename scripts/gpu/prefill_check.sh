@@ -11,6 +11,9 @@
 #  3. kvq-gpubench prefill of the synthetic Llama-2-7B (and Llama-3-8B with BOTH=1) at CTX,
 #     one run per entry of GB_RUNS ("label:VAR=x,VAR=y ..."), only when the parity cases passed;
 #  4. MODEL=1: the whole-model GPU tests (testbed, needs .carry/shared) under each path.
+# PARITY=0 skips step 2 (for changes outside the kernels, e.g. KVQ_MAX_STEP_TOKENS sweeps);
+# SMI=1 samples SM clock, power and temperature every 100 ms during step 3 (smi_LABEL.csv), to
+# tell throttling from kernel effects; GB_REPS = kvq-gpubench --reps (default 3).
 # Usage: bash scripts/gpu/prefill_check.sh [SRC]   (SRC: source tree, default .; logs under
 # $OUT; BUILD = build folder; a clean source copy avoids other engineers' work in progress:
 # `git archive HEAD | tar -x -C .carry/NAME-src`, then pass .carry/NAME-src).
@@ -36,7 +39,10 @@ cmake --build "$BUILD" --target kvq_kernels -j16 > "$OUT/build_kernels.log" 2>&1
 echo "kernels built: $(( $(date +%s) - t0 )) s"
 bpid=
 if [ "${BENCH_ONLY:-0}" != 1 ]; then
-  ( cmake --build "$BUILD" --target kvq_test_gpu kvq-gpubench -j12 -- -k 0 > "$OUT/build.log" 2>&1 ) &
+  targets="kvq_test_gpu kvq-gpubench"
+  [ "${PARITY:-1}" = 0 ] && targets=kvq-gpubench
+  # shellcheck disable=SC2086
+  ( cmake --build "$BUILD" --target $targets -j12 -- -k 0 > "$OUT/build.log" 2>&1 ) &
   bpid=$!
 fi
 nvcc -std=c++17 -O3 -I"$SRC" -arch=sm_90 "$SRC/scripts/bench/attn_prefill_bench.cu" "$BUILD/kernels/libkvq_kernels.a" \
@@ -62,7 +68,9 @@ wait $bpid || grep -E "error|FAILED" -A4 "$OUT/build.log" | head -40
 echo "build done: $(( $(date +%s) - t0 )) s"
 T="$BUILD/tests/kvq_test_gpu"
 parity=1
-if [ -x "$T" ]; then
+if [ "${PARITY:-1}" = 0 ]; then
+  parity=0; echo "parity tests skipped (PARITY=0)"
+elif [ -x "$T" ]; then
   # shellcheck disable=SC2086
   env $PARITY_ENV timeout 240 "$T" "$TESTS" --durations yes > "$OUT/prefill_tests.log" 2>&1
   parity=$?
@@ -80,11 +88,26 @@ if [ "$parity" = 0 ] && [ -x "$G" ]; then
   [ "${BOTH:-0}" = 1 ] && models="$models --synthetic llama3-8b"
   for run in $GB_RUNS; do
     label=${run%%:*}; vars=${run#*:}
+    spid=
+    if [ "${SMI:-0}" = 1 ]; then
+      nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,clocks_throttle_reasons.active \
+        --format=csv,noheader -lms 100 > "$OUT/smi_$label.csv" 2>/dev/null &
+      spid=$!
+    fi
     # shellcheck disable=SC2086
-    env ${vars//,/ } timeout 200 "$G" $models --contexts "$CTX" --decode-steps 2 \
+    env ${vars//,/ } timeout 200 "$G" $models --contexts "$CTX" --decode-steps 2 --reps "${GB_REPS:-3}" \
       --json "$OUT/kvq_$label.json" > "$OUT/gpubench_$label.log" 2>&1
     echo "gpubench $label (${vars//,/ }) exit $?"
-    grep -iE "prefill|llama" "$OUT/gpubench_$label.log" | tail -8
+    [ -n "$spid" ] && kill "$spid"
+    grep -iE "prefill|llama|stage times" "$OUT/gpubench_$label.log" | tail -12
+    if [ -n "$spid" ]; then
+      # SM clock (MHz) and power (W) over the run: min / median / max.
+      for col in 2 4; do  # SM clock (MHz), power (W): min / median / max over the run
+        awk -F', ' -v c=$col '{print $c+0}' "$OUT/smi_$label.csv" | sort -n |
+          awk -v c=$col '{v[NR]=$1} END {printf "  smi %s (%d samples): min %d med %d max %d\n",
+            c == 2 ? "sm MHz" : "power W", NR, v[1], v[int((NR+1)/2)], v[NR]}'
+      done
+    fi
   done
 fi
 if [ "${MODEL:-0}" = 1 ] && [ -x "$T" ]; then
