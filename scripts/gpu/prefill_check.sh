@@ -13,7 +13,8 @@
 #  4. MODEL=1: the whole-model GPU tests (testbed, needs .carry/shared) under each path.
 # PARITY=0 skips step 2 (for changes outside the kernels, e.g. KVQ_MAX_STEP_TOKENS sweeps);
 # SMI=1 samples SM clock, power and temperature every 100 ms during step 3 (smi_LABEL.csv), to
-# tell throttling from kernel effects; GB_REPS = kvq-gpubench --reps (default 3).
+# tell throttling from kernel effects; GB_REPS = kvq-gpubench --reps (default 3); GEMM_BENCH=1
+# runs scripts/bench/gemm_algo_bench.cu (cuBLAS's default vs timed cuBLASLt candidates) after step 1.
 # Usage: bash scripts/gpu/prefill_check.sh [SRC]   (SRC: source tree, default .; logs under
 # $OUT; BUILD = build folder; a clean source copy avoids other engineers' work in progress:
 # `git archive HEAD | tar -x -C .carry/NAME-src`, then pass .carry/NAME-src).
@@ -62,6 +63,13 @@ if [ -x "$BUILD/attn_prefill_bench" ]; then
     done
     echo "sweep done: $(( $(date +%s) - t0 )) s"
   fi
+fi
+if [ "${GEMM_BENCH:-0}" = 1 ]; then
+  # cublasGemmEx (as kern::gemm) against cuBLASLt's heuristic candidates, 7B projection shapes.
+  nvcc -std=c++17 -O3 -arch=sm_90 "$SRC/scripts/bench/gemm_algo_bench.cu" -lcublasLt -lcublas \
+    -o "$BUILD/gemm_algo_bench" > "$OUT/gemm_bench_build.log" 2>&1 || cat "$OUT/gemm_bench_build.log"
+  [ -x "$BUILD/gemm_algo_bench" ] && timeout 200 "$BUILD/gemm_algo_bench" 2>&1 | tee "$OUT/gemm_bench.txt"
+  echo "gemm bench done: $(( $(date +%s) - t0 )) s"
 fi
 [ "${BENCH_ONLY:-0}" = 1 ] && exit 0
 wait $bpid || grep -E "error|FAILED" -A4 "$OUT/build.log" | head -40
