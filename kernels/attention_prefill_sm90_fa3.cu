@@ -129,7 +129,10 @@ __device__ __forceinline__ uint32_t swz(int row, int c16) {
 // kStages: depth of the K and V rings (2 or 3). kQTileFast: grid x = query tiles (the
 // blocks running at once are mostly one head's query tiles, all streaming that head's K/V
 // through L2) instead of x = heads (the heads of one GQA group side by side).
-template <typename T, int kStages, bool kQTileFast>
+// kFtzExp: the softmax weights by ex2.approx.ftz (online_softmax's comment: the same values
+// down to 2^-126), which saves ptxas's subnormal guard of 3 instructions per score on the
+// consumers' critical path (the softmax between two of a consumer's wgmma groups).
+template <typename T, int kStages, bool kQTileFast, bool kFtzExp = true>
 __global__ void __launch_bounds__(kThreads, 1) attention_prefill_fa3(AttentionArgs a) {
 #ifdef KVQ_HAVE_WGMMA
   using L = Fa3Smem<kStages>;
@@ -260,7 +263,8 @@ __global__ void __launch_bounds__(kThreads, 1) attention_prefill_fa3(AttentionAr
       const int kt = key_begin + it * kBK, st = it % kStages, st1 = (it + 1) % kStages;
       uint32_t pa[8][4];
       float alpha0, alpha1;
-      online_softmax<T, 16>(s, pa, m0, m1, l0, l1, alpha0, alpha1, kt, pos0 - g, pos1, window, self, t4, sl);
+      online_softmax<T, 16, kFtzExp>(s, pa, m0, m1, l0, l1, alpha0, alpha1, kt, pos0 - g, pos1, window, self, t4,
+                                     sl);
 #pragma unroll
       for (int i = 0; i < 16; ++i) {
         o[4 * i] *= alpha0;
@@ -317,22 +321,26 @@ __global__ void __launch_bounds__(kThreads, 1) attention_prefill_fa3(AttentionAr
 // (-8..-11%: there every head's K/V fits in L2 anyway): so query tiles fastest for chunks of
 // kQTileFastFrom tokens or more (the last 8K chunk of 32K: 459/493 vs 415/474), heads fastest
 // below. KVQ_FA3_STAGES (2, 3) and KVQ_FA3_ORDER (head, qtile) override (read once; for the
-// microbenchmark).
+// microbenchmark); KVQ_FA3_EXP=exact takes exp2f in the softmax instead of ex2.approx.ftz
+// (2 stages only; the A/B of the choice in notes/cuda-perf.md).
 constexpr int kDefaultStages = 2;
 constexpr int kQTileFastFrom = 8192;
 struct Fa3Config {
   int stages;
   int order;  // 0: by chunk length, 1: heads fastest, 2: query tiles fastest
+  bool ftz_exp;
 };
 Fa3Config fa3_config() {
   static const Fa3Config cfg = [] {
-    Fa3Config c{kDefaultStages, 0};
+    Fa3Config c{kDefaultStages, 0, true};
     const char* st = std::getenv("KVQ_FA3_STAGES");
     if (st != nullptr && std::strcmp(st, "2") == 0) c.stages = 2;
     if (st != nullptr && std::strcmp(st, "3") == 0) c.stages = 3;
     const char* order = std::getenv("KVQ_FA3_ORDER");
     if (order != nullptr && std::strcmp(order, "head") == 0) c.order = 1;
     if (order != nullptr && std::strcmp(order, "qtile") == 0) c.order = 2;
+    const char* ex = std::getenv("KVQ_FA3_EXP");
+    if (ex != nullptr && std::strcmp(ex, "exact") == 0) c.ftz_exp = false;
     return c;
   }();
   return cfg;
@@ -363,6 +371,9 @@ cudaError_t attention_prefill_fa3(Act act, const AttentionArgs& a, cudaStream_t 
   };
   auto pick = [&](auto t_tag) {
     using T = decltype(t_tag);
+    if (!cfg.ftz_exp)
+      return qtile_fast ? run(attention_prefill_fa3<T, 2, true, false>, Fa3Smem<2>::kBytes)
+                        : run(attention_prefill_fa3<T, 2, false, false>, Fa3Smem<2>::kBytes);
     if (cfg.stages == 3)
       return qtile_fast ? run(attention_prefill_fa3<T, 3, true>, Fa3Smem<3>::kBytes)
                         : run(attention_prefill_fa3<T, 3, false>, Fa3Smem<3>::kBytes);

@@ -156,7 +156,23 @@ __device__ __forceinline__ void wgmma_qk128_first<__nv_bfloat16>(float (&d)[64],
 // fragments of P V (key n-tiles 2kk, 2kk+1 of S form k-step kk). Rows g and g + 8 of the
 // warp (positions pos0 = wp0 + g, pos1 = pos0 + 8); m, l: running max (raw scores) and this
 // lane's partial sum; alpha: the factor that rescales O to the new max.
-template <typename T, int NT>
+// kFtzExp: ex2.approx.ftz instead of exp2f (which compiles to the non-ftz ex2.approx, whose
+// subnormal handling ptxas expands with a compare and two predicated multiplies around the
+// MUFU.EX2). Same MUFU result for every weight >= 2^-126; smaller ones become 0, where P
+// rounded to fp16 is 0 anyway (below 2^-24) and a bf16 P of < 2^-126 against a row maximum
+// weight of 1 is below the fp32 normaliser's ulp. Used by the FA3-style kernel, whose
+// consumer softmax sits on the critical path between its wgmma groups.
+template <bool kFtzExp>
+__device__ __forceinline__ float softmax_exp2(float x) {
+  if constexpr (kFtzExp) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+  } else {
+    return exp2f(x);
+  }
+}
+template <typename T, int NT, bool kFtzExp = false>
 __device__ __forceinline__ void online_softmax(float (&s)[NT * 4], uint32_t (&pa)[NT / 2][4], float& m0, float& m1,
                                                float& l0, float& l1, float& alpha0, float& alpha1, int kt,
                                                int wp0, int pos1, int window, bool self, int t4, float sl) {
@@ -186,17 +202,17 @@ __device__ __forceinline__ void online_softmax(float (&s)[NT * 4], uint32_t (&pa
   // for the masked scores and alpha = exp2(-inf) = 0 (never inf - inf).
   const float ms0 = mx0 == -INFINITY ? 0.f : mx0 * sl;
   const float ms1 = mx1 == -INFINITY ? 0.f : mx1 * sl;
-  alpha0 = exp2f(m0 * sl - ms0);
-  alpha1 = exp2f(m1 * sl - ms1);
+  alpha0 = softmax_exp2<kFtzExp>(m0 * sl - ms0);
+  alpha1 = softmax_exp2<kFtzExp>(m1 * sl - ms1);
   m0 = mx0;
   m1 = mx1;
   float sum0 = 0.f, sum1 = 0.f;
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) {
-    s[nt * 4] = exp2f(fmaf(s[nt * 4], sl, -ms0));
-    s[nt * 4 + 1] = exp2f(fmaf(s[nt * 4 + 1], sl, -ms0));
-    s[nt * 4 + 2] = exp2f(fmaf(s[nt * 4 + 2], sl, -ms1));
-    s[nt * 4 + 3] = exp2f(fmaf(s[nt * 4 + 3], sl, -ms1));
+    s[nt * 4] = softmax_exp2<kFtzExp>(fmaf(s[nt * 4], sl, -ms0));
+    s[nt * 4 + 1] = softmax_exp2<kFtzExp>(fmaf(s[nt * 4 + 1], sl, -ms0));
+    s[nt * 4 + 2] = softmax_exp2<kFtzExp>(fmaf(s[nt * 4 + 2], sl, -ms1));
+    s[nt * 4 + 3] = softmax_exp2<kFtzExp>(fmaf(s[nt * 4 + 3], sl, -ms1));
     sum0 += s[nt * 4] + s[nt * 4 + 1];
     sum1 += s[nt * 4 + 2] + s[nt * 4 + 3];
   }

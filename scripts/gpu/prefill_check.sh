@@ -14,7 +14,9 @@
 # PARITY=0 skips step 2 (for changes outside the kernels, e.g. KVQ_MAX_STEP_TOKENS sweeps);
 # SMI=1 samples SM clock, power and temperature every 100 ms during step 3 (smi_LABEL.csv), to
 # tell throttling from kernel effects; GB_REPS = kvq-gpubench --reps (default 3); GEMM_BENCH=1
-# runs scripts/bench/gemm_algo_bench.cu (cuBLAS's default vs timed cuBLASLt candidates) after step 1.
+# runs scripts/bench/gemm_algo_bench.cu (cuBLAS's default vs timed cuBLASLt candidates) after step 1;
+# EXP_AB=1 repeats the microbenchmark with KVQ_FA3_EXP=exact; SASS=1 counts the FA3-style
+# kernels' SASS instructions (all, MUFU.EX2, FSETP, FMUL) with cuobjdump.
 # Usage: bash scripts/gpu/prefill_check.sh [SRC]   (SRC: source tree, default .; logs under
 # $OUT; BUILD = build folder; a clean source copy avoids other engineers' work in progress:
 # `git archive HEAD | tar -x -C .carry/NAME-src`, then pass .carry/NAME-src).
@@ -53,6 +55,24 @@ if [ -x "$BUILD/attn_prefill_bench" ]; then
   timeout 300 "$BUILD/attn_prefill_bench" $KERNELS > "$OUT/attn_bench.txt" 2>&1
   echo "attn bench exit $? after $(( $(date +%s) - t0 )) s"
   grep -E "^ceiling|^device|T=|chunk" "$OUT/attn_bench.txt"
+  if [ "${EXP_AB:-0}" = 1 ]; then
+    # The same kernels with exp2f in the FA3-style softmax instead of ex2.approx.ftz.
+    echo "== KVQ_FA3_EXP=exact" | tee "$OUT/attn_bench_exact.txt"
+    # shellcheck disable=SC2086
+    KVQ_FA3_EXP=exact timeout 120 "$BUILD/attn_prefill_bench" $KERNELS 2>&1 | tee -a "$OUT/attn_bench_exact.txt" |
+      grep -E "T=|chunk"
+  fi
+  if [ "${SASS:-0}" = 1 ]; then
+    # Per FA3-style kernel: all SASS instructions, MUFU.EX2, FSETP, FMUL (the subnormal guard
+    # of the non-ftz exp2 is FSETP + 2 FMUL per MUFU.EX2).
+    obj=$(find "$BUILD" -name 'attention_prefill_sm90_fa3.cu.o' | head -1)
+    cuobjdump -sass "$obj" 2>/dev/null | awk '
+      /Function :/ {name=$3}
+      /^ +\/\*[0-9a-f]+\*\// {n[name]++; if ($0 ~ /MUFU\.EX2/) e[name]++; if ($0 ~ /FSETP/) f[name]++;
+                                if ($0 ~ / FMUL /) m[name]++}
+      END {for (k in n) printf "sass %-120s all %6d ex2 %5d fsetp %5d fmul %5d\n", k, n[k], e[k], f[k], m[k]}' |
+      sort | tee "$OUT/sass_counts.txt"
+  fi
   if [ "${FA3_SWEEP:-0}" = 1 ]; then
     for order in head qtile; do
       for stages in 2 3; do

@@ -279,12 +279,15 @@ struct AttnCase {
 
 using PrefillFn = cudaError_t (*)(Act, const kvq::kern::AttentionArgs&, cudaStream_t);
 
+// q_scale: standard deviation of the queries (1: the usual N(0, 1)); large values spread
+// the scores so that most softmax weights fall below 2^-126 (the FA3 kernel's ftz exp2).
 void run_attention_case(const AttnCase& c, std::mt19937_64& rng, bool decode,
-                        PrefillFn prefill = kvq::kern::attention_prefill, const char* label = "prefill") {
+                        PrefillFn prefill = kvq::kern::attention_prefill, const char* label = "prefill",
+                        float q_scale = 1.f) {
   const size_t qn = static_cast<size_t>(c.rows) * c.n * c.heads * c.hd;
   const size_t cache = static_cast<size_t>(c.slots) * c.kv_heads * c.max_tokens * c.hd;
   const size_t selfn = static_cast<size_t>(c.rows) * c.n * c.kv_heads * c.hd;
-  Rand16 q = rand16(c.act, qn, rng, 1.f), k = rand16(c.act, cache, rng, 1.f), v = rand16(c.act, cache, rng, 1.f);
+  Rand16 q = rand16(c.act, qn, rng, q_scale), k = rand16(c.act, cache, rng, 1.f), v = rand16(c.act, cache, rng, 1.f);
   Rand16 ks = rand16(c.act, selfn, rng, 1.f), vs = rand16(c.act, selfn, rng, 1.f);
   // Cache entries beyond each slot's length hold NaN bits: the kernel must never read them.
   std::vector<int> len(c.slots, 0);
@@ -494,6 +497,28 @@ TEST_CASE("gpu kernels: prefill attention, FA2 and wgmma paths, against fp64 ref
   kvq::kern::AttentionArgs hd64;
   hd64.head_dim = 64;
   REQUIRE_FALSE(kvq::kern::attention_prefill_fa3_usable(hd64));
+}
+
+// The FA3-style kernel's softmax takes ex2.approx.ftz (weights below 2^-126 become 0, see
+// online_softmax in kernels/attention_prefill_sm90_wgmma.cuh). Queries from N(0, 64^2) give
+// scaled scores with a standard deviation of ~64 within a row (64 sqrt(128) / sqrt(128)): a
+// weight is below 2^-126 when its score is 87.3 below the row's maximum, i.e. for most keys
+// of every row, and many rows are dominated by one key. The output must
+// stay within the same derived bound (the fp64 reference keeps every tiny weight), fp16 and
+// bf16 (bf16 P could hold the flushed values as subnormals), with and without past-only.
+TEST_CASE("gpu kernels: prefill fa3 with softmax weights below 2^-126, against fp64 reference", "[gpu]") {
+  const uint64_t seed = kvq_test::test_seed(110);
+  std::printf("prefill fa3 tiny-weights seed %llu\n", (unsigned long long)seed);
+  std::mt19937_64 rng(seed);
+  kvq::kern::AttentionArgs probe;
+  probe.head_dim = 128;
+  if (!kvq::kern::attention_prefill_fa3_usable(probe)) return;  // no sm_90 device
+  for (Act act : {Act::kF16, Act::kBF16}) {
+    run_attention_case({act, 1, 300, 4, 2, 128, 1, 700, 0, {0}, {261}, false}, rng, false,
+                       kvq::kern::attention_prefill_fa3, "prefill fa3 ", 64.f);
+    run_attention_case({act, 2, 131, 4, 4, 128, 2, 400, 0, {1, 0}, {0, 200}, true}, rng, false,
+                       kvq::kern::attention_prefill_fa3, "prefill fa3 ", 64.f);
+  }
 }
 
 TEST_CASE("gpu kernels: decode attention against fp64 reference", "[gpu]") {
