@@ -53,10 +53,52 @@ __device__ __forceinline__ uint32_t pair_at(uint32_t x) {
   return h2_bits(__hfma2(h, bits_h2(mul | (mul << 16)), bits_h2(add | (add << 16))));
 }
 
-// The NP = 16 / BITS fp16 pairs of a word: pair j = (code j, code j + NP) of the word's
-// bit stream (code i at bit BITS * i).
+// Folded conversion (version 4's default): pair j of a word as fp16 (off(j) + c) without the
+// HFMA2, one LOP3 per pair. The code sits at mantissa bit k = BITS * (j % (8 / BITS)) + 2 of
+// a half whose exponent field is 25 - k, so the half is exactly 2^(10 - k) + c: the offset
+// is the smallest power of two whose ulp is 1 at that bit. Codes 0 .. NP/2 - 1 of each half
+// come from w << 2, the rest from w >> 6 (two SHF per word instead of one), so that every code
+// lands at k >= 2: offsets 256, 64, 16, 4 (2 bits) or 256, 16 (4 bits), where the unshifted
+// words would give 1024, 256, 64, 16 / 1024, 64 (4x the cancellation below). The caller
+// removes sum off * (the other operand): keys start the mma from -sum_d q_d off(d), values
+// subtract off(ch) * sum_t w_t in the epilogue. Bits the shifts carry across the halves
+// (w << 2: bits 14-15 into 16-17; w >> 6: 16-21 into 10-15) lie outside every mask.
+// Cost (2 bits): 8 LOP3 + 2 SHF per 16 codes instead of 8 LOP3 + 8 HFMA2 + 1 SHF.
+// off(ch) for channel ch (key channel in its row, or value channel: both index the code
+// stream, and a code's j is its index mod NP within its half, NP | 16).
 template <int BITS>
+__host__ __device__ constexpr int fold_offset(int ch) {
+  return 1 << (8 - BITS * (ch % (8 / BITS)));
+}
+
+template <int BITS, int J>
+__device__ __forceinline__ uint32_t pair_fold_at(uint32_t x) {
+  constexpr int k = BITS * J + 2;
+  constexpr uint32_t m = ((1u << BITS) - 1u) << k;
+  constexpr uint32_t e = static_cast<uint32_t>(25 - k) << 10;  // exponent of 2^(10 - k)
+  uint32_t hb;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(hb) : "r"(x), "n"(m | (m << 16)), "n"(e | (e << 16)));
+  return hb;
+}
+
+// The NP = 16 / BITS fp16 pairs of a word: pair j = (code j, code j + NP) of the word's
+// bit stream (code i at bit BITS * i). FOLD: as off(j) + code (pair_fold_at above).
+template <int BITS, bool FOLD = false>
 __device__ __forceinline__ void word_pairs(uint32_t w, uint32_t* out) {
+  if constexpr (FOLD) {
+    const uint32_t wl = w << 2, wr = w >> 6;
+    if constexpr (BITS == 4) {
+      out[0] = pair_fold_at<4, 0>(wl); out[1] = pair_fold_at<4, 1>(wl);
+      out[2] = pair_fold_at<4, 0>(wr); out[3] = pair_fold_at<4, 1>(wr);
+    } else {
+      static_assert(BITS == 2, "2 or 4 bits");
+      out[0] = pair_fold_at<2, 0>(wl); out[1] = pair_fold_at<2, 1>(wl);
+      out[2] = pair_fold_at<2, 2>(wl); out[3] = pair_fold_at<2, 3>(wl);
+      out[4] = pair_fold_at<2, 0>(wr); out[5] = pair_fold_at<2, 1>(wr);
+      out[6] = pair_fold_at<2, 2>(wr); out[7] = pair_fold_at<2, 3>(wr);
+    }
+    return;
+  }
   const uint32_t w8 = w >> 8;
   if constexpr (BITS == 4) {
     out[0] = pair_at<4, 0>(w);  out[1] = pair_at<4, 1>(w);
@@ -74,19 +116,21 @@ __device__ __forceinline__ void word_pairs(uint32_t w, uint32_t* out) {
 // pass: w[rr] holds the lane's code words of tile row gid + 8 rr, bq the q B-fragments
 // (n-tile nt, k-step kk); acc[nt] = codes x q for key n-tile nt, fp32 from zero, in the mma
 // accumulator layout (row gid, cols 2 t4, 2 t4 + 1; row gid + 8, same cols).
-template <int BITS, int NWK, int NTK>
+// FOLD: the codes enter as off + c and acc starts from init[nt][c] = -sum_d q_d off(d) of
+// column 2 t4 + c (so acc = codes x q again, up to the accumulation's rounding).
+template <int BITS, bool FOLD = false, int NWK, int NTK>
 __device__ __forceinline__ void key_tile_dot(const uint32_t (&w)[2][NWK], const uint32_t (&bq)[NTK][8][2],
-                                             float (&acc)[NTK][4]) {
+                                             float (&acc)[NTK][4], const float (*init)[2] = nullptr) {
   constexpr int NP = 16 / BITS;  // fp16 pairs per code word
   uint32_t pr[2][16];
 #pragma unroll
   for (int rr = 0; rr < 2; ++rr)
 #pragma unroll
-    for (int i = 0; i < NWK; ++i) word_pairs<BITS>(w[rr][i], &pr[rr][i * NP]);
+    for (int i = 0; i < NWK; ++i) word_pairs<BITS, FOLD>(w[rr][i], &pr[rr][i * NP]);
 #pragma unroll
   for (int nt = 0; nt < NTK; ++nt)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
+    for (int e = 0; e < 4; ++e) acc[nt][e] = FOLD ? init[nt][e & 1] : 0.f;
 #pragma unroll
   for (int kk = 0; kk < 8; ++kk)
 #pragma unroll

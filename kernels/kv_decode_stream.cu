@@ -7,6 +7,8 @@
 // bound are version 3's (kv_decode_mma.cu); what differs is below.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 
 #include "kernels/common.cuh"
 #include "kernels/kv_decode_mma.cuh"
@@ -97,7 +99,11 @@ __host__ __device__ inline int key_meta_stage_halves(const PackedSide& K) {
 // test's extra KIVI term). score = 2^Eq (acc_hi + acc_lo) + sum_d q_d z_d.
 // NGVT > 0: the value group count at compile time (KIVI's default 32-channel value groups:
 // 4), so the softmax step's per-group loops stop at NGVT instead of 8.
-template <int BITS, int NTK, int NTV, bool KONE, int GM, bool KCH, int NGVT = 0>
+// FOLD: codes -> fp16 as off + c (pair_fold_at, kv_decode_mma_common.cuh: one LOP3 per pair,
+// no HFMA2) on the value side, and on the key side unless KCH (KIVI's B is rebuilt per key
+// group, so its sum q' s off would be too); the key mma starts from -sum_d q_d off(d), the
+// value epilogue subtracts off(ch) * wrun, wrun the running sum of the weights' hi + lo.
+template <int BITS, int NTK, int NTV, bool KONE, int GM, bool KCH, int NGVT = 0, bool FOLD = true>
 __global__ void __launch_bounds__(kT, NTK == 1 && NTV == 1 ? 4 : 3)
 stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int splits, float* part_o,
               float* part_ml) {
@@ -110,6 +116,7 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
   constexpr int VA = KONE ? 1 : NGVT > 0 ? NGVT : 8;        // value group loop bound
   constexpr int CA = KONE ? GM : NGVT > 0 ? GM * NGVT : 8;  // (head, value group) combination loop bound
   static_assert(CA <= 8, "rbuf holds 8 combinations");
+  constexpr bool KF = FOLD && !KCH;  // folded key codes
   extern __shared__ __align__(16) float sm[];
   const int G = a.n_heads / K.kv_heads;
   const int NGK = KONE || KCH ? 1 : kD / K.group, NGV = KONE ? 1 : NGVT > 0 ? NGVT : kD / V.group;
@@ -120,7 +127,8 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
   uint32_t* vc_s = kc_s + 2 * kS * RW;                     // [kS][RW] value codes
   float* sc = reinterpret_cast<float*>(vc_s + kS * RW);    // [G][kS] scores, then p
   float* qsum = sc + G * kS;                               // [16] sum of q per key column
-  float* zsum = qsum + 16;                                 // [16] running sum p z per (g, value group)
+  float* zsum = qsum + 16;                                 // [8] running sum p z per (g, value group)
+  float* wrun = zsum + 8;                                  // [8] FOLD: running sum of w hi + lo, same
   float* lrun = zsum + 16;                                 // [8] running sum of p per head
   float* rbuf = lrun + 8;                                  // [kW][40] per-warp partials
   float* qx = rbuf + kW * 40;                              // KCH: [2][kD] q (fp32)
@@ -207,10 +215,20 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
   } else {
     for (int col = warp; col < NCK; col += kW) {
       const int g = col / NGK, grp = col % NGK;
-      float acc = 0.f;
-      for (int d = lane; d < K.group; d += 32) acc += qf[g * kD + grp * K.group + d];
+      float acc = 0.f, aoff = 0.f;
+      for (int d = lane; d < K.group; d += 32) {
+        const int ch = grp * K.group + d;
+        acc += qf[g * kD + ch];
+        if (KF) aoff = fmaf(qf[g * kD + ch], static_cast<float>(fold_offset<BITS>(ch)), aoff);
+      }
       acc = warp_sum(acc);
-      if (lane == 0) qsum[col] = acc;
+      if (KF) aoff = warp_sum(aoff);
+      if (lane == 0) {
+        qsum[col] = acc;
+        // KF: sum_d q_d off(d) of the column; rbuf is free until the first softmax step,
+        // and every lane reads this slot below, before the stage loop's first barrier.
+        if (KF) rbuf[col] = aoff;
+      }
     }
   }
   uint32_t bq[NTK][8][2];
@@ -235,6 +253,7 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
   const float koffv = static_cast<float>(1 << (BITS - 1));
   int moff[NTK][2];   // halves from a token's meta row to the column's group
   float cqs[NTK][2];  // sum of q over the column's group
+  float kinit[NTK][2];  // KF: the key mma's start, -sum_d q_d off(d) of the column
   int sdst[NTK][2];   // score row (g * kS) this lane writes for the column, -1: none
 #pragma unroll
   for (int nt = 0; nt < NTK; ++nt)
@@ -245,6 +264,7 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
       const int grp = ok ? col % NGK : 0;
       moff[nt][c] = ksym ? grp : 2 * grp;
       cqs[nt][c] = ok ? qsum[col] : 0.f;
+      kinit[nt][c] = KF && ok ? -rbuf[col] : 0.f;
       if (KONE || KCH || NGK == 1)  // one key group: a column per head (KCH: unused)
         sdst[nt][c] = ok ? col * kS : -1;
       else
@@ -361,7 +381,7 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
           }
         }
         float dots[NTK][4];
-        key_tile_dot<BITS>(w, bq, dots);
+        key_tile_dot<BITS, KF>(w, bq, dots, kinit);
         // dots[nt]: (row gid, cols 2t4, 2t4+1), (row gid+8, same cols). With one head (KONE,
         // GM = 1) only column 0 is ever used: NC = 1 drops the other column's epilogue.
         constexpr int NC = KONE && GM == 1 ? 1 : 2;
@@ -441,7 +461,7 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
       pwn[grp] = mx > 0.f && isfinite(mx) ? ldexpf(1.f, 14 - ilogbf(mx)) : 1.f;
     }
     {
-      float sl[GA], zl[CA];
+      float sl[GA], zl[CA], wl[CA];
 #pragma unroll
       for (int g = 0; g < GA; ++g) {
         sl[g] = 0.f;
@@ -460,6 +480,7 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
 #pragma unroll
       for (int c = 0; c < CA; ++c) {
         zl[c] = 0.f;
+        wl[c] = 0.f;
         if (c < G * NGV) {
           const int g = KONE ? c : c / NGV, grp = KONE ? 0 : c % NGV;
           const float pwc = sel8(pwn, grp);
@@ -477,6 +498,7 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
               W[2 * c * kS + i] = hi;
               W[(2 * c + 1) * kS + i] = lo;
               zl[c] = fmaf(p, zf, zl[c]);
+              if (FOLD) wl[c] += __half2float(hi) + __half2float(lo);  // what the mma multiplies
             }
           }
         }
@@ -490,6 +512,10 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
       for (int c = 0; c < CA; ++c) {
         const float v = warp_sum(zl[c]);
         if (lane == 0) rbuf[warp * 40 + 24 + c] = v;
+        if (FOLD) {
+          const float u = warp_sum(wl[c]);
+          if (lane == 0) rbuf[warp * 40 + 32 + c] = u;
+        }
       }
     }
     const int cpad = ntiles * 16;
@@ -507,6 +533,14 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
       }
       if (x < 8 && x < G) lrun[x] = fmaf(lrun[x], sel8(alpha, x), l);
       if (x >= 8 && x - 8 < G * NGV) zsum[x - 8] = fmaf(zsum[x - 8], sel8(alpha, (x - 8) / NGV), z);
+    }
+    if (FOLD && threadIdx.x >= 32 && threadIdx.x < 32 + G * NGV) {  // wrun, rescaled as acc is
+      const int c = threadIdx.x - 32;
+      const int g = KONE ? c : c / NGV, grp = KONE ? 0 : c % NGV;
+      float u = 0.f;
+#pragma unroll
+      for (int w2 = 0; w2 < kW; ++w2) u += rbuf[w2 * 40 + 32 + c];
+      wrun[c] = fmaf(wrun[c], sel8(alpha, g) * (sel8(pwn, grp) / sel8(pw_run, grp)), u);
     }
 
     // ---- Values: P V on the tensor cores into the running accumulators. ----
@@ -555,8 +589,8 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
             const uint32_t x01 = __byte_perm(w[0][i], w[1][i], sel);
             const uint32_t x23 = __byte_perm(w[2][i], w[3][i], sel);
             uint32_t t01[8], t23[8];
-            word_pairs<BITS>(x01, t01);
-            word_pairs<BITS>(x23, t23);
+            word_pairs<BITS, FOLD>(x01, t01);
+            word_pairs<BITS, FOLD>(x23, t23);
 #pragma unroll
             for (int jj = 0; jj < NP; ++jj) {
               const int c = (32 / BITS) * i + NP * hh + jj;
@@ -592,12 +626,16 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
     if (k < G * NGV) {
       const int g = KONE ? k : k / NGV, grp = KONE ? 0 : k % NGV;
       const float inv = 1.f / sel8(pw_run, grp);  // a power of two: exact
+      const float wk = FOLD ? wrun[k] : 0.f;
 #pragma unroll
       for (int mt = 0; mt < 8; ++mt)
 #pragma unroll
         for (int rr = 0; rr < 2; ++rr) {
           const int ch = 16 * gid + 2 * mt + rr;
-          if (ch / vgroup == grp) red[(warp * G + g) * kD + ch] = (acc[nt][mt][2 * rr] + acc[nt][mt][2 * rr + 1]) * inv;
+          const float o = acc[nt][mt][2 * rr] + acc[nt][mt][2 * rr + 1];
+          if (ch / vgroup == grp)
+            red[(warp * G + g) * kD + ch] =
+                (FOLD ? fmaf(-static_cast<float>(fold_offset<BITS>(ch)), wk, o) : o) * inv;
         }
     }
   }
@@ -741,13 +779,13 @@ void stream_plan(int kv_heads, int rows, int max_len, int resident, int* span, i
   *splits = bs;
 }
 
-template <int BITS, int NTK, int NTV, bool KONE, int GM, bool KCH = false, int NGVT = 0>
+template <int BITS, int NTK, int NTV, bool KONE, int GM, bool KCH = false, int NGVT = 0, bool FOLD = true>
 cudaError_t launch_stream(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len,
                           int sm_count, float* part_o, float* part_ml, cudaStream_t stream) {
   const int G = a.n_heads / k.kv_heads;
   const int ncv = 2 * G * (kD / v.group);
   const size_t smem = stream_smem_bytes(BITS, G, k, v.mpr, ncv);
-  auto* kernel = stream_kernel<BITS, NTK, NTV, KONE, GM, KCH, NGVT>;
+  auto* kernel = stream_kernel<BITS, NTK, NTV, KONE, GM, KCH, NGVT, FOLD>;
   // The attribute and the occupancy query once per build and smem size (host time per decode).
   static size_t last_smem = 0;
   static int per_sm = 0;
@@ -775,6 +813,16 @@ cudaError_t launch_stream(const PackedSide& k, const PackedSide& v, const Packed
   return launch_status();
 }
 
+// The folded conversion (stream_kernel's FOLD) unless KVQ_KV_FOLD=0; the unfolded builds exist
+// only for the default per-token codes (group 128), to compare the two in one process.
+bool fold_codes() {
+  static const bool on = [] {
+    const char* e = std::getenv("KVQ_KV_FOLD");
+    return e == nullptr || std::strcmp(e, "0") != 0;
+  }();
+  return on;
+}
+
 template <int BITS>
 cudaError_t dispatch_stream(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len,
                             int sm_count, float* o, float* ml, cudaStream_t stream) {
@@ -788,6 +836,12 @@ cudaError_t dispatch_stream(const PackedSide& k, const PackedSide& v, const Pack
     return launch_stream<BITS, 1, 2, false, 2, true>(k, v, a, max_len, sm_count, o, ml, stream);
   }
   if (k.format != KvFormat::kChannelAsym && k.group == kD && v.group == kD) {  // default per-token codes
+    if (!fold_codes()) {  // KVQ_KV_FOLD=0: the exact LOP3 + HFMA2 conversion (for comparison)
+      if (G == 1) return launch_stream<BITS, 1, 1, true, 1, false, 0, false>(k, v, a, max_len, sm_count, o, ml, stream);
+      if (G == 2) return launch_stream<BITS, 1, 1, true, 2, false, 0, false>(k, v, a, max_len, sm_count, o, ml, stream);
+      if (G <= 4) return launch_stream<BITS, 1, 1, true, 4, false, 0, false>(k, v, a, max_len, sm_count, o, ml, stream);
+      return launch_stream<BITS, 1, 2, true, 8, false, 0, false>(k, v, a, max_len, sm_count, o, ml, stream);
+    }
     if (G == 1) return launch_stream<BITS, 1, 1, true, 1>(k, v, a, max_len, sm_count, o, ml, stream);
     if (G == 2) return launch_stream<BITS, 1, 1, true, 2>(k, v, a, max_len, sm_count, o, ml, stream);
     if (G <= 4) return launch_stream<BITS, 1, 1, true, 4>(k, v, a, max_len, sm_count, o, ml, stream);
@@ -796,7 +850,9 @@ cudaError_t dispatch_stream(const PackedSide& k, const PackedSide& v, const Pack
   if (ntk == 1 && ntv == 1) return launch_stream<BITS, 1, 1, false, 8>(k, v, a, max_len, sm_count, o, ml, stream);
   if (ntk == 1) return launch_stream<BITS, 1, 2, false, 8>(k, v, a, max_len, sm_count, o, ml, stream);
   if (ntv == 1) return launch_stream<BITS, 2, 1, false, 8>(k, v, a, max_len, sm_count, o, ml, stream);
-  return launch_stream<BITS, 2, 2, false, 8>(k, v, a, max_len, sm_count, o, ml, stream);
+  // Two n-tiles each way: unfolded (folded, ptxas spilled 28-32 bytes at 168 registers; the
+  // unfolded build spills 0 at 2 bits, 4 bytes at 4 bits, as before).
+  return launch_stream<BITS, 2, 2, false, 8, false, 0, false>(k, v, a, max_len, sm_count, o, ml, stream);
 }
 
 // KIVI (version 4 only): per-channel keys in token groups of 16..256 dividing the stage,

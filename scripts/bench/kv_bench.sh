@@ -10,7 +10,10 @@
 # Env: KV_SKIP_TESTS=1 / KV_SKIP_BENCH=1 skip a step; KV_BENCH_TIMEOUT (s, default 300)
 # or KV_DEADLINE (epoch seconds by which the bench must end);
 # KV_BUILD_DIR (default build-kv; a warm machine keeps it between calls, so a second call
-# rebuilds only what changed).
+# rebuilds only what changed); KV_COMPARE_FOLD=1 runs the bench a second time with
+# KVQ_KV_FOLD=0 (version 4 with the exact LOP3 + HFMA2 code conversion instead of the folded
+# one, for uniform per-token codes; kvbench_nofold.json) and counts SASS per kernel build
+# (sass_counts.txt) when cuobjdump is there.
 set -uo pipefail
 OUT=${OUT:-/tmp/kvq-out}
 BUILD=${KV_BUILD_DIR:-build-kv}
@@ -36,4 +39,18 @@ if [ -n "${KV_DEADLINE:-}" ]; then bt=$(( KV_DEADLINE - $(date +%s) )); fi
 echo "bench time limit: $bt s"
 [ $# -eq 0 ] && set -- --reps 10 --kv int4 --kv int2 --kv kivi:bits=4 --kv kivi:bits=2
 timeout "$bt" "$BUILD/tools/kvq-kvbench" --json "$OUT/kvbench.json" "$@" 2>&1 | tee "$OUT/kvbench.txt"
+if [ "${KV_COMPARE_FOLD:-0}" = 1 ]; then
+  echo "== KVQ_KV_FOLD=0 (unfolded code conversion) =="
+  KVQ_KV_FOLD=0 timeout "$bt" "$BUILD/tools/kvq-kvbench" --json "$OUT/kvbench_nofold.json" "$@" 2>&1 |
+    tee "$OUT/kvbench_nofold.txt"
+  obj=$(find "$BUILD" -name 'kv_decode_stream.cu.o' | head -1)
+  if command -v cuobjdump > /dev/null && [ -n "$obj" ]; then
+    # Per stream_kernel build: instructions, LOP3, HFMA2, HMMA, SHF (whole kernel).
+    cuobjdump -sass "$obj" | awk '/Function :/ { f = $3 } f ~ /stream_kernel/ && /\/\*[0-9a-f]+\*\// {
+        n[f]++; if ($0 ~ /LOP3/) l[f]++; if ($0 ~ /HFMA2/) h[f]++; if ($0 ~ /HMMA/) m[f]++; if ($0 ~ /SHF/) s[f]++ }
+      END { for (f in n) printf "%s total %d LOP3 %d HFMA2 %d HMMA %d SHF %d\n", f, n[f], l[f], h[f], m[f], s[f] }' |
+      sort > "$OUT/sass_counts.txt"
+    cuobjdump -sass "$obj" | gzip > "$OUT/stream_sass.txt.gz"
+  fi
+fi
 echo "total: $(( $(date +%s) - t0 )) s"

@@ -131,9 +131,25 @@ double attention_tolerance(double ref, double delta, int L, double vmax) {
 //    of <= L/16 steps under (L + 64) * 2^-22, with the weights' fp16 hi/lo split (2^-22).
 // So for these codecs: delta uses hd * 2^-23 * sum |q| (|k'| + 2 Zb_k), and the value term
 // (2 delta + (L + 64) 2^-22) * (vmax + 2 Zb_v).
-double attention_tolerance_factored(double ref, double delta, int L, double vmax, double zb) {
+//
+// Folded codes (version 4's default, kernels/kv_decode_mma_common.cuh pair_fold_at): the
+// codes enter the mma as off + c (off a power of two <= kFoldOffsetMax = 256) and the
+// offset is removed once: keys start the mma from -sum_d q_d off(d) (fp32, a warp sum),
+// values subtract off(ch) * sum_t (w hi + lo)_t (fp32 running sum, rescaled as the
+// accumulators are). The cancelled part costs the same chains' rounding on terms that are
+// now s off larger, and the removed sums round once more (<= the chain's own bound), so:
+//  - keys: A gains 4 |q_d| off_max s_max (hd 2^-24 A: twice hd 2^-23 |q| off_max s_max);
+//  - values: 2 (L + 64) 2^-22 off_max s_max, with no delta term (the same fp16 weights go
+//    into the mma and into the subtracted sum, so weight errors cancel in the offset part);
+//  s_max <= Zb / (2^b - 2) bounds every scale: asym s = range / (2^b - 1) <= 2 max|x| / (2^b - 1),
+//  sym s = amax / (2^(b-1) - 1), each with fp16 rounding (1 + 2^-11), and Zb = 2.01 max|x|.
+constexpr double kFoldOffsetMax = 256;  // fold_offset<BITS>(ch) <= 2^8 (2 and 4 bits)
+double fold_smax(double zb, int bits) { return zb / ((1 << bits) - 2); }
+
+double attention_tolerance_factored(double ref, double delta, int L, double vmax, double zb, int vbits) {
   return std::ldexp(1.0, -11) * std::fabs(ref) +
-         (2 * delta + (L + 64) * std::ldexp(1.0, -22)) * (vmax + 2 * zb) + 1e-7;
+         (2 * delta + (L + 64) * std::ldexp(1.0, -22)) * (vmax + 2 * zb) +
+         2 * (L + 64) * std::ldexp(1.0, -22) * kFoldOffsetMax * fold_smax(zb, vbits) + 1e-7;
 }
 
 // True when kv_decode_attention hands this pair to the tensor-core kernel: the conditions of
@@ -185,6 +201,7 @@ struct Result {
 struct LongCase {
   bool on = false;
   std::vector<std::vector<int>> pieces;
+  bool qpos = false;  // queries |N(0, 16)|: every q_d off(d) of the folded key start adds up
 };
 
 // One codec (key and value specs) on one shape: 3 slots streamed in uneven appends.
@@ -243,7 +260,7 @@ Result run_case(const std::string& kspec, const std::string& vspec, const Shape&
   const int R = static_cast<int>(rows.size());
   std::normal_distribution<float> nd(0.f, 1.f);
   std::vector<uint16_t> qh(static_cast<size_t>(R) * s.n_heads * s.hd);
-  for (auto& h : qh) h = float_to_half((lc.on ? 4.f : 1.f) * nd(rng));
+  for (auto& h : qh) h = float_to_half((lc.on ? 4.f : 1.f) * (lc.qpos ? std::fabs(nd(rng)) : nd(rng)));
   void* dq = nullptr;
   void* dout = nullptr;
   REQUIRE(cudaMalloc(&dq, qh.size() * 2) == cudaSuccess);
@@ -263,6 +280,7 @@ Result run_case(const std::string& kspec, const std::string& vspec, const Shape&
   const bool factored = tensor_core_decode(*kc, *vc, s);
   const bool kivi_tc = kivi_tensor_core(*kc, *vc, s);
   const int kbits = static_cast<int>(kc->params().number("bits", 0));
+  const int vbits = static_cast<int>(vc->params().number("bits", 0));
   const double scale = 1.0 / std::sqrt(static_cast<double>(s.hd));
   for (int r = 0; r < R; ++r) {
     const int slot = rows[r];
@@ -304,6 +322,8 @@ Result run_case(const std::string& kspec, const std::string& vspec, const Shape&
           const double qv = half_to_float(qrow[i]), kv = kr[base + i];
           dot += qv * kv;
           A += factored ? 2 * std::fabs(qv) * (std::fabs(kv) + 2 * zbk) : std::fabs(qv) * std::fabs(kv);
+          if (factored && !kivi_tc)  // folded key codes (attention_tolerance_factored's comment)
+            A += 4 * std::fabs(qv) * kFoldOffsetMax * fold_smax(zbk, kbits);
           // RoPE error of component i: <= 2^-17 (|a| + |b|) of its unrotated pair (a, b).
           const int partner = i < s.hd / 2 ? i + s.hd / 2 : i - s.hd / 2;
           Ar += std::fabs(qv) * (std::fabs(kd[base + i]) + std::fabs(kd[base + partner]));
@@ -326,7 +346,7 @@ Result run_case(const std::string& kspec, const std::string& vspec, const Shape&
         o /= l;
         const double got = half_to_float(oh[(static_cast<size_t>(r) * s.n_heads + qh_i) * s.hd + d]);
         REQUIRE(std::isfinite(got));
-        const double tol = factored ? attention_tolerance_factored(o, delta, L, vmax, zbv)
+        const double tol = factored ? attention_tolerance_factored(o, delta, L, vmax, zbv, vbits)
                                     : attention_tolerance(o, delta, L, vmax);
         const double err = std::fabs(got - o);
         if (err > tol) {
@@ -398,6 +418,24 @@ TEST_CASE("kv packed: tensor-core decode over long contexts (several stages per 
       const Result r = run_case(spec, spec, s, seed, nullptr, nullptr, lc);
       std::printf("kv packed long %s, kv_heads %d, heads %d: bytes equal; decode max err %.3g (%.3f of "
                   "tolerance), seed %llu\n",
+                  spec, s.H, s.n_heads, r.worst_err, r.worst_ratio, static_cast<unsigned long long>(seed));
+    }
+}
+
+// The folded code conversion at its largest cancellation: same-sign queries x4 (sum_d q_d off(d)
+// ~ 4 * 0.8 * 128 * 85 = 35K at 2 bits against dot products of a few hundred code units),
+// 2 and 4 bits, sym and asym, MHA and G = 4; lengths 1,333 (6 stages), 129, 10.
+TEST_CASE("kv packed: tensor-core decode, folded codes with same-sign queries == simulated", "[gpu][kv]") {
+  LongCase lc;
+  lc.on = true;
+  lc.qpos = true;
+  lc.pieces = {{1000, 1, 332}, {129}, {7, 1, 1, 1}};
+  const uint64_t seed = kvq_test::test_seed(918);
+  for (const char* spec : {"int2", "int4", "int2:sym=1", "int4:sym=1"})
+    for (const Shape& s : {Shape{4, 4, 128}, Shape{2, 8, 128}}) {
+      const Result r = run_case(spec, spec, s, seed, nullptr, nullptr, lc);
+      std::printf("kv packed folded %s, same-sign q, kv_heads %d, heads %d: bytes equal; decode max err %.3g "
+                  "(%.3f of tolerance), seed %llu\n",
                   spec, s.H, s.n_heads, r.worst_err, r.worst_ratio, static_cast<unsigned long long>(seed));
     }
 }
