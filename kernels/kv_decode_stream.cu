@@ -626,24 +626,27 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
     if (k < G * NGV) {
       const int g = KONE ? k : k / NGV, grp = KONE ? 0 : k % NGV;
       const float inv = 1.f / sel8(pw_run, grp);  // a power of two: exact
-      const float wk = FOLD ? wrun[k] : 0.f;
 #pragma unroll
       for (int mt = 0; mt < 8; ++mt)
 #pragma unroll
         for (int rr = 0; rr < 2; ++rr) {
           const int ch = 16 * gid + 2 * mt + rr;
-          const float o = acc[nt][mt][2 * rr] + acc[nt][mt][2 * rr + 1];
-          if (ch / vgroup == grp)
-            red[(warp * G + g) * kD + ch] =
-                (FOLD ? fmaf(-static_cast<float>(fold_offset<BITS>(ch)), wk, o) : o) * inv;
+          if (ch / vgroup == grp) red[(warp * G + g) * kD + ch] = (acc[nt][mt][2 * rr] + acc[nt][mt][2 * rr + 1]) * inv;
         }
     }
+  }
+  if (FOLD && threadIdx.x >= 32 && threadIdx.x < 32 + G * NGV) {  // wrun's writers: 2^-E as the partials
+    const int c = threadIdx.x - 32;
+    wrun[c] *= 1.f / sel8(pw_run, KONE ? 0 : c % NGV);  // a power of two: exact
   }
   __syncthreads();
   for (int i = threadIdx.x; i < G * kD; i += kT) {
     const int g = i / kD, d = i % kD;
     float v = 0.f;
     for (int w2 = 0; w2 < kW; ++w2) v += red[(w2 * G + g) * kD + d];
+    // FOLD: the warps' accumulators hold off(d) x their own tiles' weights, so the block's
+    // sum loses off(d) * wrun once, here (the first device run subtracted it in every warp).
+    if (FOLD) v = fmaf(-static_cast<float>(fold_offset<BITS>(d)), wrun[g * NGV + d / vgroup], v);
     part_o[((head0 + g) * splits + s) * kD + d] = v + zsum[g * NGV + d / vgroup];
   }
   if (threadIdx.x < G) {

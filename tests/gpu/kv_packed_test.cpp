@@ -133,23 +133,25 @@ double attention_tolerance(double ref, double delta, int L, double vmax) {
 // (2 delta + (L + 64) 2^-22) * (vmax + 2 Zb_v).
 //
 // Folded codes (version 4's default, kernels/kv_decode_mma_common.cuh pair_fold_at): the
-// codes enter the mma as off + c (off a power of two <= kFoldOffsetMax = 256) and the
-// offset is removed once: keys start the mma from -sum_d q_d off(d) (fp32, a warp sum),
-// values subtract off(ch) * sum_t (w hi + lo)_t (fp32 running sum, rescaled as the
-// accumulators are). The cancelled part costs the same chains' rounding on terms that are
-// now s off larger, and the removed sums round once more (<= the chain's own bound), so:
-//  - keys: A gains 4 |q_d| off_max s_max (hd 2^-24 A: twice hd 2^-23 |q| off_max s_max);
-//  - values: 2 (L + 64) 2^-22 off_max s_max, with no delta term (the same fp16 weights go
-//    into the mma and into the subtracted sum, so weight errors cancel in the offset part);
-//  s_max <= Zb / (2^b - 2) bounds every scale: asym s = range / (2^b - 1) <= 2 max|x| / (2^b - 1),
+// code of channel d enters the mma as off(d) + c, off(d) = 2^(8 - b (d mod 8/b)) (256, 64,
+// 16, 4 at 2 bits; 256, 16 at 4), and the offset is removed once: keys start the mma from
+// -sum_d q_d off(d) (an fp32 warp sum: <= (hd/32 + 5) 2^-24 of sum |q| off, under 1/16 of
+// the chain's term below), values subtract off(d) * sum_t (w hi + lo)_t (fp32, summed per
+// thread, warp, block and stage: <= (L + 64) 2^-24 relative, 1/4 of the chain's term).
+// The chains' rounding now runs on terms s off(d) larger, so:
+//  - keys: A gains 2 (1 + 1/16) |q_d| off(d) s_max (delta = scale A hd 2^-24);
+//  - values, output channel d: (1 + 1/4 + 1/4) (L + 64) 2^-22 off(d) s_max, the last 1/4 for
+//    the epilogue's adds of the warps' partials (4 + 2 roundings of 2^-24 each). No delta
+//    term: the same fp16 weights go into the mma and into the subtracted sum.
+//  s_max = Zb / (2^b - 2) bounds every scale: asym s = range / (2^b - 1) <= 2 max|x| / (2^b - 1),
 //  sym s = amax / (2^(b-1) - 1), each with fp16 rounding (1 + 2^-11), and Zb = 2.01 max|x|.
-constexpr double kFoldOffsetMax = 256;  // fold_offset<BITS>(ch) <= 2^8 (2 and 4 bits)
+double fold_offset(int bits, int d) { return std::ldexp(1.0, 8 - bits * (d % (8 / bits))); }
 double fold_smax(double zb, int bits) { return zb / ((1 << bits) - 2); }
 
-double attention_tolerance_factored(double ref, double delta, int L, double vmax, double zb, int vbits) {
+double attention_tolerance_factored(double ref, double delta, int L, double vmax, double zb, double fold_v) {
   return std::ldexp(1.0, -11) * std::fabs(ref) +
          (2 * delta + (L + 64) * std::ldexp(1.0, -22)) * (vmax + 2 * zb) +
-         2 * (L + 64) * std::ldexp(1.0, -22) * kFoldOffsetMax * fold_smax(zb, vbits) + 1e-7;
+         1.5 * (L + 64) * std::ldexp(1.0, -22) * fold_v + 1e-7;
 }
 
 // True when kv_decode_attention hands this pair to the tensor-core kernel: the conditions of
@@ -323,7 +325,7 @@ Result run_case(const std::string& kspec, const std::string& vspec, const Shape&
           dot += qv * kv;
           A += factored ? 2 * std::fabs(qv) * (std::fabs(kv) + 2 * zbk) : std::fabs(qv) * std::fabs(kv);
           if (factored && !kivi_tc)  // folded key codes (attention_tolerance_factored's comment)
-            A += 4 * std::fabs(qv) * kFoldOffsetMax * fold_smax(zbk, kbits);
+            A += 2 * (1 + 1.0 / 16) * std::fabs(qv) * fold_offset(kbits, i) * fold_smax(zbk, kbits);
           // RoPE error of component i: <= 2^-17 (|a| + |b|) of its unrotated pair (a, b).
           const int partner = i < s.hd / 2 ? i + s.hd / 2 : i - s.hd / 2;
           Ar += std::fabs(qv) * (std::fabs(kd[base + i]) + std::fabs(kd[base + partner]));
@@ -346,7 +348,8 @@ Result run_case(const std::string& kspec, const std::string& vspec, const Shape&
         o /= l;
         const double got = half_to_float(oh[(static_cast<size_t>(r) * s.n_heads + qh_i) * s.hd + d]);
         REQUIRE(std::isfinite(got));
-        const double tol = factored ? attention_tolerance_factored(o, delta, L, vmax, zbv, vbits)
+        const double fold_v = factored ? fold_offset(vbits, d) * fold_smax(zbv, vbits) : 0.0;
+        const double tol = factored ? attention_tolerance_factored(o, delta, L, vmax, zbv, fold_v)
                                     : attention_tolerance(o, delta, L, vmax);
         const double err = std::fabs(got - o);
         if (err > tol) {
