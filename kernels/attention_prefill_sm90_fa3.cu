@@ -13,7 +13,11 @@
 // softmax of a warpgroup never overlaps its own matrix work. Measured (H100, 2026-11-22,
 // notes/s4/results-h32.md): 385-423 TFLOP/s at 4K, 479-494 at 16K, 437-462 at 32K causal
 // (plain kernel in the same runs: 279-295, 353-360, 338-358); whole llama2-7b prefill +10%
-// at 16K, +16% at 32K; all 28 head_dim-128 parity cases pass.
+// at 16K, +16% at 32K; all 28 head_dim-128 parity cases pass. With ex2.approx.ftz in the
+// softmax (kFtzExp, notes/s4/results-h34.md, same binary A/B): 422-443 / 519-526 / 475-503
+// TFLOP/s at 4K/16K/32K vs 415-421 / 489-494 / 458-486 with exp2f; 32K whole prefill
+// 1.396 -> 1.366 s (the attention stage 718 -> 680 ms: the prefill runs at the 700 W cap,
+// ~1.5 GHz, so instructions per FLOP are what count).
 //
 // Block: 384 threads = 3 warpgroups for 128 queries of one head.
 //  - warpgroup 0, the producer (setmaxnreg down to kProducerRegs): cp.async copies of Q
