@@ -78,6 +78,23 @@ __device__ __forceinline__ uint32_t meta_at(const uint16_t* m, bool sym) {
 }
 
 // Halves of a staged meta buffer (kS tokens of mpr halves, the shift half, 16-byte multiple).
+// Rows gid and gid + 8 of 16-token key tile tb from the staged codes (kcb: this lane's NWK
+// words of row 0, rows RW words apart): the two A-operand rows key_tile_dot takes.
+template <int NWK>
+__device__ __forceinline__ void load_key_rows(const uint32_t* kcb, int tb, int gid, int rw, uint32_t (&w)[2][NWK]) {
+#pragma unroll
+  for (int rr = 0; rr < 2; ++rr) {
+    const int li = tb * 16 + gid + 8 * rr;
+    if constexpr (NWK == 4) {
+      const uint4 v = *reinterpret_cast<const uint4*>(kcb + li * rw);
+      w[rr][0] = v.x; w[rr][1] = v.y; w[rr][2] = v.z; w[rr][3] = v.w;
+    } else {
+      const uint2 v = *reinterpret_cast<const uint2*>(kcb + li * rw);
+      w[rr][0] = v.x; w[rr][1] = v.y;
+    }
+  }
+}
+
 __host__ __device__ inline int meta_stage_halves(int mpr) { return (kS * mpr + 2 + 7) / 8 * 8; }
 // The key side's: KIVI keys stage the (scale, zero) rows of kS / group token groups.
 __host__ __device__ inline int key_meta_stage_halves(const PackedSide& K) {
@@ -332,17 +349,7 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
           const int tb = gi * tpg + tt;
           if (tb >= ntiles) break;
           uint32_t w[2][NWK];
-#pragma unroll
-          for (int rr = 0; rr < 2; ++rr) {
-            const int li = tb * 16 + gid + 8 * rr;
-            if constexpr (NWK == 4) {
-              const uint4 v = *reinterpret_cast<const uint4*>(kcb + li * RW);
-              w[rr][0] = v.x; w[rr][1] = v.y; w[rr][2] = v.z; w[rr][3] = v.w;
-            } else {
-              const uint2 v = *reinterpret_cast<const uint2*>(kcb + li * RW);
-              w[rr][0] = v.x; w[rr][1] = v.y;
-            }
-          }
+          load_key_rows(kcb, tb, gid, RW, w);
           float dots[1][4];
           key_tile_dot<BITS>(w, bk, dots);
           // dots[0]: (row gid, cols 2t4 = hi, 2t4 + 1 = lo of head t4), (row gid + 8, same).
@@ -360,16 +367,10 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
       for (int tb = warp; tb < ntiles; tb += kW) {
         uint32_t w[2][NWK];
         uint32_t mk[2][NTK][2];
+        load_key_rows(kcb, tb, gid, RW, w);
 #pragma unroll
         for (int rr = 0; rr < 2; ++rr) {
           const int li = tb * 16 + gid + 8 * rr;
-          if constexpr (NWK == 4) {
-            const uint4 v = *reinterpret_cast<const uint4*>(kcb + li * RW);
-            w[rr][0] = v.x; w[rr][1] = v.y; w[rr][2] = v.z; w[rr][3] = v.w;
-          } else {
-            const uint2 v = *reinterpret_cast<const uint2*>(kcb + li * RW);
-            w[rr][0] = v.x; w[rr][1] = v.y;
-          }
           const uint16_t* mrow = kmb + li * kmpr;
           if constexpr (KONE) {
             const uint32_t m = meta_at(mrow, ksym);
