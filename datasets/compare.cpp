@@ -27,6 +27,7 @@ const std::vector<Column>& columns() {
       {"kv_bytes_per_token", "KV B/tok", [](const CompareRow& r) { return r.kv_bytes_per_token; }, "%.0f"},
       {"ppl", "PPL", [](const CompareRow& r) { return r.ppl; }, "%.4f"},
       {"ppl_delta_pct", "dPPL %", [](const CompareRow& r) { return r.ppl_delta_pct; }, "%+.3f"},
+      {"ppl_delta_se_pct", "+- se", [](const CompareRow& r) { return r.ppl_delta_se_pct; }, "%.3f"},
       {"kld_mean", "KLD mean", [](const CompareRow& r) { return r.kld_mean; }, "%.5f"},
       {"kld_median", "KLD med", [](const CompareRow& r) { return r.kld_median; }, "%.5f"},
       {"kld_p99", "KLD p99", [](const CompareRow& r) { return r.kld_p99; }, "%.4f"},
@@ -80,10 +81,24 @@ void fill_deltas(CompareTable& table) {
     if (ref) throw InvalidArgument("compare", "more than one reference row (" + ref->method + ", " + r.method + ")");
     ref = &r;
   }
-  for (auto& r : table.rows)
+  for (auto& r : table.rows) {
     r.ppl_delta_pct = (ref && std::isfinite(ref->ppl) && std::isfinite(r.ppl))
                           ? 100.0 * (r.ppl / ref->ppl - 1.0)
                           : kNotMeasured;
+    r.ppl_delta_se_pct = kNotMeasured;
+    const size_t n = r.window_nll.size();
+    if (!ref || n < 2 || ref->window_nll.size() != n) continue;
+    double mean = 0.0;
+    for (size_t w = 0; w < n; ++w) mean += r.window_nll[w] - ref->window_nll[w];
+    mean /= static_cast<double>(n);
+    double ss = 0.0;
+    for (size_t w = 0; w < n; ++w) {
+      const double e = r.window_nll[w] - ref->window_nll[w] - mean;
+      ss += e * e;
+    }
+    const double sd = std::sqrt(ss / static_cast<double>(n - 1));
+    r.ppl_delta_se_pct = 100.0 * std::exp(mean) * sd / std::sqrt(static_cast<double>(n));
+  }
 }
 
 std::string format_compare_text(const CompareTable& t) {
@@ -158,6 +173,7 @@ std::string format_compare_json(const CompareTable& t) {
     for (const auto& [task, score] : r.longbench_tasks)
       lb[task] = std::isfinite(score) ? nlohmann::json(score) : nlohmann::json(nullptr);
     o["longbench_tasks"] = lb;
+    o["window_nll"] = r.window_nll.empty() ? nlohmann::json(nullptr) : nlohmann::json(r.window_nll);
     j["rows"].push_back(o);
   }
   return j.dump(2) + "\n";

@@ -7,6 +7,10 @@
 // in docs/eval.md; add fields, never rename them.
 //
 // PPL delta is relative to the reference row (fp16): 100 * (ppl / ppl_ref - 1) percent.
+// Its standard error comes from the pairing over windows (every row sees the same
+// windows): with d_w = NLL_w(row) - NLL_w(ref) per window, se = 100 exp(mean d) sd(d) /
+// sqrt(n) (the delta method on PPL = exp(mean NLL)). Two methods' PPLs differ by more than
+// noise where their deltas differ by a few of these.
 // Thresholds apply to every non-reference row:
 //   max_ppl_increase_pct  fails "ppl_increase" when ppl_delta_pct > limit
 //   max_kld               fails "kld_mean"     when kld_mean > limit
@@ -36,6 +40,8 @@ struct CompareRow {
   double kv_bytes_per_token = kNotMeasured;   // K+V of all layers
   double ppl = kNotMeasured;
   double ppl_delta_pct = kNotMeasured;        // filled by fill_deltas
+  double ppl_delta_se_pct = kNotMeasured;     // filled by fill_deltas (needs window_nll)
+  std::vector<double> window_nll = {};        // mean NLL per window (ppl task), same windows in every row
   double kld_mean = kNotMeasured, kld_median = kNotMeasured, kld_p99 = kNotMeasured;
   double top1 = kNotMeasured;                 // top-1 agreement with the reference, 0..1
   double passkey_acc = kNotMeasured, lines_acc = kNotMeasured;  // 0..1
@@ -63,7 +69,8 @@ struct CompareTable {
   double memory_budget_bytes = kNotMeasured;  // JSON "memory_budget_bytes"; text header
 };
 
-// ppl_delta_pct of every row against the reference row (0 for the reference itself).
+// ppl_delta_pct of every row against the reference row (0 for the reference itself), and
+// ppl_delta_se_pct where both rows hold the same number (>= 2) of window NLLs.
 // InvalidArgument when there is more than one reference row; without one the deltas stay
 // NaN.
 void fill_deltas(CompareTable& table);
@@ -73,7 +80,8 @@ void fill_deltas(CompareTable& table);
 std::string format_compare_text(const CompareTable& table);
 
 // {"model", "data", "device", "revision", "seqlen", "rows": [{"method", "reference",
-// "effective_bits", ... }]} with null for values not measured; pretty-printed.
+// "effective_bits", ..., "window_nll": [...] or null}]} with null for values not measured;
+// pretty-printed.
 std::string format_compare_json(const CompareTable& table);
 
 struct Thresholds {

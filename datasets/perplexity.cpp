@@ -44,7 +44,19 @@ PerplexityResult evaluate_perplexity(Backend& backend, std::span<const int32_t> 
     // Windows are contiguous in the stream, so a batch is one slice.
     const int rows = static_cast<int>(std::min<int64_t>(opt.batch, n_windows - w));
     const auto slice = ids.subspan(windows[w].begin, static_cast<size_t>(rows) * opt.seqlen);
-    total += window_nll(backend, slice, rows, opt.seqlen, opt.observer);
+    NllResult part = window_nll(backend, slice, rows, opt.seqlen, opt.observer, /*per_token=*/true);
+    const size_t n = static_cast<size_t>(opt.seqlen - 1);
+    if (part.per_token.size() != static_cast<size_t>(rows) * n) {
+      throw Error("perplexity", "the backend returned " + std::to_string(part.per_token.size()) +
+                                    " per-token values for " + std::to_string(rows) + " x " + std::to_string(n));
+    }
+    for (int r = 0; r < rows; ++r) {
+      double s = 0.0;
+      for (size_t i = 0; i < n; ++i) s += part.per_token[static_cast<size_t>(r) * n + i];
+      res.window_nll.push_back(s / static_cast<double>(n));
+    }
+    part.per_token.clear();
+    total += part;
     w += rows;
     if (opt.progress) {
       PerplexityProgress p;

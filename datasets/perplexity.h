@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <functional>
 #include <span>
+#include <vector>
 
 #include "lib/backend.h"
 
@@ -43,6 +44,9 @@ struct PerplexityResult {
   int64_t tokens_available = 0;  // length of the stream given
   double seconds = 0.0;
   double tokens_per_s = 0.0;  // scored tokens / seconds (= tokens fed through the model)
+  // Mean NLL of each window in stream order (seqlen - 1 predictions each): what a paired
+  // comparison of two KV methods over the same windows needs (datasets/compare.h).
+  std::vector<double> window_nll;
 };
 
 // Throws InvalidArgument when seqlen is outside 2..model window, the stream is shorter than

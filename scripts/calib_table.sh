@@ -127,7 +127,7 @@ t2=$(date +%s)
 
 # 4. The table.
 python3 - "$out" "$bits" "$windows" "$qnorm" "$calib_data" "$nseq" "$calib_seqlen" "$seed" "$((t1 - t0))" "$((t2 - t1))" <<'PY'
-import datetime, json, os, sys
+import datetime, json, math, os, sys
 out, bits, windows, qnorm = sys.argv[1], [int(b) for b in sys.argv[2].split(",")], int(sys.argv[3]), sys.argv[4] == "1"
 calib_data, nseq, calib_seqlen, seed, t_cal, t_eval = sys.argv[5:11]
 c = json.load(open(os.path.join(out, "compare.json")))
@@ -136,6 +136,16 @@ rows = {r["method"]: r for r in c["rows"]}
 ref = next(r for r in c["rows"] if r.get("reference"))
 def cell(r):
     return "%.3f (%+.2f%%)" % (r["ppl"], r["ppl_delta_pct"])
+def paired(a, b):
+    # PPL(a) - PPL(b) and its standard error, paired over the windows both rows saw.
+    wa, wb = a.get("window_nll"), b.get("window_nll")
+    if not wa or not wb or len(wa) != len(wb) or len(wa) < 2:
+        return "%+.3f" % (a["ppl"] - b["ppl"])
+    n = len(wa)
+    d = [x - y for x, y in zip(wa, wb)]
+    m = sum(d) / n
+    sd = (sum((x - m) ** 2 for x in d) / (n - 1)) ** 0.5
+    return "%+.3f +- %.3f" % (a["ppl"] - b["ppl"], b["ppl"] * math.exp(m) * sd / n ** 0.5)
 data_name = "WikiText-2 test" if "wiki" in c["data"].lower() else os.path.basename(c["data"])
 print("### Calibrated vs default KVQuant, %s, %s, seqlen %d" % (c["model"], data_name, c["seqlen"]))
 print()
@@ -155,7 +165,7 @@ sep = "|---:|---:|---:|"
 if qnorm:
     head += " calibrated + Q-Norm |"
     sep += "---:|"
-head += " calibrated, NUQ keys only (`nuq=keys`) | calibrated - default | bits/elem default / calibrated |"
+head += " calibrated, NUQ keys only (`nuq=keys`) | calibrated - default (+- paired se) | bits/elem default / calibrated |"
 sep += "---:|---:|---:|"
 print(head)
 print(sep)
@@ -167,6 +177,6 @@ for b in bits:
     if qnorm:
         line += " %s |" % cell(rows["kvquant-calibrated-qnorm-%d.kvqp" % b])
     line += " %s |" % cell(rows["kvquant-calibrated-keysnuq-%d.kvqp" % b])
-    line += " %+.3f | %.3f / %.3f |" % (k["ppl"] - d["ppl"], d["effective_bits"], k["effective_bits"])
+    line += " %s | %.3f / %.3f |" % (paired(k, d), d["effective_bits"], k["effective_bits"])
     print(line)
 PY

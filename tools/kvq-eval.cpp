@@ -886,6 +886,7 @@ int run_ppl(const Options& o, ds::CompareTable* collect = nullptr) {
       row.effective_bits = results[i].bits_per_element;
       row.kv_bytes_per_token = results[i].kv_bytes_per_token;
       row.ppl = results[i].ppl.ppl;
+      row.window_nll = results[i].ppl.window_nll;
       row.tokens_per_s = backend->meter(i).tokens_per_s();
       row.peak_gpu_bytes = backend->meter(i).peak();
       if (o.task == "passkey") row.passkey_acc = results[i].accuracy;

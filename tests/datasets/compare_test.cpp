@@ -128,3 +128,26 @@ TEST_CASE("compare: thresholds name the failing metrics", "[compare]") {
   CHECK(f[0].metric == "lines");
   CHECK_THAT(f[0].message(), HasSubstr("not measured"));
 }
+
+TEST_CASE("compare: the PPL delta's standard error pairs the rows' windows", "[compare]") {
+  CompareTable t;
+  CompareRow ref{.method = "fp16", .reference = true, .ppl = std::exp(1.05)};
+  ref.window_nll = {1.0, 1.1, 0.9, 1.2};
+  CompareRow q{.method = "int4", .ppl = std::exp(1.07)};
+  q.window_nll = {1.01, 1.13, 0.92, 1.22};  // d = 0.01, 0.03, 0.02, 0.02
+  CompareRow other{.method = "int2", .ppl = std::exp(1.3)};
+  other.window_nll = {1.3, 1.3};  // other windows: no pairing
+  t.rows = {ref, q, other};
+  fill_deltas(t);
+  // mean d 0.02, sd sqrt(2e-4 / 3), se = 100 e^0.02 sd / sqrt(4).
+  CHECK(t.rows[0].ppl_delta_se_pct == 0.0);
+  CHECK(t.rows[1].ppl_delta_se_pct == Approx(100.0 * std::exp(0.02) * std::sqrt(2e-4 / 3) / 2).epsilon(1e-9));
+  CHECK(std::isnan(t.rows[2].ppl_delta_se_pct));
+  CHECK_THAT(format_compare_text(t), HasSubstr("+- se"));
+  const auto j = nlohmann::json::parse(format_compare_json(t));
+  CHECK(j["rows"][1]["ppl_delta_se_pct"].get<double>() == Approx(t.rows[1].ppl_delta_se_pct));
+  CHECK(j["rows"][1]["window_nll"].size() == 4);
+  CHECK(j["rows"][2]["ppl_delta_se_pct"].is_null());
+  // Rows without window NLLs (kld, retrieval) print no such column.
+  CHECK(format_compare_text(sample()).find("+- se") == std::string::npos);
+}

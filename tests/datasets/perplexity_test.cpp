@@ -40,14 +40,16 @@ class FakeBackend final : public Backend {
     throw UnsupportedError("fake", "forward");
   }
   NllResult forward_nll(std::span<const int32_t> tokens, std::span<const int32_t> targets, int n,
-                        const ForwardOptions&) override {
+                        const ForwardOptions& opt) override {
     REQUIRE(tokens.size() == targets.size());
     REQUIRE(tokens.size() % static_cast<size_t>(n) == 0);
     calls.push_back(static_cast<int>(tokens.size()) / n);
     NllResult r;
     for (size_t i = 0; i < tokens.size(); ++i) {
-      r.sum += fake_nll(tokens[i], targets[i]);
+      const double x = fake_nll(tokens[i], targets[i]);
+      r.sum += x;
       r.count += 1;
+      if (opt.per_token) r.per_token.push_back(static_cast<float>(x));
     }
     return r;
   }
@@ -118,6 +120,16 @@ TEST_CASE("evaluate_perplexity: PPL = exp(mean NLL over positions 1..L-1 of each
         // the double rounding of ~1e4 additions of numbers < 2: relative 1e4 * 2^-53.
         CHECK(r.mean_nll == kvq_test::Approx(sum / count).epsilon(1e-12));
         CHECK(r.ppl == kvq_test::Approx(std::exp(sum / count)).epsilon(1e-12));
+        // One mean per window, in stream order (fp32 per-token values: float rounding).
+        REQUIRE(r.window_nll.size() == static_cast<size_t>(windows));
+        for (int64_t w = 0; w < windows; ++w) {
+          double ws = 0;
+          for (int i = 1; i < seqlen; ++i) {
+            const size_t at = static_cast<size_t>(w * seqlen + i);
+            ws += static_cast<float>(fake_nll(ids[at - 1], ids[at]));
+          }
+          CHECK(r.window_nll[static_cast<size_t>(w)] == kvq_test::Approx(ws / (seqlen - 1)).epsilon(1e-12));
+        }
         REQUIRE(!seen.empty());
         CHECK(seen.back().windows_done == windows);
         CHECK(seen.back().windows_total == windows);
