@@ -361,8 +361,8 @@ void PackedKvCache::decode(const void* q_dev, void* out_dev, bool bf16, void* st
   a.rope_interleaved = I.interleaved;
   // Benchmark knob (kvq-kvbench, notes/kv-cuda-perf.md):
   // KVQ_KV_DECODE=general|fast|fast-pf|mma|mma3|mma-hoist|mma-stream forces a decode kernel
-  // (mma* = builds of the tensor-core kernel: mma the version-3 default, mma-stream the
-  // staged version 4); unset = the tensor-core kernel's default build where it applies, else
+  // (mma* = builds of the tensor-core kernel: mma, mma3, mma-hoist = version 3, session 3's
+  // default; mma-stream = the staged version 4); unset = version 4 where it applies, else
   // the fast kernel (no prefetch) where it applies, else the general one.
   static const int variant = [] {
     const char* e = std::getenv("KVQ_KV_DECODE");
