@@ -178,21 +178,7 @@ mma_decode_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, int
     const float koff = static_cast<float>(1 << (BITS - 1));
     // B fragments: q of column nt*8 + gid, masked to the column's channel group.
     uint32_t bq[NTK][8][2];
-#pragma unroll
-    for (int nt = 0; nt < NTK; ++nt) {
-      const int col = nt * 8 + gid;
-      const bool ok = col < NCK;
-      const int g = ok ? col / NGK : 0, grp = ok ? col % NGK : 0;
-#pragma unroll
-      for (int kk = 0; kk < 8; ++kk)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int ca = 32 * t4 + key_pair_channel<BITS>(2 * kk + h), cb = ca + NP;
-          const float qa = ok && ca / K.group == grp ? qf[g * kD + ca] : 0.f;
-          const float qb = ok && cb / K.group == grp ? qf[g * kD + cb] : 0.f;
-          bq[nt][kk][h] = pack_h2(qa, qb);  // fp16 -> fp32 -> fp16: exact
-        }
-    }
+    key_q_fragments<BITS>(qf, NCK, NGK, K.group, gid, t4, bq);
     __syncthreads();  // qsum; qf is read no more
     if constexpr (!HOIST) {
       const uint32_t* kcodes = K.codes + sh * K.max_tokens * K.wpr + t4 * NWK;

@@ -146,4 +146,29 @@ __device__ __forceinline__ int key_pair_channel(int p) {
   return (p / NP) * CPW + p % NP;  // the high code is this + NP
 }
 
+// The key mma's B fragments, the same in every build of the key pass: column col = nt * 8 +
+// gid (of ncols) is query head col / ngk and key channel group col % ngk; its entries are that
+// head's q (qf: fp32 copies of fp16 values, head-major, kD each) on the channels of key pair
+// (kk, h) of this lane, zero outside the column's group of `group` channels.
+template <int BITS, int NTK>
+__device__ __forceinline__ void key_q_fragments(const float* qf, int ncols, int ngk, int group, int gid, int t4,
+                                                uint32_t (&bq)[NTK][8][2]) {
+  constexpr int NP = 16 / BITS;  // fp16 pairs per code word
+#pragma unroll
+  for (int nt = 0; nt < NTK; ++nt) {
+    const int col = nt * 8 + gid;
+    const bool ok = col < ncols;
+    const int g = ok ? col / ngk : 0, grp = ok ? col % ngk : 0;
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int ca = 32 * t4 + key_pair_channel<BITS>(2 * kk + h), cb = ca + NP;
+        const float qa = ok && ca / group == grp ? qf[g * kD + ca] : 0.f;
+        const float qb = ok && cb / group == grp ? qf[g * kD + cb] : 0.f;
+        bq[nt][kk][h] = pack_h2(qa, qb);  // fp16 -> fp32 -> fp16: exact
+      }
+  }
+}
+
 }  // namespace kvq::kern::mma_decode
