@@ -15,19 +15,15 @@
 #include "calib/rng.h"
 #include "calib/thresholds.h"
 #include "formats/error.h"
+#include "tests/calib/normal.h"
 #include "tests/catch.h"
 #include "tests/support/test_support.h"
 
 using namespace kvq;
 using namespace kvq::calib;
+using kvq_test::normal;
 
 namespace {
-
-double gaussian(SplitMix64& r) {
-  // Box-Muller; u1 in (0, 1].
-  const double u1 = 1.0 - r.uniform(), u2 = r.uniform();
-  return std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
-}
 
 struct Data {
   int cols = 0;
@@ -44,7 +40,7 @@ struct Data {
   }
 };
 
-// Channel 0 heavy-tailed (Student-t-like: gaussian / sqrt(uniform)) and sensitive (large
+// Channel 0 heavy-tailed (Student-t-like: normal / sqrt(uniform)) and sensitive (large
 // gradients); channel 1 skewed (exponential); the rest Gaussian with a random scale.
 Data make_data(uint64_t seed, const std::vector<int64_t>& rows, int cols) {
   SplitMix64 r(seed);
@@ -54,11 +50,11 @@ Data make_data(uint64_t seed, const std::vector<int64_t>& rows, int cols) {
     std::vector<float> k(static_cast<size_t>(n * cols)), g(k.size());
     for (int64_t t = 0; t < n; ++t)
       for (int c = 0; c < cols; ++c) {
-        double x = gaussian(r);
+        double x = normal(r);
         if (c == 0) x /= std::sqrt(std::max(1e-3, r.uniform()));
         if (c == 1) x = -std::log(1.0 - r.uniform());
         k[static_cast<size_t>(t * cols + c)] = static_cast<float>(x * (1.0 + 0.1 * c));
-        g[static_cast<size_t>(t * cols + c)] = static_cast<float>(gaussian(r) * (c == 0 ? 10.0 : 1.0));
+        g[static_cast<size_t>(t * cols + c)] = static_cast<float>(normal(r) * (c == 0 ? 10.0 : 1.0));
       }
     d.k.push_back(std::move(k));
     d.g.push_back(std::move(g));

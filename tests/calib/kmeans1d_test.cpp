@@ -12,19 +12,15 @@
 #include "calib/kmeans1d.h"
 #include "calib/rng.h"
 #include "formats/error.h"
+#include "tests/calib/normal.h"
 #include "tests/catch.h"
 #include "tests/support/test_support.h"
 
 using namespace kvq;
 using namespace kvq::calib;
+using kvq_test::normal;
 
 namespace {
-
-// Box-Muller normal from our own RNG, so the data is the same on every platform.
-double normal(SplitMix64& r) {
-  const double u1 = 1.0 - r.uniform(), u2 = r.uniform();
-  return std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
-}
 
 struct Data {
   std::vector<float> x, w;
