@@ -305,9 +305,8 @@ Profile make_profile(const ProfileSpec& spec, const Calibration* calib,
       // nuq: which sides index the calibrated signposts; the others use uniform codes.
       // keys-only exists because the value signposts can transfer worse than the key
       // ones to text unlike the calibration's (docs/results.md, session 4).
-      const std::string nuq_sides = r.has("nuq") ? r.get_enum("nuq", "1", {"1", "true", "on", "yes", "both", "0",
-                                                                            "false", "off", "no", "none", "keys", "values"})
-                                                 : "both";
+      const std::string nuq_sides = r.get_enum("nuq", "both", {"1", "true", "on", "yes", "both", "0", "false", "off",
+                                                                "no", "none", "keys", "values"});
       const bool none = nuq_sides == "0" || nuq_sides == "false" || nuq_sides == "off" ||
                         nuq_sides == "no" || nuq_sides == "none";
       const bool k_nuq = !none && nuq_sides != "values";
