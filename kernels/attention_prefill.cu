@@ -316,61 +316,7 @@ attention_prefill_fa2(AttentionArgs a) {
     __syncthreads();  // this stage is read by all warps before the next prefetch refills it
   }
 
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-
-  const int row0 = warp * 16 + g, row1 = row0 + 8;  // rows within the block's tile
-  // Past-only: the diagonal key/value come from k_self/v_self, one more online step per
-  // row. The quad splits the dot product over dims (lane t takes dims t, t+4, ...).
-  if (self) {
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int row = half == 0 ? row0 : row1;
-      const bool mine = row < nq;
-      const int64_t tok = static_cast<int64_t>(r) * a.n + q0 + (mine ? row : 0);
-      const T* ksf = static_cast<const T*>(a.k_self) + (tok * a.kv_heads + kvh) * D;
-      const T* vsf = static_cast<const T*>(a.v_self) + (tok * a.kv_heads + kvh) * D;
-      const T* qrow = q + (tok * a.n_heads + h) * D;
-      float dot = 0.f;
-      if (mine)
-        for (int d = t4; d < D; d += 4) dot += to_f(qrow[d]) * to_f(ksf[d]);
-      dot += __shfl_xor_sync(0xffffffffu, dot, 1);
-      dot += __shfl_xor_sync(0xffffffffu, dot, 2);
-      if (mine) {
-        float& m = half == 0 ? m0 : m1;
-        float& l = half == 0 ? l0 : l1;
-        const float m_new = fmaxf(m, dot);
-        const float alpha = exp2f((m - m_new) * sl);  // m = -inf (nothing else seen): 0
-        const float p = exp2f((dot - m_new) * sl);
-        l = l * alpha + p;
-        m = m_new;
-#pragma unroll
-        for (int i = 0; i < kDT; ++i) {
-          const int c = i * 8 + 2 * t4;
-          const float v0 = c < D ? to_f(vsf[c]) : 0.f, v1 = c < D ? to_f(vsf[c + 1]) : 0.f;
-          o[i][2 * half] = o[i][2 * half] * alpha + p * v0;
-          o[i][2 * half + 1] = o[i][2 * half + 1] * alpha + p * v1;
-        }
-      }
-    }
-  }
-
-  T* out = static_cast<T*>(a.out);
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int row = half == 0 ? row0 : row1;
-    if (row >= nq) continue;
-    const float l = half == 0 ? l0 : l1;
-    T* orow = out + ((static_cast<int64_t>(r) * a.n + q0 + row) * a.n_heads + h) * D;
-#pragma unroll
-    for (int i = 0; i < kDT; ++i) {
-      const int c = i * 8 + 2 * t4;
-      if (c < D)
-        *reinterpret_cast<uint32_t*>(orow + c) = pack2<T>(o[i][2 * half] / l, o[i][2 * half + 1] / l);
-    }
-  }
+  finish_rows<T, kDT>(a, o, D, m0, m1, l0, l1, warp * 16 + g, q0, nq, r, h, kvh, t4, sl);
 }
 
 template <typename T, int DP>

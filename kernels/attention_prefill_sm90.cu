@@ -76,8 +76,8 @@ struct Sm90Smem {
 };
 
 #ifdef KVQ_HAVE_WGMMA
-// make_desc, the wgmma instructions and fences, online_softmax and finish_rows:
-// kernels/attention_prefill_sm90_wgmma.cuh.
+// make_desc, the wgmma instructions and fences, online_softmax:
+// kernels/attention_prefill_sm90_wgmma.cuh; finish_rows: kernels/prefill_common.cuh.
 using namespace wgmma;
 
 // Byte offset of the 16-byte chunk c16 (0..D/8-1) of row `row` in a swizzled [64][D] tile.
@@ -203,7 +203,7 @@ __global__ void __launch_bounds__(kThreads, kWG == 1 ? 2 : 1) attention_prefill_
     __syncthreads();  // this stage is read by every warpgroup before the next prefetch refills it
   }
 
-  finish_rows<T, kD>(a, o, m0, m1, l0, l1, wg * 64 + warp * 16 + g, q0, nq, r, h, kvh, t4, sl);
+  finish_rows<T, kD / 8>(a, o, kD, m0, m1, l0, l1, wg * 64 + warp * 16 + g, q0, nq, r, h, kvh, t4, sl);
 #else
   // Compiled for a target without wgmma: this image must never run (the launcher checks
   // the device first); trap rather than return garbage.
@@ -346,7 +346,7 @@ __global__ void __launch_bounds__(128, 2) attention_prefill_wgmma_pipe(Attention
     reg_fence(o);
   }
 
-  finish_rows<T, kD>(a, o, m0, m1, l0, l1, warp * 16 + g, q0, nq, r, h, kvh, t4, sl);
+  finish_rows<T, kD / 8>(a, o, kD, m0, m1, l0, l1, warp * 16 + g, q0, nq, r, h, kvh, t4, sl);
 #else
   __trap();  // see attention_prefill_wgmma
 #endif

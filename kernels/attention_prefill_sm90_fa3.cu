@@ -305,7 +305,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_prefill_fa3(AttentionAr
     for (int it = 0; it + 1 < n_tiles; ++it) step(it, std::true_type{});
     step(n_tiles - 1, std::false_type{});
 
-    finish_rows<T, kD>(a, o, m0, m1, l0, l1, c * 64 + warp * 16 + g, q0, nq, r, h, kvh, t4, sl);
+    finish_rows<T, kD / 8>(a, o, kD, m0, m1, l0, l1, c * 64 + warp * 16 + g, q0, nq, r, h, kvh, t4, sl);
   }
 #else
   // Compiled for a target without wgmma: never launched (the launcher checks the device).

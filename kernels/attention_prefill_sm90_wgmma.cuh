@@ -1,9 +1,10 @@
 // Device helpers of the Hopper prefill attention kernels (sm_90a only): the wgmma matrix
 // descriptor, the wgmma ordering fences, the warpgroup MMA instructions both kernels issue,
-// the masked online softmax on wgmma accumulator fragments and the epilogue (past-only step,
-// normalisation, one rounding). Shared by kernels/attention_prefill_sm90.cu (one warpgroup per
-// 64 queries, 64-key tiles) and kernels/attention_prefill_sm90_fa3.cu (warp-specialized, two
-// consumer warpgroups, 128-key tiles), so both round and mask identically.
+// and the masked online softmax on wgmma accumulator fragments. Shared by
+// kernels/attention_prefill_sm90.cu (one warpgroup per 64 queries, 64-key tiles) and
+// kernels/attention_prefill_sm90_fa3.cu (warp-specialized, two consumer warpgroups, 128-key
+// tiles), so both round and mask identically; the epilogue after the last tile (finish_rows)
+// is kernels/prefill_common.cuh's, shared with the FA2 kernel.
 // nvcc only; everything below compiles only for sm_90a (__CUDA_ARCH_FEAT_SM90_ALL), where
 // KVQ_HAVE_WGMMA is defined.
 #pragma once
@@ -224,69 +225,6 @@ __device__ __forceinline__ void online_softmax(float (&s)[NT * 4], uint32_t (&pa
     pa[kk][1] = pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);
     pa[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
     pa[kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
-  }
-}
-
-// After the last tile: quad sums of l, the past-only diagonal step (k_self/v_self), the
-// division by l and the one rounding of the output. row0: the lane's first row in the
-// block's query tile (its second is row0 + 8).
-template <typename T, int kD>
-__device__ __forceinline__ void finish_rows(const AttentionArgs& a, float (&o)[kD / 2], float m0, float m1,
-                                            float l0, float l1, int row0, int q0, int nq, int r, int h, int kvh,
-                                            int t4, float sl) {
-  constexpr int kDT = kD / 8;
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-
-  const int row1 = row0 + 8;
-  // Past-only: the diagonal key/value come from k_self/v_self, one more online step per
-  // row. The quad splits the dot product over dims (lane t takes dims t, t+4, ...).
-  if (a.k_self != nullptr) {
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int row = half == 0 ? row0 : row1;
-      const bool mine = row < nq;
-      const int64_t tok = static_cast<int64_t>(r) * a.n + q0 + (mine ? row : 0);
-      const T* ksf = static_cast<const T*>(a.k_self) + (tok * a.kv_heads + kvh) * kD;
-      const T* vsf = static_cast<const T*>(a.v_self) + (tok * a.kv_heads + kvh) * kD;
-      const T* qrow = static_cast<const T*>(a.q) + (tok * a.n_heads + h) * kD;
-      float dot = 0.f;
-      if (mine)
-        for (int d = t4; d < kD; d += 4) dot += to_f(qrow[d]) * to_f(ksf[d]);
-      dot += __shfl_xor_sync(0xffffffffu, dot, 1);
-      dot += __shfl_xor_sync(0xffffffffu, dot, 2);
-      if (mine) {
-        float& m = half == 0 ? m0 : m1;
-        float& l = half == 0 ? l0 : l1;
-        const float m_new = fmaxf(m, dot);
-        const float alpha = exp2f((m - m_new) * sl);  // m = -inf (nothing else seen): 0
-        const float p = exp2f((dot - m_new) * sl);
-        l = l * alpha + p;
-        m = m_new;
-#pragma unroll
-        for (int i = 0; i < kDT; ++i) {
-          const int c = i * 8 + 2 * t4;
-          o[4 * i + 2 * half] = o[4 * i + 2 * half] * alpha + p * to_f(vsf[c]);
-          o[4 * i + 2 * half + 1] = o[4 * i + 2 * half + 1] * alpha + p * to_f(vsf[c + 1]);
-        }
-      }
-    }
-  }
-
-  T* out = static_cast<T*>(a.out);
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int row = half == 0 ? row0 : row1;
-    if (row >= nq) continue;
-    const float l = half == 0 ? l0 : l1;
-    T* orow = out + ((static_cast<int64_t>(r) * a.n + q0 + row) * a.n_heads + h) * kD;
-#pragma unroll
-    for (int i = 0; i < kDT; ++i) {
-      const int c = i * 8 + 2 * t4;
-      *reinterpret_cast<uint32_t*>(orow + c) = pack2<T>(o[4 * i + 2 * half] / l, o[4 * i + 2 * half + 1] / l);
-    }
   }
 }
 

@@ -1,14 +1,17 @@
-// Device helpers shared by the two causal prefill attention kernels, the portable FA2 one on
-// mma.sync (attention_prefill.cu) and the Hopper one on wgmma (attention_prefill_sm90.cu):
-// the cp.async copies that stream K/V tiles into shared memory and the 16-bit packing of P
-// and O (one rounding, to nearest even), so both kernels round P and O the same way.
-// nvcc only; cp.async needs compute capability 8.0.
+// Device helpers shared by the causal prefill attention kernels, the portable FA2 one on
+// mma.sync (attention_prefill.cu) and the Hopper ones on wgmma (attention_prefill_sm90*.cu):
+// the cp.async copies that stream K/V tiles into shared memory, the 16-bit packing of P
+// and O (one rounding, to nearest even) and the epilogue after the last key tile (the
+// past-only diagonal step, the division by l, the store), so every kernel rounds P and O
+// the same way. nvcc only; cp.async needs compute capability 8.0.
 #pragma once
 
 #include <cstdint>
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+
+#include "kernels/common.cuh"
 
 namespace kvq::kern {
 
@@ -35,6 +38,84 @@ template <> __device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi
 template <> __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
   __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// The lane's accumulator for output column 8 i + 2 t4 + (e & 1) of row e / 2 (m16n8
+// accumulator layout: 4 floats per 8-column tile), stored flat (wgmma) or per tile (FA2).
+template <int N>
+__device__ __forceinline__ float& acc_at(float (&o)[N], int i, int e) { return o[4 * i + e]; }
+template <int N>
+__device__ __forceinline__ float& acc_at(float (&o)[N][4], int i, int e) { return o[i][e]; }
+
+// After the last key tile: quad sums of l, the past-only diagonal step (k_self / v_self),
+// the division by l and the one rounding of the output. o holds kDT 8-column tiles of the
+// lane's rows row0 and row0 + 8 (rows within the block's query tile q0.., nq of them valid);
+// d = head_dim <= 8 kDT (FA2 pads the head dimension: columns >= d are neither read nor
+// stored). m0/m1, l0/l1: the rows' running max and the lane's partial sums; sl = scale log2 e.
+// The diagonal step writes o alpha + p v as fmaf(p, v, o alpha), spelled out so that no
+// kernel depends on how nvcc would contract it.
+template <typename T, int kDT, typename Acc>
+__device__ __forceinline__ void finish_rows(const AttentionArgs& a, Acc& o, int d, float m0, float m1,
+                                            float l0, float l1, int row0, int q0, int nq, int r, int h,
+                                            int kvh, int t4, float sl) {
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+
+  const int row1 = row0 + 8;
+  // Past-only: the diagonal key/value come from k_self/v_self, one more online step per
+  // row. The quad splits the dot product over dims (lane t takes dims t, t+4, ...).
+  if (a.k_self != nullptr) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int row = half == 0 ? row0 : row1;
+      const bool mine = row < nq;
+      const int64_t tok = static_cast<int64_t>(r) * a.n + q0 + (mine ? row : 0);
+      const T* ksf = static_cast<const T*>(a.k_self) + (tok * a.kv_heads + kvh) * d;
+      const T* vsf = static_cast<const T*>(a.v_self) + (tok * a.kv_heads + kvh) * d;
+      const T* qrow = static_cast<const T*>(a.q) + (tok * a.n_heads + h) * d;
+      float dot = 0.f;
+      if (mine)
+        for (int c = t4; c < d; c += 4) dot += to_f(qrow[c]) * to_f(ksf[c]);
+      dot += __shfl_xor_sync(0xffffffffu, dot, 1);
+      dot += __shfl_xor_sync(0xffffffffu, dot, 2);
+      if (mine) {
+        float& m = half == 0 ? m0 : m1;
+        float& l = half == 0 ? l0 : l1;
+        const float m_new = fmaxf(m, dot);
+        const float alpha = exp2f((m - m_new) * sl);  // m = -inf (nothing else seen): 0
+        const float p = exp2f((dot - m_new) * sl);
+        l = l * alpha + p;
+        m = m_new;
+#pragma unroll
+        for (int i = 0; i < kDT; ++i) {
+          const int c = i * 8 + 2 * t4;
+          const float v0 = c < d ? to_f(vsf[c]) : 0.f, v1 = c < d ? to_f(vsf[c + 1]) : 0.f;
+          float& o0 = acc_at(o, i, 2 * half);
+          float& o1 = acc_at(o, i, 2 * half + 1);
+          o0 = fmaf(p, v0, o0 * alpha);
+          o1 = fmaf(p, v1, o1 * alpha);
+        }
+      }
+    }
+  }
+
+  T* out = static_cast<T*>(a.out);
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int row = half == 0 ? row0 : row1;
+    if (row >= nq) continue;
+    const float l = half == 0 ? l0 : l1;
+    T* orow = out + ((static_cast<int64_t>(r) * a.n + q0 + row) * a.n_heads + h) * d;
+#pragma unroll
+    for (int i = 0; i < kDT; ++i) {
+      const int c = i * 8 + 2 * t4;
+      if (c < d)
+        *reinterpret_cast<uint32_t*>(orow + c) =
+            pack2<T>(acc_at(o, i, 2 * half) / l, acc_at(o, i, 2 * half + 1) / l);
+    }
+  }
 }
 
 }  // namespace kvq::kern
