@@ -232,6 +232,7 @@ void check_options(const CalibrateOptions& o, const ModelConfig& cfg) {
   for (int b : o.bits) {
     if (b < 1 || b > 8) throw InvalidArgument("--bits", std::to_string(b) + " outside 1..8");
   }
+  check_weighting(o.weighting, "--fisher-clip/--uniform-mix");
 }
 
 }  // namespace
@@ -258,6 +259,8 @@ CalibrateSummary run_calibration(std::shared_ptr<const Model> model, std::span<c
   base.outlier_fractions = fractions;
   base.nuq_bits = bits;
   base.fisher_weighted = true;
+  base.signpost_clip_quantile = opt.weighting.clip_quantile;
+  base.signpost_uniform_mix = opt.weighting.uniform_mix;
   base.wkvquant.reset();
   base.complete_layers = 0;
   base.tensors.clear();
@@ -269,7 +272,8 @@ CalibrateSummary run_calibration(std::shared_ptr<const Model> model, std::span<c
     check_fingerprint(prev.fingerprint, base.fingerprint, opt.output, "calibration");
     if (!(prev.provenance == base.provenance) || prev.sink_tokens != base.sink_tokens ||
         prev.outlier_fraction != base.outlier_fraction || prev.outlier_fractions != base.outlier_fractions ||
-        prev.nuq_bits != base.nuq_bits) {
+        prev.nuq_bits != base.nuq_bits || prev.signpost_clip_quantile != base.signpost_clip_quantile ||
+        prev.signpost_uniform_mix != base.signpost_uniform_mix) {
       throw InvalidArgument(opt.output, "cannot resume: the file was made with other data or settings",
                             "run without --resume to start over");
     }
@@ -439,6 +443,9 @@ CalibrateSummary run_calibration(std::shared_ptr<const Model> model, std::span<c
     LayerFitSummary& ls = sum.layers[static_cast<size_t>(l)];
     ls.k_points = static_cast<int64_t>(ku.size());
     ls.v_points = static_cast<int64_t>(vu.size());
+    // Robust weights (off by default): clipped F and/or a uniform share, per layer and kind.
+    apply_weighting(ku, kw, opt.weighting);
+    apply_weighting(vu, vw, opt.weighting);
     // Each kind's points are binned once for all bit widths (SignpostFitter), and the
     // (kind, bits) fits with their Q-Norm run side by side: they are independent, and each
     // one's arithmetic does not depend on which thread runs it.

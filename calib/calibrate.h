@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "calib/crr_options.h"
+#include "calib/signposts.h"
 #include "formats/calibration.h"
 #include "lib/model.h"
 
@@ -45,6 +46,8 @@ struct CalibrateOptions {
   std::vector<double> outlier_fractions{0.001, 0.005, 0.01, 0.02, 0.05};
   int sink = 1;                       // first tokens of each sequence left out
   std::vector<int> bits{2, 3, 4};
+  // Robust signpost weights (calib/signposts.h); the default is KVQuant's raw F.
+  SignpostWeighting weighting;
   std::string output;                 // the .kvqc path
   std::string work_dir;               // default: output + ".work"
   bool resume = false;

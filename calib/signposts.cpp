@@ -95,6 +95,55 @@ void append_value_points(const float* v, const float* grad, int64_t rows, int di
   }
 }
 
+void check_weighting(const SignpostWeighting& o, const char* where) {
+  if (!(o.clip_quantile > 0.0 && o.clip_quantile <= 1.0)) {
+    throw InvalidArgument(where, "Fisher clip quantile " + std::to_string(o.clip_quantile) + " outside (0, 1]");
+  }
+  if (!(o.uniform_mix >= 0.0 && o.uniform_mix < 1.0)) {
+    throw InvalidArgument(where, "uniform mix " + std::to_string(o.uniform_mix) + " outside [0, 1)");
+  }
+}
+
+float clip_weights(std::vector<float>& w, double q) {
+  if (!(q < 1.0)) return INFINITY;
+  std::vector<float> pos;
+  for (float x : w) {
+    if (x > 0.0f) pos.push_back(x);
+  }
+  if (pos.empty()) return INFINITY;
+  const size_t rank = static_cast<size_t>(std::floor(q * static_cast<double>(pos.size() - 1)));
+  std::nth_element(pos.begin(), pos.begin() + static_cast<std::ptrdiff_t>(rank), pos.end());
+  const float t = pos[rank];
+  for (float& x : w) x = std::min(x, t);
+  return t;
+}
+
+void append_uniform_mix(std::vector<float>& u, std::vector<float>& w, double eps) {
+  if (!(eps > 0.0)) return;
+  if (!(eps < 1.0)) throw InvalidArgument("uniform mix", "share " + std::to_string(eps) + " outside [0, 1)");
+  if (u.empty()) return;  // no data points: fit_signposts reports it
+  double total = 0.0;
+  for (float x : w) total += x;
+  if (!(total > 0.0)) {
+    std::fill(w.begin(), w.end(), 1.0f);
+    total = static_cast<double>(w.size());
+  }
+  const int m = kUniformMixPoints;
+  const float each = static_cast<float>(eps / (1.0 - eps) * total / m);
+  u.reserve(u.size() + m);
+  w.reserve(w.size() + m);
+  for (int j = 0; j < m; ++j) {
+    u.push_back(static_cast<float>(-1.0 + (2.0 * j + 1.0) / m));
+    w.push_back(each);
+  }
+}
+
+void apply_weighting(std::vector<float>& u, std::vector<float>& w, const SignpostWeighting& o) {
+  check_weighting(o, "signpost weighting");
+  clip_weights(w, o.clip_quantile);
+  append_uniform_mix(u, w, o.uniform_mix);
+}
+
 SignpostFit fit_signposts(const std::vector<float>& u, const std::vector<float>& w, int bits) {
   if (u.empty()) throw InvalidArgument("signposts", "no calibration points to fit signposts on");
   if (bits < 1 || bits > 8) throw InvalidArgument("--bits", "bits " + std::to_string(bits) + " outside 1..8");

@@ -64,6 +64,47 @@ class SignpostFitter {
   std::unique_ptr<ExactKMeans> km_;
 };
 
+// Robust k-means weights (docs/calibrate.md, "Robust signpost weights"). KVQuant weights
+// each point by its own diagonal Fisher information F = g^2, a heavy-tailed estimate from
+// few sequences: a handful of high-gradient points can pull a signpost, and the fit is
+// optimal for the calibration text's distribution only. Two guards, both off by default
+// (the defaults reproduce KVQuant's fit bit for bit):
+//   clip_quantile q < 1: every weight above the q-quantile of the positive weights is
+//     set to that quantile (winsorised F);
+//   uniform_mix eps > 0: the k-means sees (1 - eps) P_F + eps U[-1, 1] instead of P_F
+//     (Huber's eps-contamination: the expected distortion stays bounded when the
+//     evaluated text puts mass where the calibration text had little).
+struct SignpostWeighting {
+  double clip_quantile = 1.0;  // in (0, 1]; 1: no clipping
+  double uniform_mix = 0.0;    // in [0, 1)
+  bool is_default() const { return clip_quantile >= 1.0 && uniform_mix <= 0.0; }
+  bool operator==(const SignpostWeighting&) const = default;
+};
+
+// InvalidArgument (naming `where`) unless 0 < clip_quantile <= 1 and 0 <= uniform_mix < 1.
+void check_weighting(const SignpostWeighting& o, const char* where);
+
+// Clips w in place at the q-quantile of its positive entries (the order statistic of
+// rank floor(q (n - 1)) among the n positive weights; exact, so deterministic) and
+// returns that threshold; q >= 1 or no positive weight: w unchanged, +inf.
+float clip_weights(std::vector<float>& w, double q);
+
+// Number of evenly spaced points that carry the uniform share (kUniformMixPoints,
+// u_j = -1 + (2 j + 1) / M, exact in float): dense enough that the k-means of the uniform
+// part alone lands within 1/M of the continuous optimum at 8 bits.
+inline constexpr int kUniformMixPoints = 4096;
+
+// Appends the uniform share: M points u_j, each with weight eps / (1 - eps) * W / M where
+// W is the total weight already in w (summed in index order in double), so that the points
+// then hold the mixture (1 - eps) P_F + eps U. When W == 0 (no gradient reached these
+// points) every existing weight is first set to 1, as fit_signposts' fallback would do.
+// eps == 0 or no points in u: nothing appended.
+void append_uniform_mix(std::vector<float>& u, std::vector<float>& w, double eps);
+
+// clip_weights then append_uniform_mix, as kvq-calibrate applies them to each layer's key
+// and value points before the k-means.
+void apply_weighting(std::vector<float>& u, std::vector<float>& w, const SignpostWeighting& o);
+
 // One sequence's rows for the point builders below.
 struct PointRows {
   const float* x = nullptr;     // [rows, dim]

@@ -148,6 +148,9 @@ json document_json(const Calibration& c, const std::string& digest) {
   d["outlier_fractions"] = c.outlier_fractions;
   d["nuq_bits"] = c.nuq_bits;
   d["fisher_weighted"] = c.fisher_weighted;
+  if (c.signpost_clip_quantile < 1.0 || c.signpost_uniform_mix > 0.0) {
+    d["signpost_weighting"] = {{"clip_quantile", c.signpost_clip_quantile}, {"uniform_mix", c.signpost_uniform_mix}};
+  }
   if (c.wkvquant) {
     json w = json::object();
     w["bits"] = c.wkvquant->bits;
@@ -174,6 +177,14 @@ Calibration document_from(const json& doc, const std::string& file) {
   c.outlier_fractions = double_list(root, "outlier_fractions", kMaxFractions);
   c.nuq_bits = int_list(root, "nuq_bits");
   c.fisher_weighted = root.get_bool("fisher_weighted");
+  if (root.has("signpost_weighting")) {
+    const JsonObject sw(root.raw("signpost_weighting"), file, "calibration.signpost_weighting");
+    c.signpost_clip_quantile = sw.get_double("clip_quantile", 0.0, 1.0);
+    c.signpost_uniform_mix = sw.get_double("uniform_mix", 0.0, 1.0);
+    if (!(c.signpost_clip_quantile > 0.0) || !(c.signpost_uniform_mix < 1.0)) {
+      sw.fail("clip_quantile", "needs 0 < clip_quantile <= 1 and 0 <= uniform_mix < 1");
+    }
+  }
   const json& w = root.raw("wkvquant");
   if (!w.is_null()) {
     const JsonObject o(w, file, "calibration.wkvquant");

@@ -35,6 +35,10 @@ struct Calibration {
   std::vector<double> outlier_fractions;   // key thresholds stored for these, increasing
   std::vector<int> nuq_bits;               // signposts and Q-Norm fitted for these
   bool fisher_weighted = true;
+  // Robust signpost weights (calib/signposts.h SignpostWeighting); written to the file only
+  // when not the defaults (1, 0), so files made without them keep their bytes.
+  double signpost_clip_quantile = 1.0;
+  double signpost_uniform_mix = 0.0;
   std::optional<WkvquantFit> wkvquant;     // nullopt: CRR not run
   int complete_layers = 0;
   FloatTensors tensors;

@@ -3,6 +3,7 @@
 //
 //   kvq-calibrate --model DIR|FILE --dataset PATH [--tokenizer PATH] [--nseq 16]
 //                 [--seqlen 2048] [--seed 0] [--outliers 1%] [--sink 1] [--bits 2,3,4]
+//                 [--fisher-clip 1] [--uniform-mix 0]
 //                 -o calib.kvqc [--resume] [--threads N] [--format text|json]
 //                 [--backend cpu|cuda|cuda:N|auto]
 //                 [--crr [--crr-window 5] [--crr-epochs 2] [--crr-lr 5e-3] [--crr-group G]]
@@ -53,6 +54,8 @@ namespace {
 using namespace kvq;
 namespace fs = std::filesystem;
 
+constexpr int kTokenBudget = 16 * 2048;  // the 16 sequences x 2048 tokens
+
 struct Options {
   std::string model;
   std::string dataset;
@@ -63,6 +66,8 @@ struct Options {
   std::string outliers = "1%";
   int sink = 1;
   std::string bits = "2,3,4";
+  double fisher_clip = 1.0;
+  double uniform_mix = 0.0;
   std::string starts;  // explicit, comma-separated
   std::string output;
   bool resume = false;
@@ -175,7 +180,10 @@ int run(const Options& o) {
   const std::string backend = resolve_backend(o.backend);
   const std::string text = datasets::read_text_file(dataset);
   const std::vector<int32_t> ids = tok->encode(text);
-  const std::vector<int64_t> starts = o.starts.empty() ? calib::sample_starts(static_cast<int64_t>(ids.size()), seqlen, o.nseq, o.seed)
+  // --nseq 0: the token budget, 16 x 2048 tokens, whatever the window (the
+  // testbed's 1024-token window then gets 32 sequences instead of 16 x 1024 tokens).
+  const int nseq = o.nseq > 0 ? o.nseq : (kTokenBudget + seqlen - 1) / seqlen;
+  const std::vector<int64_t> starts = o.starts.empty() ? calib::sample_starts(static_cast<int64_t>(ids.size()), seqlen, nseq, o.seed)
                                                        : parse_list(o.starts, "--starts");
 
   std::fprintf(stderr, "kvq-calibrate: kvq %s\n", cli::build_info_text().c_str());
@@ -191,6 +199,9 @@ int run(const Options& o) {
                outl.tail_fraction() * 100, o.sink, o.bits.c_str());
   std::fprintf(stderr, "  output     %s%s, %d threads\n", o.output.c_str(), o.resume ? " (resume)" : "", threads);
   std::fprintf(stderr, "  backend    %s%s\n", backend.c_str(), o.backend == "auto" ? " (auto)" : "");
+  std::fprintf(stderr, "  weights    Fisher%s, uniform mix %g\n",
+               o.fisher_clip < 1.0 ? cli::strf(" clipped at its %g quantile", o.fisher_clip).c_str() : " (raw)",
+               o.uniform_mix);
   if (o.crr) {
     std::fprintf(stderr, "  crr        window %d (of %d blocks), %d epochs, lr %g, group %d, bits %s (CPU)\n",
                  std::min(o.crr_window, cfg.n_layers), cfg.n_layers, o.crr_epochs, o.crr_lr,
@@ -228,6 +239,8 @@ int run(const Options& o) {
   copt.outlier_fraction = outl.total_fraction;
   copt.sink = o.sink;
   copt.bits = bits;
+  copt.weighting.clip_quantile = o.fisher_clip;
+  copt.weighting.uniform_mix = o.uniform_mix;
   copt.output = o.output;
   copt.resume = o.resume;
   copt.stop_after_layers = o.stop_after_layers;
@@ -288,6 +301,8 @@ int run(const Options& o) {
                                 {"outlier_fraction", outl.total_fraction},
                                 {"sink", o.sink},
                                 {"bits", bits},
+                                {"fisher_clip", o.fisher_clip},
+                                {"uniform_mix", o.uniform_mix},
                                 {"mean_loss", mean_loss},
                                 {"resumed_sequences", s.resumed_sequences},
                                 {"resumed_layers", s.resumed_layers},
@@ -364,7 +379,9 @@ int main(int argc, char** argv) {
                  "Calibration text file (default: $KVQ_CALIB_DATA, else ../shared/datasets/kvq-docs/calib.txt); "
                  "never the evaluation split");
   app.add_option("--tokenizer", o.tokenizer, "Tokenizer file or folder (default: the model folder)");
-  app.add_option("--nseq", o.nseq, "Calibration sequences")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--nseq", o.nseq, "Calibration sequences (0: 16 x 2048 tokens' worth at the clamped --seqlen)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   app.add_option("--seqlen", o.seqlen, "Tokens per sequence (clamped to the model window)")
       ->check(CLI::Range(2, 1 << 20))
       ->capture_default_str();
@@ -375,6 +392,16 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   app.add_option("--bits", o.bits, "NUQ bit widths to fit signposts for")->capture_default_str();
+  app.add_option("--fisher-clip", o.fisher_clip,
+                 "Clip each layer's Fisher weights at this quantile before the signpost k-means (1: raw F, "
+                 "KVQuant's fit; docs/calibrate.md, \"Robust signpost weights\")")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  app.add_option("--uniform-mix", o.uniform_mix,
+                 "Share eps of the signpost k-means weight spread uniformly over [-1, 1] "
+                 "((1 - eps) Fisher + eps uniform; 0: KVQuant's fit)")
+      ->check(CLI::Range(0.0, 0.99))
+      ->capture_default_str();
   app.add_option("-o,--output", o.output, "Calibration file to write (.kvqc)")->required();
   app.add_flag("--resume", o.resume, "Continue an interrupted run from its last complete layer");
   app.add_option("--stop-after-layers", o.stop_after_layers,
