@@ -13,6 +13,7 @@
 #include <string>
 
 #include "formats/error.h"
+#include "kernels/kv_decode_kvquant.cuh"
 #include "kernels/kv_ops.cuh"
 #include "lib/cuda/check.h"
 
@@ -81,6 +82,15 @@ std::string reason(const Codec& c) {
     return {};
   }
   return "method " + m + " has no GPU path yet (done: intB axis=token, kivi, kvquant, wkvquant)";
+}
+
+// KVQuant's own decode kernel (kernels/kv_decode_kvquant.cu) where kvquant_decode::fits()
+// holds: KVQ_KV_DECODE=kvq-fast selects it; unset or any other value keeps
+// kv_decode_attention's choice (the general kernel for KVQuant) until it has passed parity on
+// a GPU. Read at every call (one getenv), so that a test can run both kernels in one process.
+bool kvquant_kernel_selected() {
+  const char* e = std::getenv("KVQ_KV_DECODE");
+  return e && std::strcmp(e, "kvq-fast") == 0;
 }
 
 }  // namespace
@@ -340,8 +350,9 @@ void PackedKvCache::prepare(const std::vector<int>& slots) {
   kern::PackedDecodeArgs a;
   a.rows = static_cast<int>(slots.size());
   a.n_heads = I.n_heads;
-  I.work.reserve(kern::kv_decode_workspace(I.k.d, a, std::max(1, I.max_len), I.sm_count) + 16,
-                 "decode workspace");
+  const size_t ws = std::max(kern::kv_decode_workspace(I.k.d, a, std::max(1, I.max_len), I.sm_count),
+                             kern::kvquant_decode::workspace(I.k.d, a, std::max(1, I.max_len), I.sm_count));
+  I.work.reserve(ws + 16, "decode workspace");
 }
 
 void PackedKvCache::decode(const void* q_dev, void* out_dev, bool bf16, void* stream) {
@@ -359,6 +370,11 @@ void PackedKvCache::decode(const void* q_dev, void* out_dev, bool bf16, void* st
   a.scale = 1.0f / std::sqrt(static_cast<float>(I.hd));
   a.inv_freq = I.inv_freq;
   a.rope_interleaved = I.interleaved;
+  if (kvquant_kernel_selected() && kern::kvquant_decode::fits(bf16 ? kern::Act::kBF16 : kern::Act::kF16, I.k.d, I.v.d, a)) {
+    KVQ_CUDA_CHECK(kern::kvquant_decode::run(I.k.d, I.v.d, a, I.max_len, I.sm_count, I.work.get(), I.work.bytes(),
+                                             static_cast<cudaStream_t>(stream)));
+    return;
+  }
   // Benchmark knob (kvq-kvbench, notes/kv-cuda-perf.md):
   // KVQ_KV_DECODE=general|fast|fast-pf|mma|mma3|mma-hoist|mma-stream forces a decode kernel
   // (mma* = builds of the tensor-core kernel: mma, mma3, mma-hoist = version 3, session 3's
@@ -374,6 +390,17 @@ void PackedKvCache::decode(const void* q_dev, void* out_dev, bool bf16, void* st
   KVQ_CUDA_CHECK(kern::kv_decode_attention(bf16 ? kern::Act::kBF16 : kern::Act::kF16, I.k.d, I.v.d,
                                            a, I.max_len, I.sm_count, I.work.get(), I.work.bytes(),
                                            static_cast<cudaStream_t>(stream)));
+}
+
+bool PackedKvCache::decode_uses_kvquant_kernel(bool bf16) const {
+  const Impl& I = *impl_;
+  kern::PackedDecodeArgs a;
+  a.rows = static_cast<int>(I.rows_slots.size());
+  a.n_heads = I.n_heads;
+  a.inv_freq = I.inv_freq;
+  a.rope_interleaved = I.interleaved;
+  return a.rows > 0 && kvquant_kernel_selected() &&
+         kern::kvquant_decode::fits(bf16 ? kern::Act::kBF16 : kern::Act::kF16, I.k.d, I.v.d, a);
 }
 
 int64_t PackedKvCache::quantized_tokens(bool key, int slot) const {

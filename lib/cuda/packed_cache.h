@@ -61,6 +61,9 @@ class PackedKvCache {
   void prepare(const std::vector<int>& slots);
   // q: [rows, n_heads, head_dim] fp16 (bf16 when `bf16`), device; out: same shape.
   void decode(const void* q_dev, void* out_dev, bool bf16 = false, void* stream = nullptr);
+  // Whether decode() of the prepared rows runs KVQuant's own kernel
+  // (kernels/kv_decode_kvquant.cu) rather than kv_decode_attention's choice.
+  bool decode_uses_kvquant_kernel(bool bf16 = false) const;
   // Bytes the prepared decode reads from the cache (codes, scales/zeros, channel
   // metadata, full-precision parts, outlier offsets and records; LUTs and per-channel
   // static parameters once per block are not counted: they are cache hits).

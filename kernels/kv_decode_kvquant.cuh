@@ -1,0 +1,29 @@
+// Decode attention specialised for KVQuant packed caches (kernels/kv_decode_kvquant.cu:
+// design, instruction and byte counts there): pre-RoPE NUQ keys with static per-channel
+// ranges, per-token NUQ values, CSR sparse outliers and fp16 sinks, all in one launch.
+// Called by lib/cuda/packed_cache.cpp where fits() holds (else the general kernel of
+// kernels/kv_decode_packed.cu serves KVQuant). nvcc and g++ both read this header.
+#pragma once
+
+#include <cstddef>
+
+#include <cuda_runtime.h>
+
+#include "kernels/kv_ops.cuh"
+
+namespace kvq::kern::kvquant_decode {
+
+// True when this kernel serves the pair: fp16 activations, KVQuant on both sides
+// (kLutChannel keys, kLutToken values) with the same bit width 2 or 4, head_dim 128,
+// rotate-half RoPE (inv_freq given, not interleaved), G = heads / kv heads in 1..8.
+// 3 bits, head_dim 64, interleaved RoPE and bf16 take the general kernel.
+bool fits(Act act, const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a);
+
+// Workspace bytes run() needs for max_len tokens (split-K partials).
+size_t workspace(const PackedSide& k, const PackedDecodeArgs& a, int max_len, int sm_count);
+
+// Launches the decode kernel and the split-K combine; `workspace` holds workspace() bytes.
+cudaError_t run(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len,
+                int sm_count, void* workspace, size_t workspace_bytes, cudaStream_t stream);
+
+}  // namespace kvq::kern::kvquant_decode
