@@ -15,6 +15,7 @@
 #   scripts/calib_table.sh --windows 4 --nseq 2 --calib-seqlen 256 --backend cpu   # smoke run
 #   scripts/calib_table.sh --qnorm                           # adds calibrated + Q-Norm rows
 #   scripts/calib_table.sh --eval-data ../shared/datasets/kvq-docs/valid.txt --windows 8   # dev set
+#   scripts/calib_table.sh --calib-args '--fisher-clip 0.99'   # extra kvq-calibrate options
 #
 # Never calibrate on the evaluation split: --calib-data must not be WikiText-2 test.
 set -euo pipefail
@@ -35,8 +36,9 @@ build=${KVQ_BUILD_DIR:-build}
 do_build=1
 qnorm=0
 threads=0
+calib_args=""
 
-usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while (($#)); do
   case $1 in
     --model) model=$2; shift 2 ;;
@@ -54,6 +56,7 @@ while (($#)); do
     --no-build) do_build=0; shift ;;
     --qnorm) qnorm=1; shift ;;
     --threads) threads=$2; shift 2 ;;
+    --calib-args) calib_args=$2; shift 2 ;;
     -h|--help) usage 0 ;;
     *) echo "calib_table.sh: unknown argument '$1'" >&2; usage 2 >&2 ;;
   esac
@@ -85,6 +88,8 @@ t0=$(date +%s)
 echo "calib_table.sh: [1/3] kvq-calibrate -> $out/calib.kvqc" >&2
 cal=("$bin/kvq-calibrate" --model "$model" --dataset "$calib_data" --nseq "$nseq" --seqlen "$calib_seqlen"
      --seed "$seed" --bits "$bits" --backend "$backend" --threads "$threads" -o "$out/calib.kvqc" --format json)
+read -r -a extra <<< "$calib_args"
+cal+=("${extra[@]}")
 set +e
 "${cal[@]}" --resume 2>&1 > "$out/calibrate.json" | tee "$out/calibrate.err" >&2
 rc=${PIPESTATUS[0]}
@@ -126,10 +131,10 @@ echo "calib_table.sh: [3/3] kvq-eval ppl, $eval_data, seqlen $seqlen, windows $w
 t2=$(date +%s)
 
 # 4. The table.
-python3 - "$out" "$bits" "$windows" "$qnorm" "$calib_data" "$nseq" "$calib_seqlen" "$seed" "$((t1 - t0))" "$((t2 - t1))" <<'PY'
+python3 - "$out" "$bits" "$windows" "$qnorm" "$calib_data" "$nseq" "$calib_seqlen" "$seed" "$((t1 - t0))" "$((t2 - t1))" "$calib_args" <<'PY'
 import datetime, json, math, os, sys
 out, bits, windows, qnorm = sys.argv[1], [int(b) for b in sys.argv[2].split(",")], int(sys.argv[3]), sys.argv[4] == "1"
-calib_data, nseq, calib_seqlen, seed, t_cal, t_eval = sys.argv[5:11]
+calib_data, nseq, calib_seqlen, seed, t_cal, t_eval, calib_args = sys.argv[5:12]
 c = json.load(open(os.path.join(out, "compare.json")))
 cal = json.load(open(os.path.join(out, "calibrate.json")))
 rows = {r["method"]: r for r in c["rows"]}
@@ -153,8 +158,9 @@ print("Data: %s, windows of %d tokens%s. Device: %s. kvq %s. Date: %s." % (
     c["data"], c["seqlen"], "" if windows < 0 else " (the first %d only: not the full protocol)" % windows,
     c["device"], c["revision"],
     datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")))
-print("Calibration: %s, %d sequences x %d tokens (asked %s), seed %s, backend %s; %s s calibrate+convert, %s s eval." % (
-    cal["dataset"], cal["sequences"], cal["seqlen"], calib_seqlen, seed, cal.get("backend", "?"), t_cal, t_eval))
+print("Calibration: %s, %d sequences x %d tokens (asked %s), seed %s, backend %s%s; %s s calibrate+convert, %s s eval." % (
+    cal["dataset"], cal["sequences"], cal["seqlen"], calib_seqlen, seed, cal.get("backend", "?"),
+    ", kvq-calibrate %s" % calib_args if calib_args else "", t_cal, t_eval))
 print("fp16 KV: PPL %.3f. Cells: PPL (change vs fp16 KV); bits/elem include metadata. Default: uniform"
       " signposts, 1%% outliers and ranges from the window itself; calibrated: Fisher-weighted signposts,"
       " static per-channel key ranges from the calibration (the 1%% outlier budget allocated across channels"

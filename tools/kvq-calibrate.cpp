@@ -395,7 +395,17 @@ int main(int argc, char** argv) {
   app.add_option("--fisher-clip", o.fisher_clip,
                  "Clip each layer's Fisher weights at this quantile before the signpost k-means (1: raw F, "
                  "KVQuant's fit; docs/calibrate.md, \"Robust signpost weights\")")
-      ->check(CLI::Range(0.0, 1.0))
+      ->check(CLI::Validator(
+          [](std::string& text) -> std::string {
+            try {
+              size_t used = 0;
+              const double q = std::stod(text, &used);
+              if (used == text.size() && q > 0.0 && q <= 1.0) return {};
+            } catch (const std::exception&) {
+            }
+            return "Value " + text + " not in (0, 1]";
+          },
+          "in (0, 1]"))
       ->capture_default_str();
   app.add_option("--uniform-mix", o.uniform_mix,
                  "Share eps of the signpost k-means weight spread uniformly over [-1, 1] "
