@@ -195,4 +195,20 @@ TEST_CASE("the calibration file keeps the weighting and --resume refuses other s
   CHECK(d.signpost_uniform_mix == 0.0);
   CHECK(calibration_document(d).find("signpost_weighting") == std::string::npos);
   CHECK(calibration_document(c).find("signpost_weighting") != std::string::npos);
+  // A file whose weighting is out of range is a FormatError naming the file and the key.
+  for (const auto& [clip, mix] : {std::pair{0.0, 0.0}, std::pair{1.0, 1.0}, std::pair{0.5, 1.5}}) {
+    Calibration bad = d;
+    bad.signpost_clip_quantile = clip;
+    bad.signpost_uniform_mix = mix;
+    const std::string path = dir + "/bad.kvqc";
+    write_calibration(path, bad);
+    INFO("clip " << clip << " mix " << mix);
+    CHECK_THROWS_AS(read_calibration(path), FormatError);
+    try {
+      read_calibration(path);
+    } catch (const FormatError& e) {
+      CHECK_THAT(std::string(e.what()), kvq_test::HasSubstr("bad.kvqc"));
+      CHECK_THAT(std::string(e.what()), kvq_test::HasSubstr("signpost_weighting"));
+    }
+  }
 }
