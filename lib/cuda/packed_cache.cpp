@@ -85,12 +85,12 @@ std::string reason(const Codec& c) {
 }
 
 // KVQuant's own decode kernel (kernels/kv_decode_kvquant.cu) where kvquant_decode::fits()
-// holds: KVQ_KV_DECODE=kvq-fast selects it; unset or any other value keeps
-// kv_decode_attention's choice (the general kernel for KVQuant) until it has passed parity on
-// a GPU. Read at every call (one getenv), so that a test can run both kernels in one process.
+// holds: the default (KVQ_KV_DECODE unset, empty or kvq-fast); any other value (general, mma,
+// ...) keeps kv_decode_attention's choice, the general kernel for KVQuant, for A/B runs.
+// Read at every call (one getenv), so that a test can run both kernels in one process.
 bool kvquant_kernel_selected() {
   const char* e = std::getenv("KVQ_KV_DECODE");
-  return e && std::strcmp(e, "kvq-fast") == 0;
+  return !e || !*e || std::strcmp(e, "kvq-fast") == 0;
 }
 
 }  // namespace
@@ -375,7 +375,7 @@ void PackedKvCache::decode(const void* q_dev, void* out_dev, bool bf16, void* st
                                              static_cast<cudaStream_t>(stream)));
     return;
   }
-  // Benchmark knob (kvq-kvbench, notes/kv-cuda-perf.md):
+  // Benchmark knob (kvq-kvbench, notes/kv-cuda-perf.md; KVQuant: kvquant_kernel_selected above):
   // KVQ_KV_DECODE=general|fast|fast-pf|mma|mma3|mma-hoist|mma-stream forces a decode kernel
   // (mma* = builds of the tensor-core kernel: mma, mma3, mma-hoist = version 3, session 3's
   // default; mma-stream = the staged version 4); unset = version 4 where it applies, else

@@ -1,6 +1,7 @@
-// KVQuant's own decode kernel (kernels/kv_decode_kvquant.cu, selected by KVQ_KV_DECODE=kvq-fast
-// through lib/cuda/packed_cache.cpp) against attention in fp64 over the CPU codec's
-// dequantized (simulated) cache, RoPE applied in fp64 to the pre-RoPE keys. From a printed
+// KVQuant's own decode kernel (kernels/kv_decode_kvquant.cu, the default of
+// lib/cuda/packed_cache.cpp where it fits; the cases set KVQ_KV_DECODE=kvq-fast) against
+// attention in fp64 over the CPU codec's dequantized (simulated) cache, RoPE applied in fp64
+// to the pre-RoPE keys. From a printed
 // seed (KVQ_TEST_SEED replays): random rows N(0, 1) with an outlier channel (x8), every third
 // token on a 1/8 grid (ties), one constant token; 3 slots streamed in uneven appends
 // (lengths 300, 129, 10) read by 4 batch rows {0, 1, 2, 0}; MHA and G = 2, 3, 4, 8; 4 and 2
@@ -49,12 +50,15 @@ constexpr int kHd = 128;
 struct EnvGuard {
   std::string old;
   bool had = false;
-  explicit EnvGuard(const char* value) {
+  explicit EnvGuard(const char* value) {  // null: unset
     if (const char* e = std::getenv("KVQ_KV_DECODE")) {
       had = true;
       old = e;
     }
-    setenv("KVQ_KV_DECODE", value, 1);
+    if (value)
+      setenv("KVQ_KV_DECODE", value, 1);
+    else
+      unsetenv("KVQ_KV_DECODE");
   }
   ~EnvGuard() {
     if (had)
@@ -291,7 +295,8 @@ TEST_CASE("kv kvquant kernel: long slot (chunks past one RoPE re-anchoring) == s
   }
 }
 
-TEST_CASE("kv kvquant kernel: 3 bits, bf16 and the unset switch keep the general kernel", "[gpu][kv][kvquant]") {
+TEST_CASE("kv kvquant kernel: the default where it fits; 3 bits, bf16, KVQ_KV_DECODE=general keep the general one",
+          "[gpu][kv][kvquant]") {
   const codecs::KvShape ks{2, kHd, 4};
   RopeConfig rc;
   rc.theta = 10000.0;
@@ -303,8 +308,8 @@ TEST_CASE("kv kvquant kernel: 3 bits, bf16 and the unset switch keep the general
     cuda::PackedKvCache gpu(*kc, *vc, 1, 8, 4, inv_freq);
     gpu.append_host(0, x.data(), x.data(), 5, 2 * kHd);
     gpu.prepare({0});
-    {
-      EnvGuard env("kvq-fast");
+    for (const char* value : {"kvq-fast", static_cast<const char*>(nullptr)}) {
+      EnvGuard env(value);
       CHECK(gpu.decode_uses_kvquant_kernel() == (spec == "kvquant:bits=4"));
       CHECK_FALSE(gpu.decode_uses_kvquant_kernel(true));
     }
