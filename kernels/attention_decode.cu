@@ -9,11 +9,13 @@
 // 16-byte load each, so a warp instruction covers 32/(DP/8) whole rows, fully coalesced.
 // Pass 1 writes the chunk's scores for every head to shared memory, pass 2 turns them into
 // exp(s - max) per head, pass 3 accumulates P V in fp32 registers and reduces across lanes
-// and warps.
+// and warps. The empty-chunk write and pass 2 are kernels/decode_chunk.cuh's, shared with
+// kv_decode_more.cu and kv_decode_packed.cu.
 #include <algorithm>
 #include <cmath>
 
 #include "kernels/common.cuh"
+#include "kernels/decode_chunk.cuh"
 
 namespace kvq::kern {
 namespace {
@@ -80,12 +82,7 @@ attention_decode_kernel(AttentionArgs a, int chunk, int splits, float* part_o, f
   const int64_t head0 = static_cast<int64_t>(r) * a.n_heads + kvh * G;  // first query head
 
   if (begin >= end || end <= lo) {  // nothing to see in this chunk
-    for (int i = threadIdx.x; i < G * D; i += kThreads)
-      part_o[((head0 + i / D) * splits + s) * D + i % D] = 0.f;
-    if (threadIdx.x < G) {
-      part_ml[((head0 + threadIdx.x) * splits + s) * 2] = -INFINITY;
-      part_ml[((head0 + threadIdx.x) * splits + s) * 2 + 1] = 0.f;
-    }
+    store_empty_split<kThreads>(G, D, head0, splits, s, part_o, part_ml);
     return;
   }
   const int slot = a.slot[r];
@@ -123,23 +120,8 @@ attention_decode_kernel(AttentionArgs a, int chunk, int splits, float* part_o, f
   __syncthreads();
 
   // Pass 2: p = exp(s - max) per head, and the chunk's sum.
-  const int cnt = end - begin;
-  for (int g = warp; g < G; g += kWarps) {
-    float m = -INFINITY;
-    for (int i = lane; i < cnt; i += 32) m = fmaxf(m, sc[g * chunk + i]);
-    m = warp_max(m);
-    float sum = 0.f;
-    for (int i = lane; i < cnt; i += 32) {
-      const float p = m == -INFINITY ? 0.f : expf(sc[g * chunk + i] - m);
-      sc[g * chunk + i] = p;
-      sum += p;
-    }
-    sum = warp_sum(sum);
-    if (lane == 0) {
-      stat[2 * g] = m;
-      stat[2 * g + 1] = sum;
-    }
-  }
+  // A window can mask a head's whole chunk: its max is -inf and p = 0.
+  chunk_softmax<kWarps, true>(sc, chunk, end - begin, G, warp, lane, stat);
   __syncthreads();
 
   // Pass 3: P V.

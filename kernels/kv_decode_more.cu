@@ -15,11 +15,13 @@
 //  - MiKV: a flag byte per record picks the fp16 / int8 / int-b record; the newest
 //    ring_cap tokens come from the fp16 ring; balanced keys are multiplied by 1/b per
 //    channel exactly as mikv.cpp's dequantize does.
-// Softmax, scores and accumulators are fp32; the output is rounded once to Act.
+// Softmax, scores and accumulators are fp32; the output is rounded once to Act. The empty-chunk
+// write and pass 2 are kernels/decode_chunk.cuh's, shared with attention_decode.cu.
 #include <algorithm>
 #include <cmath>
 
 #include "kernels/common.cuh"
+#include "kernels/decode_chunk.cuh"
 #include "kernels/kv_more.cuh"
 
 namespace kvq::kern {
@@ -207,12 +209,7 @@ more_decode_kernel(MoreSide K, MoreSide V, MoreDecodeArgs a, const float* qf, in
   const int64_t head0 = static_cast<int64_t>(r) * a.n_heads + kvh * G;
 
   if (begin >= end) {
-    for (int i = threadIdx.x; i < G * D; i += kThreads)
-      part_o[((head0 + i / D) * splits + s) * D + i % D] = 0.f;
-    if (threadIdx.x < G) {
-      part_ml[((head0 + threadIdx.x) * splits + s) * 2] = -INFINITY;
-      part_ml[((head0 + threadIdx.x) * splits + s) * 2 + 1] = 0.f;
-    }
+    store_empty_split<kThreads>(G, D, head0, splits, s, part_o, part_ml);
     return;
   }
   for (int i = threadIdx.x; i < 256; i += kThreads) {
@@ -267,23 +264,7 @@ more_decode_kernel(MoreSide K, MoreSide V, MoreDecodeArgs a, const float* qf, in
   __syncthreads();
 
   // Pass 2: p = exp(s - max) per head and the chunk's sum.
-  const int cnt = end - begin;
-  for (int g = warp; g < G; g += kWarps) {
-    float m = -INFINITY;
-    for (int i = lane; i < cnt; i += 32) m = fmaxf(m, sc[g * chunk + i]);
-    m = warp_max(m);
-    float sum = 0.f;
-    for (int i = lane; i < cnt; i += 32) {
-      const float e = expf(sc[g * chunk + i] - m);
-      sc[g * chunk + i] = e;
-      sum += e;
-    }
-    sum = warp_sum(sum);
-    if (lane == 0) {
-      stat[2 * g] = m;
-      stat[2 * g + 1] = sum;
-    }
-  }
+  chunk_softmax<kWarps, false>(sc, chunk, end - begin, G, warp, lane, stat);
   __syncthreads();
 
   // Pass 3: P V.
