@@ -159,13 +159,16 @@ __device__ __forceinline__ void key_q_fragments(const float* qf, int ncols, int 
     const int col = nt * 8 + gid;
     const bool ok = col < ncols;
     const int g = ok ? col / ngk : 0, grp = ok ? col % ngk : 0;
+    // One group (group = kD, the default per-token codes): every channel is in the column's
+    // group, without the 32 run-time divisions per lane below (~20 instructions each).
+    const bool one = group == kD;
 #pragma unroll
     for (int kk = 0; kk < 8; ++kk)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int ca = 32 * t4 + key_pair_channel<BITS>(2 * kk + h), cb = ca + NP;
-        const float qa = ok && ca / group == grp ? qf[g * kD + ca] : 0.f;
-        const float qb = ok && cb / group == grp ? qf[g * kD + cb] : 0.f;
+        const float qa = ok && (one || ca / group == grp) ? qf[g * kD + ca] : 0.f;
+        const float qb = ok && (one || cb / group == grp) ? qf[g * kD + cb] : 0.f;
         bq[nt][kk][h] = pack_h2(qa, qb);  // fp16 -> fp32 -> fp16: exact
       }
   }

@@ -48,6 +48,23 @@ __device__ __forceinline__ void stage16(void* sdst, const void* gsrc, int n) {
   for (int i = threadIdx.x; i < n; i += kT) cp_async16(d + 16 * i, g + 16 * i, 16);
 }
 
+// The same with at most MAXP pieces per thread, unrolled and predicated: the loop above cost
+// ~8 instructions per 16-byte piece (compare, branch, 64-bit address rebuilt from i); here
+// the thread's first source and destination are computed once and piece p sits at the
+// constant offset 16 kT p from them (cp.async's [reg + imm] form).
+// MAXP = 0: the loop (gsrc_t still this thread's first piece).
+template <int MAXP>
+__device__ __forceinline__ void stage16u(void* sdst, const char* gsrc_t, int n) {
+  if constexpr (MAXP == 0) {
+    stage16(sdst, gsrc_t - 16 * threadIdx.x, n);
+    return;
+  }
+  const uint32_t d = smem_addr(sdst) + 16 * threadIdx.x;
+#pragma unroll
+  for (int p = 0; p < MAXP; ++p)
+    if (static_cast<int>(threadIdx.x) + p * kT < n) cp_async16(d + 16 * kT * p, gsrc_t + 16 * kT * p, 16);
+}
+
 // Halves g[0, n) to s[off, off + n), off = 1 when g is 2 bytes past a 4-byte boundary (then
 // the half before g, which lies in the same allocation because allocations are 256-byte
 // aligned, is copied too); 4-byte copies, and a plain load for a last half whose word
@@ -58,6 +75,81 @@ __device__ __forceinline__ void stage_halves(uint16_t* s, const uint16_t* g, int
   const uint32_t d = smem_addr(s);
   for (int i = threadIdx.x; i < nw; i += kT) cp_async4(d + 4 * i, g4 + 2 * i);
   if (((n + off) & 1) && threadIdx.x == kT - 1) s[off + n - 1] = __ldg(g + n - 1);
+}
+// The same unrolled for at most MAXP words per thread (MAXP = 0: the loop above).
+template <int MAXP>
+__device__ __forceinline__ void stage_halves_u(uint16_t* s, const uint16_t* g, int n, int off) {
+  if constexpr (MAXP == 0) {
+    stage_halves(s, g, n, off);
+  } else {
+    const uint16_t* g4 = g - off + 2 * threadIdx.x;
+    const int nw = (n + off) >> 1;
+    const uint32_t d = smem_addr(s) + 4 * threadIdx.x;
+#pragma unroll
+    for (int p = 0; p < MAXP; ++p)
+      if (static_cast<int>(threadIdx.x) + p * kT < nw) cp_async4(d + 4 * kT * p, g4 + 2 * kT * p);
+    if (((n + off) & 1) && threadIdx.x == kT - 1) s[off + n - 1] = __ldg(g + n - 1);
+  }
+}
+
+// N per-lane values reduced over the warp (sum, or max when MAX) in one butterfly: the
+// first log2(P) steps (P = N rounded up to a power of two) exchange half of the values each
+// (step s with lane offset 16 >> s keeps value 2k + bit or 2k + 1 - bit and ships the other),
+// so the whole reduction takes P - 1 + 5 - log2(P) shuffles instead of 5 N (the softmax step
+// of a 256-token stage did five 5-shuffle reductions per thread at G = 1, 60 at G = 4).
+// Returns this lane's total; it is value e = warp_reduce_elem<N>(lane) (lanes with e >= N,
+// and all but one lane per value, hold duplicates or padding).
+template <int N>
+__host__ __device__ constexpr int reduce_steps() {
+  return N <= 1 ? 0 : N <= 2 ? 1 : N <= 4 ? 2 : N <= 8 ? 3 : N <= 16 ? 4 : 5;
+}
+template <int N>
+__device__ __forceinline__ int warp_reduce_elem(int lane) {
+  constexpr int L = reduce_steps<N>();
+  int e = 0;
+#pragma unroll
+  for (int st = 0; st < L; ++st) e |= ((lane >> (4 - st)) & 1) << st;
+  return e;
+}
+// True on the one lane per value that should write it (the low 5 - L lane bits zero).
+template <int N>
+__device__ __forceinline__ bool warp_reduce_writer(int lane) {
+  constexpr int L = reduce_steps<N>();
+  return (lane & ((32 >> L) - 1)) == 0;
+}
+template <int N, bool MAX>
+__device__ __forceinline__ float warp_reduce_many(const float (&v)[N], int lane) {
+  static_assert(N >= 1 && N <= 32, "1..32 values");
+  constexpr int L = reduce_steps<N>();
+  constexpr int P = 1 << L;
+  const float pad = MAX ? -INFINITY : 0.f;
+  float x[P];
+#pragma unroll
+  for (int i = 0; i < P; ++i) x[i] = i < N ? v[i] : pad;
+#pragma unroll
+  for (int st = 0; st < L; ++st) {
+    const int o = 16 >> st;
+    const bool hi = (lane & o) != 0;
+#pragma unroll
+    for (int k = 0; k < (P >> (st + 1)); ++k) {
+      const float keep = hi ? x[2 * k + 1] : x[2 * k];
+      const float send = hi ? x[2 * k] : x[2 * k + 1];
+      const float got = __shfl_xor_sync(0xffffffffu, send, o);
+      x[k] = MAX ? fmaxf(keep, got) : keep + got;
+    }
+  }
+#pragma unroll
+  for (int o = 16 >> L; o > 0; o >>= 1) {
+    const float got = __shfl_xor_sync(0xffffffffu, x[0], o);
+    x[0] = MAX ? fmaxf(x[0], got) : x[0] + got;
+  }
+  return x[0];
+}
+
+// a / b for powers of two a, b whose quotient is a normal float (the weights' 2^E factors,
+// 2^-1 .. 2^38): exponent arithmetic, exact, instead of an IEEE division's ~10 instructions.
+__device__ __forceinline__ float pow2_ratio(float a, float b) {
+  return __int_as_float(__float_as_int(a) - __float_as_int(b) + (127 << 23));
 }
 
 // v[idx] for a run-time idx < N without indexing a register array (a chain of selects).
@@ -95,10 +187,18 @@ __device__ __forceinline__ void load_key_rows(const uint32_t* kcb, int tb, int g
   }
 }
 
-__host__ __device__ inline int meta_stage_halves(int mpr) { return (kS * mpr + 2 + 7) / 8 * 8; }
-// The key side's: KIVI keys stage the (scale, zero) rows of kS / group token groups.
-__host__ __device__ inline int key_meta_stage_halves(const PackedSide& K) {
-  return K.format == KvFormat::kChannelAsym ? kS / K.group * 2 * kD : meta_stage_halves(K.mpr);
+__host__ __device__ inline int meta_stage_halves(int mpr, int ks) { return (ks * mpr + 2 + 7) / 8 * 8; }
+// The key side's: KIVI keys stage the (scale, zero) rows of ks / group token groups.
+__host__ __device__ inline int key_meta_stage_halves(const PackedSide& K, int ks) {
+  return K.format == KvFormat::kChannelAsym ? ks / K.group * 2 * kD : meta_stage_halves(K.mpr, ks);
+}
+
+// Blocks per SM the build is compiled for (__launch_bounds__): 4 (<= 128 registers) for one
+// n-tile each way up to 384-token stages at 2 bits / 256 at 4 (~47-55 KB of shared memory
+// each), else 3 (the two-n-tile builds keep 64 accumulators; 512-token stages at 2 bits take
+// ~61 KB at G = 1, so 4 would not fit the 228 KB of an H100 SM anyway).
+__host__ __device__ constexpr int stream_min_blocks(int ntk, int ntv, int ks, int bits) {
+  return ntk == 1 && ntv == 1 && ks * bits <= 1024 && ks <= 384 ? 4 : 3;
 }
 
 // KONE: one channel group on both sides (group = 128: the default per-token codes), so the
@@ -122,15 +222,27 @@ __host__ __device__ inline int key_meta_stage_halves(const PackedSide& K) {
 // no HFMA2) on the value side, and on the key side unless KCH (KIVI's B is rebuilt per key
 // group, so its sum q' s off would be too); the key mma starts from -sum_d q_d off(d), the
 // value epilogue subtracts off(ch) * wrun, wrun the running sum of the weights' hi + lo.
-template <int BITS, int NTK, int NTV, bool KONE, int GM, bool KCH, int NGVT = 0, bool FOLD = true>
-__global__ void __launch_bounds__(kT, NTK == 1 && NTV == 1 ? 4 : 3)
+// KS: tokens per stage (kS = 256, or 384 / 512 for the 2-bit per-token builds: same shared
+// bytes of codes as 256 at 4 bits, so the stage's fixed work -- barriers, warp reductions,
+// the running max / scale exponents, the accumulators' rescale -- is spread over 1.5-2x the
+// tokens; KVQ_KV_STAGE picks, stage_tokens() below).
+template <int BITS, int NTK, int NTV, bool KONE, int GM, bool KCH, int NGVT = 0, bool FOLD = true, int KS = kS>
+__global__ void __launch_bounds__(kT, stream_min_blocks(NTK, NTV, KS, BITS))
 stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int splits, float* part_o,
               float* part_ml) {
   constexpr int NP = 16 / BITS;   // fp16 pairs per code word
   constexpr int NWK = BITS;       // words per 32-code key block (a lane's share of a key row)
   constexpr int NWV = BITS / 2;   // words per 16-channel value run
   constexpr int RW = 4 * BITS;    // words per (token, head) row at head_dim 128
-  constexpr int KPT = kS / kT;    // softmax tokens per thread per stage
+  static_assert(KS % kT == 0 && (KS == kS || !KCH), "stages of whole thread rounds; KIVI: 256 tokens");
+  constexpr int KPT = KS / kT;    // softmax tokens per thread per stage
+  // Staging copies per thread (unrolled, predicated): 16-byte code pieces of a stage, and
+  // 4-byte meta words for up to 2 halves per token (KONE: one (scale, zero) group); the
+  // per-group builds (up to 16 halves per token) keep the loop.
+  // (The two-n-tile per-group builds keep the loop for the codes too: unrolled, ptxas spilled
+  // 28-40 B there at 168 registers.)
+  constexpr int CPT = NTK == 2 && NTV == 2 ? 0 : KS * RW / 4 / kT;
+  constexpr int MWPT = KONE ? KS / kT : 0;  // <= KS words: 1 (sym) or 2 (asym) halves a token
   constexpr int GA = GM;                // head loop bound (G <= GM)
   constexpr int VA = KONE ? 1 : NGVT > 0 ? NGVT : 8;        // value group loop bound
   constexpr int CA = KONE ? GM : NGVT > 0 ? GM * NGVT : 8;  // (head, value group) combination loop bound
@@ -141,11 +253,11 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
   const int NGK = KONE || KCH ? 1 : kD / K.group, NGV = KONE ? 1 : NGVT > 0 ? NGVT : kD / V.group;
   const int NCK = G * NGK, NCV = 2 * G * NGV;
   const int kmpr = K.mpr, vmpr = V.mpr;
-  const int kms = key_meta_stage_halves(K), vms = meta_stage_halves(vmpr);
-  uint32_t* kc_s = reinterpret_cast<uint32_t*>(sm);        // [2][kS][RW] key codes
-  uint32_t* vc_s = kc_s + 2 * kS * RW;                     // [kS][RW] value codes
-  float* sc = reinterpret_cast<float*>(vc_s + kS * RW);    // [G][kS] scores, then p
-  float* qsum = sc + G * kS;                               // [16] sum of q per key column
+  const int kms = key_meta_stage_halves(K, KS), vms = meta_stage_halves(vmpr, KS);
+  uint32_t* kc_s = reinterpret_cast<uint32_t*>(sm);        // [2][KS][RW] key codes
+  uint32_t* vc_s = kc_s + 2 * KS * RW;                     // [KS][RW] value codes
+  float* sc = reinterpret_cast<float*>(vc_s + KS * RW);    // [G][KS] scores, then p
+  float* qsum = sc + G * KS;                               // [16] sum of q per key column
   float* zsum = qsum + 16;                                 // [8] running sum p z per (g, value group)
   float* wrun = zsum + 8;                                  // [8] FOLD: running sum of w hi + lo, same
   float* lrun = zsum + 16;                                 // [8] running sum of p per head
@@ -153,7 +265,7 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
   float* qx = rbuf + kW * 40;                              // KCH: [2][kD] q (fp32)
   uint16_t* km_s = reinterpret_cast<uint16_t*>(qx + (KCH ? 2 * kD : 0));  // [2][kms] key meta
   uint16_t* vm_s = km_s + 2 * kms;                               // [2][vms] value meta
-  __half* W = reinterpret_cast<__half*>(vm_s + 2 * vms);         // [NCV][kS] value weights hi/lo
+  __half* W = reinterpret_cast<__half*>(vm_s + 2 * vms);         // [NCV][KS] value weights hi/lo
 
   const int s = blockIdx.x, kvh = blockIdx.y, r = blockIdx.z;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -175,24 +287,33 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
   const uint32_t* vcg = V.codes + sh * V.max_tokens * RW;
   const uint16_t* kmg = KCH ? K.cmeta + sh * (K.max_tokens / K.group) * 2 * kD : K.meta + sh * K.max_tokens * kmpr;
   const uint16_t* vmg = V.meta + sh * V.max_tokens * vmpr;
-  // Stage starts are multiples of kS tokens, so the 2-byte shift is the block's.
+  // Stage starts are multiples of KS tokens, so the 2-byte shift is the block's.
   const int koff =
       KCH ? 0 : static_cast<int>((reinterpret_cast<uintptr_t>(kmg + static_cast<int64_t>(begin) * kmpr) >> 1) & 1u);
   const int voffs = static_cast<int>((reinterpret_cast<uintptr_t>(vmg + static_cast<int64_t>(begin) * vmpr) >> 1) & 1u);
-  const int nsub = (end - begin + kS - 1) / kS;
+  const int nsub = (end - begin + KS - 1) / KS;
+  // The stage copies address from per-block bases plus a 32-bit offset advanced by a
+  // constant per stage (j * KS * row bytes < 2^31: span <= 2^21 tokens of <= 64 B), this
+  // thread's first 16-byte piece folded into the code bases once (stage16u).
+  const char* kcg_t = reinterpret_cast<const char*>(kcg + static_cast<int64_t>(begin) * RW) + 16 * threadIdx.x;
+  const char* vcg_t = reinterpret_cast<const char*>(vcg + static_cast<int64_t>(begin) * RW) + 16 * threadIdx.x;
+  const uint16_t* kmg_b = kmg + (KCH ? 0 : static_cast<int64_t>(begin) * kmpr);
+  const uint16_t* vmg_b = vmg + static_cast<int64_t>(begin) * vmpr;
   auto issue_a = [&](int j) {  // key codes, key meta, value meta of stage j
-    const int t0 = begin + j * kS, n = min(kS, end - t0);
-    stage16(kc_s + (j & 1) * kS * RW, kcg + static_cast<int64_t>(t0) * RW, n * RW / 4);
-    if constexpr (KCH)  // the (scale, zero) rows of the stage's key groups (t0 is group-aligned)
+    const int n = min(KS, end - begin - j * KS);
+    stage16u<CPT>(kc_s + (j & 1) * KS * RW, kcg_t + j * (KS * RW * 4), n * RW / 4);
+    if constexpr (KCH) {  // the (scale, zero) rows of the stage's key groups (t0 is group-aligned)
+      const int t0 = begin + j * KS;
       stage16(km_s + (j & 1) * kms, kmg + static_cast<int64_t>(t0 / K.group) * 2 * kD,
               (n + K.group - 1) / K.group * (4 * kD / 16));
-    else
-      stage_halves(km_s + (j & 1) * kms, kmg + static_cast<int64_t>(t0) * kmpr, n * kmpr, koff);
-    stage_halves(vm_s + (j & 1) * vms, vmg + static_cast<int64_t>(t0) * vmpr, n * vmpr, voffs);
+    } else {
+      stage_halves_u<MWPT>(km_s + (j & 1) * kms, kmg_b + j * (KS * kmpr), n * kmpr, koff);
+    }
+    stage_halves_u<MWPT>(vm_s + (j & 1) * vms, vmg_b + j * (KS * vmpr), n * vmpr, voffs);
   };
   auto issue_b = [&](int j) {  // value codes of stage j
-    const int t0 = begin + j * kS, n = min(kS, end - t0);
-    stage16(vc_s, vcg + static_cast<int64_t>(t0) * RW, n * RW / 4);
+    const int n = min(KS, end - begin - j * KS);
+    stage16u<CPT>(vc_s, vcg_t + j * (KS * RW * 4), n * RW / 4);
   };
   issue_a(0);
   cp_async_commit();
@@ -259,7 +380,7 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
   int moff[NTK][2];   // halves from a token's meta row to the column's group
   float cqs[NTK][2];  // sum of q over the column's group
   float kinit[NTK][2];  // KF: the key mma's start, -sum_d q_d off(d) of the column
-  int sdst[NTK][2];   // score row (g * kS) this lane writes for the column, -1: none
+  int sdst[NTK][2];   // score row (g * KS) this lane writes for the column, -1: none
 #pragma unroll
   for (int nt = 0; nt < NTK; ++nt)
 #pragma unroll
@@ -271,9 +392,9 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
       cqs[nt][c] = ok ? qsum[col] : 0.f;
       kinit[nt][c] = KF && ok ? -rbuf[col] : 0.f;
       if (KONE || KCH || NGK == 1)  // one key group: a column per head (KCH: unused)
-        sdst[nt][c] = ok ? col * kS : -1;
+        sdst[nt][c] = ok ? col * KS : -1;
       else
-        sdst[nt][c] = c == 0 && ok && t4 % max(1, NGK / 2) == 0 ? (col / NGK) * kS : -1;
+        sdst[nt][c] = c == 0 && ok && t4 % max(1, NGK / 2) == 0 ? (col / NGK) * KS : -1;
     }
   const float ascale = a.scale;
   const bool vsym = V.format == KvFormat::kTokenSym;
@@ -294,7 +415,7 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
       for (int e = 0; e < 4; ++e) acc[nt][mt][e] = 0.f;
 
   for (int j = 0; j < nsub; ++j) {
-    const int cnt = min(kS, end - begin - j * kS);
+    const int cnt = min(KS, end - begin - j * KS);
     const int ntiles = (cnt + 15) / 16;
     if (j + 1 < nsub) issue_a(j + 1);
     cp_async_commit();
@@ -304,7 +425,7 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
     // ---- Keys: scores of the stage on the tensor cores. ----
     if constexpr (KCH) {
       // A warp takes whole key groups (tpg tiles each), so B is rebuilt once per group.
-      const uint32_t* kcb = kc_s + (j & 1) * kS * RW + t4 * NWK;
+      const uint32_t* kcb = kc_s + (j & 1) * KS * RW + t4 * NWK;
       const int tpg = K.group / 16;
       const int ngr = (ntiles + tpg - 1) / tpg;
       const int part = gid & 1;  // this lane's B column: hi (0) or lo (1) of head gid / 2
@@ -343,12 +464,12 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
           for (int rr = 0; rr < 2; ++rr) {
             const int li = tb * 16 + gid + 8 * rr;
             const float v = fmaf(dots[0][2 * rr] + dots[0][2 * rr + 1], qunscale, zmine);
-            if (t4 < G && li < cnt) sc[t4 * kS + li] = v * ascale;
+            if (t4 < G && li < cnt) sc[t4 * KS + li] = v * ascale;
           }
         }
       }
     } else {
-      const uint32_t* kcb = kc_s + (j & 1) * kS * RW + t4 * NWK;
+      const uint32_t* kcb = kc_s + (j & 1) * KS * RW + t4 * NWK;
       const uint16_t* kmb = km_s + (j & 1) * kms + koff;
       for (int tb = warp; tb < ntiles; tb += kW) {
         uint32_t w[2][NWK];
@@ -406,6 +527,9 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
     const uint16_t* vmb = vm_s + (j & 1) * vms + voffs;
     float alpha[GA], pwn[VA];
     {
+      // Score maxima per head (values 0 .. GA - 1) and value-scale maxima per group (GA ..)
+      // in one warp reduction (warp_reduce_many); rbuf slots g and 8 + grp.
+      float mm[GA + VA];
 #pragma unroll
       for (int g = 0; g < GA; ++g) {
         float ml = -INFINITY;
@@ -413,10 +537,9 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
 #pragma unroll
           for (int k = 0; k < KPT; ++k) {
             const int i = threadIdx.x + k * kT;
-            if (i < cnt) ml = fmaxf(ml, sc[g * kS + i]);
+            if (i < cnt) ml = fmaxf(ml, sc[g * KS + i]);
           }
-        const float v = warp_max(ml);
-        if (lane == 0) rbuf[warp * 40 + g] = v;
+        mm[g] = ml;
       }
 #pragma unroll
       for (int grp = 0; grp < VA; ++grp) {
@@ -427,8 +550,18 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
             const int i = threadIdx.x + k * kT;
             if (i < cnt) mx = fmaxf(mx, fabsf(h2f(vmb[i * vmpr + (vsym ? grp : 2 * grp)])));
           }
-        const float v = warp_max(mx);
-        if (lane == 0) rbuf[warp * 40 + 8 + grp] = v;
+        mm[GA + grp] = mx;
+      }
+      if constexpr (GA + VA <= 9) {
+        const float v = warp_reduce_many<GA + VA, true>(mm, lane);
+        const int e = warp_reduce_elem<GA + VA>(lane);
+        if (warp_reduce_writer<GA + VA>(lane) && e < GA + VA) rbuf[warp * 40 + (e < GA ? e : 8 + e - GA)] = v;
+      } else {  // the per-group builds (8 heads x 8 groups): one reduction each (registers)
+#pragma unroll
+        for (int i = 0; i < GA + VA; ++i) {
+          const float v = warp_max(mm[i]);
+          if (lane == 0) rbuf[warp * 40 + (i < GA ? i : 8 + i - GA)] = v;
+        }
       }
     }
     __syncthreads();
@@ -459,8 +592,8 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
           for (int k = 0; k < KPT; ++k) {
             const int i = threadIdx.x + k * kT;
             if (i < cnt) {
-              const float p = expf(sc[g * kS + i] - mnew[g]);
-              sc[g * kS + i] = p;
+              const float p = expf(sc[g * KS + i] - mnew[g]);
+              sc[g * KS + i] = p;
               sl[g] += p;
             }
           }
@@ -477,39 +610,47 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
           for (int k = 0; k < KPT; ++k) {
             const int i = threadIdx.x + k * kT;
             if (i < cnt) {
-              const float p = sc[g * kS + i];
+              const float p = sc[g * KS + i];
               const uint32_t m = meta_at(vmb + i * vmpr + (vsym ? grp : 2 * grp), vsym);
               const float sf = h2f(static_cast<uint16_t>(m & 0xFFFFu));
               const float zf = vsym ? -voff * sf : h2f(static_cast<uint16_t>(m >> 16));
               const float w = p * sf * pwc;
               const __half hi = __float2half_rn(w);
               const __half lo = __float2half_rn(w - __half2float(hi));
-              W[2 * c * kS + i] = hi;
-              W[(2 * c + 1) * kS + i] = lo;
+              W[2 * c * KS + i] = hi;
+              W[(2 * c + 1) * KS + i] = lo;
               zl[c] = fmaf(p, zf, zl[c]);
               if (FOLD) wl[c] += __half2float(hi) + __half2float(lo);  // what the mma multiplies
             }
           }
         }
       }
+      // sl (rbuf slots 16 + g), zl (24 + c) and, folded, wl (32 + c) in one warp reduction.
+      constexpr int NS = GA + (FOLD ? 2 : 1) * CA;
+      float ss[NS];
 #pragma unroll
-      for (int g = 0; g < GA; ++g) {
-        const float v = warp_sum(sl[g]);
-        if (lane == 0) rbuf[warp * 40 + 16 + g] = v;
-      }
+      for (int g = 0; g < GA; ++g) ss[g] = sl[g];
 #pragma unroll
       for (int c = 0; c < CA; ++c) {
-        const float v = warp_sum(zl[c]);
-        if (lane == 0) rbuf[warp * 40 + 24 + c] = v;
-        if (FOLD) {
-          const float u = warp_sum(wl[c]);
-          if (lane == 0) rbuf[warp * 40 + 32 + c] = u;
+        ss[GA + c] = zl[c];
+        if constexpr (FOLD) ss[GA + CA + c] = wl[c];
+      }
+      if constexpr (NS <= 12) {  // 16 in the two-n-tile build spilled 32-36 B (ptxas, sm_90)
+        const float v = warp_reduce_many<NS, false>(ss, lane);
+        const int e = warp_reduce_elem<NS>(lane);
+        if (warp_reduce_writer<NS>(lane) && e < NS)
+          rbuf[warp * 40 + (e < GA ? 16 + e : e < GA + CA ? 24 + e - GA : 32 + e - GA - CA)] = v;
+      } else {  // the per-group builds: one reduction each (registers: ptxas spilled the merged one)
+#pragma unroll
+        for (int i = 0; i < NS; ++i) {
+          const float v = warp_sum(ss[i]);
+          if (lane == 0) rbuf[warp * 40 + (i < GA ? 16 + i : i < GA + CA ? 24 + i - GA : 32 + i - GA - CA)] = v;
         }
       }
     }
     const int cpad = ntiles * 16;
     for (int i = threadIdx.x; i < NCV * (cpad - cnt); i += kT)
-      W[(i / (cpad - cnt)) * kS + cnt + i % (cpad - cnt)] = __float2half_rn(0.f);
+      W[(i / (cpad - cnt)) * KS + cnt + i % (cpad - cnt)] = __float2half_rn(0.f);
     cp_async_wait<1>();  // stage j's value codes (group B_j) have landed
     __syncthreads();
     if (threadIdx.x < 16) {  // running sums: l per head, sum p z per (head, value group)
@@ -529,7 +670,7 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
       float u = 0.f;
 #pragma unroll
       for (int w2 = 0; w2 < kW; ++w2) u += rbuf[w2 * 40 + 32 + c];
-      wrun[c] = fmaf(wrun[c], sel8(alpha, g) * (sel8(pwn, grp) / sel8(pw_run, grp)), u);
+      wrun[c] = fmaf(wrun[c], sel8(alpha, g) * pow2_ratio(sel8(pwn, grp), sel8(pw_run, grp)), u);
     }
 
     // ---- Values: P V on the tensor cores into the running accumulators. ----
@@ -540,12 +681,16 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
         float f = 1.f;
         if (k < G * NGV) {
           const int g = KONE ? k : k / NGV, grp = KONE ? 0 : k % NGV;
-          f = sel8(alpha, g) * (sel8(pwn, grp) / sel8(pw_run, grp));  // the ratio is a power of two
+          f = sel8(alpha, g) * pow2_ratio(sel8(pwn, grp), sel8(pw_run, grp));
         }
+        // f = 1 exactly when neither the running max nor the weights' exponent moved (most
+        // stages once a block has seen its largest scores; always for the unused columns):
+        // skip the 32 multiplies then, per warp (a vote against 32 FMUL per thread).
+        if (__any_sync(0xffffffffu, f != 1.f))
 #pragma unroll
-        for (int mt = 0; mt < 8; ++mt)
+          for (int mt = 0; mt < 8; ++mt)
 #pragma unroll
-          for (int e = 0; e < 4; ++e) acc[nt][mt][e] *= f;
+            for (int e = 0; e < 4; ++e) acc[nt][mt][e] *= f;
       }
       const uint32_t* vcb = vc_s + gid * NWV;
       for (int tb = warp; tb < ntiles; tb += kW) {
@@ -565,7 +710,7 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
         for (int nt = 0; nt < NTV; ++nt) {
           const int col = nt * 8 + gid;
           uint2 v = make_uint2(0, 0);
-          if (col < NCV) v = *reinterpret_cast<const uint2*>(W + col * kS + tb * 16 + 4 * t4);
+          if (col < NCV) v = *reinterpret_cast<const uint2*>(W + col * KS + tb * 16 + 4 * t4);
           b[nt][0] = v.x; b[nt][1] = v.y;
         }
         // p01[c] / p23[c]: (token 4t, 4t+1) / (4t+2, 4t+3) codes of local channel c (0..15).
@@ -644,12 +789,12 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
   }
 }
 
-size_t stream_smem_bytes(int bits, int G, const PackedSide& k, int vmpr, int ncv) {
+size_t stream_smem_bytes(int bits, int G, const PackedSide& k, int vmpr, int ncv, int ks) {
   const size_t rw = 4 * static_cast<size_t>(bits);
   const bool kch = k.format == KvFormat::kChannelAsym;
-  return 3 * kS * rw * 4 + static_cast<size_t>(G) * kS * 4 + (16 + 16 + 8 + kW * 40 + (kch ? 2 * kD : 0)) * 4 +
-         2 * static_cast<size_t>(key_meta_stage_halves(k) + meta_stage_halves(vmpr)) * 2 +
-         static_cast<size_t>(ncv) * kS * 2;
+  return 3 * ks * rw * 4 + static_cast<size_t>(G) * ks * 4 + (16 + 16 + 8 + kW * 40 + (kch ? 2 * kD : 0)) * 4 +
+         2 * static_cast<size_t>(key_meta_stage_halves(k, ks) + meta_stage_halves(vmpr, ks)) * 2 +
+         static_cast<size_t>(ncv) * ks * 2;
 }
 
 // KIVI tail: tokens [len - R, len) of a row (R = resid_cap), whose values sit in the fp16
@@ -746,38 +891,125 @@ __global__ void __launch_bounds__(kT) kivi_tail_kernel(PackedSide K, PackedSide 
 }
 static_assert(kT == kD, "kivi_tail_kernel: one thread per channel");
 
-// Tokens per block (a multiple of kS) and the split count for the streaming kernel: the
-// split count that minimises (waves of blocks) x (tokens per block + a per-block cost of
-// kS / 2 tokens: q set-up, partial writes, the combine's share), for `resident` blocks at
-// once on the device.
-void stream_plan(int kv_heads, int rows, int max_len, int resident, int* span, int* splits) {
+// Split-K combine for the streaming kernel's partials (same layout and formula as
+// splitk_combine_kernel in common.cuh: out = sum_s w_s o_s / sum_s w_s l_s, w_s = exp(m_s - m),
+// splits with m_s = -inf skipped). Why a second one: that kernel walks the splits serially
+// in every thread (three loops of dependent-latency rounds), which at batch 1 is a fixed cost
+// comparable to the attention itself: version 4's batch-1 times fit ~20-25 us + ~4.6 us per
+// 256-token stage (H100, 2026-11-23, notes/s5/results-h41.md), and llama3-8b at batch 1 uses
+// 66 splits at 32K. Here the split statistics are read once in parallel (thread s), the
+// weights go through shared memory, and the kCT threads of a block split the (split, channel)
+// sum four ways (a channel per thread, every fourth split) with the loads unrolled, so a
+// thread keeps several loads in flight and walks splits / 4 of them.
+constexpr int kCT = 4 * kD;  // combine threads: 4 split phases x 128 channels
+__global__ void __launch_bounds__(kCT) stream_combine_kernel(const float* part_o, const float* part_ml,
+                                                             __half* out, int n_heads, int splits) {
+  extern __shared__ float cw[];  // [splits] weights, then [4][kD] partial sums
+  __shared__ float red[kCT / 32];
+  __shared__ float mtot, ltot;
+  const int h = blockIdx.x, r = blockIdx.y;
+  const int64_t head = static_cast<int64_t>(r) * n_heads + h;
+  const float* ml = part_ml + head * splits * 2;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  float m = -INFINITY;
+  for (int s = threadIdx.x; s < splits; s += kCT) m = fmaxf(m, ml[2 * s]);
+  m = warp_max(m);
+  if (lane == 0) red[warp] = m;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float x = red[0];
+    for (int w = 1; w < kCT / 32; ++w) x = fmaxf(x, red[w]);
+    mtot = x;
+  }
+  __syncthreads();
+  const float M = mtot;
+  float l = 0.f;
+  for (int s = threadIdx.x; s < splits; s += kCT) {
+    const float ms = ml[2 * s];
+    const float w = ms == -INFINITY ? 0.f : expf(ms - M);
+    cw[s] = w;
+    l += w * ml[2 * s + 1];
+  }
+  l = warp_sum(l);
+  __syncthreads();  // red reused
+  if (lane == 0) red[warp] = l;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float x = 0.f;
+    for (int w = 0; w < kCT / 32; ++w) x += red[w];
+    ltot = x;
+  }
+  const int d = threadIdx.x % kD, ph = threadIdx.x / kD;
+  const float* po = part_o + head * splits * kD + d;
+  float o = 0.f;
+#pragma unroll 4
+  for (int s = ph; s < splits; s += 4) o = fmaf(cw[s], po[static_cast<int64_t>(s) * kD], o);
+  float* ps = cw + splits;
+  ps[ph * kD + d] = o;
+  __syncthreads();
+  if (ph == 0) {
+    const float v = ((ps[d] + ps[kD + d]) + (ps[2 * kD + d] + ps[3 * kD + d])) / ltot;
+    out[head * kD + d] = __float2half_rn(v);
+  }
+}
+
+// KVQ_KV_COMBINE=0: the shared splitk_combine_kernel instead (read per call, for the A/B).
+bool fast_combine() {
+  const char* e = std::getenv("KVQ_KV_COMBINE");
+  return e == nullptr || std::strcmp(e, "0") != 0;
+}
+
+cudaError_t combine(const float* part_o, const float* part_ml, void* out, int n_heads, int rows, int splits,
+                    cudaStream_t stream) {
+  if (fast_combine()) {
+    const size_t smem = (static_cast<size_t>(splits) + 4 * kD) * sizeof(float);
+    if (smem > 48 * 1024) {  // > 8K splits: more than the default dynamic shared memory
+      const cudaError_t e = cudaFuncSetAttribute(stream_combine_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                 static_cast<int>(smem));
+      if (e != cudaSuccess) return e;
+    }
+    stream_combine_kernel<<<dim3(n_heads, rows), kCT, smem, stream>>>(part_o, part_ml, static_cast<__half*>(out),
+                                                                      n_heads, splits);
+  } else {
+    splitk_combine_kernel<__half><<<dim3(n_heads, rows), 128, 0, stream>>>(part_o, part_ml, static_cast<__half*>(out),
+                                                                          n_heads, kD, splits);
+  }
+  return launch_status();
+}
+
+// Tokens per block (a multiple of the stage, ks tokens) and the split count for the
+// streaming kernel: the split count that minimises (waves of blocks) x (tokens per block + a
+// per-block cost of kS / 2 = 128 tokens: q set-up, partial writes, the combine's share), for
+// `resident` blocks at once on the device.
+void stream_plan(int kv_heads, int rows, int max_len, int resident, int ks, int* span, int* splits) {
   const int per_split = std::max(1, kv_heads * rows);
-  const int max_splits = std::max(1, (max_len + kS - 1) / kS);
+  const int max_splits = std::max(1, (max_len + ks - 1) / ks);
   double best = 1e300;
-  int bs = 1, bspan = max_splits * kS;
+  int bs = 1, bspan = max_splits * ks;
   for (int sp = 1; sp <= max_splits; ++sp) {
-    const int sub = ((max_len + sp - 1) / sp + kS - 1) / kS;  // stages per block
-    const int real = (max_len + sub * kS - 1) / (sub * kS);  // splits actually used
+    const int sub = ((max_len + sp - 1) / sp + ks - 1) / ks;  // stages per block
+    const int real = (max_len + sub * ks - 1) / (sub * ks);  // splits actually used
     if (real != sp) continue;
     const double waves = std::ceil(static_cast<double>(per_split) * sp / std::max(1, resident));
-    const double cost = waves * (static_cast<double>(sub) * kS + kS / 2);
+    const double cost = waves * (static_cast<double>(sub) * ks + kS / 2);
     if (cost < best) {
       best = cost;
       bs = sp;
-      bspan = sub * kS;
+      bspan = sub * ks;
     }
   }
   *span = bspan;
   *splits = bs;
 }
 
-template <int BITS, int NTK, int NTV, bool KONE, int GM, bool KCH = false, int NGVT = 0, bool FOLD = true>
+template <int BITS, int NTK, int NTV, bool KONE, int GM, bool KCH = false, int NGVT = 0, bool FOLD = true,
+          int KS = kS>
 cudaError_t launch_stream(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len,
                           int sm_count, float* part_o, float* part_ml, cudaStream_t stream) {
   const int G = a.n_heads / k.kv_heads;
   const int ncv = 2 * G * (kD / v.group);
-  const size_t smem = stream_smem_bytes(BITS, G, k, v.mpr, ncv);
-  auto* kernel = stream_kernel<BITS, NTK, NTV, KONE, GM, KCH, NGVT, FOLD>;
+  const size_t smem = stream_smem_bytes(BITS, G, k, v.mpr, ncv, KS);
+  auto* kernel = stream_kernel<BITS, NTK, NTV, KONE, GM, KCH, NGVT, FOLD, KS>;
   // The attribute and the occupancy query once per build and smem size (host time per decode).
   static size_t last_smem = 0;
   static int per_sm = 0;
@@ -790,7 +1022,7 @@ cudaError_t launch_stream(const PackedSide& k, const PackedSide& v, const Packed
     last_smem = smem;
   }
   int span = 0, splits = 0;
-  stream_plan(k.kv_heads, a.rows, max_len, std::max(1, per_sm) * std::max(1, sm_count), &span, &splits);
+  stream_plan(k.kv_heads, a.rows, max_len, std::max(1, per_sm) * std::max(1, sm_count), KS, &span, &splits);
   // KIVI: one more split, the tail kernel's (the last R tokens of each row).
   const int total = KCH ? splits + 1 : splits;
   kernel<<<dim3(splits, k.kv_heads, a.rows), kT, smem, stream>>>(k, v, a, span, total, part_o, part_ml);
@@ -800,9 +1032,7 @@ cudaError_t launch_stream(const PackedSide& k, const PackedSide& v, const Packed
     kivi_tail_kernel<BITS><<<dim3(k.kv_heads, a.rows), kT, tsmem, stream>>>(k, v, a, total, splits, part_o, part_ml);
     if ((e = launch_status()) != cudaSuccess) return e;
   }
-  splitk_combine_kernel<__half><<<dim3(a.n_heads, a.rows), 128, 0, stream>>>(
-      part_o, part_ml, static_cast<__half*>(a.out), a.n_heads, kD, total);
-  return launch_status();
+  return combine(part_o, part_ml, a.out, a.n_heads, a.rows, total, stream);
 }
 
 // The folded conversion (stream_kernel's FOLD) unless KVQ_KV_FOLD=0; the unfolded builds exist
@@ -813,6 +1043,47 @@ bool fold_codes() {
     return e == nullptr || std::strcmp(e, "0") != 0;
   }();
   return on;
+}
+
+// Tokens per stage of the folded 2-bit per-token builds at G <= 4: KVQ_KV_STAGE=256|384|512,
+// read on every call (a getenv per decode, against tens of microseconds of kernel) so that
+// one process can compare them; 0 (unset or anything else): the default below.
+// At G = 8 (two value n-tiles) a 384/512-token stage would leave 2 blocks per SM: 256 there.
+int stage_tokens_2bit() {
+  if (const char* e = std::getenv("KVQ_KV_STAGE")) {
+    if (std::strcmp(e, "256") == 0) return 256;
+    if (std::strcmp(e, "384") == 0) return 384;
+    if (std::strcmp(e, "512") == 0) return 512;
+  }
+  return 0;
+}
+// Default: 384-token stages where blocks are long (>= 48 stages of 256 tokens in the 256-token
+// plan at 4 blocks per SM), else 256. Measured (H100, 2026-11-23, notes/s5/results-h41.md, int2,
+// one process, same caches): llama2-7b batch 8 (64-256 stages per block) 384 is 7-10% faster
+// than 256 (128K 1171 -> 1077 us) and 512 (3 blocks per SM) in between; at batch 1 (8-32
+// stages per block) 384 was 3-7% slower at 32K and 128K, 3% faster at 64K.
+int default_stage_2bit(const PackedSide& k, const PackedDecodeArgs& a, int max_len, int sm_count) {
+  int span = 0, splits = 0;
+  stream_plan(k.kv_heads, a.rows, max_len, 4 * std::max(1, sm_count), kS, &span, &splits);
+  return span / kS >= 48 ? 384 : 256;
+}
+
+// The folded per-token build for G <= GM at KS tokens per stage.
+template <int BITS, int GM, int KS>
+cudaError_t launch_token(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len,
+                         int sm_count, float* o, float* ml, cudaStream_t stream) {
+  return launch_stream<BITS, 1, 1, true, GM, false, 0, true, KS>(k, v, a, max_len, sm_count, o, ml, stream);
+}
+template <int BITS, int GM>
+cudaError_t launch_token_staged(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len,
+                                int sm_count, float* o, float* ml, cudaStream_t stream) {
+  if constexpr (BITS == 2) {
+    int ks = stage_tokens_2bit();
+    if (ks == 0) ks = default_stage_2bit(k, a, max_len, sm_count);
+    if (ks == 512) return launch_token<BITS, GM, 512>(k, v, a, max_len, sm_count, o, ml, stream);
+    if (ks == 384) return launch_token<BITS, GM, 384>(k, v, a, max_len, sm_count, o, ml, stream);
+  }
+  return launch_token<BITS, GM, kS>(k, v, a, max_len, sm_count, o, ml, stream);
 }
 
 template <int BITS>
@@ -834,9 +1105,9 @@ cudaError_t dispatch_stream(const PackedSide& k, const PackedSide& v, const Pack
       if (G <= 4) return launch_stream<BITS, 1, 1, true, 4, false, 0, false>(k, v, a, max_len, sm_count, o, ml, stream);
       return launch_stream<BITS, 1, 2, true, 8, false, 0, false>(k, v, a, max_len, sm_count, o, ml, stream);
     }
-    if (G == 1) return launch_stream<BITS, 1, 1, true, 1>(k, v, a, max_len, sm_count, o, ml, stream);
-    if (G == 2) return launch_stream<BITS, 1, 1, true, 2>(k, v, a, max_len, sm_count, o, ml, stream);
-    if (G <= 4) return launch_stream<BITS, 1, 1, true, 4>(k, v, a, max_len, sm_count, o, ml, stream);
+    if (G == 1) return launch_token_staged<BITS, 1>(k, v, a, max_len, sm_count, o, ml, stream);
+    if (G == 2) return launch_token_staged<BITS, 2>(k, v, a, max_len, sm_count, o, ml, stream);
+    if (G <= 4) return launch_token_staged<BITS, 4>(k, v, a, max_len, sm_count, o, ml, stream);
     return launch_stream<BITS, 1, 2, true, 8>(k, v, a, max_len, sm_count, o, ml, stream);
   }
   if (ntk == 1 && ntv == 1) return launch_stream<BITS, 1, 1, false, 8>(k, v, a, max_len, sm_count, o, ml, stream);

@@ -16,8 +16,14 @@
 // int2/int4 and KIVI at G <= 2, head_dim 128), else the fast kernel where it applies, else
 // the general one; mma = version 3); the header line on stderr names it, so tables of
 // different variants stay apart. The acceptance-4 table: scripts/bench/kv_bench.sh.
+// --ab NAME=v1,v2,... times every packed cache once per value of the environment variable
+// NAME (set before each timing, restored after), on the same cache contents in the same
+// process, so an A/B needs no second fill or process; only variables the decode reads on
+// every call work (KVQ_KV_STAGE, kernels/kv_decode_stream.cu; KVQ_KV_DECODE and KVQ_KV_FOLD
+// are read once per process). Rows carry the setting after the codec ("int2 [KVQ_KV_STAGE=512]").
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -64,7 +70,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> codecs = {"int4", "int2", "kivi:bits=4", "kivi:bits=2", "kvquant:bits=4",
                                      "kvquant:bits=2"};
   int reps = 20, device = 0;
-  std::string json_out;
+  std::string json_out, ab;
   app.add_option("--shapes", shapes, "Head shapes: llama2-7b, llama3-8b")->capture_default_str()->delimiter(',');
   app.add_option("--contexts", contexts, "Context lengths")->capture_default_str()->delimiter(',');
   app.add_option("--batch", batches, "Batch sizes")->capture_default_str()->delimiter(',');
@@ -72,6 +78,9 @@ int main(int argc, char** argv) {
   app.add_option("--reps", reps, "Timed runs per point (median)")->capture_default_str();
   app.add_option("--device", device, "CUDA device")->capture_default_str();
   app.add_option("--json", json_out, "Also write the results as JSON to this file");
+  app.add_option("--ab", ab,
+                 "NAME=v1,v2,...: time each packed cache once per value of environment variable NAME "
+                 "(read per decode call, e.g. KVQ_KV_STAGE=256,384,512)");
   CLI11_PARSE(app, argc, argv);
   return kvq::cli::run("kvq-kvbench", [&]() -> int {
 #if !KVQ_HAVE_CUDA
@@ -82,6 +91,24 @@ int main(int argc, char** argv) {
     const std::string dev = cuda_device_summary(device);
     const double bw = measure_copy_bandwidth(device);
     const char* variant = std::getenv("KVQ_KV_DECODE");
+    // --ab: the variable and its values; one empty value = no A/B (the environment as it is).
+    std::string ab_name;
+    std::vector<std::string> ab_values = {""};
+    if (!ab.empty()) {
+      const size_t eq = ab.find('=');
+      if (eq == std::string::npos || eq == 0 || eq + 1 >= ab.size())
+        throw InvalidArgument("--ab", "expected NAME=v1,v2,..., got '" + ab + "'", "e.g. --ab KVQ_KV_STAGE=256,512");
+      ab_name = ab.substr(0, eq);
+      ab_values.clear();
+      for (size_t p = eq + 1; p <= ab.size();) {
+        const size_t c = std::min(ab.find(',', p), ab.size());
+        if (c == p) throw InvalidArgument("--ab", "empty value in '" + ab + "'", "e.g. --ab KVQ_KV_STAGE=256,512");
+        ab_values.push_back(ab.substr(p, c - p));
+        p = c + 1;
+      }
+    }
+    const char* ab_old_c = ab_name.empty() ? nullptr : std::getenv(ab_name.c_str());
+    const std::string ab_old = ab_old_c ? ab_old_c : "";
     std::fprintf(stderr, "kvq-kvbench: %s; copy bandwidth %.0f GB/s (read+write); one layer; reps %d; "
                  "decode kernel %s\n", dev.c_str(), bw / 1e9, reps, variant ? variant : "default");
     std::printf("%-10s %5s %7s %-16s %9s %9s %8s %7s %8s %8s\n", "shape", "batch", "context", "kv",
@@ -139,15 +166,30 @@ int main(int argc, char** argv) {
                 cache->append(b, static_cast<float*>(kbuf.get()), static_cast<float*>(vbuf.get()), n, dim, {});
               }
             cache->prepare(slots);
-            const double ms =
-                cuda::time_device_ms([&] { cache->decode(dq.get(), dout.get(), false, nullptr); }, 3, reps);
-            const double bytes = cache->decode_bytes();
-            std::printf("%-10s %5d %7d %-16s %9.1f %9.1f %8.0f %6.0f%% %8.1f %7.2fx\n", sn.c_str(), B, ctx,
-                        spec_text.c_str(), bytes / 1e6, ms * 1e3, bytes / (ms * 1e-3) / 1e9,
-                        100 * bytes / (ms * 1e-3) / bw, bytes / bw * 1e6, base_ms / ms);
-            std::fflush(stdout);
-            results.push_back({{"shape", sn}, {"batch", B}, {"context", ctx}, {"kv", kc->describe()},
-                               {"bytes", bytes}, {"ms", ms}, {"speedup", base_ms / ms}});
+            for (const std::string& val : ab_values) {
+              std::string label = spec_text;
+              if (!ab_name.empty()) {
+                setenv(ab_name.c_str(), val.c_str(), 1);
+                label += " [" + ab_name + "=" + val + "]";
+              }
+              const double ms =
+                  cuda::time_device_ms([&] { cache->decode(dq.get(), dout.get(), false, nullptr); }, 3, reps);
+              const double bytes = cache->decode_bytes();
+              std::printf("%-10s %5d %7d %-16s %9.1f %9.1f %8.0f %6.0f%% %8.1f %7.2fx\n", sn.c_str(), B, ctx,
+                          label.c_str(), bytes / 1e6, ms * 1e3, bytes / (ms * 1e-3) / 1e9,
+                          100 * bytes / (ms * 1e-3) / bw, bytes / bw * 1e6, base_ms / ms);
+              std::fflush(stdout);
+              nlohmann::json row = {{"shape", sn}, {"batch", B},   {"context", ctx},          {"kv", kc->describe()},
+                                    {"bytes", bytes}, {"ms", ms}, {"speedup", base_ms / ms}};
+              if (!ab_name.empty()) row["variant"] = ab_name + "=" + val;
+              results.push_back(row);
+            }
+            if (!ab_name.empty()) {  // the environment as it was, for the next codec's default row
+              if (ab_old_c)
+                setenv(ab_name.c_str(), ab_old.c_str(), 1);
+              else
+                unsetenv(ab_name.c_str());
+            }
           }
         }
     }

@@ -2,25 +2,30 @@
 # On the GPU machine (device tool): build the packed-KV targets for sm_90, run the packed
 # KV GPU tests ([kv]), then kvq-kvbench (decode attention over packed caches vs fp16).
 # Usage: bash scripts/bench/kv_bench.sh [kvq-kvbench args]   (logs under $OUT)
-# Without args the bench is the acceptance-4 table: contexts 4K..128K, batch 1 and 8, both
-# head shapes, fp16 vs int4, int2, kivi:bits=4, kivi:bits=2, median of 10 timed runs.
+# Without args the bench is the acceptance-4 table: contexts 32K, 64K, 128K (the goals are
+# judged from 32K up; KV_CONTEXTS overrides, e.g. 4096,8192,16384,32768,65536,131072), batch
+# 1 and 8, both head shapes, fp16 vs int4, int2, kivi:bits=4, kivi:bits=2, kvquant:bits=4,
+# kvquant:bits=2, median of 10 timed runs.
 # Decode kernel: KVQ_KV_DECODE=mma-stream|mma|mma3|mma-hoist|fast|fast-pf|general forces one
-# (default: the staged tensor-core kernel, version 4, for uniform per-token int2/int4 at
-# head_dim 128, else fast, else general; mma = the version-3 build).
+# (default: the staged tensor-core kernel, version 4, for uniform per-token int2/int4 and KIVI
+# at head_dim 128, else fast, else general; mma = the version-3 build). KVQ_KV_STAGE=256|384|512:
+# tokens per stage of version 4's 2-bit per-token builds (kernels/kv_decode_stream.cu).
 # Env: KV_SKIP_TESTS=1 / KV_SKIP_BENCH=1 skip a step; KV_BENCH_TIMEOUT (s, default 300)
 # or KV_DEADLINE (epoch seconds by which the bench must end);
 # KV_BUILD_DIR (default build-kv; a warm machine keeps it between calls, so a second call
-# rebuilds only what changed); KV_COMPARE_FOLD=1 runs the bench a second time with
-# KVQ_KV_FOLD=0 (version 4 with the exact LOP3 + HFMA2 code conversion instead of the folded
-# one, for uniform per-token codes; kvbench_nofold.json) and counts SASS per kernel build
-# (sass_counts.txt) when cuobjdump is there.
+# rebuilds only what changed); KV_AB=NAME=v1,v2,... runs a second bench (int4, int2 only) that
+# times each cache once per value of NAME in one process (kvq-kvbench --ab; kvbench_ab.json);
+# KV_COMPARE_FOLD=1 runs the bench a second time with KVQ_KV_FOLD=0 (version 4 with the exact
+# LOP3 + HFMA2 code conversion instead of the folded one, for uniform per-token codes;
+# kvbench_nofold.json). SASS counts per stream_kernel build go to sass_counts.txt when
+# cuobjdump is there.
 set -uo pipefail
 OUT=${OUT:-/tmp/kvq-out}
 BUILD=${KV_BUILD_DIR:-build-kv}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/device.txt"
-date -u | tee -a "$OUT/device.txt"; git rev-parse --short=12 HEAD | tee -a "$OUT/device.txt"
-git status --short kernels lib/cuda tests/gpu tools/kvq-kvbench.cpp | tee -a "$OUT/device.txt"
+date -u | tee -a "$OUT/device.txt"; git rev-parse --short=12 HEAD 2>&1 | tee -a "$OUT/device.txt"
+git status --short kernels lib/cuda tests/gpu tools/kvq-kvbench.cpp 2>&1 | tee -a "$OUT/device.txt"
 t0=$(date +%s)
 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DKVQ_CUDA=ON \
   -DCMAKE_CUDA_ARCHITECTURES=90-real > "$OUT/configure.log" 2>&1 || { tail -30 "$OUT/configure.log"; exit 1; }
@@ -29,28 +34,36 @@ cmake --build "$BUILD" --target kvq_test_gpu kvq-kvbench -j16 -- -k 0 > "$OUT/bu
 echo "build: $(( $(date +%s) - t0 )) s"
 [ -x "$BUILD/tests/kvq_test_gpu" ] || { echo "kvq_test_gpu did not build"; exit 1; }
 if [ "${KV_SKIP_TESTS:-0}" != 1 ]; then
-  timeout 200 "$BUILD/tests/kvq_test_gpu" "[kv]" --durations yes 2>&1 | tee "$OUT/kv_tests.log" | \
+  timeout 300 "$BUILD/tests/kvq_test_gpu" "[kv]" --durations yes 2>&1 | tee "$OUT/kv_tests.log" | \
     grep -vE "^\s*$|^-+$|^\.\.\.|^=+$" | tail -60
   echo "tests: $(( $(date +%s) - t0 )) s"
+fi
+obj=$(find "$BUILD" -name 'kv_decode_stream.cu.o' | head -1)
+if command -v cuobjdump > /dev/null && [ -n "$obj" ]; then
+  # Per stream_kernel build: instructions, LOP3, HFMA2, HMMA, SHF, SHFL, LDGSTS (whole kernel).
+  cuobjdump -sass "$obj" | awk '/Function :/ { f = $3 } f ~ /stream_kernel/ && /\/\*[0-9a-f]+\*\// {
+      n[f]++; if ($0 ~ /LOP3/) l[f]++; if ($0 ~ /HFMA2/) h[f]++; if ($0 ~ /HMMA/) m[f]++; if ($0 ~ /SHF\./) s[f]++;
+      if ($0 ~ /SHFL/) x[f]++; if ($0 ~ /LDGSTS/) g[f]++ }
+    END { for (f in n) printf "%s total %d LOP3 %d HFMA2 %d HMMA %d SHF %d SHFL %d LDGSTS %d\n", f, n[f], l[f], h[f], m[f], s[f], x[f], g[f] }' |
+    sort > "$OUT/sass_counts.txt"
+  cuobjdump -sass "$obj" | gzip > "$OUT/stream_sass.txt.gz"
 fi
 [ "${KV_SKIP_BENCH:-0}" = 1 ] && exit 0
 bt=${KV_BENCH_TIMEOUT:-300}
 if [ -n "${KV_DEADLINE:-}" ]; then bt=$(( KV_DEADLINE - $(date +%s) )); fi
 echo "bench time limit: $bt s"
-[ $# -eq 0 ] && set -- --reps 10 --kv int4 --kv int2 --kv kivi:bits=4 --kv kivi:bits=2
+ctx=${KV_CONTEXTS:-32768,65536,131072}
+[ $# -eq 0 ] && set -- --reps 10 --contexts "$ctx" --kv int4 --kv int2 --kv kivi:bits=4 --kv kivi:bits=2 \
+  --kv kvquant:bits=4 --kv kvquant:bits=2
 timeout "$bt" "$BUILD/tools/kvq-kvbench" --json "$OUT/kvbench.json" "$@" 2>&1 | tee "$OUT/kvbench.txt"
+if [ -n "${KV_AB:-}" ]; then
+  echo "== A/B: $KV_AB (int4, int2) =="
+  timeout "$bt" "$BUILD/tools/kvq-kvbench" --json "$OUT/kvbench_ab.json" --reps 10 --contexts "$ctx" \
+    --kv int4 --kv int2 --ab "$KV_AB" 2>&1 | tee "$OUT/kvbench_ab.txt"
+fi
 if [ "${KV_COMPARE_FOLD:-0}" = 1 ]; then
   echo "== KVQ_KV_FOLD=0 (unfolded code conversion) =="
   KVQ_KV_FOLD=0 timeout "$bt" "$BUILD/tools/kvq-kvbench" --json "$OUT/kvbench_nofold.json" "$@" 2>&1 |
     tee "$OUT/kvbench_nofold.txt"
-  obj=$(find "$BUILD" -name 'kv_decode_stream.cu.o' | head -1)
-  if command -v cuobjdump > /dev/null && [ -n "$obj" ]; then
-    # Per stream_kernel build: instructions, LOP3, HFMA2, HMMA, SHF (whole kernel).
-    cuobjdump -sass "$obj" | awk '/Function :/ { f = $3 } f ~ /stream_kernel/ && /\/\*[0-9a-f]+\*\// {
-        n[f]++; if ($0 ~ /LOP3/) l[f]++; if ($0 ~ /HFMA2/) h[f]++; if ($0 ~ /HMMA/) m[f]++; if ($0 ~ /SHF/) s[f]++ }
-      END { for (f in n) printf "%s total %d LOP3 %d HFMA2 %d HMMA %d SHF %d\n", f, n[f], l[f], h[f], m[f], s[f] }' |
-      sort > "$OUT/sass_counts.txt"
-    cuobjdump -sass "$obj" | gzip > "$OUT/stream_sass.txt.gz"
-  fi
 fi
 echo "total: $(( $(date +%s) - t0 )) s"

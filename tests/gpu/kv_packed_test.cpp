@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <random>
@@ -423,6 +424,45 @@ TEST_CASE("kv packed: tensor-core decode over long contexts (several stages per 
                   "tolerance), seed %llu\n",
                   spec, s.H, s.n_heads, r.worst_err, r.worst_ratio, static_cast<unsigned long long>(seed));
     }
+}
+
+// Stage lengths of the 2-bit per-token builds (KVQ_KV_STAGE=256|384|512, read by the decode
+// on every call): each over the long context (10,003 tokens in slot 0, so blocks walk several
+// stages and the last one is partial; 129 and 10 in the other rows), MHA and G = 4, asym and
+// sym codes. The decode must match the simulation within the same derived bound at every
+// stage length (only the blocking of the online softmax changes, not the arithmetic's terms).
+TEST_CASE("kv packed: tensor-core decode, 2-bit stages of 256/384/512 tokens == simulated", "[gpu][kv]") {
+  struct StageEnv {
+    std::string old;
+    bool had = false;
+    explicit StageEnv(const char* v) {
+      if (const char* e = std::getenv("KVQ_KV_STAGE")) {
+        old = e;
+        had = true;
+      }
+      setenv("KVQ_KV_STAGE", v, 1);
+    }
+    ~StageEnv() {
+      if (had)
+        setenv("KVQ_KV_STAGE", old.c_str(), 1);
+      else
+        unsetenv("KVQ_KV_STAGE");
+    }
+  };
+  LongCase lc;
+  lc.on = true;
+  lc.pieces = {{4000, 1, 2, 6000}, {129}, {7, 1, 1, 1}};
+  const uint64_t seed = kvq_test::test_seed(921);
+  for (const char* stage : {"256", "384", "512"}) {
+    const StageEnv env(stage);
+    for (const char* spec : {"int2", "int2:sym=1"})
+      for (const Shape& s : {Shape{8, 8, 128}, Shape{8, 32, 128}}) {
+        const Result r = run_case(spec, spec, s, seed, nullptr, nullptr, lc);
+        std::printf("kv packed stage %s %s, kv_heads %d, heads %d: bytes equal; decode max err %.3g (%.3f of "
+                    "tolerance), seed %llu\n",
+                    stage, spec, s.H, s.n_heads, r.worst_err, r.worst_ratio, static_cast<unsigned long long>(seed));
+      }
+  }
 }
 
 // The folded code conversion at its largest cancellation: same-sign queries x4 (sum_d q_d off(d)
