@@ -226,7 +226,10 @@ __host__ __device__ constexpr int stream_min_blocks(int ntk, int ntv, int ks, in
 // bytes of codes as 256 at 4 bits, so the stage's fixed work -- barriers, warp reductions,
 // the running max / scale exponents, the accumulators' rescale -- is spread over 1.5-2x the
 // tokens; KVQ_KV_STAGE picks, stage_tokens() below).
-template <int BITS, int NTK, int NTV, bool KONE, int GM, bool KCH, int NGVT = 0, bool FOLD = true, int KS = kS>
+// OPT (A/B of this session's per-stage changes, KVQ_KV_OPT for the 4-bit G <= 4 build): bit 0
+// the unrolled staging copies, bit 1 the merged warp reductions; 3 = both (the default).
+template <int BITS, int NTK, int NTV, bool KONE, int GM, bool KCH, int NGVT = 0, bool FOLD = true, int KS = kS,
+          int OPT = 3>
 __global__ void __launch_bounds__(kT, stream_min_blocks(NTK, NTV, KS, BITS))
 stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int splits, float* part_o,
               float* part_ml) {
@@ -241,8 +244,8 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
   // per-group builds (up to 16 halves per token) keep the loop.
   // (The two-n-tile per-group builds keep the loop for the codes too: unrolled, ptxas spilled
   // 28-40 B there at 168 registers.)
-  constexpr int CPT = NTK == 2 && NTV == 2 ? 0 : KS * RW / 4 / kT;
-  constexpr int MWPT = KONE ? KS / kT : 0;  // <= KS words: 1 (sym) or 2 (asym) halves a token
+  constexpr int CPT = (NTK == 2 && NTV == 2) || !(OPT & 1) ? 0 : KS * RW / 4 / kT;
+  constexpr int MWPT = KONE && (OPT & 1) ? KS / kT : 0;  // <= KS words: 1 (sym) or 2 (asym) halves a token
   constexpr int GA = GM;                // head loop bound (G <= GM)
   constexpr int VA = KONE ? 1 : NGVT > 0 ? NGVT : 8;        // value group loop bound
   constexpr int CA = KONE ? GM : NGVT > 0 ? GM * NGVT : 8;  // (head, value group) combination loop bound
@@ -552,7 +555,7 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
           }
         mm[GA + grp] = mx;
       }
-      if constexpr (GA + VA <= 9) {
+      if constexpr (GA + VA <= 9 && (OPT & 2)) {
         const float v = warp_reduce_many<GA + VA, true>(mm, lane);
         const int e = warp_reduce_elem<GA + VA>(lane);
         if (warp_reduce_writer<GA + VA>(lane) && e < GA + VA) rbuf[warp * 40 + (e < GA ? e : 8 + e - GA)] = v;
@@ -635,7 +638,7 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
         ss[GA + c] = zl[c];
         if constexpr (FOLD) ss[GA + CA + c] = wl[c];
       }
-      if constexpr (NS <= 12) {  // 16 in the two-n-tile build spilled 32-36 B (ptxas, sm_90)
+      if constexpr (NS <= 12 && (OPT & 2)) {  // 16 in the two-n-tile build spilled 32-36 B (ptxas, sm_90)
         const float v = warp_reduce_many<NS, false>(ss, lane);
         const int e = warp_reduce_elem<NS>(lane);
         if (warp_reduce_writer<NS>(lane) && e < NS)
@@ -1003,13 +1006,13 @@ void stream_plan(int kv_heads, int rows, int max_len, int resident, int ks, int*
 }
 
 template <int BITS, int NTK, int NTV, bool KONE, int GM, bool KCH = false, int NGVT = 0, bool FOLD = true,
-          int KS = kS>
+          int KS = kS, int OPT = 3>
 cudaError_t launch_stream(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len,
                           int sm_count, float* part_o, float* part_ml, cudaStream_t stream) {
   const int G = a.n_heads / k.kv_heads;
   const int ncv = 2 * G * (kD / v.group);
   const size_t smem = stream_smem_bytes(BITS, G, k, v.mpr, ncv, KS);
-  auto* kernel = stream_kernel<BITS, NTK, NTV, KONE, GM, KCH, NGVT, FOLD, KS>;
+  auto* kernel = stream_kernel<BITS, NTK, NTV, KONE, GM, KCH, NGVT, FOLD, KS, OPT>;
   // The attribute and the occupancy query once per build and smem size (host time per decode).
   static size_t last_smem = 0;
   static int per_sm = 0;
@@ -1082,6 +1085,19 @@ cudaError_t launch_token_staged(const PackedSide& k, const PackedSide& v, const 
     if (ks == 0) ks = default_stage_2bit(k, a, max_len, sm_count);
     if (ks == 512) return launch_token<BITS, GM, 512>(k, v, a, max_len, sm_count, o, ml, stream);
     if (ks == 384) return launch_token<BITS, GM, 384>(k, v, a, max_len, sm_count, o, ml, stream);
+  }
+  if constexpr (BITS == 4 && GM == 4) {
+    // KVQ_KV_OPT=0|1|2 (read per call): this build without the unrolled staging (bit 0) and / or
+    // the merged reductions (bit 1), to find which moved llama3-8b int4 (5-7% slower than
+    // ce81fd6 in the first H100 run of 2026-11-23, int2 and MHA not).
+    if (const char* e = std::getenv("KVQ_KV_OPT")) {
+      if (std::strcmp(e, "0") == 0)
+        return launch_stream<BITS, 1, 1, true, GM, false, 0, true, kS, 0>(k, v, a, max_len, sm_count, o, ml, stream);
+      if (std::strcmp(e, "1") == 0)
+        return launch_stream<BITS, 1, 1, true, GM, false, 0, true, kS, 1>(k, v, a, max_len, sm_count, o, ml, stream);
+      if (std::strcmp(e, "2") == 0)
+        return launch_stream<BITS, 1, 1, true, GM, false, 0, true, kS, 2>(k, v, a, max_len, sm_count, o, ml, stream);
+    }
   }
   return launch_token<BITS, GM, kS>(k, v, a, max_len, sm_count, o, ml, stream);
 }
