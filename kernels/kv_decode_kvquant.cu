@@ -1,19 +1,17 @@
-// Decode attention specialised for KVQuant packed caches (interface: kv_decode_kvquant.cuh).
-// The general kernel (kv_decode_packed.cu) served KVQuant at 0.20-0.23x the fp16 decode
-// kernel on the H100 (docs/results.md, llama2-7b b1 32K/128K: 1300 / 3632 us): one 32-bit
-// load per lane and row, a run-time format switch, 64-bit shifts and a 16-lane shuffle
-// reduction per token and head, and a dependent global load chain per outlier record. Here,
-// for head_dim 128, rotate-half RoPE, 2 or 4 bits on both sides, fp16 activations:
-//  - The chunk's key codes, value codes and value (mid, half) go through cp.async into shared
-//    memory when the block starts (chunks of <= 512 tokens, sized so that 3 blocks share an
-//    SM: up to ~60 KB each in flight), the value copies in a second group that lands while the
-//    scores are computed. Why: the first build loaded codes per lane from global memory, 4
-//    tokens ahead; with 3 blocks of 4 warps per SM (~165 registers) that kept ~3 KB in
-//    flight per SM and ran at 360-465 GB/s, time flat across 2 and 4 bits (H100, llama2-7b:
-//    434 us at 32K b1, 0.60x fp16; notes/s5/results-h42.md).
+// Decode attention specialised for KVQuant packed caches (interface: kv_decode_kvquant.cuh),
+// the default of lib/cuda/packed_cache.cpp where it fits (KVQ_KV_DECODE=general keeps the
+// general kernel). The general kernel (kv_decode_packed.cu) served KVQuant at 0.20-0.23x the
+// fp16 decode kernel on the H100 (docs/results.md, llama2-7b b1 32K/128K: 1300 / 3632 us):
+// one 32-bit load per lane and row, a run-time format switch, 64-bit shifts and a 16-lane
+// shuffle reduction per token and head, and a dependent global load chain per outlier record.
+// This kernel: 434 us at 32K, 1396 us at 128K (0.51-0.60x fp16 MHA, 0.72-1.42x GQA; H100,
+// notes/s5/results-h42.md), 2.6-3x the general kernel, still slower than fp16 at MHA (issue
+// 4's goal, 3x fp16 at 4 bits, is not met). For head_dim 128, rotate-half RoPE, 2 or 4 bits
+// on both sides, fp16 activations:
 //  - Keys, 8 lanes per token, lane p holding channels 8p..8p+7 and their RoPE partners
-//    64+8p..64+8p+7: the rotation needs no shuffle, and the lane's codes are two 32-bit
-//    words at 4 bits, two 16-bit halves at 2 bits.
+//    64+8p..64+8p+7: the rotation needs no shuffle, the lane's codes are two aligned loads
+//    (two 32-bit words at 4 bits, two 16-bit halves at 2 bits), and the kU = 4 tokens of
+//    an iteration issue all their loads before any is used.
 //  - Dense key value: fma(fma(lut[c], half_ch, mid_ch), qa, qb) exactly as the CPU codec
 //    (lib/codecs/kvquant.cpp decode): LUT in shared memory (16 floats: distinct codes hit
 //    distinct banks, no conflicts), the lane's 16 (half, mid) in registers, the Q-Norm FMA
@@ -34,13 +32,27 @@
 // RoPE 2 + recurrence 2, dot 1, the rest (reduction, outlier check, addresses) ~1: ~9.5.
 // Bytes per (token, kv head) at 4 bits: 64 + 64 codes, 4 value meta, 2 x 4 CSR offsets and
 // 4 per record (KVQuant's ~1% per side): about 141 of fp16's 512.
+// What bounds it (H100, notes/s5/results-h42.md): time is the same at 2 and 4 bits (434 / 435
+// us at 32K b1), 360-465 GB/s, so bytes are not the limit. A build that staged the chunk's
+// codes and value meta through cp.async into shared memory (chunks <= 448 tokens for 3
+// blocks per SM, 052bdd0) was no faster: 392 us at 32K b1 but 10-18% slower at 64K/128K and
+// at batch 8 (more blocks, each paying the per-block setup: 16 (half, mid) loads, 16 sincosf
+// anchors, outlier staging, three barriers). At ~165 registers (3 blocks of 4 warps per SM)
+// the estimated ~9.5 instructions per key element (~14 with the value pass) would take
+// ~50 us per round of blocks at 32K b1 if issued at full rate; 544 blocks in two rounds took
+// 434 us, so the warps mostly wait (an inference from counts, not a profile):
+// the per-token chains (LUT LDS -> FMA -> RoPE -> 16 dependent FMAs of the dot -> 3 shuffles)
+// and the outlier loop, whose trip count differs across a warp's 4 tokens (up to ~3 records
+// at 1%, 16 selects each). Next: the tensor-core formulation of the issue (codes -> fp16
+// pairs through a byte LUT, per-channel scale/offset as one HFMA2 per pair, RoPE folded into
+// the query per 64-token stage plus a per-position (cos, sin) table, P V on mma as version 4)
+// and outliers as a per-chunk sparse correction of the scores instead of per-lane patches.
 #include "kernels/kv_decode_kvquant.cuh"
 
 #include <algorithm>
 #include <cmath>
 
 #include "kernels/common.cuh"
-#include "kernels/prefill_common.cuh"
 
 namespace kvq::kern::kvquant_decode {
 namespace {
@@ -49,8 +61,8 @@ constexpr int kT = 128;             // threads per block
 constexpr int kW = kT / 32;         // warps
 constexpr int kD = 128;             // head_dim served
 constexpr int kU = 4;               // tokens per lane per loop iteration
-constexpr int kMaxChunk = 512;      // tokens per block (the chunk's codes sit in shared memory)
-constexpr int kSmemCap = 74 * 1024; // bytes per block: 3 blocks per SM (227 KB)
+constexpr int kMaxChunk = 2048;     // tokens per block
+constexpr int kScoreFloats = 8192;  // chunk * GM cap (32 KB of scores)
 constexpr int kAnchorEvery = 32;    // recurrence steps between exact (cos, sin)
 constexpr int kKeyStep = kW * 4;    // tokens between a lane's consecutive keys
 
@@ -60,43 +72,24 @@ struct Plan {
 
 int gm_of(int G) { return G == 1 ? 1 : G == 2 ? 2 : G <= 4 ? 4 : 8; }
 
-// Shared memory, in 4-byte words: scores [chunk][GM] (later the warps' partial outputs
-// [kW][GM][kD]), query [GM][kD], two LUTs of 16, stats [8][2], CSR offsets [chunk + 4],
-// records [2 chunk], then the chunk's key codes and value codes [chunk][4 BITS] each and
-// value (mid, half) [chunk].
-size_t score_floats(int gm, int chunk) { return std::max<size_t>(static_cast<size_t>(chunk) * gm, kW * gm * kD); }
-size_t smem_bytes(int gm, int chunk, int bits) {
-  return (score_floats(gm, chunk) + gm * kD + 32 + 16 + chunk + 4 + 2 * chunk + 2 * chunk * 4 * bits + chunk) * 4;
-}
-
-// Four blocks per SM worth of work at least, chunks a multiple of 64 tokens and at most what
-// lets 3 blocks share an SM's shared memory (4 bits: 448 tokens at G = 1, 384 at G = 8).
-Plan make_plan(int kv_heads, int rows, int gm, int bits, int max_len, int sm_count) {
+// Four blocks per SM worth of work (several blocks per SM overlap one block's softmax with
+// another's loads); chunks a multiple of 64 tokens.
+Plan make_plan(int kv_heads, int rows, int gm, int max_len, int sm_count) {
   const int per_split = std::max(1, kv_heads * rows);
   const int want = std::max(1, (4 * std::max(sm_count, 1) + per_split - 1) / per_split);
   int chunk = (max_len + want - 1) / want;
   chunk = (chunk + 63) / 64 * 64;
-  int cap = kMaxChunk;
-  while (cap > 64 && smem_bytes(gm, cap, bits) > kSmemCap) cap -= 64;
+  const int cap = std::min(kMaxChunk, kScoreFloats / gm / 64 * 64);
   chunk = std::max(64, std::min(chunk, cap));
   return {chunk, (max_len + chunk - 1) / chunk};
 }
 
-__device__ __forceinline__ void cp_async4(uint32_t dst, const void* src) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(dst), "l"(src) : "memory");
-}
-
-// n bytes (a multiple of 16) from g to s (both 16-byte aligned) by the block's threads.
-__device__ __forceinline__ void copy16_async(void* s, const void* g, int n) {
-  const uint32_t d = smem_addr(s);
-  const char* src = static_cast<const char*>(g);
-  for (int i = threadIdx.x; i < (n >> 4); i += kT) cp_async16(d + 16 * i, src + 16 * i, 16);
-}
-// n 4-byte words from g (4-byte aligned) to s.
-__device__ __forceinline__ void copy4_async(void* s, const void* g, int n) {
-  const uint32_t d = smem_addr(s);
-  const char* src = static_cast<const char*>(g);
-  for (int i = threadIdx.x; i < n; i += kT) cp_async4(d + 4 * i, src + 4 * i);
+// Shared memory, in floats: scores [chunk][GM] (later the warps' partial outputs
+// [kW][GM][kD]), query [GM][kD], two LUTs of 16, stats [8][2], CSR offsets [chunk + 4],
+// records [2 chunk].
+size_t score_floats(int gm, int chunk) { return std::max<size_t>(static_cast<size_t>(chunk) * gm, kW * gm * kD); }
+size_t smem_bytes(int gm, int chunk) {
+  return (score_floats(gm, chunk) + gm * kD + 32 + 16 + chunk + 4 + 2 * chunk) * 4;
 }
 
 __device__ __forceinline__ float h2f(uint16_t h) { return __half2float(__ushort_as_half(h)); }
@@ -205,9 +198,6 @@ kvquant_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, int sp
   float* stat = vlut + 16;                                     // [8][2]
   uint32_t* soff = reinterpret_cast<uint32_t*>(stat + 16);     // [chunk + 1]
   kvlayout::Outlier* srec = reinterpret_cast<kvlayout::Outlier*>(soff + chunk + 4);  // [2 chunk]
-  uint32_t* skc = reinterpret_cast<uint32_t*>(srec + 2 * chunk);  // [chunk][4 BITS] key codes
-  uint32_t* svc = skc + chunk * 4 * BITS;                          // [chunk][4 BITS] value codes
-  uint32_t* svm = svc + chunk * 4 * BITS;                          // [chunk] value (mid, half)
 
   const int s = blockIdx.x, kvh = blockIdx.y, r = blockIdx.z;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -224,22 +214,14 @@ kvquant_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, int sp
     return;
   }
   const int cnt = end - begin;
-  const int slot = a.slot[r];
-  const int64_t sh = static_cast<int64_t>(slot) * K.kv_heads + kvh;
-  // The chunk's codes into shared memory: keys (group 1), then values and their (mid, half)
-  // (group 2, in flight while the scores are computed). Rows of sinks come along unused.
-  copy16_async(skc, K.codes + (sh * K.max_tokens + begin) * (4 * BITS), cnt * 16 * BITS);
-  cp_async_commit();
-  copy16_async(svc, V.codes + (sh * V.max_tokens + begin) * (4 * BITS), cnt * 16 * BITS);
-  copy4_async(svm, reinterpret_cast<const uint32_t*>(V.meta) + sh * V.max_tokens + begin, cnt);
-  cp_async_commit();
   if (threadIdx.x < (1 << BITS)) {
     klut[threadIdx.x] = K.lut[threadIdx.x];
     vlut[threadIdx.x] = V.lut[threadIdx.x];
   }
   const __half* q = static_cast<const __half*>(a.q) + head0 * kD;
   for (int i = threadIdx.x; i < GM * kD; i += kT) qs[i] = i < G * kD ? __half2float(q[i]) : 0.f;
-  cp_async_wait<1>();  // this thread's key copies; the barrier below publishes everyone's
+  const int slot = a.slot[r];
+  const int64_t sh = static_cast<int64_t>(slot) * K.kv_heads + kvh;
   const kvlayout::Outlier* krec = nullptr;
   if (K.outliers)
     krec = stage_outliers(K, sh, begin, cnt, soff, srec, 2 * chunk);
@@ -275,6 +257,7 @@ kvquant_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, int sp
       rc[e] = 1.f;
       rs[e] = 0.f;
     }
+    const uint32_t* kcodes = K.codes + sh * K.max_tokens * K.wpr;
     const int hidx = head_of<GM>(lane);
     const bool wr = writer<GM>(lane) && hidx < G;
     int step = 0;
@@ -286,11 +269,11 @@ kvquant_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, int sp
         wb[u] = 0;
         if (j < end && j >= K.n_sink) {
           if constexpr (BITS == 4) {
-            const uint32_t* row = skc + (j - begin) * 16;
-            wb[u] = static_cast<uint64_t>(row[p]) | (static_cast<uint64_t>(row[8 + p]) << 32);
+            const uint32_t* row = kcodes + static_cast<int64_t>(j) * 16;
+            wb[u] = static_cast<uint64_t>(__ldg(row + p)) | (static_cast<uint64_t>(__ldg(row + 8 + p)) << 32);
           } else {
-            const uint16_t* row = reinterpret_cast<const uint16_t*>(skc + (j - begin) * 8);
-            wb[u] = static_cast<uint64_t>(row[p]) | (static_cast<uint64_t>(row[8 + p]) << 32);
+            const uint16_t* row = reinterpret_cast<const uint16_t*>(kcodes + static_cast<int64_t>(j) * 8);
+            wb[u] = static_cast<uint64_t>(__ldg(row + p)) | (static_cast<uint64_t>(__ldg(row + 8 + p)) << 32);
           }
         }
       }
@@ -397,7 +380,6 @@ kvquant_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, int sp
       stat[2 * g + 1] = sum;
     }
   }
-  cp_async_wait<0>();  // this thread's value copies; published by the barrier below
   const kvlayout::Outlier* vrec = nullptr;
   if (V.outliers)
     vrec = stage_outliers(V, sh, begin, cnt, soff, srec, 2 * chunk);
@@ -417,6 +399,8 @@ kvquant_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, int sp
     for (int g = 0; g < GM; ++g)
 #pragma unroll
       for (int e = 0; e < CPT; ++e) acc[g][e] = 0.f;
+    const uint32_t* vcodes = V.codes + sh * V.max_tokens * V.wpr;
+    const uint32_t* vmeta = reinterpret_cast<const uint32_t*>(V.meta) + sh * V.max_tokens;  // (mid, half)
     for (int base = begin; base < end; base += kU * TSTEP) {
       uint64_t wb[kU];
       uint32_t mv[kU];
@@ -426,16 +410,16 @@ kvquant_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, int sp
         wb[u] = 0;
         mv[u] = 0;
         if (j < end && j >= V.n_sink) {
-          const uint32_t* row = svc + (j - begin) * (4 * BITS);
+          const uint32_t* row = vcodes + static_cast<int64_t>(j) * (4 * BITS);
           if constexpr (CPT * BITS == 64) {
-            const uint2 w = reinterpret_cast<const uint2*>(row)[pv];
+            const uint2 w = __ldg(reinterpret_cast<const uint2*>(row) + pv);
             wb[u] = static_cast<uint64_t>(w.x) | (static_cast<uint64_t>(w.y) << 32);
           } else if constexpr (CPT * BITS == 32) {
-            wb[u] = row[pv];
+            wb[u] = __ldg(row + pv);
           } else {
-            wb[u] = reinterpret_cast<const uint16_t*>(row)[pv];
+            wb[u] = __ldg(reinterpret_cast<const uint16_t*>(row) + pv);
           }
-          mv[u] = svm[j - begin];
+          mv[u] = __ldg(vmeta + j);
         }
       }
 #pragma unroll
@@ -528,7 +512,7 @@ kvquant_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, int sp
 template <int BITS, int GM, bool QN>
 cudaError_t launch(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, const Plan& p,
                    float* part_o, float* part_ml, cudaStream_t stream) {
-  const size_t smem = smem_bytes(GM, p.chunk, BITS);
+  const size_t smem = smem_bytes(GM, p.chunk);
   cudaError_t e = cudaFuncSetAttribute(kvquant_kernel<BITS, GM, QN>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        static_cast<int>(smem));
   if (e != cudaSuccess) return e;
@@ -569,7 +553,7 @@ bool fits(Act act, const PackedSide& k, const PackedSide& v, const PackedDecodeA
 
 size_t workspace(const PackedSide& k, const PackedDecodeArgs& a, int max_len, int sm_count) {
   if (k.kv_heads <= 0 || a.rows <= 0 || max_len <= 0 || a.n_heads % k.kv_heads != 0) return 0;
-  const Plan p = make_plan(k.kv_heads, a.rows, gm_of(a.n_heads / k.kv_heads), k.bits, max_len, sm_count);
+  const Plan p = make_plan(k.kv_heads, a.rows, gm_of(a.n_heads / k.kv_heads), max_len, sm_count);
   return static_cast<size_t>(a.rows) * a.n_heads * p.splits * (kD + 2) * sizeof(float);
 }
 
@@ -579,7 +563,7 @@ cudaError_t run(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs
   if (a.rows == 0) return cudaSuccess;
   if (max_len <= 0 || ws_bytes < workspace(k, a, max_len, sm_count)) return cudaErrorInvalidValue;
   const int gm = gm_of(a.n_heads / k.kv_heads);
-  const Plan p = make_plan(k.kv_heads, a.rows, gm, k.bits, max_len, sm_count);
+  const Plan p = make_plan(k.kv_heads, a.rows, gm, max_len, sm_count);
   float* part_o = static_cast<float*>(ws);
   float* part_ml = part_o + static_cast<size_t>(a.rows) * a.n_heads * p.splits * kD;
   const bool qn = k.qa != 1.f || k.qb != 0.f || v.qa != 1.f || v.qb != 0.f;
