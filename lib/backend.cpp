@@ -1,4 +1,5 @@
-// Helpers shared by every backend: NLL accumulation and the windowed perplexity protocol.
+// Helpers shared by every backend: NLL accumulation, forward_nll's target checks and the
+// windowed perplexity protocol.
 #include "lib/backend.h"
 
 #include <string>
@@ -12,6 +13,17 @@ NllResult& NllResult::operator+=(const NllResult& o) {
   count += o.count;
   per_token.insert(per_token.end(), o.per_token.begin(), o.per_token.end());
   return *this;
+}
+
+void check_nll_targets(std::span<const int32_t> tokens, std::span<const int32_t> targets, int vocab) {
+  if (targets.size() != tokens.size())
+    throw InvalidArgument("forward_nll", std::to_string(targets.size()) + " targets for " +
+                                             std::to_string(tokens.size()) + " tokens");
+  for (size_t i = 0; i < targets.size(); ++i)
+    if (targets[i] >= vocab)
+      throw InvalidArgument("forward_nll", "target id " + std::to_string(targets[i]) + " at index " +
+                                               std::to_string(i) + " outside the vocabulary of " +
+                                               std::to_string(vocab));
 }
 
 NllResult window_nll(Backend& backend, std::span<const int32_t> tokens, int rows, int T,

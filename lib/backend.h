@@ -87,6 +87,10 @@ class Backend {
                                 const ForwardOptions& opt = {}) = 0;
 };
 
+// The checks of forward_nll's targets that every backend makes before any work: one target
+// per token, each below `vocab` (negative: not scored). Throws InvalidArgument.
+void check_nll_targets(std::span<const int32_t> tokens, std::span<const int32_t> targets, int vocab);
+
 // Perplexity protocol for one batch of windows: tokens [rows, T]; empties slots 0..rows-1
 // (re-allocating the cache when it is too small) and scores the T-1 next-token
 // predictions of every row. The observer, if any, sees the T-1 input positions.

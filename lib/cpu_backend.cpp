@@ -170,15 +170,7 @@ class CpuBackend final : public Backend {
 
   NllResult forward_nll(std::span<const int32_t> tokens, std::span<const int32_t> targets,
                         int n, const ForwardOptions& opt) override {
-    if (targets.size() != tokens.size())
-      throw InvalidArgument("forward_nll", std::to_string(targets.size()) + " targets for " +
-                                               std::to_string(tokens.size()) + " tokens");
-    for (size_t i = 0; i < targets.size(); ++i)
-      if (targets[i] >= cfg_.vocab)
-        throw InvalidArgument("forward_nll", "target id " + std::to_string(targets[i]) +
-                                                 " at index " + std::to_string(i) +
-                                                 " outside the vocabulary of " +
-                                                 std::to_string(cfg_.vocab));
+    check_nll_targets(tokens, targets, cfg_.vocab);
     const RowMat xn = hidden_states(tokens, n, opt);
     const RowMat& head = lm_head();
     const Eigen::Index total = xn.rows();

@@ -252,15 +252,7 @@ class CudaBackend final : public Backend {
 
   NllResult forward_nll(std::span<const int32_t> tokens, std::span<const int32_t> targets, int n,
                         const ForwardOptions& opt) override {
-    if (targets.size() != tokens.size())
-      throw InvalidArgument("forward_nll", std::to_string(targets.size()) + " targets for " +
-                                               std::to_string(tokens.size()) + " tokens");
-    for (size_t i = 0; i < targets.size(); ++i)
-      if (targets[i] >= cfg_.vocab)
-        throw InvalidArgument("forward_nll", "target id " + std::to_string(targets[i]) +
-                                                 " at index " + std::to_string(i) +
-                                                 " outside the vocabulary of " +
-                                                 std::to_string(cfg_.vocab));
+    check_nll_targets(tokens, targets, cfg_.vocab);
     const std::vector<int> slots = prepare(tokens, n, opt);
     const int rows = static_cast<int>(slots.size());
     std::vector<float> nll(tokens.size(), std::numeric_limits<float>::quiet_NaN());

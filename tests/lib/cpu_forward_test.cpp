@@ -495,6 +495,22 @@ TEST_CASE("cpu: non-finite activations name the layer and leave the cache as it 
                     HasSubstr("layer 0 (MLP)"));
 }
 
+TEST_CASE("cpu: forward_nll rejects targets before any work", "[lib][cpu]") {
+  // lib/backend.cpp's check_nll_targets, which the CUDA backend calls too.
+  const kvq::ModelConfig cfg = variant(0);
+  auto be = kvq::make_cpu_backend(kvq_test::tiny_model(cfg, 1));
+  be->reset(1, 8);
+  const std::vector<int32_t> toks = {1, 2, 3};
+  CHECK_THROWS_WITH(be->forward_nll(toks, std::vector<int32_t>{2, 3}, 3),
+                    HasSubstr("2 targets for 3 tokens"));
+  CHECK_THROWS_WITH(be->forward_nll(toks, std::vector<int32_t>{2, -1, cfg.vocab}, 3),
+                    HasSubstr("target id " + std::to_string(cfg.vocab) + " at index 2 outside the vocabulary"));
+  CHECK_THROWS_AS(be->forward_nll(toks, std::vector<int32_t>{2, 3, cfg.vocab + 7}, 3), kvq::InvalidArgument);
+  CHECK(be->cache_len(0) == 0);  // nothing was appended
+  const kvq::NllResult ok = be->forward_nll(toks, std::vector<int32_t>{2, -1, 0}, 3);
+  CHECK(ok.count == 2);
+}
+
 TEST_CASE("cpu: bad calls are InvalidArgument", "[lib][cpu]") {
   const kvq::ModelConfig cfg = variant(0);
   auto be = kvq::make_cpu_backend(kvq_test::tiny_model(cfg, 1));
