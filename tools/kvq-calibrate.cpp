@@ -446,12 +446,7 @@ int main(int argc, char** argv) {
   cli::add_version_flag(app, "kvq-calibrate");
 
   return kvq::cli::run("kvq-calibrate", [&]() -> int {
-    try {
-      app.parse(argc, argv);
-    } catch (const CLI::ParseError& e) {
-      if (e.get_exit_code() == 0) return app.exit(e);
-      throw;
-    }
+    if (const auto done = cli::parse(app, argc, argv)) return *done;
     return run(o);
   });
 }

@@ -1109,12 +1109,7 @@ int main(int argc, char** argv) {
   cli::add_version_flag(app, "kvq-eval");
 
   return kvq::cli::run("kvq-eval", [&]() -> int {
-    try {
-      app.parse(argc, argv);
-    } catch (const CLI::ParseError& e) {
-      if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
-      throw;
-    }
+    if (const auto done = cli::parse(app, argc, argv)) return *done;
     o.max_new_tokens_given = max_new->count() > 0;
     const std::vector<std::string> tasks = split_tasks(o.task);
     if (tasks.size() > 1) return run_tasks(o, tasks);

@@ -43,6 +43,16 @@ int run(const char* tool, const std::function<int()>& body) {
   return 1;
 }
 
+std::optional<int> parse(CLI::App& app, int argc, char** argv) {
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
+    throw;
+  }
+  return std::nullopt;
+}
+
 void add_version_flag(CLI::App& app, const char* tool) {
   std::string text = std::string(tool) + " " + kVersion + " (git " + kGitRevision + ", CUDA " +
                      (kHaveCuda ? "on" : "off") + ")";

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <functional>
+#include <optional>
 #include <string>
 
 #include <CLI/CLI.hpp>
@@ -14,6 +15,12 @@ enum class OutputFormat { kText, kJson };
 // Runs `body` and turns exceptions into `TOOL: error: ...` on stderr (plus `hint: ...`)
 // and an exit code. CLI11 parse errors and --help are handled the CLI11 way (exit 2 / 0).
 int run(const char* tool, const std::function<int()>& body);
+
+// Parses the command line the way every kvq tool does: returns an exit code when the tool
+// should stop at once (--help, --version: CLI11 printed them, 0), nullopt to go on; a
+// usage error is rethrown as the CLI::ParseError, which run() reports as `TOOL: error:` and
+// exit code 2. Call it inside run()'s body.
+std::optional<int> parse(CLI::App& app, int argc, char** argv);
 
 // Adds --version (prints "TOOL VERSION (git REV, CUDA on|off)" and exits 0).
 void add_version_flag(CLI::App& app, const char* tool);
