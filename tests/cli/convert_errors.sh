@@ -1,15 +1,13 @@
 #!/usr/bin/env bash
 # kvq-convert refusals: each is one error line (plus an optional hint), exit 1 for bad
 # inputs and 2 for bad usage, and never leaves an output file behind.
-set -euo pipefail
-bin="${KVQ_BIN:?}/kvq-convert"
+# common.bash: set -euo pipefail, the models' paths, a scratch $TMP removed on exit, fail().
+source "$(dirname "$0")/common.bash"
+bin="$KVQ_BIN/kvq-convert"
 src="${KVQ_SOURCE_DIR:?}"
-shared="${KVQ_SHARED:?}"
 calib="$src/tests/data/profiles/stories260K-synthetic.kvqc"
-model="$shared/models/stories260K/stories260K.bin"
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+model="$STORIES/stories260K.bin"
+work="$TMP"
 
 # expect RC MESSAGE -- ARGS...: exit code, a substring of the error line, no output file.
 expect() {
@@ -33,7 +31,7 @@ expect 2 "kvquant:bits=3 needs --calib FILE" -- --model "$model" --method kvquan
 expect 1 "5 bits: the calibration has signposts for 2, 3, 4 bits" -- --calib "$calib" --method kvquant --bits 5 -o "$work/x.kvqp"
 expect 1 "outliers 3%: the calibration has key thresholds for 0.1%, 1%, 5% (and 0)" -- --calib "$calib" --method kvquant --bits 3 --outliers 3% -o "$work/x.kvqp"
 expect 1 "calibration is for another model: layers: calibration has 5, model has 6" -- \
-  --calib "$calib" --model "$shared/models/kvq-testbed-llama2-23m" --method kvquant --bits 3 -o "$work/x.kvqp"
+  --calib "$calib" --model "$TESTBED" --method kvquant --bits 3 -o "$work/x.kvqp"
 
 # Damaged calibration files.
 cp "$calib" "$work/bad.kvqc"

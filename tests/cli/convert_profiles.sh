@@ -4,16 +4,14 @@
 # several profiles per call through the {method}/{bits} template, determinism (two runs,
 # identical bytes), inspect (text and JSON), validate against the right and the wrong
 # model, export-vllm, and calibration-free profiles from --model alone.
-set -euo pipefail
-bin="${KVQ_BIN:?}/kvq-convert"
+# common.bash: set -euo pipefail, the models' paths, a scratch $TMP removed on exit, fail().
+source "$(dirname "$0")/common.bash"
+bin="$KVQ_BIN/kvq-convert"
 src="${KVQ_SOURCE_DIR:?}"
-shared="${KVQ_SHARED:?}"
 calib="$src/tests/data/profiles/stories260K-synthetic.kvqc"
-model="$shared/models/stories260K/stories260K.bin"
-testbed="$shared/models/kvq-testbed-llama2-23m"
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+model="$STORIES/stories260K.bin"
+testbed="$TESTBED"
+work="$TMP"
 
 grep -q "^kvq-convert " <<< "$("$bin" --version)" || fail "--version"
 grep -q -- "--profile" <<< "$("$bin" --help)" || fail "--help"
