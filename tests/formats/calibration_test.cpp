@@ -36,10 +36,7 @@ std::string write_unchecked(const Calibration& c, const std::string& name) {
 }
 
 FormatError refused(const std::string& path, const std::string& problem) {
-  FormatError e = expect_error<FormatError>([&] { read_calibration(path); });
-  CHECK_THAT(std::string(e.what()), HasSubstr(path));
-  CHECK_THAT(std::string(e.what()), HasSubstr(problem));
-  return e;
+  return kvq_test::expect_file_error<FormatError>(path, problem, [&] { read_calibration(path); });
 }
 
 }  // namespace

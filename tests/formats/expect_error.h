@@ -1,5 +1,6 @@
 // Catches the kvq exception a call must throw and returns it, so that a test can check
-// its type, its message (which must name the file and the problem) and its offset. A call
+// its type, its message (which must name the file and the problem: expect_file_error) and
+// its offset. A call
 // that throws nothing fails the test; one that throws another type fails it too, with
 // Catch2's "unexpected exception" report naming that type's message.
 #pragma once
@@ -21,6 +22,16 @@ E expect_error(F&& f) {
   }
   FAIL("expected an exception, none was thrown");
   throw std::logic_error("unreachable");
+}
+
+// `f` must throw E (a kvq::Error) whose message names the file `path` and contains
+// `problem`: the refusal check of the file-format tests (calibration, profile, safetensors).
+template <class E, class F>
+E expect_file_error(const std::string& path, const std::string& problem, F&& f) {
+  E e = expect_error<E>(std::forward<F>(f));
+  CHECK_THAT(std::string(e.what()), HasSubstr(path));
+  CHECK_THAT(std::string(e.what()), HasSubstr(problem));
+  return e;
 }
 
 }  // namespace kvq_test

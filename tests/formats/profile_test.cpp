@@ -60,10 +60,7 @@ std::string write_unchecked(const Profile& p, const std::string& name) {
 }
 
 FormatError refused(const std::string& path, const std::string& problem) {
-  FormatError e = expect_error<FormatError>([&] { read_profile(path); });
-  CHECK_THAT(std::string(e.what()), HasSubstr(path));
-  CHECK_THAT(std::string(e.what()), HasSubstr(problem));
-  return e;
+  return kvq_test::expect_file_error<FormatError>(path, problem, [&] { read_profile(path); });
 }
 
 const char* kAllSpecs[] = {
