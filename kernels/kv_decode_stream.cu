@@ -227,7 +227,10 @@ __host__ __device__ constexpr int stream_min_blocks(int ntk, int ntv, int ks, in
 // the running max / scale exponents, the accumulators' rescale -- is spread over 1.5-2x the
 // tokens; KVQ_KV_STAGE picks, stage_tokens() below).
 // OPT (A/B of this session's per-stage changes, KVQ_KV_OPT for the 4-bit G <= 4 build): bit 0
-// the unrolled staging copies, bit 1 the merged warp reductions; 3 = both (the default).
+// the unrolled staging copies, bit 1 the merged warp reductions; 3 = both (the default except
+// in the 4-bit G <= 4 build, where 1: the merged reductions made llama3-8b int4 5-9% slower,
+// H100 2026-11-23 run 2: fewer SHFL (40 vs 105 static) but one long dependent butterfly of
+// 16 values instead of 12 independent trees; at G = 1 the merged tree is 5 levels as before).
 template <int BITS, int NTK, int NTV, bool KONE, int GM, bool KCH, int NGVT = 0, bool FOLD = true, int KS = kS,
           int OPT = 3>
 __global__ void __launch_bounds__(kT, stream_min_blocks(NTK, NTV, KS, BITS))
@@ -1087,17 +1090,20 @@ cudaError_t launch_token_staged(const PackedSide& k, const PackedSide& v, const 
     if (ks == 384) return launch_token<BITS, GM, 384>(k, v, a, max_len, sm_count, o, ml, stream);
   }
   if constexpr (BITS == 4 && GM == 4) {
-    // KVQ_KV_OPT=0|1|2 (read per call): this build without the unrolled staging (bit 0) and / or
-    // the merged reductions (bit 1), to find which moved llama3-8b int4 (5-7% slower than
-    // ce81fd6 in the first H100 run of 2026-11-23, int2 and MHA not).
+    // KVQ_KV_OPT=0|2|3 (read per call): this build without the unrolled staging (bit 0) and / or
+    // with the merged reductions (bit 1). Default 1, measured (H100, 2026-11-23, run 2, one
+    // process, llama3-8b int4, us at 32K / 64K / 128K): batch 8 OPT 0 (= ce81fd6's code)
+    // 158.0 / 287.0 / 546.0, 1: 153.9 / 275.0 / 525.8, 2: 172.5 / 313.1 / 598.6, 3: 166.7 /
+    // 302.0 / 576.1; batch 1 OPT 1 fastest too (38.5 / 60.4 / 91.9).
     if (const char* e = std::getenv("KVQ_KV_OPT")) {
       if (std::strcmp(e, "0") == 0)
         return launch_stream<BITS, 1, 1, true, GM, false, 0, true, kS, 0>(k, v, a, max_len, sm_count, o, ml, stream);
-      if (std::strcmp(e, "1") == 0)
-        return launch_stream<BITS, 1, 1, true, GM, false, 0, true, kS, 1>(k, v, a, max_len, sm_count, o, ml, stream);
       if (std::strcmp(e, "2") == 0)
         return launch_stream<BITS, 1, 1, true, GM, false, 0, true, kS, 2>(k, v, a, max_len, sm_count, o, ml, stream);
+      if (std::strcmp(e, "3") == 0)
+        return launch_stream<BITS, 1, 1, true, GM, false, 0, true, kS, 3>(k, v, a, max_len, sm_count, o, ml, stream);
     }
+    return launch_stream<BITS, 1, 1, true, GM, false, 0, true, kS, 1>(k, v, a, max_len, sm_count, o, ml, stream);
   }
   return launch_token<BITS, GM, kS>(k, v, a, max_len, sm_count, o, ml, stream);
 }

@@ -431,36 +431,62 @@ TEST_CASE("kv packed: tensor-core decode over long contexts (several stages per 
 // stages and the last one is partial; 129 and 10 in the other rows), MHA and G = 4, asym and
 // sym codes. The decode must match the simulation within the same derived bound at every
 // stage length (only the blocking of the online softmax changes, not the arithmetic's terms).
+// An environment variable set for a scope (the decode reads KVQ_KV_STAGE / KVQ_KV_OPT per
+// call), restored on the way out, a failed REQUIRE included.
+struct EnvGuard {
+  std::string name, old;
+  bool had = false;
+  EnvGuard(const char* n, const char* v) : name(n) {
+    if (const char* e = std::getenv(n)) {
+      old = e;
+      had = true;
+    }
+    setenv(n, v, 1);
+  }
+  ~EnvGuard() {
+    if (had)
+      setenv(name.c_str(), old.c_str(), 1);
+    else
+      unsetenv(name.c_str());
+  }
+};
+
 TEST_CASE("kv packed: tensor-core decode, 2-bit stages of 256/384/512 tokens == simulated", "[gpu][kv]") {
-  struct StageEnv {
-    std::string old;
-    bool had = false;
-    explicit StageEnv(const char* v) {
-      if (const char* e = std::getenv("KVQ_KV_STAGE")) {
-        old = e;
-        had = true;
-      }
-      setenv("KVQ_KV_STAGE", v, 1);
-    }
-    ~StageEnv() {
-      if (had)
-        setenv("KVQ_KV_STAGE", old.c_str(), 1);
-      else
-        unsetenv("KVQ_KV_STAGE");
-    }
-  };
   LongCase lc;
   lc.on = true;
   lc.pieces = {{4000, 1, 2, 6000}, {129}, {7, 1, 1, 1}};
   const uint64_t seed = kvq_test::test_seed(921);
   for (const char* stage : {"256", "384", "512"}) {
-    const StageEnv env(stage);
+    const EnvGuard env("KVQ_KV_STAGE", stage);
     for (const char* spec : {"int2", "int2:sym=1"})
       for (const Shape& s : {Shape{8, 8, 128}, Shape{8, 32, 128}}) {
         const Result r = run_case(spec, spec, s, seed, nullptr, nullptr, lc);
         std::printf("kv packed stage %s %s, kv_heads %d, heads %d: bytes equal; decode max err %.3g (%.3f of "
                     "tolerance), seed %llu\n",
                     stage, spec, s.H, s.n_heads, r.worst_err, r.worst_ratio, static_cast<unsigned long long>(seed));
+      }
+  }
+}
+
+// The A/B builds of the 4-bit G <= 4 kernel (KVQ_KV_OPT=0|1|2|3: without / with the unrolled
+// staging copies, bit 0, and the merged warp reductions, bit 1; default 1): every one matches
+// the simulation on G = 4 (and G = 3 through the same build), asym and sym, over the default
+// uneven appends (200 + 1 + 1 + 37 + 61 / 129 / 10 tokens) and a 1,333-token row (6 stages).
+TEST_CASE("kv packed: tensor-core decode, int4 G <= 4 build variants (KVQ_KV_OPT) == simulated", "[gpu][kv]") {
+  LongCase lc;
+  lc.on = true;
+  lc.pieces = {{1000, 1, 332}, {129}, {7, 1, 1, 1}};
+  const uint64_t seed = kvq_test::test_seed(922);
+  for (const char* opt : {"0", "1", "2", "3"}) {
+    const EnvGuard env("KVQ_KV_OPT", opt);
+    for (const char* spec : {"int4", "int4:sym=1"})
+      for (const Shape& s : {Shape{2, 8, 128}, Shape{3, 9, 128}}) {
+        const Result a = run_case(spec, spec, s, seed);
+        const Result b = run_case(spec, spec, s, seed + 1, nullptr, nullptr, lc);
+        std::printf("kv packed KVQ_KV_OPT=%s %s, kv_heads %d, heads %d: bytes equal; decode max err %.3g / %.3g "
+                    "(%.3f / %.3f of tolerance; short / 1,333 tokens), seed %llu\n",
+                    opt, spec, s.H, s.n_heads, a.worst_err, b.worst_err, a.worst_ratio, b.worst_ratio,
+                    static_cast<unsigned long long>(seed));
       }
   }
 }
