@@ -90,7 +90,13 @@ std::string reason(const Codec& c) {
 // Read at every call (one getenv), so that a test can run both kernels in one process.
 bool kvquant_kernel_selected() {
   const char* e = std::getenv("KVQ_KV_DECODE");
-  return !e || !*e || std::strcmp(e, "kvq-fast") == 0;
+  return !e || !*e || std::strcmp(e, "kvq-fast") == 0 || std::strcmp(e, "kvq-mma") == 0;
+}
+// KVQ_KV_DECODE=kvq-mma: the tensor-core build of KVQuant's kernel
+// (kernels/kv_decode_kvquant_mma.cu), opt-in until it beats kvq-fast on the H100.
+bool kvquant_mma_selected() {
+  const char* e = std::getenv("KVQ_KV_DECODE");
+  return e && std::strcmp(e, "kvq-mma") == 0;
 }
 
 }  // namespace
@@ -351,7 +357,9 @@ void PackedKvCache::prepare(const std::vector<int>& slots) {
   a.rows = static_cast<int>(slots.size());
   a.n_heads = I.n_heads;
   const size_t ws = std::max(kern::kv_decode_workspace(I.k.d, a, std::max(1, I.max_len), I.sm_count),
-                             kern::kvquant_decode::workspace(I.k.d, a, std::max(1, I.max_len), I.sm_count));
+                             std::max(kern::kvquant_decode::workspace(I.k.d, a, std::max(1, I.max_len), I.sm_count),
+                                      kern::kvquant_decode::workspace_mma(I.k.d, a, std::max(1, I.max_len),
+                                                                          I.sm_count)));
   I.work.reserve(ws + 16, "decode workspace");
 }
 
@@ -371,8 +379,12 @@ void PackedKvCache::decode(const void* q_dev, void* out_dev, bool bf16, void* st
   a.inv_freq = I.inv_freq;
   a.rope_interleaved = I.interleaved;
   if (kvquant_kernel_selected() && kern::kvquant_decode::fits(bf16 ? kern::Act::kBF16 : kern::Act::kF16, I.k.d, I.v.d, a)) {
-    KVQ_CUDA_CHECK(kern::kvquant_decode::run(I.k.d, I.v.d, a, I.max_len, I.sm_count, I.work.get(), I.work.bytes(),
-                                             static_cast<cudaStream_t>(stream)));
+    if (kvquant_mma_selected())
+      KVQ_CUDA_CHECK(kern::kvquant_decode::run_mma(I.k.d, I.v.d, a, I.max_len, I.sm_count, I.work.get(),
+                                                   I.work.bytes(), static_cast<cudaStream_t>(stream)));
+    else
+      KVQ_CUDA_CHECK(kern::kvquant_decode::run(I.k.d, I.v.d, a, I.max_len, I.sm_count, I.work.get(),
+                                               I.work.bytes(), static_cast<cudaStream_t>(stream)));
     return;
   }
   // Benchmark knob (kvq-kvbench, notes/kv-cuda-perf.md; KVQuant: kvquant_kernel_selected above):

@@ -21,6 +21,16 @@
 //    2^-17 sum |q_i| (|k_i| + |k_partner(i)|) more.
 //  - softmax weights: 2 max|err s| + (L + 64) 2^-24; o = sum p v: (2 delta + (L + 64) 2^-23)
 //    max|v|; the fp16 output rounding 2^-11 |o|.
+// The tensor-core build (KVQ_KV_DECODE=kvq-mma, kernels/kv_decode_kvquant_mma.cu) adds:
+//  - scores: the query rotated by R(j0)^T and each key pair by R(u) in fp32, both rounded to
+//    fp16 (2^-11 relative each), products exact, fp32 accumulation; per rotate-half pair
+//    |q'_i k'_i| + |q'_p k'_p| <= |q_pair| |k_pair| <= (|q_i| + |q_p|)(|k_i| + |k_p|) (rotations
+//    keep norms), so 2^-10 B + O(2^-18) B with B = sum over pairs of that product: the test
+//    adds 2^-9 B to delta (a factor 2 over the leading term; it also covers an outlier
+//    channel's dense value, which the kernel rounds before the fp32 correction removes it).
+//  - values: v = fma(lut, half_t, mid_t) and p rounded to fp16 (2^-11 each), so
+//    2^-10 sum p |v_dense| / l <= 2^-10 max |v| over the head's tokens and channels (the dense
+//    value lies in its token's range): the test adds 2^-9 max|v| of the head.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -92,9 +102,12 @@ struct Case {
   float qscale = 1.f;
 };
 
-// Returns the worst error / tolerance over every output element.
-double run_case(const Case& c, uint64_t seed) {
-  EnvGuard env("kvq-fast");
+// Returns the worst error / tolerance over every output element. kernel: the
+// KVQ_KV_DECODE value, "kvq-fast" (CUDA-core kernel) or "kvq-mma" (tensor-core build, whose
+// bound adds the fp16 terms derived in the header comment).
+double run_case(const Case& c, uint64_t seed, const char* kernel = "kvq-fast") {
+  EnvGuard env(kernel);
+  const bool mma = std::string(kernel) == "kvq-mma";
   std::mt19937_64 rng(seed);
   const codecs::KvShape ks{c.H, kHd, c.n_heads};
   auto kc = codecs::make_codec(codecs::parse_codec_spec(c.spec), KvSide::kKey, 0, ks, c.kg);
@@ -178,11 +191,15 @@ double run_case(const Case& c, uint64_t seed) {
         }
     for (int qi = 0; qi < c.n_heads; ++qi) {
       const int h = qi / G;
+      double vmax_all = 0;  // the head's largest |v|: bounds |half_t lut| + |mid_t| of every token
+      for (int t = 0; t < L; ++t)
+        for (int d = 0; d < kHd; ++d)
+          vmax_all = std::max(vmax_all, static_cast<double>(std::fabs(vd[static_cast<size_t>(t) * dim + h * kHd + d])));
       const uint16_t* qrow = qh.data() + (static_cast<size_t>(r) * c.n_heads + qi) * kHd;
       std::vector<double> sc(L);
       double m = -INFINITY, delta = 0;
       for (int t = 0; t < L; ++t) {
-        double dot = 0, A = 0, Ar = 0;
+        double dot = 0, A = 0, Ar = 0, B = 0;
         const size_t base = static_cast<size_t>(t) * dim + h * kHd;
         for (int i = 0; i < kHd; ++i) {
           const double qv = half_to_float(qrow[i]);
@@ -190,10 +207,14 @@ double run_case(const Case& c, uint64_t seed) {
           A += std::fabs(qv * kr[base + i]);
           const int partner = i < kHd / 2 ? i + kHd / 2 : i - kHd / 2;
           Ar += std::fabs(qv) * (std::fabs(kd[base + i]) + std::fabs(kd[base + partner]));
+          if (i < kHd / 2)
+            B += (std::fabs(qv) + std::fabs(half_to_float(qrow[partner]))) *
+                 (std::fabs(kd[base + i]) + std::fabs(kd[base + partner]));
         }
         sc[t] = dot * scale;
         m = std::max(m, sc[t]);
-        delta = std::max(delta, scale * (A * kHd * std::ldexp(1.0, -24) + Ar * std::ldexp(1.0, -17)));
+        delta = std::max(delta, scale * (A * kHd * std::ldexp(1.0, -24) + Ar * std::ldexp(1.0, -17) +
+                                         (mma ? B * std::ldexp(1.0, -9) : 0.0)));
       }
       double l = 0;
       for (int t = 0; t < L; ++t) l += sc[t] = std::exp(sc[t] - m);
@@ -208,10 +229,11 @@ double run_case(const Case& c, uint64_t seed) {
         const double got = half_to_float(oh[(static_cast<size_t>(r) * c.n_heads + qi) * kHd + d]);
         REQUIRE(std::isfinite(got));
         const double tol = std::ldexp(1.0, -11) * std::fabs(o) +
-                           (2 * delta + (L + 64) * std::ldexp(1.0, -23)) * vmax + 1e-7;
+                           (2 * delta + (L + 64) * std::ldexp(1.0, -23)) * vmax +
+                           (mma ? std::ldexp(1.0, -9) * vmax_all : 0.0) + 1e-7;
         const double err = std::fabs(got - o);
         if (err > tol) {
-          INFO("row " << r << " head " << qi << " dim " << d << ": got " << got << ", ref " << o << ", tol "
+          INFO(kernel << ": row " << r << " head " << qi << " dim " << d << ": got " << got << ", ref " << o << ", tol "
                       << tol << " (" << c.spec << ", kv heads " << c.H << ", heads " << c.n_heads << ")");
           REQUIRE(err <= tol);
         }
@@ -222,14 +244,12 @@ double run_case(const Case& c, uint64_t seed) {
   return worst;
 }
 
-void report(const Case& c, uint64_t seed, double worst) {
-  std::printf("kvquant kernel %s, kv_heads %d, heads %d: decode max err %.2f of tolerance, seed %llu\n",
-              c.spec.c_str(), c.H, c.n_heads, worst, static_cast<unsigned long long>(seed));
+void report(const Case& c, uint64_t seed, double worst, const char* kernel = "kvq-fast") {
+  std::printf("kvquant kernel (%s) %s, kv_heads %d, heads %d: decode max err %.2f of tolerance, seed %llu\n",
+              kernel, c.spec.c_str(), c.H, c.n_heads, worst, static_cast<unsigned long long>(seed));
 }
 
-}  // namespace
-
-TEST_CASE("kv kvquant kernel: 4/2 bits, outliers, sinks, MHA and GQA == simulated", "[gpu][kv][kvquant]") {
+void basic_cases(const char* kernel) {
   const uint64_t seed = kvq_test::test_seed(4201);
   for (const std::string spec : {"kvquant:bits=4", "kvquant:bits=2", "kvquant:bits=4,outliers=0.05,sink=4",
                                  "kvquant:bits=2,outliers=0,sink=0"})
@@ -238,11 +258,11 @@ TEST_CASE("kv kvquant kernel: 4/2 bits, outliers, sinks, MHA and GQA == simulate
       c.spec = spec;
       c.H = hs.first;
       c.n_heads = hs.second;
-      report(c, seed, run_case(c, seed));
+      report(c, seed, run_case(c, seed, kernel), kernel);
     }
 }
 
-TEST_CASE("kv kvquant kernel: calibrated LUT, key ranges and Q-Norm == simulated", "[gpu][kv][kvquant]") {
+void calibrated_cases(const char* kernel) {
   const uint64_t seed = kvq_test::test_seed(4202);
   for (int bits : {4, 2}) {
     const int H = 2, n = 1 << bits;
@@ -272,12 +292,12 @@ TEST_CASE("kv kvquant kernel: calibrated LUT, key ranges and Q-Norm == simulated
       c.n_heads = heads;
       c.kg = &kg;
       c.vg = &vg;
-      report(c, seed, run_case(c, seed));
+      report(c, seed, run_case(c, seed, kernel), kernel);
     }
   }
 }
 
-TEST_CASE("kv kvquant kernel: long slot (chunks past one RoPE re-anchoring) == simulated", "[gpu][kv][kvquant]") {
+void long_cases(const char* kernel) {
   // 8 kv heads x 4 rows: the plan gives chunks of > 1000 tokens on a GPU with <= 132 SMs, so
   // a lane walks > 64 recurrence steps (re-anchored every 32). No outlier channel and queries
   // x4 keep the bound meaningful over 20000 tokens (peaked softmax, output O(1)); sparse
@@ -291,9 +311,31 @@ TEST_CASE("kv kvquant kernel: long slot (chunks past one RoPE re-anchoring) == s
     c.pieces = {{4096, 4096, 4096, 4096, 3616}, {3000}, {1}};
     c.outlier_channel = false;
     c.qscale = 4.f;
-    report(c, seed, run_case(c, seed));
+    report(c, seed, run_case(c, seed, kernel), kernel);
   }
 }
+
+}  // namespace
+
+TEST_CASE("kv kvquant kernel: 4/2 bits, outliers, sinks, MHA and GQA == simulated", "[gpu][kv][kvquant]") {
+  basic_cases("kvq-fast");
+}
+TEST_CASE("kv kvquant kernel: calibrated LUT, key ranges and Q-Norm == simulated", "[gpu][kv][kvquant]") {
+  calibrated_cases("kvq-fast");
+}
+TEST_CASE("kv kvquant kernel: long slot (chunks past one RoPE re-anchoring) == simulated", "[gpu][kv][kvquant]") {
+  long_cases("kvq-fast");
+}
+// The tensor-core build (kernels/kv_decode_kvquant_mma.cu) on the same cases, with the fp16
+// terms of its bound (run_case): 64-token RoPE stages, so the long slot crosses ~30 stage
+// anchors per chunk.
+TEST_CASE("kv kvquant mma kernel: 4/2 bits, outliers, sinks, MHA and GQA == simulated", "[gpu][kv][kvquant]") {
+  basic_cases("kvq-mma");
+}
+TEST_CASE("kv kvquant mma kernel: calibrated LUT, key ranges and Q-Norm == simulated", "[gpu][kv][kvquant]") {
+  calibrated_cases("kvq-mma");
+}
+TEST_CASE("kv kvquant mma kernel: long slot == simulated", "[gpu][kv][kvquant]") { long_cases("kvq-mma"); }
 
 TEST_CASE("kv kvquant kernel: the default where it fits; 3 bits, bf16, KVQ_KV_DECODE=general keep the general one",
           "[gpu][kv][kvquant]") {
@@ -308,7 +350,7 @@ TEST_CASE("kv kvquant kernel: the default where it fits; 3 bits, bf16, KVQ_KV_DE
     cuda::PackedKvCache gpu(*kc, *vc, 1, 8, 4, inv_freq);
     gpu.append_host(0, x.data(), x.data(), 5, 2 * kHd);
     gpu.prepare({0});
-    for (const char* value : {"kvq-fast", static_cast<const char*>(nullptr)}) {
+    for (const char* value : {"kvq-fast", "kvq-mma", static_cast<const char*>(nullptr)}) {
       EnvGuard env(value);
       CHECK(gpu.decode_uses_kvquant_kernel() == (spec == "kvquant:bits=4"));
       CHECK_FALSE(gpu.decode_uses_kvquant_kernel(true));
