@@ -1074,10 +1074,18 @@ int default_stage_2bit(const PackedSide& k, const PackedDecodeArgs& a, int max_l
   return span / kS >= 48 ? 384 : 256;
 }
 
-// The folded per-token build for G <= GM at KS tokens per stage.
+// The folded per-token build for G <= GM at KS tokens per stage. At 2 bits and G <= 4,
+// KVQ_KV_OPT=1 (read per call) takes the build with per-value warp reductions, the 4-bit
+// G <= 4 build's default (5-9% faster there, run 2 of 2026-11-23); at 2 bits it is an A/B
+// not yet run, so the default stays the measured merged build (OPT 3).
 template <int BITS, int GM, int KS>
 cudaError_t launch_token(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len,
                          int sm_count, float* o, float* ml, cudaStream_t stream) {
+  if constexpr (BITS == 2 && GM == 4 && KS != 512) {
+    const char* e = std::getenv("KVQ_KV_OPT");
+    if (e != nullptr && std::strcmp(e, "1") == 0)
+      return launch_stream<BITS, 1, 1, true, GM, false, 0, true, KS, 1>(k, v, a, max_len, sm_count, o, ml, stream);
+  }
   return launch_stream<BITS, 1, 1, true, GM, false, 0, true, KS>(k, v, a, max_len, sm_count, o, ml, stream);
 }
 template <int BITS, int GM>

@@ -469,17 +469,19 @@ TEST_CASE("kv packed: tensor-core decode, 2-bit stages of 256/384/512 tokens == 
 }
 
 // The A/B builds of the 4-bit G <= 4 kernel (KVQ_KV_OPT=0|1|2|3: without / with the unrolled
-// staging copies, bit 0, and the merged warp reductions, bit 1; default 1): every one matches
+// staging copies, bit 0, and the merged warp reductions, bit 1; default 1; the 2-bit build
+// takes 1 or its default 3): every one matches
 // the simulation on G = 4 (and G = 3 through the same build), asym and sym, over the default
 // uneven appends (200 + 1 + 1 + 37 + 61 / 129 / 10 tokens) and a 1,333-token row (6 stages).
-TEST_CASE("kv packed: tensor-core decode, int4 G <= 4 build variants (KVQ_KV_OPT) == simulated", "[gpu][kv]") {
+TEST_CASE("kv packed: tensor-core decode, G <= 4 build variants (KVQ_KV_OPT) == simulated", "[gpu][kv]") {
   LongCase lc;
   lc.on = true;
   lc.pieces = {{1000, 1, 332}, {129}, {7, 1, 1, 1}};
   const uint64_t seed = kvq_test::test_seed(922);
   for (const char* opt : {"0", "1", "2", "3"}) {
     const EnvGuard env("KVQ_KV_OPT", opt);
-    for (const char* spec : {"int4", "int4:sym=1"})
+    // int2: the 2-bit G <= 4 build reads KVQ_KV_OPT=1 (else its default), at 256-token stages here.
+    for (const char* spec : {"int4", "int4:sym=1", "int2"})
       for (const Shape& s : {Shape{2, 8, 128}, Shape{3, 9, 128}}) {
         const Result a = run_case(spec, spec, s, seed);
         const Result b = run_case(spec, spec, s, seed + 1, nullptr, nullptr, lc);
