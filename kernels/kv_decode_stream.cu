@@ -6,7 +6,10 @@
 // kernel; int2 issue-bound at 39-64%. The factorisation and error bound are version 3's
 // (kv_decode_mma.cu); what differs is below. Codes -> fp16 by default folded (FOLD:
 // off + c in one LOP3, the offsets removed once; KVQ_KV_FOLD=0 for the exact conversion):
-// int2 MHA b8 2.5-4% faster, int4 unchanged (H100, notes/s4/results-h33.md).
+// int2 MHA b8 2.5-4% faster, int4 unchanged (H100, notes/s4/results-h33.md). Session 5
+// (notes/s5/results-h41.md, H100 2026-11-23): unrolled staging, merged reductions, 384-token
+// stages at 2 bits for long blocks and an own split-K combine took int2 MHA b8 to 5.1-5.3x fp16
+// from 64K (69-75% of copy; 4.9x at 32K), batch 1 4.2-4.9x; int4 MHA unchanged (95-98% at b8).
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
