@@ -1,19 +1,21 @@
 // The steps of one split-K chunk that the three-pass decode kernels share (nvcc only):
 // attention_decode.cu (fp16/bf16 cache), kv_decode_more.cu (kv_more.cuh's packed caches) and,
-// with the same block layout, kv_decode_packed.cu's kernels. A block of WARPS warps serves the
-// G query heads of one kv head over cache rows [begin, end) of one sequence:
-//   pass 1  scores of the chunk's rows -> sc[g][j - begin]        (in each kernel: its loader)
-//   pass 2  chunk_softmax: sc -> exp(sc - max), (max, sum) -> stat (here)
-//   pass 3  P V into registers                                      (in each kernel)
-//   then    store_split_partials (common.cuh), or store_empty_split (here) for a chunk with no
+// with the same block layout, kv_decode_packed.cu's general kernel. A block of WARPS warps
+// serves the G query heads of one kv head over cache rows [begin, end) of one sequence; lane
+// (lr, lc) of a warp holds channels lc*8 .. lc*8+7 of one row (lpr = head_dim / 8 lanes a row).
+// What differs between the kernels is how a row of K or V is loaded, so the loaders stay in
+// the kernels and these helpers take the loaded values:
+//   pass 1  store_scores   q . k of one row for every query head -> sc[g][j - begin]
+//   pass 2  chunk_softmax  sc -> exp(sc - max), the chunk's (max, sum) -> stat
+//   pass 3  add_pv         acc[g][:] += p[g][j - begin] * v of one row
+//   then    store_split_partials (common.cuh), or store_empty_split for a chunk with no
 //           visible rows.
-// Why passes 1 and 3 stay in the kernels: their per-row arithmetic is the same fma chain, but
-// the fp16 kernel spells it `acc += p * v` (contracted to fma by nvcc) and the packed kernels
-// `fmaf(p, v, acc)`; nvcc's loop unroller treats the two differently, so one shared spelling
-// changed the unrolling of the row loop in one kernel or the other (measured with nvcc -ptx,
-// sm_90: +1888 fma.rn.f32 in attention_decode.cu with fmaf, 200 changed lines in
-// kv_decode_more.cu with +=), and pass 1 of the fp16 kernel also applies the sliding window.
-// The two helpers below leave the normalized PTX of both kernels unchanged.
+// The fp16 kernel uses store_empty_split and chunk_softmax only. Its passes 1 and 3 are the
+// same fma chains, but it spells them `acc += p * v` (contracted to fma by nvcc) and masks
+// a sliding window in pass 1; with fmaf spelled out (as here) nvcc unrolled its row loop
+// differently (nvcc -ptx, sm_90: 6902 -> 8790 fma.rn.f32 over its 32 instantiations), so it
+// keeps its own. Every helper here leaves the normalized PTX of the kernels that use it
+// unchanged (sm_90 and compute_80, checked before/after), so results are bit-identical.
 #pragma once
 
 #include <cstdint>
@@ -60,6 +62,37 @@ __device__ __forceinline__ void chunk_softmax(float* sc, int chunk, int cnt, int
       stat[2 * g] = m;
       stat[2 * g + 1] = sum;
     }
+  }
+}
+
+// Pass 1 for one cache row j held by the lpr lanes of a row group: q . k for each query head
+// (products added in channel order with fmaf, then a butterfly over the row's lanes), stored
+// scaled as sc[g * chunk + (j - begin)] by lane lc == 0 of a row that exists (row_ok).
+// qv: [GMAX][8] this lane's channels of each query head (zero for g >= G), kv: [8].
+template <int GMAX>
+__device__ __forceinline__ void store_scores(const float (&qv)[GMAX][8], const float (&kv)[8], int lpr, int G,
+                                             int lc, bool row_ok, float scale, float* sc, int chunk, int j,
+                                             int begin) {
+#pragma unroll
+  for (int g = 0; g < GMAX; ++g) {
+    float dot = 0.f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) dot = fmaf(qv[g][e], kv[e], dot);
+    for (int o = lpr / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+    if (g < G && lc == 0 && row_ok) sc[g * chunk + (j - begin)] = dot * scale;
+  }
+}
+
+// Pass 3 for one existing cache row j: acc[g][e] = fmaf(p, v[e], acc[g][e]) with p =
+// sc[g * chunk + (j - begin)] after pass 2 (0 for g >= G). acc: [GMAX][8] this lane's channels.
+template <int GMAX>
+__device__ __forceinline__ void add_pv(float (&acc)[GMAX][8], const float (&vv)[8], const float* sc, int chunk,
+                                       int j, int begin, int G) {
+#pragma unroll
+  for (int g = 0; g < GMAX; ++g) {
+    const float p = g < G ? sc[g * chunk + (j - begin)] : 0.f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc[g][e] = fmaf(p, vv[e], acc[g][e]);
   }
 }
 

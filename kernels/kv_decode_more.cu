@@ -15,8 +15,8 @@
 //  - MiKV: a flag byte per record picks the fp16 / int8 / int-b record; the newest
 //    ring_cap tokens come from the fp16 ring; balanced keys are multiplied by 1/b per
 //    channel exactly as mikv.cpp's dequantize does.
-// Softmax, scores and accumulators are fp32; the output is rounded once to Act. The empty-chunk
-// write and pass 2 are kernels/decode_chunk.cuh's, shared with attention_decode.cu.
+// Softmax, scores and accumulators are fp32; the output is rounded once to Act. The per-row
+// steps of the three passes (after the loads) are kernels/decode_chunk.cuh's.
 #include <algorithm>
 #include <cmath>
 
@@ -251,14 +251,7 @@ more_decode_kernel(MoreSide K, MoreSide V, MoreDecodeArgs a, const float* qf, in
 #pragma unroll
         for (int e = 0; e < 8; ++e) kv[e] = 0.f;
       }
-#pragma unroll
-      for (int g = 0; g < GMAX; ++g) {
-        float dot = 0.f;
-#pragma unroll
-        for (int e = 0; e < 8; ++e) dot = fmaf(qv[g][e], kv[e], dot);
-        for (int o = LPR / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
-        if (g < G && lc == 0 && row_ok) sc[g * chunk + (j - begin)] = dot * a.scale;
-      }
+      store_scores<GMAX>(qv, kv, LPR, G, lc, row_ok, a.scale, sc, chunk, j, begin);
     }
   }
   __syncthreads();
@@ -278,12 +271,7 @@ more_decode_kernel(MoreSide K, MoreSide V, MoreDecodeArgs a, const float* qf, in
     if (j < end) {
       float vv[8];
       load_row(V, slot, sh, kvh, j, len, lc, vf8, vv);
-#pragma unroll
-      for (int g = 0; g < GMAX; ++g) {
-        const float pj = g < G ? sc[g * chunk + (j - begin)] : 0.f;
-#pragma unroll
-        for (int e = 0; e < 8; ++e) acc[g][e] = fmaf(pj, vv[e], acc[g][e]);
-      }
+      add_pv<GMAX>(acc, vv, sc, chunk, j, begin, G);
     }
   }
   store_split_partials<GMAX, kThreads>(acc, LPR, lr, lc, warp, G, D, D, red, stat, head0, splits, s, part_o,
