@@ -17,7 +17,8 @@
 # or KV_DEADLINE (epoch seconds by which the bench must end);
 # KV_BUILD_DIR (default build-kv; a warm machine keeps it between calls, so a second call
 # rebuilds only what changed); KV_AB=NAME=v1,v2,... runs a second bench (int4, int2 only) that
-# times each cache once per value of NAME in one process (kvq-kvbench --ab; kvbench_ab.json);
+# times each cache once per value of NAME in one process (kvq-kvbench --ab; kvbench_ab.json;
+# KV_AB_ARGS adds kvq-kvbench options to that bench, e.g. "--shapes llama3-8b");
 # KV_COMPARE_FOLD=1 runs the bench a second time with KVQ_KV_FOLD=0 (version 4 with the exact
 # LOP3 + HFMA2 code conversion instead of the folded one, for uniform per-token codes;
 # kvbench_nofold.json). SASS counts per stream_kernel build go to sass_counts.txt when
@@ -62,7 +63,7 @@ timeout "$bt" "$BUILD/tools/kvq-kvbench" --json "$OUT/kvbench.json" "$@" 2>&1 | 
 if [ -n "${KV_AB:-}" ]; then
   echo "== A/B: $KV_AB (int4, int2) =="
   timeout "$bt" "$BUILD/tools/kvq-kvbench" --json "$OUT/kvbench_ab.json" --reps 10 --contexts "$ctx" \
-    --kv int4 --kv int2 --ab "$KV_AB" 2>&1 | tee "$OUT/kvbench_ab.txt"
+    --kv int4 --kv int2 --ab "$KV_AB" ${KV_AB_ARGS:-} 2>&1 | tee "$OUT/kvbench_ab.txt"
 fi
 if [ "${KV_COMPARE_FOLD:-0}" = 1 ]; then
   echo "== KVQ_KV_FOLD=0 (unfolded code conversion) =="
