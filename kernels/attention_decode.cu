@@ -24,25 +24,15 @@ constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
 constexpr int kMaxChunkFloats = 8192;  // G * chunk scores in shared memory (32 KB)
 
-struct DecodePlan {
-  int chunk = 0;
-  int splits = 0;
-};
+using DecodePlan = SplitPlan;
 
 int padded_dim(int head_dim) {
   return head_dim <= 16 ? 16 : head_dim <= 32 ? 32 : head_dim <= 64 ? 64 : 128;
 }
 
 DecodePlan plan(const AttentionArgs& a, int max_len, int sm_count) {
-  const int group = a.n_heads / a.kv_heads;
   // Two blocks per SM at least: short caches are cut finer so the chip fills.
-  const int per_split = a.kv_heads * a.rows;
-  const int want = std::max(1, (2 * std::max(sm_count, 1) + per_split - 1) / per_split);
-  int chunk = (max_len + want - 1) / want;
-  chunk = ((chunk + 63) / 64) * 64;
-  const int cap = std::min(2048, (kMaxChunkFloats / group) / 64 * 64);
-  chunk = std::max(64, std::min(chunk, cap));
-  return {chunk, (max_len + chunk - 1) / chunk};
+  return split_plan(a.kv_heads, a.rows, a.n_heads / a.kv_heads, max_len, sm_count, 2, kMaxChunkFloats);
 }
 
 size_t smem_bytes(int group, int chunk, int dp) {

@@ -10,6 +10,8 @@
 //   pass 3  add_pv         acc[g][:] += p[g][j - begin] * v of one row
 //   then    store_split_partials (common.cuh), or store_empty_split for a chunk with no
 //           visible rows.
+// On the host, split_plan sizes the chunks (the same rule for all three kernels; only the
+// blocks per SM they aim at differ).
 // The fp16 kernel uses store_empty_split and chunk_softmax only. Its passes 1 and 3 are the
 // same fma chains, but it spells them `acc += p * v` (contracted to fma by nvcc) and masks
 // a sliding window in pass 1; with fmaf spelled out (as here) nvcc unrolled its row loop
@@ -18,11 +20,32 @@
 // unchanged (sm_90 and compute_80, checked before/after), so results are bit-identical.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #include "kernels/common.cuh"
 
 namespace kvq::kern {
+
+// Host: how a decode step is cut into chunks of keys (flash-decoding). The grid has
+// splits x kv_heads x rows blocks; short caches are cut finer until there are about
+// blocks_per_sm blocks per SM, chunks are whole multiples of 64 keys, at least 64 and at
+// most 2048, and G * chunk scores fit in the kernel's max_chunk_floats of shared memory.
+// kv_heads, rows >= 1 (the launchers return before planning an empty step).
+struct SplitPlan {
+  int chunk = 0, splits = 0;
+};
+
+inline SplitPlan split_plan(int kv_heads, int rows, int group, int max_len, int sm_count, int blocks_per_sm,
+                            int max_chunk_floats) {
+  const int per_split = kv_heads * rows;
+  const int want = std::max(1, (blocks_per_sm * std::max(sm_count, 1) + per_split - 1) / per_split);
+  int chunk = (max_len + want - 1) / want;
+  chunk = ((chunk + 63) / 64) * 64;
+  const int cap = std::min(2048, (max_chunk_floats / group) / 64 * 64);
+  chunk = std::max(64, std::min(chunk, cap));
+  return {chunk, (max_len + chunk - 1) / chunk};
+}
 
 // Split `s` of query heads head0 .. head0+G-1 for a chunk with no visible rows: o = 0 and
 // (m, l) = (-inf, 0), which splitk_combine_kernel and its variants skip.

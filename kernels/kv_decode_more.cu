@@ -31,19 +31,7 @@ constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
 constexpr int kMaxChunkFloats = 8192;
 
-struct Plan {
-  int chunk = 0, splits = 0;
-};
-
-Plan make_plan(int kv_heads, int rows, int group, int max_len, int sm_count) {
-  const int per_split = kv_heads * rows;
-  const int want = std::max(1, (2 * std::max(sm_count, 1) + per_split - 1) / per_split);
-  int chunk = (max_len + want - 1) / want;
-  chunk = ((chunk + 63) / 64) * 64;
-  const int cap = std::min(2048, (kMaxChunkFloats / group) / 64 * 64);
-  chunk = std::max(64, std::min(chunk, cap));
-  return {chunk, (max_len + chunk - 1) / chunk};
-}
+using Plan = SplitPlan;
 
 __device__ __forceinline__ float h2f(uint16_t h) { return __half2float(__ushort_as_half(h)); }
 
@@ -341,7 +329,7 @@ struct Workspace {
 
 Workspace workspace_for(const MoreSide& k, const MoreDecodeArgs& a, int max_len, int sm_count) {
   Workspace w;
-  w.plan = make_plan(k.kv_heads, a.rows, a.n_heads / k.kv_heads, max_len, sm_count);
+  w.plan = split_plan(k.kv_heads, a.rows, a.n_heads / k.kv_heads, max_len, sm_count, 2, kMaxChunkFloats);
   const size_t heads = static_cast<size_t>(a.rows) * a.n_heads;
   w.o = heads * w.plan.splits * k.head_dim;
   w.ml = heads * w.plan.splits * 2;
