@@ -1,6 +1,7 @@
 // Decode attention specialised for KVQuant packed caches (interface: kv_decode_kvquant.cuh),
-// the default of lib/cuda/packed_cache.cpp where it fits (KVQ_KV_DECODE=general keeps the
-// general kernel). The general kernel (kv_decode_packed.cu) served KVQuant at 0.20-0.23x the
+// the CUDA-core build, KVQ_KV_DECODE=kvq-fast in lib/cuda/packed_cache.cpp (the default there
+// is now the tensor-core build, kv_decode_kvquant_mma.cu: 1.09-1.46x faster than this one on
+// the H100, notes/s5/results-h45.md; KVQ_KV_DECODE=general keeps the general kernel). The general kernel (kv_decode_packed.cu) served KVQuant at 0.20-0.23x the
 // fp16 decode kernel on the H100 (docs/results.md, llama2-7b b1 32K/128K: 1300 / 3632 us):
 // one 32-bit load per lane and row, a run-time format switch, 64-bit shifts and a 16-lane
 // shuffle reduction per token and head, and a dependent global load chain per outlier record.

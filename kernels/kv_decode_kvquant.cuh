@@ -26,8 +26,9 @@ size_t workspace(const PackedSide& k, const PackedDecodeArgs& a, int max_len, in
 cudaError_t run(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len,
                 int sm_count, void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
-// The tensor-core build (kernels/kv_decode_kvquant_mma.cu, KVQ_KV_DECODE=kvq-mma): same
-// cases (fits() above), its own split plan and workspace.
+// The tensor-core build (kernels/kv_decode_kvquant_mma.cu; packed_cache.cpp's default, also
+// KVQ_KV_DECODE=kvq-mma; run() above is KVQ_KV_DECODE=kvq-fast): same cases (fits() above),
+// its own split plan and workspace.
 size_t workspace_mma(const PackedSide& k, const PackedDecodeArgs& a, int max_len, int sm_count);
 cudaError_t run_mma(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len,
                     int sm_count, void* workspace, size_t workspace_bytes, cudaStream_t stream);

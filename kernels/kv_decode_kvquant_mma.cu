@@ -1,6 +1,10 @@
-// KVQuant decode on the tensor cores (interface: kv_decode_kvquant.cuh, run_mma), behind
-// KVQ_KV_DECODE=kvq-mma in lib/cuda/packed_cache.cpp until it has passed parity and beaten
-// kv_decode_kvquant.cu (the CUDA-core kernel, h42) on the H100. Same cases as that kernel
+// KVQuant decode on the tensor cores (interface: kv_decode_kvquant.cuh, run_mma), the default
+// of lib/cuda/packed_cache.cpp where it fits (KVQ_KV_DECODE=kvq-fast keeps the CUDA-core kernel
+// kv_decode_kvquant.cu, h42). H100, 2026-11-23 (notes/s5/results-h45.md): passed the [kvquant]
+// cases (worst 0.01 of the bound below) and "kv packed: KVQuant*", and ran 1.09-1.46x faster
+// than the CUDA-core kernel in every cell of one process (llama2-7b b1 32K 4 bits 433.7 ->
+// 331.9 us, 0.78x fp16; llama3-8b b1 32K 147.6 us, 1.51x fp16): faster, but still below fp16 at
+// MHA, 9-21% of copy bandwidth; issue 4's 3x is not met. Same cases as that kernel
 // (fits(): head_dim 128, rotate-half RoPE, 2/4 bits both sides, fp16, G <= 8), same split-K
 // partials and combine, same three passes per chunk (scores to shared memory, softmax, P V).
 // Why: the CUDA-core kernel spends ~9.5 instructions per key element (+1 FMA per element and

@@ -1,5 +1,6 @@
-// KVQuant's own decode kernel (kernels/kv_decode_kvquant.cu, the default of
-// lib/cuda/packed_cache.cpp where it fits; the cases set KVQ_KV_DECODE=kvq-fast) against
+// KVQuant's own decode kernels, the CUDA-core build (kernels/kv_decode_kvquant.cu, cases set
+// KVQ_KV_DECODE=kvq-fast) and the tensor-core build (kernels/kv_decode_kvquant_mma.cu, the
+// default of lib/cuda/packed_cache.cpp where it fits; cases set kvq-mma), against
 // attention in fp64 over the CPU codec's dequantized (simulated) cache, RoPE applied in fp64
 // to the pre-RoPE keys. From a printed
 // seed (KVQ_TEST_SEED replays): random rows N(0, 1) with an outlier channel (x8), every third
@@ -326,7 +327,7 @@ TEST_CASE("kv kvquant kernel: calibrated LUT, key ranges and Q-Norm == simulated
 TEST_CASE("kv kvquant kernel: long slot (chunks past one RoPE re-anchoring) == simulated", "[gpu][kv][kvquant]") {
   long_cases("kvq-fast");
 }
-// The tensor-core build (kernels/kv_decode_kvquant_mma.cu) on the same cases, with the fp16
+// The tensor-core build (kernels/kv_decode_kvquant_mma.cu, the default) on the same cases, with the fp16
 // terms of its bound (run_case): 64-token RoPE stages, so the long slot crosses ~30 stage
 // anchors per chunk.
 TEST_CASE("kv kvquant mma kernel: 4/2 bits, outliers, sinks, MHA and GQA == simulated", "[gpu][kv][kvquant]") {
