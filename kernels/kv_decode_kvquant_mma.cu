@@ -42,6 +42,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 
 #include "kernels/common.cuh"
 #include "kernels/kv_decode_mma_common.cuh"
@@ -109,7 +110,26 @@ __device__ __forceinline__ uint32_t code16(const uint32_t (&w)[2], int q) {
     return (w[0] >> (2 * q)) & 3u;
 }
 
-template <int BITS, int GM, bool QN>
+// OPT >= 1: the chunk's CSR offsets (relative to the first) and, when they fit `cap`, its
+// records are staged into shared memory by the whole block (coalesced, one round trip), as
+// kv_decode_kvquant.cu does; returns the records to index with soff (staged or global). The
+// caller puts a barrier after it. OPT 0 (225b925, the first H100 run) read off[j], off[j + 1]
+// and each record from global memory in a thread's per-token loop: ~3 dependent global loads
+// per outlier token.
+__device__ const kvlayout::Outlier* stage_csr(const PackedSide& P, int64_t sh, int begin, int cnt, uint32_t* soff,
+                                              kvlayout::Outlier* srec, int cap) {
+  const uint32_t* off = P.off + sh * (static_cast<int64_t>(P.max_tokens) + 1) + begin;
+  const uint32_t o0 = off[0];
+  const uint32_t n = off[cnt] - o0;
+  for (int i = threadIdx.x; i <= cnt; i += kT) soff[i] = off[i] - o0;
+  const kvlayout::Outlier* g = P.rec + sh * P.out_cap + o0;
+  const bool fit = n <= static_cast<uint32_t>(cap);
+  if (fit)
+    for (uint32_t i = threadIdx.x; i < n; i += kT) srec[i] = g[i];
+  return fit ? srec : g;
+}
+
+template <int BITS, int GM, bool QN, int OPT>
 __global__ void __launch_bounds__(kT, 2)
 kvquant_mma_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, int splits, float* part_o,
                    float* part_ml) {
@@ -260,6 +280,16 @@ kvquant_mma_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, in
   __syncthreads();
 
   // ---- Pass 1b: sinks recomputed, key outliers added (fp32) ----
+  // OPT >= 1: CSR staged in the (cos, sin) table's space, dead after pass 1.
+  uint32_t* soff = reinterpret_cast<uint32_t*>(ut);                                   // [chunk + 1]
+  kvlayout::Outlier* srec = reinterpret_cast<kvlayout::Outlier*>(soff + chunk + 4);  // [2 chunk]
+  const kvlayout::Outlier* krec = nullptr;
+  if constexpr (OPT >= 1) {
+    if (K.outliers) {
+      krec = stage_csr(K, sh, begin, cnt, soff, srec, 2 * chunk);
+      __syncthreads();
+    }
+  }
   {
     const int ns_end = min(end, K.n_sink);
     for (int w = warp; w < (ns_end - begin) * G; w += kW) {
@@ -278,16 +308,25 @@ kvquant_mma_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, in
     }
     if (K.outliers) {
       const uint32_t* off = K.off + sh * (static_cast<int64_t>(K.max_tokens) + 1);
-      const kvlayout::Outlier* rec = K.rec + sh * K.out_cap;
+      const kvlayout::Outlier* rec = OPT >= 1 ? krec : K.rec + sh * K.out_cap;
       const uint32_t* kcodes = K.codes + sh * K.max_tokens * K.wpr;
       for (int j = max(begin, K.n_sink) + static_cast<int>(threadIdx.x); j < end; j += kT) {
-        const uint32_t r0 = off[j], r1 = off[j + 1];
+        const uint32_t r0 = OPT >= 1 ? soff[j - begin] : off[j], r1 = OPT >= 1 ? soff[j - begin + 1] : off[j + 1];
         for (uint32_t rr = r0; rr < r1; ++rr) {
           const kvlayout::Outlier o = rec[rr];
           const int i = static_cast<int>(o.index) - kvh * kD;
           const uint32_t w = kcodes[static_cast<int64_t>(j) * K.wpr + i / (32 / BITS)];
           const uint32_t code = (w >> (BITS * (i % (32 / BITS)))) & ((1u << BITS) - 1u);
-          float kd = fmaf(klut[code], K.khalf[cb + i], K.kmid[cb + i]);
+          float kh, km;
+          if constexpr (OPT >= 1) {
+            const float4 hm = khm[pair_slot(i & 63)];
+            kh = i < 64 ? hm.x : hm.y;
+            km = i < 64 ? hm.z : hm.w;
+          } else {
+            kh = K.khalf[cb + i];
+            km = K.kmid[cb + i];
+          }
+          float kd = fmaf(klut[code], kh, km);
           if constexpr (QN) kd = fmaf(kd, K.qa, K.qb);
           const float delta = h2f(o.value) - kd;
           const int ip = i & 63;
@@ -305,6 +344,10 @@ kvquant_mma_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, in
   __syncthreads();
 
   // ---- Pass 2: p = exp(s - max) per query head, and the chunk's sum ----
+  // OPT >= 1: the value CSR staged meanwhile (the key records are dead after the barrier above).
+  const kvlayout::Outlier* vrec = nullptr;
+  if constexpr (OPT >= 1)
+    if (V.outliers) vrec = stage_csr(V, sh, begin, cnt, soff, srec, 2 * chunk);
   for (int g = warp; g < G; g += kW) {
     float m = -INFINITY;
     for (int i = lane; i < cnt; i += 32) m = fmaxf(m, sc[i * GM + g]);
@@ -333,24 +376,45 @@ kvquant_mma_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, in
     const uint32_t* vcodes = V.codes + sh * V.max_tokens * V.wpr;
     const uint32_t* vmeta = reinterpret_cast<const uint32_t*>(V.meta) + sh * V.max_tokens;
     const int ntile = (cnt + 15) / 16;
+    // Tokens 2 t4, 2 t4 + 1, 2 t4 + 8, 2 t4 + 9 of a tile; channels 16 gid .. 16 gid + 15.
+    // OPT 2: the next tile's codes and meta are loaded before this tile's math.
+    uint32_t nw[4][2], nmv[4];
+    auto load_tile = [&](int kt16) {
+#pragma unroll
+      for (int x = 0; x < 4; ++x) {
+        const int tt = min(kt16 * 16 + 2 * t4 + (x & 1) + 8 * (x >> 1), cnt - 1);
+        const int j = begin + tt;
+        if constexpr (BITS == 4) {
+          const uint2 c2 = __ldg(reinterpret_cast<const uint2*>(vcodes + static_cast<int64_t>(j) * 16) + gid);
+          nw[x][0] = c2.x;
+          nw[x][1] = c2.y;
+        } else {
+          nw[x][0] = __ldg(vcodes + static_cast<int64_t>(j) * 8 + gid);
+          nw[x][1] = 0;
+        }
+        nmv[x] = __ldg(vmeta + j);
+      }
+    };
+    if constexpr (OPT >= 2)
+      if (warp < ntile) load_tile(warp);
     for (int kt16 = warp; kt16 < ntile; kt16 += kW) {
-      // Tokens 2 t4, 2 t4 + 1, 2 t4 + 8, 2 t4 + 9 of the tile; channels 16 gid .. 16 gid + 15.
-      uint32_t w[4][2];
+      uint32_t w[4][2], mvs[4];
+      if constexpr (OPT < 2) load_tile(kt16);
+#pragma unroll
+      for (int x = 0; x < 4; ++x) {
+        w[x][0] = nw[x][0];
+        w[x][1] = nw[x][1];
+        mvs[x] = nmv[x];
+      }
+      if constexpr (OPT >= 2)
+        if (kt16 + kW < ntile) load_tile(kt16 + kW);
       float vh[4], vm[4], vq[4], pw[4];
 #pragma unroll
       for (int x = 0; x < 4; ++x) {
         const int tt = kt16 * 16 + 2 * t4 + (x & 1) + 8 * (x >> 1);
         const bool in = tt < cnt;
         const int j = begin + (in ? tt : cnt - 1);
-        if constexpr (BITS == 4) {
-          const uint2 c2 = __ldg(reinterpret_cast<const uint2*>(vcodes + static_cast<int64_t>(j) * 16) + gid);
-          w[x][0] = c2.x;
-          w[x][1] = c2.y;
-        } else {
-          w[x][0] = __ldg(vcodes + static_cast<int64_t>(j) * 8 + gid);
-          w[x][1] = 0;
-        }
-        const uint32_t mv = __ldg(vmeta + j);
+        const uint32_t mv = mvs[x];
         const bool dense = in && j >= V.n_sink;
         vm[x] = dense ? h2f(static_cast<uint16_t>(mv & 0xFFFFu)) : 0.f;
         vh[x] = dense ? h2f(static_cast<uint16_t>(mv >> 16)) : 0.f;
@@ -384,9 +448,9 @@ kvquant_mma_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, in
     }
     if (V.outliers) {
       const uint32_t* off = V.off + sh * (static_cast<int64_t>(V.max_tokens) + 1);
-      const kvlayout::Outlier* rec = V.rec + sh * V.out_cap;
+      const kvlayout::Outlier* rec = OPT >= 1 ? vrec : V.rec + sh * V.out_cap;
       for (int j = max(begin, V.n_sink) + static_cast<int>(threadIdx.x); j < end; j += kT) {
-        const uint32_t r0 = off[j], r1 = off[j + 1];
+        const uint32_t r0 = OPT >= 1 ? soff[j - begin] : off[j], r1 = OPT >= 1 ? soff[j - begin + 1] : off[j + 1];
         if (r0 == r1) continue;
         const uint32_t mv = vmeta[j];
         const float mid = h2f(static_cast<uint16_t>(mv & 0xFFFFu)), half = h2f(static_cast<uint16_t>(mv >> 16));
@@ -426,14 +490,14 @@ kvquant_mma_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, in
   }
 }
 
-template <int BITS, int GM, bool QN>
+template <int BITS, int GM, bool QN, int OPT>
 cudaError_t launch(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, const Plan& p,
                    float* part_o, float* part_ml, cudaStream_t stream) {
   const size_t smem = smem_bytes(GM, p.chunk);
-  cudaError_t e = cudaFuncSetAttribute(kvquant_mma_kernel<BITS, GM, QN>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(smem));
+  cudaError_t e = cudaFuncSetAttribute(kvquant_mma_kernel<BITS, GM, QN, OPT>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (e != cudaSuccess) return e;
-  kvquant_mma_kernel<BITS, GM, QN><<<dim3(p.splits, k.kv_heads, a.rows), kT, smem, stream>>>(
+  kvquant_mma_kernel<BITS, GM, QN, OPT><<<dim3(p.splits, k.kv_heads, a.rows), kT, smem, stream>>>(
       k, v, a, p.chunk, p.splits, part_o, part_ml);
   if ((e = launch_status()) != cudaSuccess) return e;
   splitk_combine_kernel<__half><<<dim3(a.n_heads, a.rows), 128, 0, stream>>>(
@@ -441,16 +505,26 @@ cudaError_t launch(const PackedSide& k, const PackedSide& v, const PackedDecodeA
   return launch_status();
 }
 
-template <int BITS, bool QN>
+template <int BITS, bool QN, int OPT>
 cudaError_t dispatch_gm(int gm, const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, const Plan& p,
                         float* o, float* ml, cudaStream_t stream) {
   switch (gm) {
-    case 1: return launch<BITS, 1, QN>(k, v, a, p, o, ml, stream);
-    case 2: return launch<BITS, 2, QN>(k, v, a, p, o, ml, stream);
-    case 4: return launch<BITS, 4, QN>(k, v, a, p, o, ml, stream);
-    case 8: return launch<BITS, 8, QN>(k, v, a, p, o, ml, stream);
+    case 1: return launch<BITS, 1, QN, OPT>(k, v, a, p, o, ml, stream);
+    case 2: return launch<BITS, 2, QN, OPT>(k, v, a, p, o, ml, stream);
+    case 4: return launch<BITS, 4, QN, OPT>(k, v, a, p, o, ml, stream);
+    case 8: return launch<BITS, 8, QN, OPT>(k, v, a, p, o, ml, stream);
   }
   return cudaErrorInvalidValue;
+}
+
+template <int OPT>
+cudaError_t dispatch(int gm, bool qn, const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a,
+                     const Plan& p, float* o, float* ml, cudaStream_t stream) {
+  if (k.bits == 4)
+    return qn ? dispatch_gm<4, true, OPT>(gm, k, v, a, p, o, ml, stream)
+              : dispatch_gm<4, false, OPT>(gm, k, v, a, p, o, ml, stream);
+  return qn ? dispatch_gm<2, true, OPT>(gm, k, v, a, p, o, ml, stream)
+            : dispatch_gm<2, false, OPT>(gm, k, v, a, p, o, ml, stream);
 }
 
 }  // namespace
@@ -471,11 +545,14 @@ cudaError_t run_mma(const PackedSide& k, const PackedSide& v, const PackedDecode
   float* part_o = static_cast<float*>(ws);
   float* part_ml = part_o + static_cast<size_t>(a.rows) * a.n_heads * p.splits * kD;
   const bool qn = k.qa != 1.f || k.qb != 0.f || v.qa != 1.f || v.qb != 0.f;
-  if (k.bits == 4)
-    return qn ? dispatch_gm<4, true>(gm, k, v, a, p, part_o, part_ml, stream)
-              : dispatch_gm<4, false>(gm, k, v, a, p, part_o, part_ml, stream);
-  return qn ? dispatch_gm<2, true>(gm, k, v, a, p, part_o, part_ml, stream)
-            : dispatch_gm<2, false>(gm, k, v, a, p, part_o, part_ml, stream);
+  // KVQ_KVQ_MMA_OPT=0|1|2 (read per call, for A/B runs in one process): 0 the first build
+  // (225b925), 1 CSR staged in shared memory, 2 (default) 1 + the value pass's next tile
+  // loaded before the current tile's math.
+  const char* e = std::getenv("KVQ_KVQ_MMA_OPT");
+  const int opt = e && *e ? std::atoi(e) : 2;
+  if (opt == 0) return dispatch<0>(gm, qn, k, v, a, p, part_o, part_ml, stream);
+  if (opt == 1) return dispatch<1>(gm, qn, k, v, a, p, part_o, part_ml, stream);
+  return dispatch<2>(gm, qn, k, v, a, p, part_o, part_ml, stream);
 }
 
 }  // namespace kvq::kern::kvquant_decode
