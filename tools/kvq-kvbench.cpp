@@ -19,9 +19,18 @@
 // --ab NAME=v1,v2,... times every packed cache once per value of the environment variable
 // NAME (set before each timing, restored after), on the same cache contents in the same
 // process, so an A/B needs no second fill or process; only variables the decode reads on
-// every call work (KVQ_KV_STAGE, kernels/kv_decode_stream.cu; KVQ_KV_DECODE and KVQ_KV_FOLD
+// every call work (KVQ_KV_STAGE, KVQ_KV_COMBINE=1|0|pdl|fuse, KVQ_KV_OPT, kernels/kv_decode_stream.cu; KVQ_KV_DECODE and KVQ_KV_FOLD
 // are read once per process). Rows carry the setting after the codec ("int2 [KVQ_KV_STAGE=512]").
+// --latency adds, after every row, where a single decode's time goes (h46, session 5): the
+// row's time is one decode between two events on an idle device, so it holds the host work
+// before the first launch and the launch latencies; "pipelined" is the device time per call of
+// --reps back-to-back decodes between one event pair (launches overlap the previous decode's
+// kernels, so this is the kernels' own time plus the gaps between them), "host" the CPU time
+// of one decode call (enqueue only, measured over the same back-to-back calls); "exposed" =
+// single - pipelined, the part of a single decode's time that no kernel work covers.
 #include <algorithm>
+#include <chrono>
+#include <functional>
 #include <cmath>
 #include <cstring>
 #include <cstdio>
@@ -57,6 +66,38 @@ HeadShape head_shape(const std::string& n) {
   if (n == "llama3-8b") return {n, 32, 8, 128};
   throw kvq::InvalidArgument("--shapes", "unknown head shape '" + n + "'", "shapes: llama2-7b, llama3-8b");
 }
+// --latency: pipelined device time per call (median of 3 runs of `reps` back-to-back calls
+// between one event pair) and host time per call (the same calls on a steady clock), in us.
+struct Latency {
+  double pipelined_us = 0, host_us = 0;
+};
+Latency measure_latency(const std::function<void()>& fn, int reps) {
+  Latency r;
+  const int n = std::max(reps, 2);
+  std::vector<double> dev, host;
+  for (int i = 0; i < 3; ++i) {
+    double host_s = 0;
+    const double ms = kvq::cuda::time_device_ms(
+        [&] {
+          const auto t0 = std::chrono::steady_clock::now();
+          for (int j = 0; j < n; ++j) fn();
+          host_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        },
+        i == 0 ? 1 : 0, 1);
+    dev.push_back(ms * 1e3 / n);
+    host.push_back(host_s * 1e6 / n);
+  }
+  std::sort(dev.begin(), dev.end());
+  std::sort(host.begin(), host.end());
+  r.pipelined_us = dev[1];
+  r.host_us = host[1];
+  return r;
+}
+
+void print_latency(const std::string& label, double single_us, const Latency& l) {
+  std::printf("  latency %-28s single %8.1f us  pipelined %8.1f us/call  exposed %6.1f us  host %6.1f us/call\n",
+              label.c_str(), single_us, l.pipelined_us, single_us - l.pipelined_us, l.host_us);
+}
 #endif
 
 }  // namespace
@@ -71,6 +112,7 @@ int main(int argc, char** argv) {
                                      "kvquant:bits=2"};
   int reps = 20, device = 0;
   std::string json_out, ab;
+  bool latency = false;
   app.add_option("--shapes", shapes, "Head shapes: llama2-7b, llama3-8b")->capture_default_str()->delimiter(',');
   app.add_option("--contexts", contexts, "Context lengths")->capture_default_str()->delimiter(',');
   app.add_option("--batch", batches, "Batch sizes")->capture_default_str()->delimiter(',');
@@ -81,6 +123,9 @@ int main(int argc, char** argv) {
   app.add_option("--ab", ab,
                  "NAME=v1,v2,...: time each packed cache once per value of environment variable NAME "
                  "(read per decode call, e.g. KVQ_KV_STAGE=256,384,512)");
+  app.add_flag("--latency", latency,
+               "After each row: pipelined time per call of back-to-back decodes, host time per call, "
+               "and the exposed (launch + host) part of a single decode");
   CLI11_PARSE(app, argc, argv);
   return kvq::cli::run("kvq-kvbench", [&]() -> int {
 #if !KVQ_HAVE_CUDA
@@ -142,6 +187,12 @@ int main(int argc, char** argv) {
                         100 * bytes / (base_ms * 1e-3) / bw, bytes / bw * 1e6, 1.0);
             results.push_back({{"shape", sn}, {"batch", B}, {"context", ctx}, {"kv", "fp16"},
                                {"bytes", bytes}, {"ms", base_ms}});
+            if (latency) {
+              const Latency l = measure_latency([&] { base.decode(dq.get(), dout.get()); }, reps);
+              print_latency("fp16", base_ms * 1e3, l);
+              results.back()["pipelined_ms"] = l.pipelined_us * 1e-3;
+              results.back()["host_ms"] = l.host_us * 1e-3;
+            }
           }
           const int chunk = 4096;
           auto kbuf = cuda::device_alloc(static_cast<size_t>(chunk) * dim * 4, "bench keys");
@@ -182,6 +233,13 @@ int main(int argc, char** argv) {
               nlohmann::json row = {{"shape", sn}, {"batch", B},   {"context", ctx},          {"kv", kc->describe()},
                                     {"bytes", bytes}, {"ms", ms}, {"speedup", base_ms / ms}};
               if (!ab_name.empty()) row["variant"] = ab_name + "=" + val;
+              if (latency) {
+                const Latency l =
+                    measure_latency([&] { cache->decode(dq.get(), dout.get(), false, nullptr); }, reps);
+                print_latency(label, ms * 1e3, l);
+                row["pipelined_ms"] = l.pipelined_us * 1e-3;
+                row["host_ms"] = l.host_us * 1e-3;
+              }
               results.push_back(row);
             }
             if (!ab_name.empty()) {  // the environment as it was, for the next codec's default row

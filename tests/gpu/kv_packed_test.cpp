@@ -493,6 +493,45 @@ TEST_CASE("kv packed: tensor-core decode, G <= 4 build variants (KVQ_KV_OPT) == 
   }
 }
 
+// The split-K combine's launch variants (kernels/kv_decode_stream.cu, KVQ_KV_COMBINE read per
+// call): "pdl" launches the same combine kernel with programmatic stream serialization (its
+// blocks wait in griddepcontrol.wait for the attention grid): the same arithmetic in the same
+// order, so besides passing the derived bound on every output (NaN-poisoned first) each run
+// must give exactly the errors of the ordinary launch on the same seed. "fuse" has the last
+// block of each (row, kv head) combine (a different fp32 summation order): every output within
+// the derived bound; its counters must be back at 0 after each decode, or the next run_case's
+// outputs stay NaN. int2 / int4 (G = 1 and 4) and KIVI (G = 1 and 2: its tail kernel runs
+// between the attention kernel and the combine; fuse leaves KIVI to the combine kernel), the
+// default uneven appends and a 1,333-token row (several splits per head). Before compute
+// capability 9, pdl is the ordinary launch and its equality check is trivially met.
+TEST_CASE("kv packed: tensor-core decode, combine launched with PDL / fused into the last block == simulated",
+          "[gpu][kv]") {
+  LongCase lc;
+  lc.on = true;
+  lc.pieces = {{1000, 1, 332}, {129}, {7, 1, 1, 1}};
+  const uint64_t seed = kvq_test::test_seed(923);
+  for (const char* spec : {"int2", "int4", "kivi:bits=2"}) {
+    const bool kivi = std::string(spec).rfind("kivi", 0) == 0;
+    for (const Shape& s : {Shape{3, 3, 128}, kivi ? Shape{4, 8, 128} : Shape{2, 8, 128}}) {
+      Result res[3][2];  // ordinary, pdl, fuse x short, 1,333 tokens
+      const char* modes[3] = {"1", "pdl", "fuse"};
+      for (int m = 0; m < 3; ++m) {
+        const EnvGuard env("KVQ_KV_COMBINE", modes[m]);
+        res[m][0] = run_case(spec, spec, s, seed);
+        res[m][1] = run_case(spec, spec, s, seed + 1, nullptr, nullptr, lc);
+        std::printf("kv packed KVQ_KV_COMBINE=%s %s, kv_heads %d, heads %d: decode max err %.3g / %.3g (%.3f / "
+                    "%.3f of tolerance; short / 1,333 tokens), seed %llu\n",
+                    modes[m], spec, s.H, s.n_heads, res[m][0].worst_err, res[m][1].worst_err, res[m][0].worst_ratio,
+                    res[m][1].worst_ratio, static_cast<unsigned long long>(seed));
+      }
+      for (int c = 0; c < 2; ++c) {
+        CHECK(res[1][c].worst_err == res[0][c].worst_err);
+        CHECK(res[1][c].worst_ratio == res[0][c].worst_ratio);
+      }
+    }
+  }
+}
+
 // The folded code conversion at its largest cancellation: same-sign queries x4 (sum_d q_d off(d)
 // ~ 4 * 0.8 * 128 * 85 = 35K at 2 bits against dot products of a few hundred code units),
 // 2 and 4 bits, sym and asym, MHA and G = 4; lengths 1,333 (6 stages), 129, 10.
