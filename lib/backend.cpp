@@ -1,5 +1,5 @@
-// Helpers shared by every backend: NLL accumulation, forward_nll's target checks and the
-// windowed perplexity protocol.
+// Helpers shared by every backend: NLL accumulation, the argument checks of forward() and
+// forward_nll() and the windowed perplexity protocol.
 #include "lib/backend.h"
 
 #include <string>
@@ -13,6 +13,38 @@ NllResult& NllResult::operator+=(const NllResult& o) {
   count += o.count;
   per_token.insert(per_token.end(), o.per_token.begin(), o.per_token.end());
   return *this;
+}
+
+std::vector<int> forward_slots(const Backend& be, std::span<const int32_t> tokens, int n,
+                               const ForwardOptions& opt) {
+  if (n <= 0 || tokens.empty() || tokens.size() % static_cast<size_t>(n) != 0)
+    throw InvalidArgument("forward", std::to_string(tokens.size()) +
+                                         " tokens do not form rows of n = " + std::to_string(n));
+  const int rows = static_cast<int>(tokens.size() / static_cast<size_t>(n));
+  if (be.batch() == 0) throw InvalidArgument("forward", "no KV cache: call reset(batch, max_tokens) first");
+  if (!opt.slots.empty() && opt.slots.size() != static_cast<size_t>(rows))
+    throw InvalidArgument("forward", std::to_string(opt.slots.size()) + " slots for " +
+                                         std::to_string(rows) + " rows");
+  std::vector<int> slots(static_cast<size_t>(rows));
+  const int max_tokens = be.max_tokens();
+  for (int r = 0; r < rows; ++r) {
+    slots[r] = opt.slots.empty() ? r : opt.slots[static_cast<size_t>(r)];
+    const int len = be.cache_len(slots[r]);  // throws for a slot out of range
+    for (int q = 0; q < r; ++q)
+      if (slots[q] == slots[r])
+        throw InvalidArgument("forward", "slot " + std::to_string(slots[r]) + " given twice");
+    if (len + n > max_tokens)
+      throw InvalidArgument("forward", "slot " + std::to_string(slots[r]) + " holds " + std::to_string(len) +
+                                           " tokens; " + std::to_string(n) + " more exceed max_tokens " +
+                                           std::to_string(max_tokens));
+  }
+  const int vocab = be.config().vocab;
+  for (size_t i = 0; i < tokens.size(); ++i)
+    if (tokens[i] < 0 || tokens[i] >= vocab)
+      throw InvalidArgument("forward", "token id " + std::to_string(tokens[i]) + " at index " +
+                                           std::to_string(i) + " outside the vocabulary of " +
+                                           std::to_string(vocab));
+  return slots;
 }
 
 void check_nll_targets(std::span<const int32_t> tokens, std::span<const int32_t> targets, int vocab) {

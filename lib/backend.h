@@ -87,6 +87,14 @@ class Backend {
                                 const ForwardOptions& opt = {}) = 0;
 };
 
+// The checks of a forward()/forward_nll() call that every backend makes before any work, in
+// this order: tokens form whole rows of n, the backend has a KV cache, opt.slots names one
+// slot per row (empty: row r continues slot r), each slot is in range (be.cache_len's own
+// check) and named once, n more tokens fit into it (cache_len + n <= max_tokens), every token
+// id lies in [0, config().vocab). Returns the slot of every row; throws InvalidArgument.
+std::vector<int> forward_slots(const Backend& be, std::span<const int32_t> tokens, int n,
+                               const ForwardOptions& opt);
+
 // The checks of forward_nll's targets that every backend makes before any work: one target
 // per token, each below `vocab` (negative: not scored). Throws InvalidArgument.
 void check_nll_targets(std::span<const int32_t> tokens, std::span<const int32_t> targets, int vocab);

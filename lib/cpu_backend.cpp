@@ -238,34 +238,10 @@ class CpuBackend final : public Backend {
   // Runs the decoder stack; returns the final-normed hidden states [rows*n, hidden] and
   // advances the slots' cache lengths by n (left unchanged when it throws).
   RowMat hidden_states(std::span<const int32_t> tokens, int n, const ForwardOptions& opt) {
-    if (n <= 0 || tokens.empty() || tokens.size() % static_cast<size_t>(n) != 0)
-      throw InvalidArgument("forward", std::to_string(tokens.size()) +
-                                           " tokens do not form rows of n = " + std::to_string(n));
-    const int rows = static_cast<int>(tokens.size() / static_cast<size_t>(n));
-    if (cache_.batch() == 0)
-      throw InvalidArgument("forward", "no KV cache: call reset(batch, max_tokens) first");
-    std::vector<int> slots(static_cast<size_t>(rows)), pos0(slots.size());
-    if (!opt.slots.empty() && opt.slots.size() != static_cast<size_t>(rows))
-      throw InvalidArgument("forward", std::to_string(opt.slots.size()) + " slots for " +
-                                           std::to_string(rows) + " rows");
-    for (int r = 0; r < rows; ++r) {
-      slots[r] = opt.slots.empty() ? r : opt.slots[static_cast<size_t>(r)];
-      check_slot(slots[r]);
-      for (int q = 0; q < r; ++q)
-        if (slots[q] == slots[r])
-          throw InvalidArgument("forward", "slot " + std::to_string(slots[r]) + " given twice");
-      pos0[r] = cache_.len(slots[r]);
-      if (pos0[r] + n > cache_.max_tokens())
-        throw InvalidArgument("forward", "slot " + std::to_string(slots[r]) + " holds " +
-                                             std::to_string(pos0[r]) + " tokens; " +
-                                             std::to_string(n) + " more exceed max_tokens " +
-                                             std::to_string(cache_.max_tokens()));
-    }
-    for (size_t i = 0; i < tokens.size(); ++i)
-      if (tokens[i] < 0 || tokens[i] >= cfg_.vocab)
-        throw InvalidArgument("forward", "token id " + std::to_string(tokens[i]) + " at index " +
-                                             std::to_string(i) + " outside the vocabulary of " +
-                                             std::to_string(cfg_.vocab));
+    const std::vector<int> slots = forward_slots(*this, tokens, n, opt);
+    const int rows = static_cast<int>(slots.size());
+    std::vector<int> pos0(slots.size());
+    for (int r = 0; r < rows; ++r) pos0[r] = cache_.len(slots[r]);
 
     ForwardObserver* obs = opt.observer;
     const bool hook_qkv = obs && obs->wants_qkv();

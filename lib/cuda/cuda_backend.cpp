@@ -211,7 +211,7 @@ class CudaBackend final : public Backend {
   }
 
   Logits forward(std::span<const int32_t> tokens, int n, const ForwardOptions& opt) override {
-    const std::vector<int> slots = prepare(tokens, n, opt);
+    const std::vector<int> slots = forward_slots(*this, tokens, n, opt);
     const int rows = static_cast<int>(slots.size());
     Logits out;
     out.rows = rows;
@@ -253,7 +253,7 @@ class CudaBackend final : public Backend {
   NllResult forward_nll(std::span<const int32_t> tokens, std::span<const int32_t> targets, int n,
                         const ForwardOptions& opt) override {
     check_nll_targets(tokens, targets, cfg_.vocab);
-    const std::vector<int> slots = prepare(tokens, n, opt);
+    const std::vector<int> slots = forward_slots(*this, tokens, n, opt);
     const int rows = static_cast<int>(slots.size());
     std::vector<float> nll(tokens.size(), std::numeric_limits<float>::quiet_NaN());
     std::vector<int32_t> tg;
@@ -397,37 +397,6 @@ class CudaBackend final : public Backend {
       throw InvalidArgument("cuda backend", "slot " + std::to_string(slot) + " outside the " +
                                                 std::to_string(batch_) +
                                                 " cache slots (call reset(batch, max_tokens))");
-  }
-
-  // Validates a forward call; returns the slot of every row.
-  std::vector<int> prepare(std::span<const int32_t> tokens, int n, const ForwardOptions& opt) {
-    if (n <= 0 || tokens.empty() || tokens.size() % static_cast<size_t>(n) != 0)
-      throw InvalidArgument("forward", std::to_string(tokens.size()) +
-                                           " tokens do not form rows of n = " + std::to_string(n));
-    const int rows = static_cast<int>(tokens.size() / static_cast<size_t>(n));
-    if (batch_ == 0) throw InvalidArgument("forward", "no KV cache: call reset(batch, max_tokens) first");
-    if (!opt.slots.empty() && opt.slots.size() != static_cast<size_t>(rows))
-      throw InvalidArgument("forward", std::to_string(opt.slots.size()) + " slots for " +
-                                           std::to_string(rows) + " rows");
-    std::vector<int> slots(static_cast<size_t>(rows));
-    for (int r = 0; r < rows; ++r) {
-      slots[r] = opt.slots.empty() ? r : opt.slots[static_cast<size_t>(r)];
-      check_slot(slots[r]);
-      for (int q = 0; q < r; ++q)
-        if (slots[q] == slots[r])
-          throw InvalidArgument("forward", "slot " + std::to_string(slots[r]) + " given twice");
-      if (lens_[slots[r]] + n > max_tokens_)
-        throw InvalidArgument("forward", "slot " + std::to_string(slots[r]) + " holds " +
-                                             std::to_string(lens_[slots[r]]) + " tokens; " +
-                                             std::to_string(n) + " more exceed max_tokens " +
-                                             std::to_string(max_tokens_));
-    }
-    for (size_t i = 0; i < tokens.size(); ++i)
-      if (tokens[i] < 0 || tokens[i] >= cfg_.vocab)
-        throw InvalidArgument("forward", "token id " + std::to_string(tokens[i]) + " at index " +
-                                             std::to_string(i) + " outside the vocabulary of " +
-                                             std::to_string(cfg_.vocab));
-    return slots;
   }
 
   void ensure_scratch(int R, int rows) {

@@ -511,6 +511,21 @@ TEST_CASE("cpu: forward_nll rejects targets before any work", "[lib][cpu]") {
   CHECK(ok.count == 2);
 }
 
+TEST_CASE("cpu: forward refuses a slot out of range and a negative token id", "[lib][cpu]") {
+  // lib/backend.cpp's forward_slots, which the CUDA backend calls too.
+  const kvq::ModelConfig cfg = variant(0);
+  auto be = kvq::make_cpu_backend(kvq_test::tiny_model(cfg, 1));
+  be->reset(2, 8);
+  const int far[1] = {2};
+  kvq::ForwardOptions o;
+  o.slots = far;
+  CHECK_THROWS_WITH(be->forward(std::vector<int32_t>{1, 2}, 2, o), HasSubstr("slot 2 outside the 2 cache slots"));
+  CHECK_THROWS_WITH(be->forward(std::vector<int32_t>{1, -3}, 2), HasSubstr("token id -3 at index 1"));
+  CHECK_THROWS_WITH(be->forward(std::vector<int32_t>{1, 2, 3}, 2), HasSubstr("3 tokens do not form rows of n = 2"));
+  CHECK(be->cache_len(0) == 0);
+  CHECK(be->cache_len(1) == 0);
+}
+
 TEST_CASE("cpu: bad calls are InvalidArgument", "[lib][cpu]") {
   const kvq::ModelConfig cfg = variant(0);
   auto be = kvq::make_cpu_backend(kvq_test::tiny_model(cfg, 1));
