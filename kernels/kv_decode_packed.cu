@@ -23,6 +23,7 @@
 #include <cmath>
 
 #include "kernels/common.cuh"
+#include "kernels/decode_chunk.cuh"
 #include "kernels/kv_decode_mma.cuh"
 #include "kernels/kv_ops.cuh"
 
@@ -35,20 +36,12 @@ constexpr int kMaxChunkFloats = 8192;
 constexpr int kLutMax = 256;
 constexpr int kAnchorEvery = 32;
 
-struct Plan {
-  int chunk = 0, splits = 0;
-};
+using Plan = SplitPlan;
 
+// Four blocks per SM worth of work: the fast kernel holds 1-2 blocks per SM (registers),
+// so the grid is 2-4 waves and the last one is short.
 Plan make_plan(int kv_heads, int rows, int group, int max_len, int sm_count) {
-  const int per_split = kv_heads * rows;
-  // Four blocks per SM worth of work: the fast kernel holds 1-2 blocks per SM (registers),
-  // so the grid is 2-4 waves and the last one is short.
-  const int want = std::max(1, (4 * std::max(sm_count, 1) + per_split - 1) / per_split);
-  int chunk = (max_len + want - 1) / want;
-  chunk = ((chunk + 63) / 64) * 64;
-  const int cap = std::min(2048, (kMaxChunkFloats / group) / 64 * 64);
-  chunk = std::max(64, std::min(chunk, cap));
-  return {chunk, (max_len + chunk - 1) / chunk};
+  return split_plan(kv_heads, rows, group, max_len, sm_count, 4, kMaxChunkFloats);
 }
 
 __device__ __forceinline__ float h2f(uint16_t h) { return __half2float(__ushort_as_half(h)); }
@@ -183,12 +176,7 @@ packed_decode_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, 
   const int64_t head0 = static_cast<int64_t>(r) * a.n_heads + kvh * G;
 
   if (begin >= end) {
-    for (int i = threadIdx.x; i < G * D; i += kThreads)
-      part_o[((head0 + i / D) * splits + s) * D + i % D] = 0.f;
-    if (threadIdx.x < G) {
-      part_ml[((head0 + threadIdx.x) * splits + s) * 2] = -INFINITY;
-      part_ml[((head0 + threadIdx.x) * splits + s) * 2 + 1] = 0.f;
-    }
+    store_empty_split<kThreads>(G, D, head0, splits, s, part_o, part_ml);
     return;
   }
   if (K.lut)
@@ -271,36 +259,13 @@ packed_decode_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, 
           for (int e = 0; e < 8; ++e) kv[e] = rot[e];
         }
       }
-#pragma unroll
-      for (int g = 0; g < GMAX; ++g) {
-        float dot = 0.f;
-#pragma unroll
-        for (int e = 0; e < 8; ++e) dot = fmaf(qv[g][e], kv[e], dot);
-        for (int o = LPR / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
-        if (g < G && lc == 0 && row_ok) sc[g * chunk + (j - begin)] = dot * a.scale;
-      }
+      store_scores<GMAX>(qv, kv, LPR, G, lc, row_ok, a.scale, sc, chunk, j, begin);
     }
   }
   __syncthreads();
 
   // Pass 2: p = exp(s - max) per head and the chunk's sum.
-  const int cnt = end - begin;
-  for (int g = warp; g < G; g += kWarps) {
-    float m = -INFINITY;
-    for (int i = lane; i < cnt; i += 32) m = fmaxf(m, sc[g * chunk + i]);
-    m = warp_max(m);
-    float sum = 0.f;
-    for (int i = lane; i < cnt; i += 32) {
-      const float p = expf(sc[g * chunk + i] - m);
-      sc[g * chunk + i] = p;
-      sum += p;
-    }
-    sum = warp_sum(sum);
-    if (lane == 0) {
-      stat[2 * g] = m;
-      stat[2 * g + 1] = sum;
-    }
-  }
+  chunk_softmax<kWarps, false>(sc, chunk, end - begin, G, warp, lane, stat);
   __syncthreads();
 
   // Pass 3: P V.
@@ -314,12 +279,7 @@ packed_decode_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, 
     if (j < end) {
       float vv[8];
       load_row(V, sh, kvh, j, len, lc, vlut, 0, vv);
-#pragma unroll
-      for (int g = 0; g < GMAX; ++g) {
-        const float p = g < G ? sc[g * chunk + (j - begin)] : 0.f;
-#pragma unroll
-        for (int e = 0; e < 8; ++e) acc[g][e] = fmaf(p, vv[e], acc[g][e]);
-      }
+      add_pv<GMAX>(acc, vv, sc, chunk, j, begin, G);
     }
   }
   store_split_partials<GMAX, kThreads>(acc, LPR, lr, lc, warp, G, D, D, red, stat, head0, splits, s, part_o,
