@@ -1,10 +1,11 @@
 // KVQuant decode on the tensor cores (interface: kv_decode_kvquant.cuh, run_mma), the default
 // of lib/cuda/packed_cache.cpp where it fits (KVQ_KV_DECODE=kvq-fast keeps the CUDA-core kernel
-// kv_decode_kvquant.cu, h42). H100, 2026-11-23 (notes/s5/results-h45.md): passed the [kvquant]
-// cases (worst 0.01 of the bound below) and "kv packed: KVQuant*", and ran 1.09-1.46x faster
-// than the CUDA-core kernel in every cell of one process (llama2-7b b1 32K 4 bits 433.7 ->
-// 331.9 us, 0.78x fp16; llama3-8b b1 32K 147.6 us, 1.51x fp16): faster, but still below fp16 at
-// MHA, 9-21% of copy bandwidth; issue 4's 3x is not met. Same cases as that kernel
+// kv_decode_kvquant.cu, h42). H100, 2026-11-23 (notes/s5/results-h45.md, run 2 = this code,
+// OPT 2): passed the [kvquant] cases (worst 0.01 of the bound below) and "kv packed: KVQuant*",
+// and ran 1.11-1.49x faster than the CUDA-core kernel in every cell of one process (llama2-7b
+// b1 32K 4 bits 432.6 -> 323.4 us, 0.80x fp16; llama3-8b b1 32K 149.4 us, 1.51x fp16): faster,
+// but still below fp16 at MHA (0.70-0.84x), 5-21% of copy bandwidth, 2 bits only 3-5% faster
+// than 4 (not bytes); issue 4's 1.7x / 3x is not met. Same cases as that kernel
 // (fits(): head_dim 128, rotate-half RoPE, 2/4 bits both sides, fp16, G <= 8), same split-K
 // partials and combine, same three passes per chunk (scores to shared memory, softmax, P V).
 // Why: the CUDA-core kernel spends ~9.5 instructions per key element (+1 FMA per element and
@@ -547,7 +548,8 @@ cudaError_t run_mma(const PackedSide& k, const PackedSide& v, const PackedDecode
   const bool qn = k.qa != 1.f || k.qb != 0.f || v.qa != 1.f || v.qb != 0.f;
   // KVQ_KVQ_MMA_OPT=0|1|2 (read per call, for A/B runs in one process): 0 the first build
   // (225b925), 1 CSR staged in shared memory, 2 (default) 1 + the value pass's next tile
-  // loaded before the current tile's math.
+  // loaded before the current tile's math. H100 (llama2-7b b1 32K 4 bits, one process):
+  // 338.1 / 326.3 / 327.3 us; all three passed parity (0 in run 1, 2 in run 2).
   const char* e = std::getenv("KVQ_KVQ_MMA_OPT");
   const int opt = e && *e ? std::atoi(e) : 2;
   if (opt == 0) return dispatch<0>(gm, qn, k, v, a, p, part_o, part_ml, stream);

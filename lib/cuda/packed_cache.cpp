@@ -94,9 +94,9 @@ bool kvquant_kernel_selected() {
 }
 // Which build of KVQuant's kernel: the tensor-core one (kernels/kv_decode_kvquant_mma.cu) by
 // default and with KVQ_KV_DECODE=kvq-mma; kvq-fast keeps the CUDA-core one
-// (kv_decode_kvquant.cu). H100, 2026-11-23, one process (notes/s5/results-h45.md): kvq-mma
-// passed the [kvquant] cases and "kv packed: KVQuant*" and ran faster than kvq-fast
-// in every cell, 1.09-1.46x (llama2-7b b1 32K 4 bits 433.7 -> 331.9 us).
+// (kv_decode_kvquant.cu). H100, 2026-11-23, one process (notes/s5/results-h45.md, run 2):
+// kvq-mma passed the [kvquant] cases and "kv packed: KVQuant*" and ran faster than kvq-fast
+// in every cell, 1.11-1.49x (llama2-7b b1 32K 4 bits 432.6 -> 323.4 us).
 bool kvquant_mma_selected() {
   const char* e = std::getenv("KVQ_KV_DECODE");
   return !e || !*e || std::strcmp(e, "kvq-mma") == 0;
