@@ -549,11 +549,15 @@ cudaError_t run_mma(const PackedSide& k, const PackedSide& v, const PackedDecode
   // KVQ_KVQ_MMA_OPT=0|1|2 (read per call, for A/B runs in one process): 0 the first build
   // (225b925), 1 CSR staged in shared memory, 2 (default) 1 + the value pass's next tile
   // loaded before the current tile's math. H100 (llama2-7b b1 32K 4 bits, one process):
-  // 338.1 / 326.3 / 327.3 us; all three passed parity (0 in run 1, 2 in run 2).
+  // 338.1 / 326.3 / 327.3 us; all three passed parity (0 in run 1, 2 in run 2). Builds 0 and 1
+  // are compiled only with -DKVQ_KVQ_MMA_AB (nvcc flag): each OPT value is 16 instantiations,
+  // and with all three this file took 1 min 44 s of nvcc for sm_90 alone (the slowest here).
+#ifdef KVQ_KVQ_MMA_AB
   const char* e = std::getenv("KVQ_KVQ_MMA_OPT");
   const int opt = e && *e ? std::atoi(e) : 2;
   if (opt == 0) return dispatch<0>(gm, qn, k, v, a, p, part_o, part_ml, stream);
   if (opt == 1) return dispatch<1>(gm, qn, k, v, a, p, part_o, part_ml, stream);
+#endif
   return dispatch<2>(gm, qn, k, v, a, p, part_o, part_ml, stream);
 }
 
