@@ -10,6 +10,8 @@
 // (notes/s5/results-h41.md, H100 2026-11-23): unrolled staging, merged reductions, 384-token
 // stages at 2 bits for long blocks and an own split-K combine took int2 MHA b8 to 5.1-5.3x fp16
 // from 64K (69-75% of copy; 4.9x at 32K), batch 1 4.2-4.9x; int4 MHA unchanged (95-98% at b8).
+// The split-K combine is launched with programmatic stream serialization (PDL) by default:
+// batch 1 1-3 us faster (notes/s5/results-h46.md; KVQ_KV_COMBINE=1 for the ordinary launch).
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -229,66 +231,6 @@ __host__ __device__ constexpr int stream_min_blocks(int ntk, int ntv, int ks, in
 // bytes of codes as 256 at 4 bits, so the stage's fixed work -- barriers, warp reductions,
 // the running max / scale exponents, the accumulators' rescale -- is spread over 1.5-2x the
 // tokens; KVQ_KV_STAGE picks, stage_tokens() below).
-// KVQ_KV_COMBINE=fuse (h46, session 5; opt-in, see combine_mode()): the split-K combine done
-// by the last block of each (row, kv head) to finish, instead of a second kernel. Every block
-// of the (row, kv head) fences its partials and counts itself in done[counter]; the block
-// that brings the count to `splits` reads all splits' partials (L2 loads, __ldcg: they were
-// written by other SMs), writes the G heads' outputs and resets the counter to 0 for the
-// next decode. Same formula as stream_combine_kernel (out = sum_s w_s o_s / sum_s w_s l_s,
-// w_s = exp(m_s - m)), a different summation order (fp32; the attention bound's terms are
-// orders of magnitude larger). Work per thread: channel d of every head, G x splits loads of
-// L2 with 8 in flight, so it is chosen only where G x splits is small (the host's
-// kFuseMaxWork): batch-1 MHA, where the second launch is a fixed cost of a few microseconds.
-// stat: >= 2 x G x splits floats of shared memory (the kernel's staging buffers, done with).
-__device__ __forceinline__ void finish_by_last_block(const float* part_o, const float* part_ml, __half* out,
-                                                     unsigned* done, int counter, int64_t head0, int G,
-                                                     int splits, float* stat) {
-  __shared__ int is_last;
-  __threadfence();  // this thread's partials, device-wide, before the block is counted
-  __syncthreads();
-  if (threadIdx.x == 0) is_last = atomicAdd(done + counter, 1u) == static_cast<unsigned>(splits - 1);
-  __syncthreads();
-  if (!is_last) return;
-  __threadfence();
-  // Split statistics of the G heads into shared memory; weights w_s and the heads' sums.
-  for (int i = threadIdx.x; i < G * splits; i += kT) {
-    const int g = i / splits, sp = i % splits;
-    const float* ml = part_ml + ((head0 + g) * splits + sp) * 2;
-    stat[2 * i] = __ldcg(ml);
-    stat[2 * i + 1] = __ldcg(ml + 1);
-  }
-  __syncthreads();
-  __shared__ float lsum[8];
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  for (int g = warp; g < G; g += kT / 32) {
-    float m = -INFINITY;
-    for (int sp = lane; sp < splits; sp += 32) m = fmaxf(m, stat[2 * (g * splits + sp)]);
-    m = warp_max(m);
-    float l = 0.f;
-    for (int sp = lane; sp < splits; sp += 32) {
-      float* st = stat + 2 * (g * splits + sp);
-      const float w = st[0] == -INFINITY ? 0.f : expf(st[0] - m);
-      l = fmaf(w, st[1], l);
-      st[0] = w;  // read back below as the weight
-    }
-    l = warp_sum(l);
-    if (lane == 0) lsum[g] = l;
-  }
-  __syncthreads();
-  const int d = threadIdx.x;  // kT == kD: one channel per thread
-  // One head at a time, 8 loads in flight (heads unrolled together, o[GM], made ptxas spill
-  // 24-56 bytes in six of the per-group builds; this form spills nothing more than before).
-  for (int g = 0; g < G; ++g) {
-    const float* po = part_o + (head0 + g) * splits * kD + d;
-    const float* w = stat + 2 * g * splits;
-    float o = 0.f;
-#pragma unroll 8
-    for (int sp = 0; sp < splits; ++sp) o = fmaf(w[2 * sp], __ldcg(po + static_cast<int64_t>(sp) * kD), o);
-    out[(head0 + g) * kD + d] = __float2half_rn(o / lsum[g]);
-  }
-  if (threadIdx.x == 0) done[counter] = 0u;
-}
-
 // OPT (A/B of this session's per-stage changes, KVQ_KV_OPT for the 4-bit G <= 4 build): bit 0
 // the unrolled staging copies, bit 1 the merged warp reductions; 3 = both (the default except
 // in the 4-bit G <= 4 build, where 1: the merged reductions made llama3-8b int4 5-9% slower,
@@ -298,7 +240,7 @@ template <int BITS, int NTK, int NTV, bool KONE, int GM, bool KCH, int NGVT = 0,
           int OPT = 3>
 __global__ void __launch_bounds__(kT, stream_min_blocks(NTK, NTV, KS, BITS))
 stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int splits, float* part_o,
-              float* part_ml, unsigned* done) {
+              float* part_ml) {
   constexpr int NP = 16 / BITS;   // fp16 pairs per code word
   constexpr int NWK = BITS;       // words per 32-code key block (a lane's share of a key row)
   constexpr int NWV = BITS / 2;   // words per 16-channel value run
@@ -319,8 +261,8 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
   constexpr bool KF = FOLD && !KCH;  // folded key codes
   extern __shared__ __align__(16) float sm[];
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  // Lets a combine launched with programmatic stream serialization (KVQ_KV_PDL, combine()
-  // below) be scheduled while this grid runs; it still waits for this grid's completion and
+  // Lets the combine, launched with programmatic stream serialization (the default, combine()
+  // below), be scheduled while this grid runs; it still waits for this grid's completion and
   // memory (griddepcontrol.wait). Without such a dependent launch this is a no-op.
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
@@ -354,11 +296,6 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
     if (threadIdx.x < G) {
       part_ml[((head0 + threadIdx.x) * splits + s) * 2] = -INFINITY;
       part_ml[((head0 + threadIdx.x) * splits + s) * 2 + 1] = 0.f;
-    }
-    if constexpr (!KCH) {
-      if (done != nullptr)  // KVQ_KV_COMBINE=fuse
-        finish_by_last_block(part_o, part_ml, static_cast<__half*>(a.out), done, r * K.kv_heads + kvh, head0,
-                                 G, splits, sm);
     }
     return;
   }
@@ -867,13 +804,6 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
     part_ml[((head0 + threadIdx.x) * splits + s) * 2] = sel8(m_run, threadIdx.x);
     part_ml[((head0 + threadIdx.x) * splits + s) * 2 + 1] = lrun[threadIdx.x];
   }
-  if constexpr (!KCH) {
-    if (done != nullptr) {  // KVQ_KV_COMBINE=fuse; the staging buffers are free (the last stage is done)
-      __syncthreads();
-      finish_by_last_block(part_o, part_ml, static_cast<__half*>(a.out), done, r * K.kv_heads + kvh, head0, G,
-                               splits, sm);
-    }
-  }
 }
 
 size_t stream_smem_bytes(int bits, int G, const PackedSide& k, int vmpr, int ncv, int ks) {
@@ -995,8 +925,9 @@ __global__ void __launch_bounds__(kCT) stream_combine_kernel(const float* part_o
   __shared__ float red[kCT / 32];
   __shared__ float mtot, ltot;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  // Launched early under KVQ_KV_PDL: wait until the producing grid has finished and its
-  // partials are visible (returns at once when launched the ordinary way).
+  // Launched early (programmatic stream serialization, combine() below): wait until the
+  // producing grid has finished and its partials are visible (at once when launched the
+  // ordinary way).
   asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
   const int h = blockIdx.x, r = blockIdx.y;
@@ -1045,26 +976,32 @@ __global__ void __launch_bounds__(kCT) stream_combine_kernel(const float* part_o
   }
 }
 
-// KVQ_KV_COMBINE (read per call, for A/Bs in one process): 0 the shared splitk_combine_kernel;
-// pdl (h46, session 5) this file's combine launched with programmatic stream serialization
-// (cudaLaunchKernelEx): its launch is processed while the attention kernel runs (that kernel
-// allows it at block start, griddepcontrol.launch_dependents) and its blocks wait in
-// griddepcontrol.wait for the attention grid's completion and memory; only on devices of
-// compute capability >= 9 (elsewhere the ordinary launch). fuse (h46): no combine kernel where
-// G x splits <= kFuseMaxWork and the build is not KIVI's: the last block of each (row, kv head)
-// combines (finish_by_last_block); counters in a process-wide buffer (fuse_counters), so one
-// decode at a time per process: an opt-in for the batch-1 A/B, not for concurrent streams.
-// Unset or anything else: this file's combine, the ordinary launch.
-enum class CombineMode { kShared, kOwn, kPdl, kFuse };
+// KVQ_KV_COMBINE (read per call, for A/Bs in one process). Unset (or anything else): this
+// file's combine launched with programmatic stream serialization (cudaLaunchKernelEx; h46,
+// session 5): its launch is processed while the attention kernel runs (that kernel allows it
+// at block start, griddepcontrol.launch_dependents) and its blocks wait in griddepcontrol.wait
+// for the attention grid's completion and memory; only on devices of compute capability >= 9,
+// elsewhere the ordinary launch. 1: the same combine, ordinary launch (the default before).
+// 0: the shared splitk_combine_kernel.
+// Measured (H100, 2026-11-23, 1207ec6, one process, same caches; notes/s5/results-h46.md):
+// PDL against the ordinary launch, batch 1: llama2-7b int2 4K 20.7 -> 19.2 us, 32K 57.9 ->
+// 55.5, 64K 95.8 -> 93.5, 128K 173.4 -> 170.4; llama3-8b 1-2.7 us faster in all 8 cells;
+// int4 MHA 32K equal (76.7 / 76.9), 64K / 128K 3-5.5 us faster; batch 8 equal or faster (up
+// to 6.8 us, int2 MHA 32K). Single-decode host time 6.7-7.0 us instead of 8.0-8.3 (4K int2).
+// Tried and removed: the combine done by the last block of each (row, kv head) to finish
+// (atomic counter, "last block reduces"; KVQ_KV_COMBINE=fuse in 1207ec6): at batch 1 MHA
+// between the two launches above (4K int2 20.2 us, 32K 56.5), slower than PDL at GQA (66
+// splits in one block's serial loop: it stayed with the kernel there), and its epilogue
+// changed the register allocation of the attention builds (int4 G = 1 107 -> 103, G = 4
+// 112 -> 127 registers) for no measured gain.
+enum class CombineMode { kShared, kOwn, kPdl };
 CombineMode combine_mode() {
   const char* e = std::getenv("KVQ_KV_COMBINE");
-  if (e == nullptr) return CombineMode::kOwn;
+  if (e == nullptr) return CombineMode::kPdl;
   if (std::strcmp(e, "0") == 0) return CombineMode::kShared;
-  if (std::strcmp(e, "pdl") == 0) return CombineMode::kPdl;
-  if (std::strcmp(e, "fuse") == 0) return CombineMode::kFuse;
-  return CombineMode::kOwn;
+  if (std::strcmp(e, "1") == 0) return CombineMode::kOwn;
+  return CombineMode::kPdl;
 }
-constexpr int kFuseMaxWork = 64;  // G x splits of one (row, kv head) for the last-block combine
 
 bool device_has_pdl() {
   static const bool hopper = [] {
@@ -1077,28 +1014,6 @@ bool device_has_pdl() {
     return major >= 9;
   }();
   return hopper;
-}
-
-// Zeroed counters for KVQ_KV_COMBINE=fuse, at least n, on the current device (the last block
-// of each (row, kv head) sets its counter back to 0). Grown by a new zeroed buffer; a device
-// change leaves the old buffer allocated (opt-in benchmark path).
-unsigned* fuse_counters(int n, cudaStream_t stream, cudaError_t* err) {
-  static unsigned* buf = nullptr;
-  static int cap = 0, dev = -1;
-  int cur = 0;
-  if ((*err = cudaGetDevice(&cur)) != cudaSuccess) return nullptr;
-  if (cur != dev || n > cap) {
-    if (cur == dev && buf != nullptr) cudaFree(buf);
-    buf = nullptr;
-    cap = 0;
-    const int want = std::max(n, 1024);
-    if ((*err = cudaMalloc(&buf, static_cast<size_t>(want) * sizeof(unsigned))) != cudaSuccess) return nullptr;
-    if ((*err = cudaMemsetAsync(buf, 0, static_cast<size_t>(want) * sizeof(unsigned), stream)) != cudaSuccess)
-      return nullptr;
-    cap = want;
-    dev = cur;
-  }
-  return buf;
 }
 
 cudaError_t combine(const float* part_o, const float* part_ml, void* out, int n_heads, int rows, int splits,
@@ -1203,21 +1118,14 @@ cudaError_t launch_stream(const PackedSide& k, const PackedSide& v, const Packed
   stream_plan(k.kv_heads, a.rows, max_len, std::max(1, per_sm) * std::max(1, sm_count), KS, &span, &splits);
   // KIVI: one more split, the tail kernel's (the last R tokens of each row).
   const int total = KCH ? splits + 1 : splits;
-  const CombineMode mode = combine_mode();
-  unsigned* done = nullptr;
-  if (!KCH && mode == CombineMode::kFuse && G * splits <= kFuseMaxWork) {
-    done = fuse_counters(a.rows * k.kv_heads, stream, &e);
-    if (e != cudaSuccess) return e;
-  }
-  kernel<<<dim3(splits, k.kv_heads, a.rows), kT, smem, stream>>>(k, v, a, span, total, part_o, part_ml, done);
+  kernel<<<dim3(splits, k.kv_heads, a.rows), kT, smem, stream>>>(k, v, a, span, total, part_o, part_ml);
   if ((e = launch_status()) != cudaSuccess) return e;
-  if (done != nullptr) return cudaSuccess;  // the last blocks wrote the output
   if constexpr (KCH) {
     const size_t tsmem = (static_cast<size_t>(G) * (kD + k.resid_cap) + 2 * G) * sizeof(float);
     kivi_tail_kernel<BITS><<<dim3(k.kv_heads, a.rows), kT, tsmem, stream>>>(k, v, a, total, splits, part_o, part_ml);
     if ((e = launch_status()) != cudaSuccess) return e;
   }
-  return combine(part_o, part_ml, a.out, a.n_heads, a.rows, total, stream, mode);
+  return combine(part_o, part_ml, a.out, a.n_heads, a.rows, total, stream, combine_mode());
 }
 
 // The folded conversion (stream_kernel's FOLD) unless KVQ_KV_FOLD=0; the unfolded builds exist

@@ -19,7 +19,7 @@
 // --ab NAME=v1,v2,... times every packed cache once per value of the environment variable
 // NAME (set before each timing, restored after), on the same cache contents in the same
 // process, so an A/B needs no second fill or process; only variables the decode reads on
-// every call work (KVQ_KV_STAGE, KVQ_KV_COMBINE=1|0|pdl|fuse, KVQ_KV_OPT, kernels/kv_decode_stream.cu; KVQ_KV_DECODE and KVQ_KV_FOLD
+// every call work (KVQ_KV_STAGE, KVQ_KV_COMBINE=pdl|1|0, KVQ_KV_OPT, kernels/kv_decode_stream.cu; KVQ_KV_DECODE and KVQ_KV_FOLD
 // are read once per process). Rows carry the setting after the codec ("int2 [KVQ_KV_STAGE=512]").
 // --latency adds, after every row, where a single decode's time goes (h46, session 5): the
 // row's time is one decode between two events on an idle device, so it holds the host work

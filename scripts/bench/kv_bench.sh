@@ -10,10 +10,10 @@
 # (default: the staged tensor-core kernel, version 4, for uniform per-token int2/int4 and KIVI
 # at head_dim 128, else fast, else general; mma = the version-3 build). KVQ_KV_STAGE=256|384|512:
 # tokens per stage of version 4's 2-bit per-token builds (kernels/kv_decode_stream.cu);
-# KVQ_KV_COMBINE=0 its split-K combine replaced by the shared one (=pdl: launched with programmatic
-# stream serialization; =fuse: done by the last block of each (row, kv head) where G x splits <= 64); KVQ_KV_OPT=0|1|2|3 the A/B
+# KVQ_KV_COMBINE=1 its split-K combine launched the ordinary way instead of with programmatic stream
+# serialization (PDL, the default since h46), =0 replaced by the shared one; KVQ_KV_OPT=0|1|2|3 the A/B
 # builds of its 4-bit G <= 4 kernel. These three are read per decode call, so KV_AB can compare
-# them in one process (e.g. KV_AB=KVQ_KV_COMBINE=0,1).
+# them in one process (e.g. KV_AB=KVQ_KV_COMBINE=1,pdl).
 # Env: KV_SKIP_TESTS=1 / KV_SKIP_BENCH=1 skip a step; KV_BENCH_TIMEOUT (s, default 300)
 # or KV_DEADLINE (epoch seconds by which the bench must end);
 # KV_BUILD_DIR (default build-kv; a warm machine keeps it between calls, so a second call

@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -493,19 +494,16 @@ TEST_CASE("kv packed: tensor-core decode, G <= 4 build variants (KVQ_KV_OPT) == 
   }
 }
 
-// The split-K combine's launch variants (kernels/kv_decode_stream.cu, KVQ_KV_COMBINE read per
-// call): "pdl" launches the same combine kernel with programmatic stream serialization (its
-// blocks wait in griddepcontrol.wait for the attention grid): the same arithmetic in the same
-// order, so besides passing the derived bound on every output (NaN-poisoned first) each run
-// must give exactly the errors of the ordinary launch on the same seed. "fuse" has the last
-// block of each (row, kv head) combine (a different fp32 summation order): every output within
-// the derived bound; its counters must be back at 0 after each decode, or the next run_case's
-// outputs stay NaN. int2 / int4 (G = 1 and 4) and KIVI (G = 1 and 2: its tail kernel runs
-// between the attention kernel and the combine; fuse leaves KIVI to the combine kernel), the
-// default uneven appends and a 1,333-token row (several splits per head). Before compute
-// capability 9, pdl is the ordinary launch and its equality check is trivially met.
-TEST_CASE("kv packed: tensor-core decode, combine launched with PDL / fused into the last block == simulated",
-          "[gpu][kv]") {
+// The split-K combine's launches (kernels/kv_decode_stream.cu, KVQ_KV_COMBINE read per call):
+// unset (the default) and "pdl" launch it with programmatic stream serialization (its blocks
+// wait in griddepcontrol.wait for the attention grid), "1" the ordinary way: the same
+// arithmetic in the same order, so besides passing the derived bound on every output
+// (NaN-poisoned first) each launch must give exactly the errors of the ordinary one on the
+// same seed. int2 / int4 (G = 1 and 4) and KIVI (G = 1 and 2: its tail kernel runs between
+// the attention kernel and the combine), the default uneven appends and a 1,333-token row
+// (several splits per head). Before compute capability 9 every mode is the ordinary launch
+// and the equality is trivially met.
+TEST_CASE("kv packed: tensor-core decode, combine launched with PDL == ordinary launch == simulated", "[gpu][kv]") {
   LongCase lc;
   lc.on = true;
   lc.pieces = {{1000, 1, 332}, {129}, {7, 1, 1, 1}};
@@ -513,21 +511,28 @@ TEST_CASE("kv packed: tensor-core decode, combine launched with PDL / fused into
   for (const char* spec : {"int2", "int4", "kivi:bits=2"}) {
     const bool kivi = std::string(spec).rfind("kivi", 0) == 0;
     for (const Shape& s : {Shape{3, 3, 128}, kivi ? Shape{4, 8, 128} : Shape{2, 8, 128}}) {
-      Result res[3][2];  // ordinary, pdl, fuse x short, 1,333 tokens
-      const char* modes[3] = {"1", "pdl", "fuse"};
+      Result res[3][2];  // ordinary, pdl, default x short, 1,333 tokens
+      const char* modes[3] = {"1", "pdl", nullptr};
       for (int m = 0; m < 3; ++m) {
-        const EnvGuard env("KVQ_KV_COMBINE", modes[m]);
+        std::optional<EnvGuard> env;
+        if (modes[m] != nullptr) {
+          env.emplace("KVQ_KV_COMBINE", modes[m]);
+        } else {
+          env.emplace("KVQ_KV_COMBINE", "");  // saves the caller's value, restored on the way out
+          unsetenv("KVQ_KV_COMBINE");
+        }
         res[m][0] = run_case(spec, spec, s, seed);
         res[m][1] = run_case(spec, spec, s, seed + 1, nullptr, nullptr, lc);
         std::printf("kv packed KVQ_KV_COMBINE=%s %s, kv_heads %d, heads %d: decode max err %.3g / %.3g (%.3f / "
                     "%.3f of tolerance; short / 1,333 tokens), seed %llu\n",
-                    modes[m], spec, s.H, s.n_heads, res[m][0].worst_err, res[m][1].worst_err, res[m][0].worst_ratio,
-                    res[m][1].worst_ratio, static_cast<unsigned long long>(seed));
+                    modes[m] ? modes[m] : "(unset)", spec, s.H, s.n_heads, res[m][0].worst_err, res[m][1].worst_err,
+                    res[m][0].worst_ratio, res[m][1].worst_ratio, static_cast<unsigned long long>(seed));
       }
-      for (int c = 0; c < 2; ++c) {
-        CHECK(res[1][c].worst_err == res[0][c].worst_err);
-        CHECK(res[1][c].worst_ratio == res[0][c].worst_ratio);
-      }
+      for (int m = 1; m < 3; ++m)
+        for (int c = 0; c < 2; ++c) {
+          CHECK(res[m][c].worst_err == res[0][c].worst_err);
+          CHECK(res[m][c].worst_ratio == res[0][c].worst_ratio);
+        }
     }
   }
 }
