@@ -20,6 +20,8 @@
 # rebuilds only what changed); KV_AB=NAME=v1,v2,... runs a second bench (int4, int2 only) that
 # times each cache once per value of NAME in one process (kvq-kvbench --ab; kvbench_ab.json;
 # KV_AB_ARGS adds kvq-kvbench options to that bench, e.g. "--shapes llama3-8b");
+# KV_BASE_STREAM=FILE runs the int4 / int2 bench again with FILE as kernels/kv_decode_stream.cu
+# (kvbench_base.json; a same-call baseline of the version-4 kernels, e.g. 558c918's);
 # KV_COMPARE_FOLD=1 runs the bench a second time with KVQ_KV_FOLD=0 (version 4 with the exact
 # LOP3 + HFMA2 code conversion instead of the folded one, for uniform per-token codes;
 # kvbench_nofold.json). SASS counts per stream_kernel build go to sass_counts.txt when
@@ -70,5 +72,23 @@ if [ "${KV_COMPARE_FOLD:-0}" = 1 ]; then
   echo "== KVQ_KV_FOLD=0 (unfolded code conversion) =="
   KVQ_KV_FOLD=0 timeout "$bt" "$BUILD/tools/kvq-kvbench" --json "$OUT/kvbench_nofold.json" "$@" 2>&1 |
     tee "$OUT/kvbench_nofold.txt"
+fi
+if [ -n "${KV_BASE_STREAM:-}" ]; then
+  # Same-call baseline of the version-4 kernels: another kernels/kv_decode_stream.cu (a file,
+  # e.g. `git show 558c918:kernels/kv_decode_stream.cu > .carry/x/base_stream.cu` beforehand:
+  # a git archive on the device has no history) swapped in, kvq-kvbench rebuilt and the int4 /
+  # int2 bench run again on fresh caches; the file is put back (and rebuilt) afterwards.
+  echo "== baseline kv_decode_stream.cu: $KV_BASE_STREAM (int4, int2) =="
+  cp kernels/kv_decode_stream.cu /tmp/kv_decode_stream.cu.mine
+  cp "$KV_BASE_STREAM" kernels/kv_decode_stream.cu
+  if cmake --build "$BUILD" --target kvq-kvbench -j16 > "$OUT/build_base.log" 2>&1; then
+    timeout "$bt" "$BUILD/tools/kvq-kvbench" --json "$OUT/kvbench_base.json" --reps 10 --contexts "$ctx" \
+      --kv int4 --kv int2 ${KV_AB_ARGS:-} 2>&1 | tee "$OUT/kvbench_base.txt"
+  else
+    grep -E "error|FAILED" -A4 "$OUT/build_base.log" | head -30
+  fi
+  cp /tmp/kv_decode_stream.cu.mine kernels/kv_decode_stream.cu && rm -f /tmp/kv_decode_stream.cu.mine
+  touch kernels/kv_decode_stream.cu
+  cmake --build "$BUILD" --target kvq-kvbench -j16 > /dev/null 2>&1
 fi
 echo "total: $(( $(date +%s) - t0 )) s"
