@@ -1,8 +1,14 @@
 // A packed KV cache of one layer on the GPU: the device twin of a codec's CPU reference
 // cache (lib/codecs/), built from the same Codec object and its parameters, holding
 // exactly the codes, scales, zeros and outlier records the CPU would hold (bit-identical,
-// tests/gpu/kv_packed_test.cpp), and the fused decode attention that reads them
-// (kernels/kv_decode_packed.cu). Layouts: kernels/kv_ops.cuh.
+// tests/gpu/kv_packed_test.cpp), and the fused decode attention that reads them. Layouts:
+// kernels/kv_ops.cuh. Decode kernels, picked per call where each fits (KVQ_KV_DECODE
+// forces one for A/B runs; packed_cache.cpp says which values):
+//   uniform per-token int2/int4 and KIVI at head_dim 128: the staged tensor-core kernel
+//     (kernels/kv_decode_stream.cu, "version 4");
+//   KVQuant at 2/4 bits, head_dim 128, rotate-half RoPE, fp16: its own tensor-core kernel
+//     (kernels/kv_decode_kvquant_mma.cu; the CUDA-core kernels/kv_decode_kvquant.cu for A/B);
+//   everything else: the CUDA-core fast or general kernels (kernels/kv_decode_packed.cu).
 //
 // Codecs with a GPU path (others throw UnsupportedError naming the codec):
 //   intB axis=token (any group that is a multiple of 8, sym or asym, stage pre or post),
