@@ -33,4 +33,10 @@ size_t workspace_mma(const PackedSide& k, const PackedDecodeArgs& a, int max_len
 cudaError_t run_mma(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len,
                     int sm_count, void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
+// One pass per 64-token stage with an online softmax (kernels/kv_decode_kvquant_stream.cu,
+// KVQ_KV_DECODE=kvq-stream): same cases, its own split plan and workspace.
+size_t workspace_stream(const PackedSide& k, const PackedDecodeArgs& a, int max_len, int sm_count);
+cudaError_t run_stream(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len,
+                       int sm_count, void* workspace, size_t workspace_bytes, cudaStream_t stream);
+
 }  // namespace kvq::kern::kvquant_decode

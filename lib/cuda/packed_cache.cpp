@@ -90,7 +90,8 @@ std::string reason(const Codec& c) {
 // Read at every call (one getenv), so that a test can run both kernels in one process.
 bool kvquant_kernel_selected() {
   const char* e = std::getenv("KVQ_KV_DECODE");
-  return !e || !*e || std::strcmp(e, "kvq-fast") == 0 || std::strcmp(e, "kvq-mma") == 0;
+  return !e || !*e || std::strcmp(e, "kvq-fast") == 0 || std::strcmp(e, "kvq-mma") == 0 ||
+         std::strcmp(e, "kvq-stream") == 0;
 }
 // Which build of KVQuant's kernel: the tensor-core one (kernels/kv_decode_kvquant_mma.cu) by
 // default and with KVQ_KV_DECODE=kvq-mma; kvq-fast keeps the CUDA-core one
@@ -100,6 +101,12 @@ bool kvquant_kernel_selected() {
 bool kvquant_mma_selected() {
   const char* e = std::getenv("KVQ_KV_DECODE");
   return !e || !*e || std::strcmp(e, "kvq-mma") == 0;
+}
+// KVQ_KV_DECODE=kvq-stream: the one-pass online-softmax build (kernels/kv_decode_kvquant_stream.cu,
+// h47), opt-in until it has passed the GPU suite and beaten kvq-mma in one process.
+bool kvquant_stream_selected() {
+  const char* e = std::getenv("KVQ_KV_DECODE");
+  return e && std::strcmp(e, "kvq-stream") == 0;
 }
 
 }  // namespace
@@ -361,8 +368,10 @@ void PackedKvCache::prepare(const std::vector<int>& slots) {
   a.n_heads = I.n_heads;
   const size_t ws = std::max(kern::kv_decode_workspace(I.k.d, a, std::max(1, I.max_len), I.sm_count),
                              std::max(kern::kvquant_decode::workspace(I.k.d, a, std::max(1, I.max_len), I.sm_count),
-                                      kern::kvquant_decode::workspace_mma(I.k.d, a, std::max(1, I.max_len),
-                                                                          I.sm_count)));
+                                      std::max(kern::kvquant_decode::workspace_mma(I.k.d, a, std::max(1, I.max_len),
+                                                                                   I.sm_count),
+                                               kern::kvquant_decode::workspace_stream(
+                                                   I.k.d, a, std::max(1, I.max_len), I.sm_count))));
   I.work.reserve(ws + 16, "decode workspace");
 }
 
@@ -382,7 +391,10 @@ void PackedKvCache::decode(const void* q_dev, void* out_dev, bool bf16, void* st
   a.inv_freq = I.inv_freq;
   a.rope_interleaved = I.interleaved;
   if (kvquant_kernel_selected() && kern::kvquant_decode::fits(bf16 ? kern::Act::kBF16 : kern::Act::kF16, I.k.d, I.v.d, a)) {
-    if (kvquant_mma_selected())
+    if (kvquant_stream_selected())
+      KVQ_CUDA_CHECK(kern::kvquant_decode::run_stream(I.k.d, I.v.d, a, I.max_len, I.sm_count, I.work.get(),
+                                                      I.work.bytes(), static_cast<cudaStream_t>(stream)));
+    else if (kvquant_mma_selected())
       KVQ_CUDA_CHECK(kern::kvquant_decode::run_mma(I.k.d, I.v.d, a, I.max_len, I.sm_count, I.work.get(),
                                                    I.work.bytes(), static_cast<cudaStream_t>(stream)));
     else

@@ -108,7 +108,12 @@ struct Case {
 // bound adds the fp16 terms derived in the header comment).
 double run_case(const Case& c, uint64_t seed, const char* kernel = "kvq-fast") {
   EnvGuard env(kernel);
-  const bool mma = std::string(kernel) == "kvq-mma";
+  // kvq-stream (kernels/kv_decode_kvquant_stream.cu) does the mma build's per-element arithmetic
+  // in one pass per stage with an online softmax: its p = exp(s - running max) is rounded to
+  // fp16 as the mma build's (2^-11 relative, values no smaller), the accumulator rescales add
+  // one fp32 rounding per stage (<= 2^-24 x stages, ~2^-15 over the 20000-token slot's 313
+  // stages, below the 2^-9 terms): the same bound.
+  const bool mma = std::string(kernel) == "kvq-mma" || std::string(kernel) == "kvq-stream";
   std::mt19937_64 rng(seed);
   const codecs::KvShape ks{c.H, kHd, c.n_heads};
   auto kc = codecs::make_codec(codecs::parse_codec_spec(c.spec), KvSide::kKey, 0, ks, c.kg);
@@ -337,6 +342,22 @@ TEST_CASE("kv kvquant mma kernel: calibrated LUT, key ranges and Q-Norm == simul
   calibrated_cases("kvq-mma");
 }
 TEST_CASE("kv kvquant mma kernel: long slot == simulated", "[gpu][kv][kvquant]") { long_cases("kvq-mma"); }
+// The one-pass online-softmax build (KVQ_KV_DECODE=kvq-stream) on the same cases and bound: the long
+// slot runs each warp through many stages, so the running max moves and the rescales are exercised.
+TEST_CASE("kv kvquant stream kernel: 4/2 bits, outliers, sinks, MHA and GQA == simulated", "[gpu][kv][kvquant]") {
+  basic_cases("kvq-stream");
+}
+TEST_CASE("kv kvquant stream kernel: calibrated LUT, key ranges and Q-Norm == simulated", "[gpu][kv][kvquant]") {
+  calibrated_cases("kvq-stream");
+}
+TEST_CASE("kv kvquant stream kernel: long slot == simulated", "[gpu][kv][kvquant]") { long_cases("kvq-stream"); }
+// KVQ_KVQ_STREAM_SPLITS=1: one block per (row, kv head), so each warp walks ~38 stages of the 19520-token
+// row and its running max / rescales of the accumulators and corrections are exercised at length.
+TEST_CASE("kv kvquant stream kernel: long slot, one split (many stages per warp) == simulated", "[gpu][kv][kvquant]") {
+  setenv("KVQ_KVQ_STREAM_SPLITS", "1", 1);
+  long_cases("kvq-stream");
+  unsetenv("KVQ_KVQ_STREAM_SPLITS");
+}
 
 TEST_CASE("kv kvquant kernel: the default where it fits; 3 bits, bf16, KVQ_KV_DECODE=general keep the general one",
           "[gpu][kv][kvquant]") {
@@ -351,7 +372,7 @@ TEST_CASE("kv kvquant kernel: the default where it fits; 3 bits, bf16, KVQ_KV_DE
     cuda::PackedKvCache gpu(*kc, *vc, 1, 8, 4, inv_freq);
     gpu.append_host(0, x.data(), x.data(), 5, 2 * kHd);
     gpu.prepare({0});
-    for (const char* value : {"kvq-fast", "kvq-mma", static_cast<const char*>(nullptr)}) {
+    for (const char* value : {"kvq-fast", "kvq-mma", "kvq-stream", static_cast<const char*>(nullptr)}) {
       EnvGuard env(value);
       CHECK(gpu.decode_uses_kvquant_kernel() == (spec == "kvquant:bits=4"));
       CHECK_FALSE(gpu.decode_uses_kvquant_kernel(true));
