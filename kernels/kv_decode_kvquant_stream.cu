@@ -23,6 +23,14 @@
 //     p (v_out - v_dense) into the warp's [G][128] buffer.
 // At the end the 8 warps merge (m, l, acc + corrections) in shared memory into the same split-K
 // partials and combine as the other builds.
+// Measured (H100, 2026-11-23, commit 2192aa0 = this code, notes/s5/results-h47.md): passed the
+// [kvquant] cases (stream cases worst 0.01 of the bound, incl. the one-split long case) and
+// "kv packed: KVQuant*"; against the three-pass build in one process (kvq-kvbench --ab
+// KVQ_KV_DECODE=kvq-mma,kvq-stream): faster in 10 of 16 cells -- llama3-8b (GQA) all 8 cells
+// (b1 32K 150.9 -> 124.1 us, 1.80x fp16; b1 128K 1.07-1.09x; b8 1.01-1.02x) and llama2-7b b1
+// 32K (321.6 -> 287.4 us at 4 bits, 302.7 -> 268.7 at 2) -- but 3-5% slower at llama2-7b b1
+// 128K and b8 (MHA, 32-256 stages per warp; b8 128K 4 bits 7980 -> 8352 us; cause not isolated,
+// no profile). So it stays opt-in (KVQ_KV_DECODE=kvq-stream), not the default.
 // Not done (the brief's cp.async double buffering of the next stage): the per-warp stage
 // would need 2 x ~8.5 KB of staging per warp at 4 bits; with 8 warps x 2 blocks per SM that
 // does not fit next to the (cos, sin)(u f) table, so the next stage's latency is hidden only

@@ -103,7 +103,9 @@ bool kvquant_mma_selected() {
   return !e || !*e || std::strcmp(e, "kvq-mma") == 0;
 }
 // KVQ_KV_DECODE=kvq-stream: the one-pass online-softmax build (kernels/kv_decode_kvquant_stream.cu,
-// h47), opt-in until it has passed the GPU suite and beaten kvq-mma in one process.
+// h47). H100, 2026-11-23 (2192aa0, notes/s5/results-h47.md): passed the [kvquant] cases and
+// "kv packed: KVQuant*"; faster than kvq-mma in 10 of 16 cells (GQA all, up to 1.22x; MHA b1 32K
+// 1.12x) but 3-5% slower in the other 6 (MHA b1 128K, b8): opt-in, not the default.
 bool kvquant_stream_selected() {
   const char* e = std::getenv("KVQ_KV_DECODE");
   return e && std::strcmp(e, "kvq-stream") == 0;
