@@ -1,7 +1,8 @@
-// Decode attention specialised for KVQuant packed caches (kernels/kv_decode_kvquant.cu:
-// design, instruction and byte counts there): pre-RoPE NUQ keys with static per-channel
-// ranges, per-token NUQ values, CSR sparse outliers and fp16 sinks, all in one launch.
-// Called by lib/cuda/packed_cache.cpp where fits() holds (else the general kernel of
+// Decode attention specialised for KVQuant packed caches: pre-RoPE NUQ keys with static
+// per-channel ranges, per-token NUQ values, CSR sparse outliers and fp16 sinks, all in one
+// launch. fits(): kernels/kv_decode_kvquant.cu; the builds: kv_decode_kvquant_mma.cu (default)
+// and kv_decode_kvquant_stream.cu (design, instruction and byte counts there). Called by
+// lib/cuda/packed_cache.cpp where fits() holds (else the general kernel of
 // kernels/kv_decode_packed.cu serves KVQuant). nvcc and g++ both read this header.
 #pragma once
 
@@ -13,22 +14,15 @@
 
 namespace kvq::kern::kvquant_decode {
 
-// True when this kernel serves the pair: fp16 activations, KVQuant on both sides
+// True when these kernels serve the pair: fp16 activations, KVQuant on both sides
 // (kLutChannel keys, kLutToken values) with the same bit width 2 or 4, head_dim 128,
 // rotate-half RoPE (inv_freq given, not interleaved), G = heads / kv heads in 1..8.
 // 3 bits, head_dim 64, interleaved RoPE and bf16 take the general kernel.
 bool fits(Act act, const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a);
 
-// Workspace bytes run() needs for max_len tokens (split-K partials).
-size_t workspace(const PackedSide& k, const PackedDecodeArgs& a, int max_len, int sm_count);
-
-// Launches the decode kernel and the split-K combine; `workspace` holds workspace() bytes.
-cudaError_t run(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len,
-                int sm_count, void* workspace, size_t workspace_bytes, cudaStream_t stream);
-
 // The tensor-core build (kernels/kv_decode_kvquant_mma.cu; packed_cache.cpp's default, also
-// KVQ_KV_DECODE=kvq-mma; run() above is KVQ_KV_DECODE=kvq-fast): same cases (fits() above),
-// its own split plan and workspace.
+// KVQ_KV_DECODE=kvq-mma): workspace bytes for max_len tokens (its split-K partials) and the
+// launch (decode kernel + split-K combine); `workspace` holds workspace_mma() bytes.
 size_t workspace_mma(const PackedSide& k, const PackedDecodeArgs& a, int max_len, int sm_count);
 cudaError_t run_mma(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len,
                     int sm_count, void* workspace, size_t workspace_bytes, cudaStream_t stream);

@@ -1,6 +1,6 @@
 // KVQuant decode on the tensor cores (interface: kv_decode_kvquant.cuh, run_mma), the default
-// of lib/cuda/packed_cache.cpp where it fits (KVQ_KV_DECODE=kvq-fast keeps the CUDA-core kernel
-// kv_decode_kvquant.cu, h42). H100, 2026-11-23 (notes/s5/results-h45.md, run 2 = this code,
+// of lib/cuda/packed_cache.cpp where it fits (it replaced h42's CUDA-core kernel, retired
+// after dfabb0b, notes/kv-cuda-perf.md). H100, 2026-11-23 (notes/s5/results-h45.md, run 2 = this code,
 // OPT 2): passed the [kvquant] cases (worst 0.01 of the bound below) and "kv packed: KVQuant*",
 // and ran 1.11-1.49x faster than the CUDA-core kernel in every cell of one process (llama2-7b
 // b1 32K 4 bits 432.6 -> 323.4 us, 0.80x fp16; llama3-8b b1 32K 149.4 us, 1.51x fp16): faster,
@@ -89,7 +89,7 @@ size_t smem_bytes(int gm, int chunk) {
 
 __device__ __forceinline__ float h2f(uint16_t h) { return __half2float(__ushort_as_half(h)); }
 
-// cos/sin of angle j * f, the angle reduced in double (as kv_decode_kvquant.cu).
+// cos/sin of angle j * f, the angle reduced in double (as the general kernel's RoPE).
 __device__ __forceinline__ void anchor(double f, int64_t j, float& c, float& s) {
   const double two_pi = 6.283185307179586476925286766559;
   const double t = static_cast<double>(j) * f;
@@ -113,7 +113,7 @@ __device__ __forceinline__ uint32_t code16(const uint32_t (&w)[2], int q) {
 
 // OPT >= 1: the chunk's CSR offsets (relative to the first) and, when they fit `cap`, its
 // records are staged into shared memory by the whole block (coalesced, one round trip), as
-// kv_decode_kvquant.cu does; returns the records to index with soff (staged or global). The
+// the retired CUDA-core kernel did; returns the records to index with soff (staged or global). The
 // caller puts a barrier after it. OPT 0 (225b925, the first H100 run) read off[j], off[j + 1]
 // and each record from global memory in a thread's per-token loop: ~3 dependent global loads
 // per outlier token.

@@ -102,7 +102,7 @@ size_t smem_bytes(int gm) {
 
 __device__ __forceinline__ float h2f(uint16_t h) { return __half2float(__ushort_as_half(h)); }
 
-// cos/sin of angle j * f, the angle reduced in double (as kv_decode_kvquant.cu).
+// cos/sin of angle j * f, the angle reduced in double (as kv_decode_kvquant_mma.cu).
 __device__ __forceinline__ void anchor(double f, int64_t j, float& c, float& s) {
   const double two_pi = 6.283185307179586476925286766559;
   const double t = static_cast<double>(j) * f;

@@ -1,6 +1,6 @@
-// Device helpers shared by the two builds of the tensor-core packed-KV decode: version 3
-// (kv_decode_mma.cu, codes in registers, three passes per chunk) and version 4
-// (kv_decode_stream.cu, the chunk staged in shared memory, online softmax): the block shape,
+// Device helpers of the tensor-core packed-KV decode (version 4, kv_decode_stream.cu, the
+// chunk staged in shared memory, online softmax; also used by KVQuant's kv_decode_kvquant_mma.cu
+// and kv_decode_kvquant_stream.cu): the block shape,
 // the mma.sync wrapper, the exact codes -> fp16 pair conversion and the key tile's dot
 // products. Their design and error bound: the header comment of kv_decode_mma.cu. nvcc only.
 #pragma once

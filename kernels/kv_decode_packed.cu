@@ -817,8 +817,8 @@ size_t kv_decode_workspace(const PackedSide& k, const PackedDecodeArgs& a, int m
                            int sm_count) {
   if (k.kv_heads <= 0 || a.rows <= 0 || max_len <= 0) return 0;
   const Plan p = make_plan(k.kv_heads, a.rows, a.n_heads / k.kv_heads, max_len, sm_count);
-  // the tensor-core kernels' largest split count (kv_decode_mma.cu)
-  const int msplits = mma_decode::max_splits(k.kv_heads, a.rows, a.n_heads / k.kv_heads, max_len, sm_count);
+  // the tensor-core kernel's largest split count (kv_decode_mma.cu)
+  const int msplits = mma_decode::max_splits(max_len);
   return static_cast<size_t>(a.rows) * a.n_heads * std::max(p.splits, msplits) * (k.head_dim + 2) *
          sizeof(float);
 }
@@ -836,10 +836,10 @@ cudaError_t kv_decode_attention(Act act, const PackedSide& k, const PackedSide& 
   if (workspace_bytes < kv_decode_workspace(k, a, max_len, sm_count)) return cudaErrorInvalidValue;
   const Plan p = make_plan(k.kv_heads, a.rows, a.n_heads / k.kv_heads, max_len, sm_count);
   float* part_o = static_cast<float*>(workspace);
-  // Auto (variant 0) and variants 4-7: the tensor-core kernels where they apply (uniform
-  // per-token 2/4-bit codes, head_dim 128, fp16); their partials use their own split count.
-  if ((a.variant == 0 || a.variant >= 4) && mma_decode::fits(act, k, v, a)) {
-    const int msplits = mma_decode::max_splits(k.kv_heads, a.rows, a.n_heads / k.kv_heads, max_len, sm_count);
+  // Auto (variant 0) and 4 (force it): the tensor-core kernel where it applies (uniform
+  // per-token 2/4-bit codes or KIVI, head_dim 128, fp16); its partials use its own split count.
+  if ((a.variant == 0 || a.variant == 4) && mma_decode::fits(act, k, v, a)) {
+    const int msplits = mma_decode::max_splits(max_len);
     float* mml = part_o + static_cast<size_t>(a.rows) * a.n_heads * msplits * D;
     return mma_decode::run(act, k, v, a, max_len, sm_count, part_o, mml, stream);
   }

@@ -1,10 +1,10 @@
 // Version 4 of the tensor-core decode over packed KV caches (uniform per-token int2/int4, and
-// KIVI at G <= 2; head_dim 128, fp16 activations): the default build where mma_decode::fits()
-// holds (kv_decode_mma.cu's run() calls stream_run; KVQ_KV_DECODE=mma keeps version 3 there).
+// KIVI at G <= 2; head_dim 128, fp16 activations): the one build where mma_decode::fits()
+// holds (kv_decode_mma.cu's run() calls stream_run; version 3 was retired after dfabb0b).
 // Measured on the H100 (notes/s4/results-h31.md, notes/kv-cuda-perf.md "Version 4"): int4 MHA
 // at 87-98% of copy bandwidth from 32K at batch 8 and from 64K at batch 1, 3.2-3.8x the fp16
-// kernel; int2 issue-bound at 39-64%. The factorisation and error bound are version 3's
-// (kv_decode_mma.cu); what differs is below. Codes -> fp16 by default folded (FOLD:
+// kernel; int2 issue-bound at 39-64%. The factorisation and error bound: the header of
+// kv_decode_mma.cu; what differs is below. Codes -> fp16 by default folded (FOLD:
 // off + c in one LOP3, the offsets removed once; KVQ_KV_FOLD=0 for the exact conversion):
 // int2 MHA b8 2.5-4% faster, int4 unchanged (H100, notes/s4/results-h33.md). Session 5
 // (notes/s5/results-h41.md, H100 2026-11-23): unrolled staging, merged reductions, 384-token

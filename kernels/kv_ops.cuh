@@ -98,12 +98,11 @@ struct PackedDecodeArgs {
   float scale = 0.f;
   const double* inv_freq = nullptr;  // [head_dim/2]: keys are pre-RoPE (KVQuant), else null
   bool rope_interleaved = false;
-  // Kernel choice (benchmarks): 0 auto (the fast kernel where it applies, no prefetch),
-  // 1 the general kernel, 2 fast without prefetch (2 blocks/SM), 3 fast with prefetch,
-  // 4 the tensor-core kernel (kv_decode_mma.cu; auto also picks it where it applies),
-  // 5 the same with the 3-blocks-per-SM build of its one-n-tile case.
-  // 6 the same with the key loop's column constants hoisted, 7 the staged version 4
-  // (kv_decode_stream.cu; auto picks it where it applies).
+  // Kernel choice (benchmarks): 0 auto (the tensor-core kernel, kv_decode_mma.cu /
+  // kv_decode_stream.cu, where it applies, else the fast kernel without prefetch, else the
+  // general one), 1 the general kernel, 2 fast without prefetch (2 blocks/SM), 3 fast with
+  // prefetch, 4 the tensor-core kernel where it applies (as auto). Values 5-7 (version 3's
+  // builds) were retired after dfabb0b (notes/kv-cuda-perf.md, "Retired kernels").
   int variant = 0;
 };
 

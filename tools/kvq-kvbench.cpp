@@ -10,11 +10,13 @@
 // Caches come from make_packed_cache (lib/cuda/packed_more.h), so every codec with a GPU
 // packed cache can be benchmarked; a codec without one prints a "skipped" line on stderr
 // and the sweep goes on.
-// The environment variable KVQ_KV_DECODE=general|fast|fast-pf|mma|mma3|mma-hoist|mma-stream
+// The environment variable KVQ_KV_DECODE=general|fast|fast-pf|mma-stream|kvq-mma|kvq-stream
 // forces one decode kernel of PackedKvCache (lib/cuda/packed_cache.cpp; default: version 4 of
 // the tensor-core kernel, kernels/kv_decode_stream.cu, where it applies (uniform per-token
-// int2/int4 and KIVI at G <= 2, head_dim 128), else the fast kernel where it applies, else
-// the general one; mma = version 3); the header line on stderr names it, so tables of
+// int2/int4 and KIVI at G <= 2, head_dim 128; mma-stream = the same), KVQuant's tensor-core
+// kernel where it applies (kvq-stream: its one-pass build), else the fast kernel where it
+// applies, else the general one; the retired mma, mma3, mma-hoist and kvq-fast are errors,
+// notes/kv-cuda-perf.md "Retired kernels"); the header line on stderr names it, so tables of
 // different variants stay apart. The acceptance-4 table: scripts/bench/kv_bench.sh.
 // --ab NAME=v1,v2,... times every packed cache once per value of the environment variable
 // NAME (set before each timing, restored after), on the same cache contents in the same

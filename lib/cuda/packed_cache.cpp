@@ -84,24 +84,34 @@ std::string reason(const Codec& c) {
   return "method " + m + " has no GPU path yet (done: intB axis=token, kivi, kvquant, wkvquant)";
 }
 
-// KVQuant's own decode kernel (kernels/kv_decode_kvquant*.cu) where kvquant_decode::fits()
-// holds: the default (KVQ_KV_DECODE unset, empty, kvq-mma or kvq-fast); any other value (general, mma,
-// ...) keeps kv_decode_attention's choice, the general kernel for KVQuant, for A/B runs.
-// Read at every call (one getenv), so that a test can run both kernels in one process.
+// KVQuant's own decode kernels (kernels/kv_decode_kvquant_mma.cu, _stream.cu) where
+// kvquant_decode::fits() holds: the default (KVQ_KV_DECODE unset, empty, kvq-mma or kvq-stream);
+// any other value (general, mma-stream, ...) keeps kv_decode_attention's choice, the general
+// kernel for KVQuant, for A/B runs. Read at every call (one getenv), so that a test can run
+// several kernels in one process.
 bool kvquant_kernel_selected() {
   const char* e = std::getenv("KVQ_KV_DECODE");
-  return !e || !*e || std::strcmp(e, "kvq-fast") == 0 || std::strcmp(e, "kvq-mma") == 0 ||
-         std::strcmp(e, "kvq-stream") == 0;
+  return !e || !*e || std::strcmp(e, "kvq-mma") == 0 || std::strcmp(e, "kvq-stream") == 0;
+}
+// Values naming retired kernels are an error rather than a silent alias, so that an A/B run
+// written for them cannot report one kernel twice: KVQ_KV_DECODE=mma|mma3|mma-hoist (version 3
+// of the tensor-core decode, slower than version 4 in every measured cell,
+// notes/s4/results-h31.md) and kvq-fast (h42's CUDA-core KVQuant kernel, slower than kvq-mma in all 16 cells,
+// 1.11-1.49x, notes/s5/results-h45.md). Both were removed after dfabb0b (notes/kv-cuda-perf.md).
+void reject_retired_decode(const std::string& where) {
+  const char* e = std::getenv("KVQ_KV_DECODE");
+  if (!e) return;
+  const std::string v = e;
+  if (v == "mma" || v == "mma3" || v == "mma-hoist")
+    throw InvalidArgument(where, "KVQ_KV_DECODE=" + v + ": version 3 of the tensor-core decode was retired (last in dfabb0b)",
+                          "unset KVQ_KV_DECODE (or mma-stream) for version 4");
+  if (v == "kvq-fast")
+    throw InvalidArgument(where, "KVQ_KV_DECODE=kvq-fast: the CUDA-core KVQuant kernel was retired (last in dfabb0b)",
+                          "unset KVQ_KV_DECODE (or kvq-mma) for the tensor-core KVQuant kernel, kvq-stream for its one-pass build");
 }
 // Which build of KVQuant's kernel: the tensor-core one (kernels/kv_decode_kvquant_mma.cu) by
-// default and with KVQ_KV_DECODE=kvq-mma; kvq-fast keeps the CUDA-core one
-// (kv_decode_kvquant.cu). H100, 2026-11-23, one process (notes/s5/results-h45.md, run 2):
-// kvq-mma passed the [kvquant] cases and "kv packed: KVQuant*" and ran faster than kvq-fast
-// in every cell, 1.11-1.49x (llama2-7b b1 32K 4 bits 432.6 -> 323.4 us).
-bool kvquant_mma_selected() {
-  const char* e = std::getenv("KVQ_KV_DECODE");
-  return !e || !*e || std::strcmp(e, "kvq-mma") == 0;
-}
+// default and with kvq-mma (H100, 2026-11-23, notes/s5/results-h45.md run 2: faster than the
+// retired CUDA-core kernel in all 16 cells, 1.11-1.49x, llama2-7b b1 32K 4 bits 432.6 -> 323.4 us).
 // KVQ_KV_DECODE=kvq-stream: the one-pass online-softmax build (kernels/kv_decode_kvquant_stream.cu,
 // h47). H100, 2026-11-23 (2192aa0, notes/s5/results-h47.md): passed the [kvquant] cases and
 // "kv packed: KVQuant*"; faster than kvq-mma in 10 of 16 cells (GQA all, up to 1.22x; MHA b1 32K
@@ -369,17 +379,16 @@ void PackedKvCache::prepare(const std::vector<int>& slots) {
   a.rows = static_cast<int>(slots.size());
   a.n_heads = I.n_heads;
   const size_t ws = std::max(kern::kv_decode_workspace(I.k.d, a, std::max(1, I.max_len), I.sm_count),
-                             std::max(kern::kvquant_decode::workspace(I.k.d, a, std::max(1, I.max_len), I.sm_count),
-                                      std::max(kern::kvquant_decode::workspace_mma(I.k.d, a, std::max(1, I.max_len),
-                                                                                   I.sm_count),
-                                               kern::kvquant_decode::workspace_stream(
-                                                   I.k.d, a, std::max(1, I.max_len), I.sm_count))));
+                             std::max(kern::kvquant_decode::workspace_mma(I.k.d, a, std::max(1, I.max_len), I.sm_count),
+                                      kern::kvquant_decode::workspace_stream(I.k.d, a, std::max(1, I.max_len),
+                                                                             I.sm_count)));
   I.work.reserve(ws + 16, "decode workspace");
 }
 
 void PackedKvCache::decode(const void* q_dev, void* out_dev, bool bf16, void* stream) {
   Impl& I = *impl_;
   if (I.rows_slots.empty()) throw InvalidArgument(I.k.where, "decode before prepare()");
+  reject_retired_decode(I.k.where);
   for (int x : I.rows_slots)
     if (I.len[x] == 0) throw InvalidArgument(I.k.where, "decode over an empty slot " + std::to_string(x));
   kern::PackedDecodeArgs a;
@@ -396,24 +405,19 @@ void PackedKvCache::decode(const void* q_dev, void* out_dev, bool bf16, void* st
     if (kvquant_stream_selected())
       KVQ_CUDA_CHECK(kern::kvquant_decode::run_stream(I.k.d, I.v.d, a, I.max_len, I.sm_count, I.work.get(),
                                                       I.work.bytes(), static_cast<cudaStream_t>(stream)));
-    else if (kvquant_mma_selected())
+    else
       KVQ_CUDA_CHECK(kern::kvquant_decode::run_mma(I.k.d, I.v.d, a, I.max_len, I.sm_count, I.work.get(),
                                                    I.work.bytes(), static_cast<cudaStream_t>(stream)));
-    else
-      KVQ_CUDA_CHECK(kern::kvquant_decode::run(I.k.d, I.v.d, a, I.max_len, I.sm_count, I.work.get(),
-                                               I.work.bytes(), static_cast<cudaStream_t>(stream)));
     return;
   }
   // Benchmark knob (kvq-kvbench, notes/kv-cuda-perf.md; KVQuant: kvquant_kernel_selected above):
-  // KVQ_KV_DECODE=general|fast|fast-pf|mma|mma3|mma-hoist|mma-stream forces a decode kernel
-  // (mma* = builds of the tensor-core kernel: mma, mma3, mma-hoist = version 3, session 3's
-  // default; mma-stream = the staged version 4); unset = version 4 where it applies, else
-  // the fast kernel (no prefetch) where it applies, else the general one.
+  // KVQ_KV_DECODE=general|fast|fast-pf|mma-stream forces a decode kernel (mma-stream = the
+  // tensor-core kernel, version 4, where it applies: the same as unset); unset = version 4
+  // where it applies, else the fast kernel (no prefetch) where it applies, else the general one.
   static const int variant = [] {
     const char* e = std::getenv("KVQ_KV_DECODE");
     const std::string v = e ? e : "";
-    return v == "general" ? 1 : v == "fast" ? 2 : v == "fast-pf" ? 3 : v == "mma" ? 4 : v == "mma3" ? 5 : v == "mma-hoist" ? 6
-         : v == "mma-stream" ? 7 : 0;
+    return v == "general" ? 1 : v == "fast" ? 2 : v == "fast-pf" ? 3 : v == "mma-stream" ? 4 : 0;
   }();
   a.variant = variant;
   KVQ_CUDA_CHECK(kern::kv_decode_attention(bf16 ? kern::Act::kBF16 : kern::Act::kF16, I.k.d, I.v.d,

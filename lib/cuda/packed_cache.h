@@ -7,7 +7,7 @@
 //   uniform per-token int2/int4 and KIVI at head_dim 128: the staged tensor-core kernel
 //     (kernels/kv_decode_stream.cu, "version 4");
 //   KVQuant at 2/4 bits, head_dim 128, rotate-half RoPE, fp16: its own tensor-core kernel
-//     (kernels/kv_decode_kvquant_mma.cu; the CUDA-core kernels/kv_decode_kvquant.cu for A/B);
+//     (kernels/kv_decode_kvquant_mma.cu; the one-pass kv_decode_kvquant_stream.cu opt-in);
 //   everything else: the CUDA-core fast or general kernels (kernels/kv_decode_packed.cu).
 //
 // Codecs with a GPU path (others throw UnsupportedError naming the codec):
@@ -67,8 +67,8 @@ class PackedKvCache {
   void prepare(const std::vector<int>& slots);
   // q: [rows, n_heads, head_dim] fp16 (bf16 when `bf16`), device; out: same shape.
   void decode(const void* q_dev, void* out_dev, bool bf16 = false, void* stream = nullptr);
-  // Whether decode() of the prepared rows runs KVQuant's own kernel
-  // (kernels/kv_decode_kvquant.cu) rather than kv_decode_attention's choice.
+  // Whether decode() of the prepared rows runs KVQuant's own kernels (where
+  // kernels/kv_decode_kvquant.cu's fits() holds) rather than kv_decode_attention's choice.
   bool decode_uses_kvquant_kernel(bool bf16 = false) const;
   // Bytes the prepared decode reads from the cache (codes, scales/zeros, channel
   // metadata, full-precision parts, outlier offsets and records; LUTs and per-channel

@@ -1,6 +1,6 @@
-// KVQuant's own decode kernels, the CUDA-core build (kernels/kv_decode_kvquant.cu, cases set
-// KVQ_KV_DECODE=kvq-fast) and the tensor-core build (kernels/kv_decode_kvquant_mma.cu, the
-// default of lib/cuda/packed_cache.cpp where it fits; cases set kvq-mma), against
+// KVQuant's own decode kernels, the tensor-core build (kernels/kv_decode_kvquant_mma.cu, the
+// default of lib/cuda/packed_cache.cpp where it fits; cases set kvq-mma) and its one-pass
+// build (kernels/kv_decode_kvquant_stream.cu, cases set kvq-stream), against
 // attention in fp64 over the CPU codec's dequantized (simulated) cache, RoPE applied in fp64
 // to the pre-RoPE keys. From a printed
 // seed (KVQ_TEST_SEED replays): random rows N(0, 1) with an outlier channel (x8), every third
@@ -12,7 +12,8 @@
 // re-anchors) ; outputs poisoned with NaN bits first.
 //
 // Tolerance of one output element (the derivation of kv_packed_test.cpp's attention_tolerance,
-// which holds for this kernel step by step):
+// written for h42's CUDA-core kernel, retired after dfabb0b; the tensor-core builds keep its
+// fp32 steps, so it is their base, and add the fp16 terms below):
 //  - K', V' are the CPU's fp32 values bit for bit (same stored codes, LUT, (half, mid) and
 //    the same fma(fma(lut, half, mid), qa, qb); sinks and outliers from the same fp16 bits).
 //  - score = scale * q . R_t k: 16 sequential fmas per lane, then a tree over the token's 8
@@ -22,7 +23,7 @@
 //    2^-17 sum |q_i| (|k_i| + |k_partner(i)|) more.
 //  - softmax weights: 2 max|err s| + (L + 64) 2^-24; o = sum p v: (2 delta + (L + 64) 2^-23)
 //    max|v|; the fp16 output rounding 2^-11 |o|.
-// The tensor-core build (KVQ_KV_DECODE=kvq-mma, kernels/kv_decode_kvquant_mma.cu) adds:
+// The tensor-core builds (KVQ_KV_DECODE=kvq-mma or kvq-stream) add:
 //  - scores: the query rotated by R(j0)^T and each key pair by R(u) in fp32, both rounded to
 //    fp16 (2^-11 relative each), products exact, fp32 accumulation; per rotate-half pair
 //    |q'_i k'_i| + |q'_p k'_p| <= |q_pair| |k_pair| <= (|q_i| + |q_p|)(|k_i| + |k_p|) (rotations
@@ -44,6 +45,7 @@
 #include <vector>
 
 #include "formats/dtype.h"
+#include "formats/error.h"
 #include "lib/codecs/codec.h"
 #include "lib/cuda/packed_cache.h"
 #include "lib/rope.h"
@@ -104,16 +106,15 @@ struct Case {
 };
 
 // Returns the worst error / tolerance over every output element. kernel: the
-// KVQ_KV_DECODE value, "kvq-fast" (CUDA-core kernel) or "kvq-mma" (tensor-core build, whose
-// bound adds the fp16 terms derived in the header comment).
-double run_case(const Case& c, uint64_t seed, const char* kernel = "kvq-fast") {
+// KVQ_KV_DECODE value, "kvq-mma" or "kvq-stream" (the bound adds the fp16 terms derived in
+// the header comment for both).
+double run_case(const Case& c, uint64_t seed, const char* kernel) {
   EnvGuard env(kernel);
   // kvq-stream (kernels/kv_decode_kvquant_stream.cu) does the mma build's per-element arithmetic
   // in one pass per stage with an online softmax: its p = exp(s - running max) is rounded to
   // fp16 as the mma build's (2^-11 relative, values no smaller), the accumulator rescales add
   // one fp32 rounding per stage (<= 2^-24 x stages, ~2^-15 over the 20000-token slot's 313
   // stages, below the 2^-9 terms): the same bound.
-  const bool mma = std::string(kernel) == "kvq-mma" || std::string(kernel) == "kvq-stream";
   std::mt19937_64 rng(seed);
   const codecs::KvShape ks{c.H, kHd, c.n_heads};
   auto kc = codecs::make_codec(codecs::parse_codec_spec(c.spec), KvSide::kKey, 0, ks, c.kg);
@@ -220,7 +221,7 @@ double run_case(const Case& c, uint64_t seed, const char* kernel = "kvq-fast") {
         sc[t] = dot * scale;
         m = std::max(m, sc[t]);
         delta = std::max(delta, scale * (A * kHd * std::ldexp(1.0, -24) + Ar * std::ldexp(1.0, -17) +
-                                         (mma ? B * std::ldexp(1.0, -9) : 0.0)));
+                                         B * std::ldexp(1.0, -9)));
       }
       double l = 0;
       for (int t = 0; t < L; ++t) l += sc[t] = std::exp(sc[t] - m);
@@ -236,7 +237,7 @@ double run_case(const Case& c, uint64_t seed, const char* kernel = "kvq-fast") {
         REQUIRE(std::isfinite(got));
         const double tol = std::ldexp(1.0, -11) * std::fabs(o) +
                            (2 * delta + (L + 64) * std::ldexp(1.0, -23)) * vmax +
-                           (mma ? std::ldexp(1.0, -9) * vmax_all : 0.0) + 1e-7;
+                           std::ldexp(1.0, -9) * vmax_all + 1e-7;
         const double err = std::fabs(got - o);
         if (err > tol) {
           INFO(kernel << ": row " << r << " head " << qi << " dim " << d << ": got " << got << ", ref " << o << ", tol "
@@ -250,7 +251,7 @@ double run_case(const Case& c, uint64_t seed, const char* kernel = "kvq-fast") {
   return worst;
 }
 
-void report(const Case& c, uint64_t seed, double worst, const char* kernel = "kvq-fast") {
+void report(const Case& c, uint64_t seed, double worst, const char* kernel) {
   std::printf("kvquant kernel (%s) %s, kv_heads %d, heads %d: decode max err %.2f of tolerance, seed %llu\n",
               kernel, c.spec.c_str(), c.H, c.n_heads, worst, static_cast<unsigned long long>(seed));
 }
@@ -323,17 +324,10 @@ void long_cases(const char* kernel) {
 
 }  // namespace
 
-TEST_CASE("kv kvquant kernel: 4/2 bits, outliers, sinks, MHA and GQA == simulated", "[gpu][kv][kvquant]") {
-  basic_cases("kvq-fast");
-}
-TEST_CASE("kv kvquant kernel: calibrated LUT, key ranges and Q-Norm == simulated", "[gpu][kv][kvquant]") {
-  calibrated_cases("kvq-fast");
-}
-TEST_CASE("kv kvquant kernel: long slot (chunks past one RoPE re-anchoring) == simulated", "[gpu][kv][kvquant]") {
-  long_cases("kvq-fast");
-}
-// The tensor-core build (kernels/kv_decode_kvquant_mma.cu, the default) on the same cases, with the fp16
-// terms of its bound (run_case): 64-token RoPE stages, so the long slot crosses ~30 stage
+// h42's CUDA-core kernel (KVQ_KV_DECODE=kvq-fast) had its own three cases here, retired with it
+// after dfabb0b.
+// The tensor-core build (kernels/kv_decode_kvquant_mma.cu, the default) with the fp16 terms of
+// its bound (run_case): 64-token RoPE stages, so the long slot crosses ~30 stage
 // anchors per chunk.
 TEST_CASE("kv kvquant mma kernel: 4/2 bits, outliers, sinks, MHA and GQA == simulated", "[gpu][kv][kvquant]") {
   basic_cases("kvq-mma");
@@ -372,7 +366,7 @@ TEST_CASE("kv kvquant kernel: the default where it fits; 3 bits, bf16, KVQ_KV_DE
     cuda::PackedKvCache gpu(*kc, *vc, 1, 8, 4, inv_freq);
     gpu.append_host(0, x.data(), x.data(), 5, 2 * kHd);
     gpu.prepare({0});
-    for (const char* value : {"kvq-fast", "kvq-mma", "kvq-stream", static_cast<const char*>(nullptr)}) {
+    for (const char* value : {"kvq-mma", "kvq-stream", "", static_cast<const char*>(nullptr)}) {
       EnvGuard env(value);
       CHECK(gpu.decode_uses_kvquant_kernel() == (spec == "kvquant:bits=4"));
       CHECK_FALSE(gpu.decode_uses_kvquant_kernel(true));
@@ -380,4 +374,50 @@ TEST_CASE("kv kvquant kernel: the default where it fits; 3 bits, bf16, KVQ_KV_DE
     EnvGuard env("general");
     CHECK_FALSE(gpu.decode_uses_kvquant_kernel());
   }
+}
+
+// The retired kernels' KVQ_KV_DECODE values (kvq-fast: h42's CUDA-core KVQuant kernel; mma,
+// mma3, mma-hoist: version 3 of the tensor-core decode, kernels/kv_decode_mma.cu until dfabb0b)
+// are a typed error from decode(), checked before any launch, for KVQuant and for int4 alike;
+// the kept values decode.
+TEST_CASE("kv kvquant kernel: retired KVQ_KV_DECODE values are an InvalidArgument", "[gpu][kv][kvquant]") {
+  const codecs::KvShape ks{2, kHd, 4};
+  RopeConfig rc;
+  rc.theta = 10000.0;
+  const std::vector<double> inv_freq = rope_inv_freq(rc, kHd);
+  std::vector<float> x(static_cast<size_t>(5) * 2 * kHd, 0.5f);
+  void* dq = nullptr;
+  void* dout = nullptr;
+  REQUIRE(cudaMalloc(&dq, 4 * kHd * 2) == cudaSuccess);
+  REQUIRE(cudaMalloc(&dout, 4 * kHd * 2) == cudaSuccess);
+  REQUIRE(cudaMemset(dq, 0, 4 * kHd * 2) == cudaSuccess);
+  for (const std::string spec : {"kvquant:bits=4", "int4"}) {
+    auto kc = codecs::make_codec(codecs::parse_codec_spec(spec), KvSide::kKey, 0, ks);
+    auto vc = codecs::make_codec(codecs::parse_codec_spec(spec), KvSide::kValue, 0, ks);
+    std::vector<double> no_freq;
+    cuda::PackedKvCache gpu(*kc, *vc, 1, 8, 4, spec == "int4" ? no_freq : inv_freq);
+    gpu.append_host(0, x.data(), x.data(), 5, 2 * kHd);
+    gpu.prepare({0});
+    for (const char* value : {"kvq-fast", "mma", "mma3", "mma-hoist"}) {
+      EnvGuard env(value);
+      INFO(spec << ", KVQ_KV_DECODE=" << value);
+      bool threw = false;
+      try {
+        gpu.decode(dq, dout);
+      } catch (const InvalidArgument& e) {
+        threw = true;
+        CHECK_THAT(std::string(e.what()), kvq_test::HasSubstr("retired"));
+        CHECK_THAT(std::string(e.what()), kvq_test::HasSubstr(value));
+      }
+      CHECK(threw);
+    }
+    for (const char* value : {"kvq-mma", "mma-stream", static_cast<const char*>(nullptr)}) {
+      EnvGuard env(value);
+      INFO(spec << ", KVQ_KV_DECODE=" << (value ? value : "(unset)"));
+      CHECK_NOTHROW(gpu.decode(dq, dout));
+    }
+    REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+  }
+  cudaFree(dq);
+  cudaFree(dout);
 }
