@@ -49,6 +49,8 @@
 #include <cstdlib>
 
 #include "kernels/common.cuh"
+#include "kernels/decode_chunk.cuh"
+#include "kernels/kv_decode_kvquant_common.cuh"
 #include "kernels/kv_decode_mma_common.cuh"
 
 namespace kvq::kern::kvquant_decode {
@@ -57,17 +59,9 @@ namespace {
 using mma_decode::mma16816;
 using mma_decode::pack_h2;
 
-constexpr int kT = 256;  // threads per block (8 warps; 2 blocks per SM)
-constexpr int kW = kT / 32;
-constexpr int kD = 128;  // head_dim served
-constexpr int kS = 64;   // stage: tokens sharing one query rotation
-constexpr int kUS = 68;  // row stride (float2) of the (cos, sin)(u f) table: 68 = 4 mod 16
-
 struct Plan {
   int chunk = 0, splits = 0;
 };
-
-int gm_of(int G) { return G == 1 ? 1 : G == 2 ? 2 : G <= 4 ? 4 : 8; }
 
 // Splits minimising waves x (rounds + 1): a block's time is ~ the rounds of stages its busiest
 // warp runs, plus setup/merge (~1 round); ties keep fewer splits (less combine work).
@@ -100,27 +94,6 @@ size_t smem_bytes(int gm) {
          (static_cast<size_t>(gm) * kD + 64 * 4 + 32 + kW * gm * 2 + kW * warp_floats(gm)) * 4;
 }
 
-__device__ __forceinline__ float h2f(uint16_t h) { return __half2float(__ushort_as_half(h)); }
-
-// cos/sin of angle j * f, the angle reduced in double (as kv_decode_kvquant_mma.cu).
-__device__ __forceinline__ void anchor(double f, int64_t j, float& c, float& s) {
-  const double two_pi = 6.283185307179586476925286766559;
-  const double t = static_cast<double>(j) * f;
-  const double r = t - rint(t / two_pi) * two_pi;
-  sincosf(static_cast<float>(r), &s, &c);
-}
-
-// Slot of rotate-half pair i (0..63): i = 16 t4 + 2 kt + e -> (2 kt + e) * 4 + t4.
-__device__ __forceinline__ int pair_slot(int i) { return (i & 15) * 4 + (i >> 4); }
-
-template <int BITS>
-__device__ __forceinline__ uint32_t code16(const uint32_t (&w)[2], int q) {
-  if constexpr (BITS == 4)
-    return (w[q >> 3] >> (4 * (q & 7))) & 15u;
-  else
-    return (w[0] >> (2 * q)) & 3u;
-}
-
 template <int BITS, int GM, bool QN>
 __global__ void __launch_bounds__(kT, 2)
 kvquant_stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, int splits, float* part_o,
@@ -146,11 +119,7 @@ kvquant_stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk,
   const int end = min(len, begin + chunk);
   const int64_t head0 = static_cast<int64_t>(r) * a.n_heads + kvh * G;
   if (begin >= end) {
-    for (int i = threadIdx.x; i < G * kD; i += kT) part_o[((head0 + i / kD) * splits + s) * kD + i % kD] = 0.f;
-    if (threadIdx.x < G) {
-      part_ml[((head0 + threadIdx.x) * splits + s) * 2] = -INFINITY;
-      part_ml[((head0 + threadIdx.x) * splits + s) * 2 + 1] = 0.f;
-    }
+    store_empty_split<kT>(G, kD, head0, splits, s, part_o, part_ml);
     return;
   }
   const int cnt = end - begin;
@@ -160,33 +129,9 @@ kvquant_stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk,
   const int64_t cb = static_cast<int64_t>(slot) * K.range_stride + kvh * kD;
 
   // ---- Setup (block): LUTs, query, key (half, mid), (cos, sin)(u f) table, corrections 0 ----
-  if (threadIdx.x < (1 << BITS)) {
-    klut[threadIdx.x] = K.lut[threadIdx.x];
-    vlut[threadIdx.x] = V.lut[threadIdx.x];
-  }
-  const __half* q = static_cast<const __half*>(a.q) + head0 * kD;
-  for (int i = threadIdx.x; i < GM * kD; i += kT) qs[i] = i < G * kD ? __half2float(q[i]) : 0.f;
+  setup_luts_query<BITS, GM>(K, V, a, head0, G, klut, vlut, qs);
   for (int i = lane; i < GM * kD; i += 32) corr[i] = 0.f;
-  if (threadIdx.x < 64) {
-    const int i = threadIdx.x;
-    khm[pair_slot(i)] = make_float4(K.khalf[cb + i], K.khalf[cb + 64 + i], K.kmid[cb + i], K.kmid[cb + 64 + i]);
-  }
-  {
-    // (cos, sin)(u f_i): one anchor per 16 u, then 15 angle-addition steps (~2^-19, as h45's).
-    const int i = threadIdx.x & 63, qq = threadIdx.x >> 6;
-    const double f = a.inv_freq[i];
-    float c, sn, dc, ds;
-    anchor(f, 16 * qq, c, sn);
-    anchor(f, 1, dc, ds);
-    const int col = pair_slot(i);
-#pragma unroll 1
-    for (int u = 16 * qq; u < 16 * qq + 16; ++u) {
-      ut[u * kUS + col] = make_float2(c, sn);
-      const float c2 = fmaf(c, dc, -sn * ds);
-      sn = fmaf(sn, dc, c * ds);
-      c = c2;
-    }
-  }
+  setup_key_tables(K, a, cb, khm, ut);
   __syncthreads();
 
   const uint32_t* kcodes = K.codes + sh * K.max_tokens * K.wpr;
@@ -219,23 +164,7 @@ kvquant_stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk,
     // Key codes of n-tile nt (8 tokens); tiles 0..3 issued now, tile nt + 4 at the start of
     // tile nt's math (all eight at once next to the live P V accumulators spilled, ptxas sm_90).
     uint32_t kw[8][4];
-    auto load_k = [&](int nt) {
-      const int j = min(j0 + nt * 8 + gid, end - 1);
-      if constexpr (BITS == 4) {
-        const uint2* row = reinterpret_cast<const uint2*>(kcodes + static_cast<int64_t>(j) * 16);
-        const uint2 lo = __ldg(row + t4), hi = __ldg(row + 4 + t4);
-        kw[nt][0] = lo.x;
-        kw[nt][1] = lo.y;
-        kw[nt][2] = hi.x;
-        kw[nt][3] = hi.y;
-      } else {
-        const uint32_t* row = kcodes + static_cast<int64_t>(j) * 8;
-        kw[nt][0] = __ldg(row + t4);
-        kw[nt][1] = 0;
-        kw[nt][2] = __ldg(row + 4 + t4);
-        kw[nt][3] = 0;
-      }
-    };
+    auto load_k = [&](int nt) { load_key_codes<BITS>(kcodes, min(j0 + nt * 8 + gid, end - 1), t4, kw[nt]); };
 #pragma unroll
     for (int nt = 0; nt < 4; ++nt) load_k(nt);
     uint32_t ko[2][2] = {{0, 0}, {0, 0}}, vo[2][2] = {{0, 0}, {0, 0}};
@@ -264,43 +193,12 @@ kvquant_stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk,
     __syncwarp();
     // ---- 2. dense scores on the tensor cores ----
     uint32_t qa0[8], qa2[8];
-#pragma unroll
-    for (int kt = 0; kt < 8; ++kt)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int i = 16 * t4 + 2 * kt + e;
-        const float2 cs = anc[(2 * kt + e) * 4 + t4];
-        const float qi = qh[i], qp = qh[i + 64];
-        const uint32_t v = hv ? pack_h2(fmaf(qi, cs.x, qp * cs.y), fmaf(qp, cs.x, -qi * cs.y)) : 0u;
-        if (e == 0)
-          qa0[kt] = v;
-        else
-          qa2[kt] = v;
-      }
+    rotate_query(qh, hv, t4, [&](int kt, int e) { return anc[(2 * kt + e) * 4 + t4]; }, qa0, qa2);
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt) {
       if (nt < 4) load_k(nt + 4);
-      const uint32_t wl[2] = {kw[nt][0], kw[nt][1]}, wh[2] = {kw[nt][2], kw[nt][3]};
-      const float2* urow = ut + (nt * 8 + gid) * kUS + t4;
       float d[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-      for (int kt = 0; kt < 8; ++kt) {
-        uint32_t b[2];
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int qpos = 2 * kt + e;
-          const float4 hm = khm[qpos * 4 + t4];
-          float ki = fmaf(klut[code16<BITS>(wl, qpos)], hm.x, hm.z);
-          float kp = fmaf(klut[code16<BITS>(wh, qpos)], hm.y, hm.w);
-          if constexpr (QN) {
-            ki = fmaf(ki, K.qa, K.qb);
-            kp = fmaf(kp, K.qa, K.qb);
-          }
-          const float2 cs = urow[qpos * 4];
-          b[e] = pack_h2(fmaf(ki, cs.x, -kp * cs.y), fmaf(kp, cs.x, ki * cs.y));
-        }
-        mma16816(d, qa0[kt], 0u, qa2[kt], 0u, b[0], b[1]);
-      }
+      key_tile<BITS, QN>(kw[nt], ut + (nt * 8 + gid) * kUS + t4, khm, klut, K.qa, K.qb, t4, qa0, qa2, d);
       const int tok = nt * 8 + 2 * t4;
       if (hv) {
         sc[tok * GM + gid] = t0 + tok < cnt ? d[0] * a.scale : -INFINITY;

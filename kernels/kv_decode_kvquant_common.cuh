@@ -1,0 +1,161 @@
+// Device pieces shared by KVQuant's two tensor-core decode builds, the three-pass one
+// (kv_decode_kvquant_mma.cu, the default) and the one-pass online-softmax one
+// (kv_decode_kvquant_stream.cu, opt-in): the block shape, the slot order of rotate-half
+// pairs, the per-block setup (LUTs, query, per-channel key (half, mid), the (cos, sin)(u f)
+// table), a stage's key-code loads, the query rotated by R(j0)^T into A fragments and the
+// dense key tile on mma. The fragment layouts and the error terms are in the header comment
+// of kv_decode_kvquant_mma.cu. nvcc only.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "kernels/common.cuh"
+#include "kernels/kv_decode_mma_common.cuh"
+#include "kernels/kv_ops.cuh"
+
+namespace kvq::kern::kvquant_decode {
+
+constexpr int kT = 256;  // threads per block (8 warps; 2 blocks per SM)
+constexpr int kW = kT / 32;
+constexpr int kD = 128;  // head_dim served
+constexpr int kS = 64;   // RoPE stage: tokens sharing one query rotation
+constexpr int kUS = 68;  // row stride (float2) of the (cos, sin)(u f) table: 68 = 4 mod 16
+
+// Query heads per kv head rounded up to the template's head count.
+inline int gm_of(int G) { return G == 1 ? 1 : G == 2 ? 2 : G <= 4 ? 4 : 8; }
+
+__device__ __forceinline__ float h2f(uint16_t h) { return __half2float(__ushort_as_half(h)); }
+
+// cos/sin of angle j * f, the angle reduced in double (as the general kernel's RoPE).
+__device__ __forceinline__ void anchor(double f, int64_t j, float& c, float& s) {
+  const double two_pi = 6.283185307179586476925286766559;
+  const double t = static_cast<double>(j) * f;
+  const double r = t - rint(t / two_pi) * two_pi;
+  sincosf(static_cast<float>(r), &s, &c);
+}
+
+// Slot index of rotate-half pair i (0..63) in the lane order: i = 16 t4 + 2 kt + e ->
+// (2 kt + e) * 4 + t4, so that the 4 lanes t4 of a fragment read consecutive entries.
+__device__ __forceinline__ int pair_slot(int i) { return (i & 15) * 4 + (i >> 4); }
+
+// The 4-bit or 2-bit code at position q (0..15) of a lane's 16 codes held in w[0..1] (4 bits:
+// two words of 8 codes; 2 bits: w[0] alone).
+template <int BITS>
+__device__ __forceinline__ uint32_t code16(const uint32_t (&w)[2], int q) {
+  if constexpr (BITS == 4)
+    return (w[q >> 3] >> (4 * (q & 7))) & 15u;
+  else
+    return (w[0] >> (2 * q)) & 3u;
+}
+
+// Block setup before the first barrier, in two parts so that a kernel can zero its own
+// buffers in between (the order ptxas allocated best for, sm_90: with one function the
+// one-pass build spilled up to 78 bytes more in three instantiations).
+// Part 1: the two LUTs and the G query heads as fp32 (zero up to GM).
+template <int BITS, int GM>
+__device__ __forceinline__ void setup_luts_query(const PackedSide& K, const PackedSide& V,
+                                                 const PackedDecodeArgs& a, int64_t head0, int G, float* klut,
+                                                 float* vlut, float* qs) {
+  if (threadIdx.x < (1 << BITS)) {
+    klut[threadIdx.x] = K.lut[threadIdx.x];
+    vlut[threadIdx.x] = V.lut[threadIdx.x];
+  }
+  const __half* q = static_cast<const __half*>(a.q) + head0 * kD;
+  for (int i = threadIdx.x; i < GM * kD; i += kT) qs[i] = i < G * kD ? __half2float(q[i]) : 0.f;
+}
+
+// Part 2: the channels' (half, mid) by pair slot (cb: the (slot, kv head) offset of the key
+// ranges), and (cos, sin)(u f_i) for u < kS, i < 64: one anchor per 16 u, then the
+// angle-addition recurrence (15 steps, 4 fp32 roundings each: ~2^-19, far below the fp16
+// rounding).
+__device__ __forceinline__ void setup_key_tables(const PackedSide& K, const PackedDecodeArgs& a, int64_t cb,
+                                                 float4* khm, float2* ut) {
+  if (threadIdx.x < 64) {
+    const int i = threadIdx.x;
+    khm[pair_slot(i)] = make_float4(K.khalf[cb + i], K.khalf[cb + 64 + i], K.kmid[cb + i], K.kmid[cb + 64 + i]);
+  }
+  const int i = threadIdx.x & 63, qq = threadIdx.x >> 6;
+  const double f = a.inv_freq[i];
+  float c, sn, dc, ds;
+  anchor(f, 16 * qq, c, sn);
+  anchor(f, 1, dc, ds);
+  const int col = pair_slot(i);
+#pragma unroll 1
+  for (int u = 16 * qq; u < 16 * qq + 16; ++u) {
+    ut[u * kUS + col] = make_float2(c, sn);
+    const float c2 = fmaf(c, dc, -sn * ds);
+    sn = fmaf(sn, dc, c * ds);
+    c = c2;
+  }
+}
+
+// The lane's 32 key codes of token j (channels i and i + 64 of its pairs): kw[0..1] the low
+// half's words, kw[2..3] the high half's (2 bits: one word each, the second zero).
+template <int BITS>
+__device__ __forceinline__ void load_key_codes(const uint32_t* kcodes, int j, int t4, uint32_t (&kw)[4]) {
+  if constexpr (BITS == 4) {
+    const uint2* row = reinterpret_cast<const uint2*>(kcodes + static_cast<int64_t>(j) * 16);
+    const uint2 lo = __ldg(row + t4), hi = __ldg(row + 4 + t4);
+    kw[0] = lo.x;
+    kw[1] = lo.y;
+    kw[2] = hi.x;
+    kw[3] = hi.y;
+  } else {
+    const uint32_t* row = kcodes + static_cast<int64_t>(j) * 8;
+    kw[0] = __ldg(row + t4);
+    kw[1] = 0;
+    kw[2] = __ldg(row + 4 + t4);
+    kw[3] = 0;
+  }
+}
+
+// The query of head gid (qh, fp32) rotated by R(j0)^T into fp16 A fragments (rows >= G zero,
+// hv = gid < G); cs(kt, e) is the stage anchor (cos, sin)(j0 f_i) of pair i = 16 t4 + 2 kt + e.
+template <typename CosSin>
+__device__ __forceinline__ void rotate_query(const float* qh, bool hv, int t4, CosSin cs, uint32_t (&qa0)[8],
+                                             uint32_t (&qa2)[8]) {
+#pragma unroll
+  for (int kt = 0; kt < 8; ++kt)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int i = 16 * t4 + 2 * kt + e;
+      const float2 c = cs(kt, e);
+      const float qi = qh[i], qp = qh[i + 64];
+      const uint32_t v = hv ? mma_decode::pack_h2(fmaf(qi, c.x, qp * c.y), fmaf(qp, c.x, -qi * c.y)) : 0u;
+      if (e == 0)
+        qa0[kt] = v;
+      else
+        qa2[kt] = v;
+    }
+}
+
+// One n-tile of 8 tokens: the dense key value fma(lut[c], half, mid) (+ Q-Norm) of each pair,
+// rotated by R(u) from the table row urow (u = the lane's token within the stage), rounded to
+// fp16 B fragments, dotted with the rotated query: acc[0..1] = scores of tokens 2 t4, 2 t4 + 1.
+template <int BITS, bool QN>
+__device__ __forceinline__ void key_tile(const uint32_t (&kw)[4], const float2* urow, const float4* khm,
+                                         const float* klut, float qa, float qb, int t4, const uint32_t (&qa0)[8],
+                                         const uint32_t (&qa2)[8], float (&acc)[4]) {
+  const uint32_t wl[2] = {kw[0], kw[1]}, wh[2] = {kw[2], kw[3]};
+#pragma unroll
+  for (int kt = 0; kt < 8; ++kt) {
+    uint32_t b[2];
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int qpos = 2 * kt + e;
+      const float4 hm = khm[qpos * 4 + t4];
+      float ki = fmaf(klut[code16<BITS>(wl, qpos)], hm.x, hm.z);
+      float kp = fmaf(klut[code16<BITS>(wh, qpos)], hm.y, hm.w);
+      if constexpr (QN) {
+        ki = fmaf(ki, qa, qb);
+        kp = fmaf(kp, qa, qb);
+      }
+      const float2 cs = urow[qpos * 4];
+      b[e] = mma_decode::pack_h2(fmaf(ki, cs.x, -kp * cs.y), fmaf(kp, cs.x, ki * cs.y));
+    }
+    mma_decode::mma16816(acc, qa0[kt], 0u, qa2[kt], 0u, b[0], b[1]);
+  }
+}
+
+}  // namespace kvq::kern::kvquant_decode
