@@ -50,50 +50,17 @@
 #include "lib/cuda/packed_cache.h"
 #include "lib/rope.h"
 #include "tests/catch.h"
+#include "tests/gpu/kv_test_support.h"
 #include "tests/support/test_support.h"
 
 namespace {
 
 using namespace kvq;
+using kvq_test::EnvGuard;
+using kvq_test::make_rows;
 using codecs::KvSide;
 
 constexpr int kHd = 128;
-
-// Sets KVQ_KV_DECODE for the scope of one case and restores what was there.
-struct EnvGuard {
-  std::string old;
-  bool had = false;
-  explicit EnvGuard(const char* value) {  // null: unset
-    if (const char* e = std::getenv("KVQ_KV_DECODE")) {
-      had = true;
-      old = e;
-    }
-    if (value)
-      setenv("KVQ_KV_DECODE", value, 1);
-    else
-      unsetenv("KVQ_KV_DECODE");
-  }
-  ~EnvGuard() {
-    if (had)
-      setenv("KVQ_KV_DECODE", old.c_str(), 1);
-    else
-      unsetenv("KVQ_KV_DECODE");
-  }
-};
-
-std::vector<float> make_rows(std::mt19937_64& rng, int T, int dim, bool outlier_channel) {
-  std::normal_distribution<float> nd(0.f, 1.f);
-  std::vector<float> x(static_cast<size_t>(T) * dim);
-  for (int t = 0; t < T; ++t)
-    for (int c = 0; c < dim; ++c) {
-      float v = nd(rng);
-      if (outlier_channel && c % kHd == 5) v *= 8.f;
-      if (t % 3 == 1) v = std::nearbyint(v * 8.f) / 8.f;
-      if (t == 2) v = 0.75f;
-      x[static_cast<size_t>(t) * dim + c] = v;
-    }
-  return x;
-}
 
 struct Case {
   std::string spec;
@@ -109,7 +76,7 @@ struct Case {
 // KVQ_KV_DECODE value, "kvq-mma" or "kvq-stream" (the bound adds the fp16 terms derived in
 // the header comment for both).
 double run_case(const Case& c, uint64_t seed, const char* kernel) {
-  EnvGuard env(kernel);
+  EnvGuard env("KVQ_KV_DECODE", kernel);
   // kvq-stream (kernels/kv_decode_kvquant_stream.cu) does the mma build's per-element arithmetic
   // in one pass per stage with an online softmax: its p = exp(s - running max) is rounded to
   // fp16 as the mma build's (2^-11 relative, values no smaller), the accumulator rescales add
@@ -135,8 +102,8 @@ double run_case(const Case& c, uint64_t seed, const char* kernel) {
   for (int slot = 0; slot < 3; ++slot) {
     int T = 0;
     for (int n : c.pieces[slot]) T += n;
-    K[slot] = make_rows(rng, T, dim, c.outlier_channel);
-    V[slot] = make_rows(rng, T, dim, c.outlier_channel && slot != 1);
+    K[slot] = make_rows(rng, T, dim, kHd, c.outlier_channel);
+    V[slot] = make_rows(rng, T, dim, kHd, c.outlier_channel && slot != 1);
     ck[slot] = kc->make_cache();
     cv[slot] = vc->make_cache();
     int pos = 0;
@@ -367,11 +334,11 @@ TEST_CASE("kv kvquant kernel: the default where it fits; 3 bits, bf16, KVQ_KV_DE
     gpu.append_host(0, x.data(), x.data(), 5, 2 * kHd);
     gpu.prepare({0});
     for (const char* value : {"kvq-mma", "kvq-stream", "", static_cast<const char*>(nullptr)}) {
-      EnvGuard env(value);
+      EnvGuard env("KVQ_KV_DECODE", value);
       CHECK(gpu.decode_uses_kvquant_kernel() == (spec == "kvquant:bits=4"));
       CHECK_FALSE(gpu.decode_uses_kvquant_kernel(true));
     }
-    EnvGuard env("general");
+    EnvGuard env("KVQ_KV_DECODE", "general");
     CHECK_FALSE(gpu.decode_uses_kvquant_kernel());
   }
 }
@@ -399,7 +366,7 @@ TEST_CASE("kv kvquant kernel: retired KVQ_KV_DECODE values are an InvalidArgumen
     gpu.append_host(0, x.data(), x.data(), 5, 2 * kHd);
     gpu.prepare({0});
     for (const char* value : {"kvq-fast", "mma", "mma3", "mma-hoist"}) {
-      EnvGuard env(value);
+      EnvGuard env("KVQ_KV_DECODE", value);
       INFO(spec << ", KVQ_KV_DECODE=" << value);
       bool threw = false;
       try {
@@ -412,7 +379,7 @@ TEST_CASE("kv kvquant kernel: retired KVQ_KV_DECODE values are an InvalidArgumen
       CHECK(threw);
     }
     for (const char* value : {"kvq-mma", "mma-stream", static_cast<const char*>(nullptr)}) {
-      EnvGuard env(value);
+      EnvGuard env("KVQ_KV_DECODE", value);
       INFO(spec << ", KVQ_KV_DECODE=" << (value ? value : "(unset)"));
       CHECK_NOTHROW(gpu.decode(dq, dout));
     }

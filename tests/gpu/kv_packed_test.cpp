@@ -18,7 +18,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
-#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -30,32 +29,19 @@
 #include "lib/cuda/packed_cache.h"
 #include "lib/rope.h"
 #include "tests/catch.h"
+#include "tests/gpu/kv_test_support.h"
 #include "tests/support/test_support.h"
 
 namespace {
 
 using namespace kvq;
+using kvq_test::EnvGuard;
+using kvq_test::make_rows;
 using codecs::KvSide;
 
 struct Shape {
   int H, n_heads, hd;
 };
-
-// Keys/values [T, H*hd]: N(0, 1), channel 5 of every head x8 (outlier channel), every
-// third token on a 1/8 grid (exact ties for min/max and top-k), one constant token.
-std::vector<float> make_rows(std::mt19937_64& rng, int T, int dim, int hd, bool outliers) {
-  std::normal_distribution<float> nd(0.f, 1.f);
-  std::vector<float> x(static_cast<size_t>(T) * dim);
-  for (int t = 0; t < T; ++t)
-    for (int c = 0; c < dim; ++c) {
-      float v = nd(rng);
-      if (outliers && c % hd == 5) v *= 8.f;
-      if (t % 3 == 1) v = std::nearbyint(v * 8.f) / 8.f;
-      if (t == 2) v = 0.75f;
-      x[static_cast<size_t>(t) * dim + c] = v;
-    }
-  return x;
-}
 
 std::unique_ptr<codecs::Codec> make(const std::string& spec, KvSide side, const Shape& s,
                                     const codecs::CodecParams* given) {
@@ -432,26 +418,6 @@ TEST_CASE("kv packed: tensor-core decode over long contexts (several stages per 
 // stages and the last one is partial; 129 and 10 in the other rows), MHA and G = 4, asym and
 // sym codes. The decode must match the simulation within the same derived bound at every
 // stage length (only the blocking of the online softmax changes, not the arithmetic's terms).
-// An environment variable set for a scope (the decode reads KVQ_KV_STAGE / KVQ_KV_OPT per
-// call), restored on the way out, a failed REQUIRE included.
-struct EnvGuard {
-  std::string name, old;
-  bool had = false;
-  EnvGuard(const char* n, const char* v) : name(n) {
-    if (const char* e = std::getenv(n)) {
-      old = e;
-      had = true;
-    }
-    setenv(n, v, 1);
-  }
-  ~EnvGuard() {
-    if (had)
-      setenv(name.c_str(), old.c_str(), 1);
-    else
-      unsetenv(name.c_str());
-  }
-};
-
 TEST_CASE("kv packed: tensor-core decode, 2-bit stages of 256/384/512 tokens == simulated", "[gpu][kv]") {
   LongCase lc;
   lc.on = true;
@@ -514,13 +480,7 @@ TEST_CASE("kv packed: tensor-core decode, combine launched with PDL == ordinary 
       Result res[3][2];  // ordinary, pdl, default x short, 1,333 tokens
       const char* modes[3] = {"1", "pdl", nullptr};
       for (int m = 0; m < 3; ++m) {
-        std::optional<EnvGuard> env;
-        if (modes[m] != nullptr) {
-          env.emplace("KVQ_KV_COMBINE", modes[m]);
-        } else {
-          env.emplace("KVQ_KV_COMBINE", "");  // saves the caller's value, restored on the way out
-          unsetenv("KVQ_KV_COMBINE");
-        }
+        const EnvGuard env("KVQ_KV_COMBINE", modes[m]);  // null: unset
         res[m][0] = run_case(spec, spec, s, seed);
         res[m][1] = run_case(spec, spec, s, seed + 1, nullptr, nullptr, lc);
         std::printf("kv packed KVQ_KV_COMBINE=%s %s, kv_heads %d, heads %d: decode max err %.3g / %.3g (%.3f / "
