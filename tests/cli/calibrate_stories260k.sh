@@ -2,15 +2,13 @@
 # kvq-calibrate end to end on stories260K (CPU): a short calibration twice gives
 # identical bytes; a run stopped after 2 layers and resumed gives the same bytes again;
 # the JSON summary is on stdout; kvq-convert accepts the file; bad usage is one error line.
-set -euo pipefail
-bin="${KVQ_BIN:?}"
-shared="${KVQ_SHARED:?}"
-model="$shared/models/stories260K/stories260K.bin"
-tok="$shared/models/stories260K/tok512.bin"
-data="$shared/datasets/kvq-docs/calib.txt"
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+# common.bash: set -euo pipefail, the models' paths, a scratch $TMP removed on exit, fail().
+source "$(dirname "$0")/common.bash"
+bin="$KVQ_BIN"
+model="$STORIES/stories260K.bin"
+tok="$STORIES/tok512.bin"
+data="$KVQ_SHARED/datasets/kvq-docs/calib.txt"
+work="$TMP"
 [[ -x "$bin/kvq-calibrate" ]] || fail "kvq-calibrate not built"
 
 args=(--model "$model" --tokenizer "$tok" --dataset "$data" --nseq 3 --seqlen 64 --bits 2,3,4 --threads 2)

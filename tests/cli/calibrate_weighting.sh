@@ -5,15 +5,13 @@
 # twice), make --resume of a file made with other weights refuse with one error line (file
 # untouched); --nseq 0 takes 16 x 2048 tokens' worth of sequences; out-of-range values are
 # usage errors (exit 2, one line).
-set -euo pipefail
-bin="${KVQ_BIN:?}"
-shared="${KVQ_SHARED:?}"
-model="$shared/models/stories260K/stories260K.bin"
-tok="$shared/models/stories260K/tok512.bin"
-data="$shared/datasets/kvq-docs/calib.txt"
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+# common.bash: set -euo pipefail, the models' paths, a scratch $TMP removed on exit, fail().
+source "$(dirname "$0")/common.bash"
+bin="$KVQ_BIN"
+model="$STORIES/stories260K.bin"
+tok="$STORIES/tok512.bin"
+data="$KVQ_SHARED/datasets/kvq-docs/calib.txt"
+work="$TMP"
 [[ -x "$bin/kvq-calibrate" ]] || fail "kvq-calibrate not built"
 
 args=(--model "$model" --tokenizer "$tok" --dataset "$data" --nseq 3 --seqlen 64 --bits 2,3 --threads 2)
