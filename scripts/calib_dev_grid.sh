@@ -95,18 +95,10 @@ if [[ $stage == all || $stage == eval ]]; then
   done
 fi
 
-python3 - "$out" "$bits" "${variants[@]%%=*}" <<'PY'
+PYTHONPATH=scripts python3 - "$out" "$bits" "${variants[@]%%=*}" <<'PY'
 import glob, json, math, os, sys
+from paired_ppl import paired
 out, bits, names = sys.argv[1], [int(b) for b in sys.argv[2].split(",")], sys.argv[3:]
-def paired(a, b):
-    wa, wb = a.get("window_nll"), b.get("window_nll")
-    if not wa or not wb or len(wa) != len(wb) or len(wa) < 2:
-        return "%+.3f" % (a["ppl"] - b["ppl"])
-    n = len(wa)
-    d = [x - y for x, y in zip(wa, wb)]
-    m = sum(d) / n
-    sd = (sum((x - m) ** 2 for x in d) / (n - 1)) ** 0.5
-    return "%+.3f +- %.3f" % (a["ppl"] - b["ppl"], b["ppl"] * math.exp(m) * sd / n ** 0.5)
 for path in sorted(glob.glob(os.path.join(out, "eval-*.json"))):
     c = json.load(open(path))
     rows = {os.path.basename(r["method"]): r for r in c["rows"]}

@@ -131,8 +131,9 @@ echo "calib_table.sh: [3/3] kvq-eval ppl, $eval_data, seqlen $seqlen, windows $w
 t2=$(date +%s)
 
 # 4. The table.
-python3 - "$out" "$bits" "$windows" "$qnorm" "$calib_data" "$nseq" "$calib_seqlen" "$seed" "$((t1 - t0))" "$((t2 - t1))" "$calib_args" <<'PY'
+PYTHONPATH=scripts python3 - "$out" "$bits" "$windows" "$qnorm" "$calib_data" "$nseq" "$calib_seqlen" "$seed" "$((t1 - t0))" "$((t2 - t1))" "$calib_args" <<'PY'
 import datetime, json, math, os, sys
+from paired_ppl import paired
 out, bits, windows, qnorm = sys.argv[1], [int(b) for b in sys.argv[2].split(",")], int(sys.argv[3]), sys.argv[4] == "1"
 calib_data, nseq, calib_seqlen, seed, t_cal, t_eval, calib_args = sys.argv[5:12]
 c = json.load(open(os.path.join(out, "compare.json")))
@@ -141,16 +142,6 @@ rows = {r["method"]: r for r in c["rows"]}
 ref = next(r for r in c["rows"] if r.get("reference"))
 def cell(r):
     return "%.3f (%+.2f%%)" % (r["ppl"], r["ppl_delta_pct"])
-def paired(a, b):
-    # PPL(a) - PPL(b) and its standard error, paired over the windows both rows saw.
-    wa, wb = a.get("window_nll"), b.get("window_nll")
-    if not wa or not wb or len(wa) != len(wb) or len(wa) < 2:
-        return "%+.3f" % (a["ppl"] - b["ppl"])
-    n = len(wa)
-    d = [x - y for x, y in zip(wa, wb)]
-    m = sum(d) / n
-    sd = (sum((x - m) ** 2 for x in d) / (n - 1)) ** 0.5
-    return "%+.3f +- %.3f" % (a["ppl"] - b["ppl"], b["ppl"] * math.exp(m) * sd / n ** 0.5)
 data_name = "WikiText-2 test" if "wiki" in c["data"].lower() else os.path.basename(c["data"])
 print("### Calibrated vs default KVQuant, %s, %s, seqlen %d" % (c["model"], data_name, c["seqlen"]))
 print()
