@@ -66,6 +66,8 @@ __device__ __forceinline__ void store_empty_split(int G, int D, int64_t head0, i
 // sum of p (lane-strided partial sums, then warp_sum's butterfly). MASKED: the kernel can mask
 // every row of a head (sliding window), so max may be -inf and p must be 0 there instead of
 // exp(-inf - -inf) = NaN; kernels without masking pass false and pay no compare.
+// `chunk` is only the stride between two heads' score rows (>= cnt): the split-K kernels pass
+// their chunk length, kv_decode_stream.cu's KIVI tail its residual capacity R (n <= R rows).
 // The caller synchronizes the block before (sc written) and after (sc, stat read).
 template <int WARPS, bool MASKED>
 __device__ __forceinline__ void chunk_softmax(float* sc, int chunk, int cnt, int G, int warp, int lane,

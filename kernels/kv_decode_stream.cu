@@ -18,6 +18,7 @@
 #include <cstring>
 
 #include "kernels/common.cuh"
+#include "kernels/decode_chunk.cuh"
 #include "kernels/kv_decode_mma.cuh"
 #include "kernels/kv_decode_mma_common.cuh"
 #include "kernels/prefill_common.cuh"
@@ -877,22 +878,7 @@ __global__ void __launch_bounds__(kT) kivi_tail_kernel(PackedSide K, PackedSide 
     if (G > 1) ps[cap + t] = dot1 * a.scale;
   }
   __syncthreads();
-  for (int g = warp; g < G; g += kW) {
-    float m = -INFINITY;
-    for (int t = lane; t < n; t += 32) m = fmaxf(m, ps[g * cap + t]);
-    m = warp_max(m);
-    float l = 0.f;
-    for (int t = lane; t < n; t += 32) {
-      const float p = expf(ps[g * cap + t] - m);
-      ps[g * cap + t] = p;
-      l += p;
-    }
-    l = warp_sum(l);
-    if (lane == 0) {
-      st[2 * g] = m;
-      st[2 * g + 1] = l;
-    }
-  }
+  chunk_softmax<kW, false>(ps, cap, n, G, warp, lane, st);
   __syncthreads();
   const int d = threadIdx.x;  // kT == kD: one channel per thread
   for (int g = 0; g < G; ++g) {
