@@ -203,8 +203,14 @@ __host__ __device__ inline int key_meta_stage_halves(const PackedSide& K, int ks
 // n-tile each way up to 384-token stages at 2 bits / 256 at 4 (~47-55 KB of shared memory
 // each), else 3 (the two-n-tile builds keep 64 accumulators; 512-token stages at 2 bits take
 // ~61 KB at G = 1, so 4 would not fit the 228 KB of an H100 SM anyway).
-__host__ __device__ constexpr int stream_min_blocks(int ntk, int ntv, int ks, int bits) {
-  return ntk == 1 && ntv == 1 && ks * bits <= 1024 && ks <= 384 ? 4 : 3;
+// OPT bit 2 / bit 3 (h52, session 6): 5 / 6 blocks per SM (<= 96 / <= 80 registers) for the
+// 2-bit one-n-tile 256-token builds and the 4-bit 128-token ones (~27-35 KB of shared memory
+// each, so 6 still fit; KVQ_KV_OCC, blocks_per_sm_2bit below): at batch 1
+// the int2 MHA kernel is issue-latency bound with 4 warps per scheduler (ncu, H100 2026-11-23:
+// 52% issue slots busy, 1.03 of 3.49 warps eligible, "wait" and "not selected" the largest
+// stalls, DRAM 41-45% of peak), so more resident warps should issue more often.
+__host__ __device__ constexpr int stream_min_blocks(int ntk, int ntv, int ks, int bits, int opt = 3) {
+  return (opt & 8) ? 6 : (opt & 4) ? 5 : ntk == 1 && ntv == 1 && ks * bits <= 1024 && ks <= 384 ? 4 : 3;
 }
 
 // KONE: one channel group on both sides (group = 128: the default per-token codes), so the
@@ -239,7 +245,7 @@ __host__ __device__ constexpr int stream_min_blocks(int ntk, int ntv, int ks, in
 // 16 values instead of 12 independent trees; at G = 1 the merged tree is 5 levels as before).
 template <int BITS, int NTK, int NTV, bool KONE, int GM, bool KCH, int NGVT = 0, bool FOLD = true, int KS = kS,
           int OPT = 3>
-__global__ void __launch_bounds__(kT, stream_min_blocks(NTK, NTV, KS, BITS))
+__global__ void __launch_bounds__(kT, stream_min_blocks(NTK, NTV, KS, BITS, OPT))
 stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int splits, float* part_o,
               float* part_ml) {
   constexpr int NP = 16 / BITS;   // fp16 pairs per code word
@@ -1062,7 +1068,9 @@ void stream_plan(int kv_heads, int rows, int max_len, int resident, int ks, int*
 }
 void stream_plan_search(int kv_heads, int rows, int max_len, int resident, int ks, int* span, int* splits) {
   const int per_split = std::max(1, kv_heads * rows);
-  const int max_splits = std::max(1, (max_len + ks - 1) / ks);
+  // At most one split per 256 tokens whatever the stage (stream_max_splits sizes the partials
+  // for that; the 128-token stages of the KVQ_KV_OCC int4 builds would otherwise ask for twice).
+  const int max_splits = std::max(1, std::min((max_len + ks - 1) / ks, (max_len + kS - 1) / kS));
   double best = 1e300;
   int bs = 1, bspan = max_splits * ks;
   for (int sp = 1; sp <= max_splits; ++sp) {
@@ -1136,6 +1144,17 @@ int stage_tokens_2bit() {
   }
   return 0;
 }
+// KVQ_KV_OCC=5|6 (read per call): the 2-bit per-token 256-token-stage builds compiled for 5 or
+// 6 blocks per SM (stream_min_blocks' OPT bits 2 / 3) instead of 4, and the 4-bit per-token
+// builds at 128-token stages for 5 / 6 blocks (launch_token_staged); 0 (unset or anything
+// else): 4 blocks, 256-token stages. Not yet measured (A/B for the batch-1 cells).
+int blocks_per_sm_2bit() {
+  if (const char* e = std::getenv("KVQ_KV_OCC")) {
+    if (std::strcmp(e, "5") == 0) return 5;
+    if (std::strcmp(e, "6") == 0) return 6;
+  }
+  return 0;
+}
 // Default: 384-token stages where blocks are long (>= 48 stages of 256 tokens in the 256-token
 // plan at 4 blocks per SM), else 256. Measured (H100, 2026-11-23, notes/s5/results-h41.md, int2,
 // one process, same caches): llama2-7b batch 8 (64-256 stages per block) 384 is 7-10% faster
@@ -1154,6 +1173,11 @@ int default_stage_2bit(const PackedSide& k, const PackedDecodeArgs& a, int max_l
 template <int BITS, int GM, int KS>
 cudaError_t launch_token(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len,
                          int sm_count, float* o, float* ml, cudaStream_t stream) {
+  if constexpr (BITS == 2 && KS == kS) {
+    const int occ = blocks_per_sm_2bit();
+    if (occ == 5) return launch_stream<BITS, 1, 1, true, GM, false, 0, true, KS, 7>(k, v, a, max_len, sm_count, o, ml, stream);
+    if (occ == 6) return launch_stream<BITS, 1, 1, true, GM, false, 0, true, KS, 11>(k, v, a, max_len, sm_count, o, ml, stream);
+  }
   if constexpr (BITS == 2 && GM == 4 && KS != 512) {
     const char* e = std::getenv("KVQ_KV_OPT");
     if (e != nullptr && std::strcmp(e, "1") == 0)
@@ -1169,6 +1193,14 @@ cudaError_t launch_token_staged(const PackedSide& k, const PackedSide& v, const 
     if (ks == 0) ks = default_stage_2bit(k, a, max_len, sm_count);
     if (ks == 512) return launch_token<BITS, GM, 512>(k, v, a, max_len, sm_count, o, ml, stream);
     if (ks == 384) return launch_token<BITS, GM, 384>(k, v, a, max_len, sm_count, o, ml, stream);
+  }
+  if constexpr (BITS == 4) {
+    // KVQ_KV_OCC=5|6: 128-token stages (~27-31 KB of shared memory instead of 52-62 KB) compiled
+    // for 5 / 6 blocks per SM; the 4-bit G <= 4 build keeps its per-value reductions (OPT 1).
+    constexpr int O = GM == 4 ? 1 : 3;
+    const int occ = blocks_per_sm_2bit();
+    if (occ == 5) return launch_stream<BITS, 1, 1, true, GM, false, 0, true, 128, O | 4>(k, v, a, max_len, sm_count, o, ml, stream);
+    if (occ == 6) return launch_stream<BITS, 1, 1, true, GM, false, 0, true, 128, O | 8>(k, v, a, max_len, sm_count, o, ml, stream);
   }
   if constexpr (BITS == 4 && GM == 4) {
     // KVQ_KV_OPT=0|2|3 (read per call): this build without the unrolled staging (bit 0) and / or
