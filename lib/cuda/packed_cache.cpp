@@ -84,14 +84,15 @@ std::string reason(const Codec& c) {
   return "method " + m + " has no GPU path yet (done: intB axis=token, kivi, kvquant, wkvquant)";
 }
 
-// KVQuant's own decode kernels (kernels/kv_decode_kvquant_mma.cu, _stream.cu) where
-// kvquant_decode::fits() holds: the default (KVQ_KV_DECODE unset, empty, kvq-mma or kvq-stream);
+// KVQuant's own decode kernels (kernels/kv_decode_kvquant_fold.cu, _mma.cu, _stream.cu) where
+// kvquant_decode::fits() holds: the default (KVQ_KV_DECODE unset, empty, kvq-fold, kvq-mma or kvq-stream);
 // any other value (general, mma-stream, ...) keeps kv_decode_attention's choice, the general
 // kernel for KVQuant, for A/B runs. Read at every call (one getenv), so that a test can run
 // several kernels in one process.
 bool kvquant_kernel_selected() {
   const char* e = std::getenv("KVQ_KV_DECODE");
-  return !e || !*e || std::strcmp(e, "kvq-mma") == 0 || std::strcmp(e, "kvq-stream") == 0;
+  return !e || !*e || std::strcmp(e, "kvq-fold") == 0 || std::strcmp(e, "kvq-mma") == 0 ||
+         std::strcmp(e, "kvq-stream") == 0;
 }
 // Values naming retired kernels are an error rather than a silent alias, so that an A/B run
 // written for them cannot report one kernel twice: KVQ_KV_DECODE=mma|mma3|mma-hoist (version 3
@@ -109,8 +110,12 @@ void reject_retired_decode(const std::string& where) {
     throw InvalidArgument(where, "KVQ_KV_DECODE=kvq-fast: the CUDA-core KVQuant kernel was retired (last in dfabb0b)",
                           "unset KVQ_KV_DECODE (or kvq-mma) for the tensor-core KVQuant kernel, kvq-stream for its one-pass build");
 }
-// Which build of KVQuant's kernel: the tensor-core one (kernels/kv_decode_kvquant_mma.cu) by
-// default and with kvq-mma (H100, 2026-11-23, notes/s5/results-h45.md run 2: faster than the
+// Which build of KVQuant's kernel: KVQ_KV_DECODE=kvq-fold the tensor-core build with the codec's
+// affine maps folded into fp16 tables (kernels/kv_decode_kvquant_fold.cu, h51: ~3x fewer
+// instructions per key and value element than kvq-mma, notes/s6/results-h51.md; opt-in until its
+// H100 parity and timings are in: its fp16 key terms exceed the fp32-level bound of
+// tests/gpu/kv_packed_test.cpp's KVQuant case, see tests/gpu/kv_kvquant_test.cpp). By default and
+// with kvq-mma the tensor-core build of session 5 (kernels/kv_decode_kvquant_mma.cu, H100, 2026-11-23, notes/s5/results-h45.md run 2: faster than the
 // retired CUDA-core kernel in all 16 cells, 1.11-1.49x, llama2-7b b1 32K 4 bits 432.6 -> 323.4 us).
 // KVQ_KV_DECODE=kvq-stream: the one-pass online-softmax build (kernels/kv_decode_kvquant_stream.cu,
 // h47). H100, 2026-11-23 (2192aa0, notes/s5/results-h47.md): passed the [kvquant] cases and
@@ -119,6 +124,10 @@ void reject_retired_decode(const std::string& where) {
 bool kvquant_stream_selected() {
   const char* e = std::getenv("KVQ_KV_DECODE");
   return e && std::strcmp(e, "kvq-stream") == 0;
+}
+bool kvquant_fold_selected() {
+  const char* e = std::getenv("KVQ_KV_DECODE");
+  return e && std::strcmp(e, "kvq-fold") == 0;
 }
 
 }  // namespace
@@ -379,9 +388,11 @@ void PackedKvCache::prepare(const std::vector<int>& slots) {
   a.rows = static_cast<int>(slots.size());
   a.n_heads = I.n_heads;
   const size_t ws = std::max(kern::kv_decode_workspace(I.k.d, a, std::max(1, I.max_len), I.sm_count),
-                             std::max(kern::kvquant_decode::workspace_mma(I.k.d, a, std::max(1, I.max_len), I.sm_count),
-                                      kern::kvquant_decode::workspace_stream(I.k.d, a, std::max(1, I.max_len),
-                                                                             I.sm_count)));
+                             std::max({kern::kvquant_decode::workspace_mma(I.k.d, a, std::max(1, I.max_len), I.sm_count),
+                                       kern::kvquant_decode::workspace_stream(I.k.d, a, std::max(1, I.max_len),
+                                                                              I.sm_count),
+                                       kern::kvquant_decode::workspace_fold(I.k.d, a, std::max(1, I.max_len),
+                                                                            I.sm_count)}));
   I.work.reserve(ws + 16, "decode workspace");
 }
 
@@ -405,6 +416,9 @@ void PackedKvCache::decode(const void* q_dev, void* out_dev, bool bf16, void* st
     if (kvquant_stream_selected())
       KVQ_CUDA_CHECK(kern::kvquant_decode::run_stream(I.k.d, I.v.d, a, I.max_len, I.sm_count, I.work.get(),
                                                       I.work.bytes(), static_cast<cudaStream_t>(stream)));
+    else if (kvquant_fold_selected())
+      KVQ_CUDA_CHECK(kern::kvquant_decode::run_fold(I.k.d, I.v.d, a, I.max_len, I.sm_count, I.work.get(),
+                                                    I.work.bytes(), static_cast<cudaStream_t>(stream)));
     else
       KVQ_CUDA_CHECK(kern::kvquant_decode::run_mma(I.k.d, I.v.d, a, I.max_len, I.sm_count, I.work.get(),
                                                    I.work.bytes(), static_cast<cudaStream_t>(stream)));

@@ -1,5 +1,6 @@
 // KVQuant's own decode kernels, the tensor-core build (kernels/kv_decode_kvquant_mma.cu, the
-// default of lib/cuda/packed_cache.cpp where it fits; cases set kvq-mma) and its one-pass
+// default of lib/cuda/packed_cache.cpp where it fits; cases set kvq-mma), the folded build
+// (kernels/kv_decode_kvquant_fold.cu, cases set kvq-fold) and the one-pass
 // build (kernels/kv_decode_kvquant_stream.cu, cases set kvq-stream), against
 // attention in fp64 over the CPU codec's dequantized (simulated) cache, RoPE applied in fp64
 // to the pre-RoPE keys. From a printed
@@ -33,6 +34,21 @@
 //  - values: v = fma(lut, half_t, mid_t) and p rounded to fp16 (2^-11 each), so
 //    2^-10 sum p |v_dense| / l <= 2^-10 max |v| over the head's tokens and channels (the dense
 //    value lies in its token's range): the test adds 2^-9 max|v| of the head.
+// The folded build (KVQ_KV_DECODE=kvq-fold, kernels/kv_decode_kvquant_fold.cu, opt-in)
+// rounds other things to fp16, so its cases add instead:
+//  - keys: each R(u)-rotated component is two HFMA2 over fp16 L values, fp16 coefficients
+//    (cos a, sin a with a = qa half_c) and an fp16 offset (from b = qa mid_c + qb): <= 4
+//    roundings of terms bounded by S = |a_i| + |a_p| (|L| <= 1) and 3 of terms bounded by
+//    |b_i| + |b_p|, so <= 2^-9 (M_i + M_p) per component with M_c = |a_c| + |b_c|; times
+//    |q'_i| + |q'_p| <= sqrt(2) (|q_i| + |q_p|): sqrt(2) 2^-9 C with C = sum over pairs of
+//    (|q_i| + |q_p|)(M_i + M_p). The test adds 2^-7 C (margin 2.8) on top of the 2^-9 B of the
+//    query rounding. M_c = max over the slot's tokens |k'_c| (the frozen range's ends are
+//    codes +-1 of the +-1-ended LUT, so some token dequantizes to b +- a), and with given
+//    ranges also |qa| max(|lo|, |hi|) + |qb|.
+//  - values: L (fp16) and p w_t with w_t = qa half_t (fp16), the m_t = qa mid_t + qb term in
+//    fp32: 2^-10 sum p |w_t L| / l, and |w_t L| = |v - m_t| <= |v| + |m_t| <= 2 max|v| (m_t is
+//    the mean of the token's dense extremes, codes +-1): 2^-9 max|v|; the test adds 2^-8
+//    max|v| of the head (factor 2), and L 2^-24 for p w_t that fall into fp16 subnormals.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -73,8 +89,8 @@ struct Case {
 };
 
 // Returns the worst error / tolerance over every output element. kernel: the
-// KVQ_KV_DECODE value, "kvq-mma" or "kvq-stream" (the bound adds the fp16 terms derived in
-// the header comment for both).
+// KVQ_KV_DECODE value, "kvq-mma", "kvq-stream" or "kvq-fold" (the bound adds the fp16 terms
+// derived in the header comment).
 double run_case(const Case& c, uint64_t seed, const char* kernel) {
   EnvGuard env("KVQ_KV_DECODE", kernel);
   // kvq-stream (kernels/kv_decode_kvquant_stream.cu) does the mma build's per-element arithmetic
@@ -138,6 +154,7 @@ double run_case(const Case& c, uint64_t seed, const char* kernel) {
 
   const int G = c.n_heads / c.H;
   const double scale = 1.0 / std::sqrt(static_cast<double>(kHd));
+  const bool fold = std::string(kernel) == "kvq-fold";
   double worst = 0;
   for (int r = 0; r < R; ++r) {
     const int slot = rows[r];
@@ -163,6 +180,17 @@ double run_case(const Case& c, uint64_t seed, const char* kernel) {
           *a = x0 * co - x1 * sn;
           *b = x1 * co + x0 * sn;
         }
+    // kvq-fold: M_c (header comment) per channel of the slot.
+    std::vector<double> M(dim, 0.0);
+    for (int t = 0; t < L; ++t)
+      for (int d = 0; d < dim; ++d) M[d] = std::max(M[d], static_cast<double>(std::fabs(kd[static_cast<size_t>(t) * dim + d])));
+    if (c.kg && c.kg->tensor("k_lo")) {
+      const double qa = c.kg->number("qnorm_scale", 1.0), qb = c.kg->number("qnorm_offset", 0.0);
+      const auto& lo = *c.kg->tensor("k_lo");
+      const auto& hi = *c.kg->tensor("k_hi");
+      for (int d = 0; d < dim; ++d)
+        M[d] = std::max(M[d], std::fabs(qa) * std::max(std::fabs(lo[d]), std::fabs(hi[d])) + std::fabs(qb));
+    }
     for (int qi = 0; qi < c.n_heads; ++qi) {
       const int h = qi / G;
       double vmax_all = 0;  // the head's largest |v|: bounds |half_t lut| + |mid_t| of every token
@@ -173,7 +201,7 @@ double run_case(const Case& c, uint64_t seed, const char* kernel) {
       std::vector<double> sc(L);
       double m = -INFINITY, delta = 0;
       for (int t = 0; t < L; ++t) {
-        double dot = 0, A = 0, Ar = 0, B = 0;
+        double dot = 0, A = 0, Ar = 0, B = 0, C = 0;
         const size_t base = static_cast<size_t>(t) * dim + h * kHd;
         for (int i = 0; i < kHd; ++i) {
           const double qv = half_to_float(qrow[i]);
@@ -181,14 +209,16 @@ double run_case(const Case& c, uint64_t seed, const char* kernel) {
           A += std::fabs(qv * kr[base + i]);
           const int partner = i < kHd / 2 ? i + kHd / 2 : i - kHd / 2;
           Ar += std::fabs(qv) * (std::fabs(kd[base + i]) + std::fabs(kd[base + partner]));
-          if (i < kHd / 2)
+          if (i < kHd / 2) {
             B += (std::fabs(qv) + std::fabs(half_to_float(qrow[partner]))) *
                  (std::fabs(kd[base + i]) + std::fabs(kd[base + partner]));
+            C += (std::fabs(qv) + std::fabs(half_to_float(qrow[partner]))) * (M[h * kHd + i] + M[h * kHd + partner]);
+          }
         }
         sc[t] = dot * scale;
         m = std::max(m, sc[t]);
         delta = std::max(delta, scale * (A * kHd * std::ldexp(1.0, -24) + Ar * std::ldexp(1.0, -17) +
-                                         B * std::ldexp(1.0, -9)));
+                                         B * std::ldexp(1.0, -9) + (fold ? C * std::ldexp(1.0, -7) : 0.0)));
       }
       double l = 0;
       for (int t = 0; t < L; ++t) l += sc[t] = std::exp(sc[t] - m);
@@ -204,7 +234,7 @@ double run_case(const Case& c, uint64_t seed, const char* kernel) {
         REQUIRE(std::isfinite(got));
         const double tol = std::ldexp(1.0, -11) * std::fabs(o) +
                            (2 * delta + (L + 64) * std::ldexp(1.0, -23)) * vmax +
-                           std::ldexp(1.0, -9) * vmax_all + 1e-7;
+                           std::ldexp(1.0, fold ? -8 : -9) * vmax_all + (fold ? L * std::ldexp(1.0, -24) : 0.0) + 1e-7;
         const double err = std::fabs(got - o);
         if (err > tol) {
           INFO(kernel << ": row " << r << " head " << qi << " dim " << d << ": got " << got << ", ref " << o << ", tol "
@@ -291,6 +321,16 @@ void long_cases(const char* kernel) {
 
 }  // namespace
 
+// The folded build (kernels/kv_decode_kvquant_fold.cu, KVQ_KV_DECODE=kvq-fold) with its bound
+// (header comment): the same cases.
+TEST_CASE("kv kvquant fold kernel: 4/2 bits, outliers, sinks, MHA and GQA == simulated", "[gpu][kv][kvquant]") {
+  basic_cases("kvq-fold");
+}
+TEST_CASE("kv kvquant fold kernel: calibrated LUT, key ranges and Q-Norm == simulated", "[gpu][kv][kvquant]") {
+  calibrated_cases("kvq-fold");
+}
+TEST_CASE("kv kvquant fold kernel: long slot == simulated", "[gpu][kv][kvquant]") { long_cases("kvq-fold"); }
+
 // h42's CUDA-core kernel (KVQ_KV_DECODE=kvq-fast) had its own three cases here, retired with it
 // after dfabb0b.
 // The tensor-core build (kernels/kv_decode_kvquant_mma.cu, the default) with the fp16 terms of
@@ -333,7 +373,7 @@ TEST_CASE("kv kvquant kernel: the default where it fits; 3 bits, bf16, KVQ_KV_DE
     cuda::PackedKvCache gpu(*kc, *vc, 1, 8, 4, inv_freq);
     gpu.append_host(0, x.data(), x.data(), 5, 2 * kHd);
     gpu.prepare({0});
-    for (const char* value : {"kvq-mma", "kvq-stream", "", static_cast<const char*>(nullptr)}) {
+    for (const char* value : {"kvq-fold", "kvq-mma", "kvq-stream", "", static_cast<const char*>(nullptr)}) {
       EnvGuard env("KVQ_KV_DECODE", value);
       CHECK(gpu.decode_uses_kvquant_kernel() == (spec == "kvquant:bits=4"));
       CHECK_FALSE(gpu.decode_uses_kvquant_kernel(true));
@@ -378,7 +418,7 @@ TEST_CASE("kv kvquant kernel: retired KVQ_KV_DECODE values are an InvalidArgumen
       }
       CHECK(threw);
     }
-    for (const char* value : {"kvq-mma", "mma-stream", static_cast<const char*>(nullptr)}) {
+    for (const char* value : {"kvq-fold", "kvq-mma", "mma-stream", static_cast<const char*>(nullptr)}) {
       EnvGuard env("KVQ_KV_DECODE", value);
       INFO(spec << ", KVQ_KV_DECODE=" << (value ? value : "(unset)"));
       CHECK_NOTHROW(gpu.decode(dq, dout));

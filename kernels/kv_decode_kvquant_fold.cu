@@ -1,0 +1,539 @@
+// KVQuant decode on the tensor cores with the codec's affine maps folded into tables
+// (interface: kv_decode_kvquant.cuh, run_fold; KVQ_KV_DECODE=kvq-fold in lib/cuda/packed_cache.cpp,
+// opt-in: its fp16 key terms need the bound of tests/gpu/kv_kvquant_test.cpp's fold cases). Same cases, same three passes per chunk (scores
+// to shared memory, softmax, P V), same split-K partials and combine, same outlier and sink
+// corrections as the three-pass build kernels/kv_decode_kvquant_mma.cu (h45; its header has
+// the m16n8k16 fragment layouts and the RoPE split R(j0 + u) = R(j0) R(u)). What changed, and
+// why (h51, notes/s6/results-h51.md): the SASS of that build (H100 device build of 281af5b,
+// <4 bits, G = 1>) spends 343 instructions per 8-token key n-tile and lane (10.7 per key
+// element: 98 FFMA/FMUL, 64 LDS, ~130 integer index operations for the two LUT addresses and
+// the (half, mid), (cos, sin) table rows) and 465 per 16-token value k-tile (7.3 per value
+// element: a LUT load, an FFMA and a code extraction per element). Here:
+//  - Keys: k_c = a_c L[code] + b_c (a = half, b = mid of the channel's static range, Q-Norm
+//    folded in: a = qa half, b = qa mid + qb), so the R(u)-rotated pair is
+//      rot_i = cos(u f_i) a_i L_i - sin(u f_i) a_p L_p + (cos b_i - sin b_p)
+//      rot_p = cos(u f_i) a_p L_p + sin(u f_i) a_i L_i + (cos b_p + sin b_i),  p = i + 64.
+//    A B-fragment register holds channels (i, i + 1) (the low half of the head) or
+//    (p, p + 1): slot pair (2 t4, 2 t4 + 1) of k-tile kt = channels i, i + 1 with
+//    i = 16 t4 + 2 kt, slots (2 t4 + 8, 2 t4 + 9) = i + 64, i + 65. Those two codes are one
+//    byte of the lane's codes (4 bits; a nibble at 2 bits), so one shared load from a
+//    byte -> half2 (L[lo], L[hi]) table gives them, and the two registers of k-tile kt are
+//    two HFMA2 each with per-(u, channel) fp16 coefficients (cos a, -sin a', sin a, and the
+//    offset as the addend) from a per-block table: ~2.5 instructions per key element.
+//  - Values: v_tc = w_t L[code] + m_t with w_t = qa half_t, m_t = qa mid_t + qb, so
+//    sum_t p_t v_tc = sum_t (p_t w_t) L_tc + sum_t p_t m_t: the A fragments are the fp16 L
+//    values straight from the byte table (a PRMT pairs two tokens' entries), the B fragment
+//    p_t w_t (fp16), and sum p m is one fp32 scalar per head added to every channel.
+//  - The split count minimises waves x (stages per block + setup), instead of aiming at 4
+//    blocks per SM (llama2-7b b1 32K: 17 splits = 544 blocks on 264 slots = 3 rounds; 16
+//    splits = 2).
+// Error (derived in tests/gpu/kv_kvquant_test.cpp, fold cases): on top of the mma build's
+// query rounding, each rotated key component carries <= 4 fp16 roundings of terms bounded by
+// Lmax (|a_i| + |a_p|) + |b_i| + |b_p| (L, the coefficients, the offset, two HFMA2 results), so
+// 2^-9 per pair and channel; values: L and p w rounded to fp16, |w L| <= 2 max|v| of the token.
+#include "kernels/kv_decode_kvquant.cuh"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+
+#include "kernels/common.cuh"
+#include "kernels/decode_chunk.cuh"
+#include "kernels/kv_decode_kvquant_common.cuh"
+#include "kernels/kv_decode_mma_common.cuh"
+
+namespace kvq::kern::kvquant_decode {
+namespace {
+
+using mma_decode::h2_bits;
+using mma_decode::mma16816;
+using mma_decode::pack_h2;
+
+constexpr int kMaxChunk = 2048;
+constexpr int kScoreFloats = 8192;  // chunk * GM cap, and kW * GM * kD at GM = 8
+constexpr int kRec = 52;            // words per (u, t4) coefficient record: 8 k-tiles x 6 + 4 pad
+constexpr int kLutWords = 1024;     // byte -> half2 table, 4 copies (4 bits); 16 entries at 2 bits
+constexpr int kSetupStages = 6;     // per-block setup in units of one stage's work (plan)
+// Shared memory per block at most, so that 2 blocks fit an SM (228 KB, 1 KB reserved each):
+// at G = 4 a 2048-token chunk would need 116 KB, so its chunks stop at 1536 tokens.
+constexpr size_t kMaxSmem = 113 * 1024;
+
+struct Plan {
+  int chunk = 0, splits = 0;
+};
+
+// Shared memory in words: key and value byte tables [kLutWords] each, coefficient records
+// [kS * 4][kRec], stage anchors [chunk / kS][64] float2, scores / partial outputs, query
+// [GM][kD], key (half, mid) [64] float4, two fp32 LUTs, stats [8][2], value corrections [GM][kD],
+// per-head sum p m [GM].
+size_t score_floats(int gm, int chunk) { return std::max<size_t>(static_cast<size_t>(chunk) * gm, kW * gm * kD); }
+size_t smem_bytes(int gm, int chunk) {
+  return (2 * kLutWords + static_cast<size_t>(kS) * 4 * kRec + static_cast<size_t>(chunk / kS) * 64 * 2 +
+          score_floats(gm, chunk) + gm * kD + 64 * 4 + 32 + 16 + gm * kD + 8) *
+         4;
+}
+
+// Splits minimising waves x (stages per block + setup) at 2 blocks per SM (launch bounds, and
+// the shared memory below stays <= 111 KB per block); ties keep fewer splits (less combine).
+Plan make_plan(int kv_heads, int rows, int gm, int max_len, int sm_count) {
+  const int per_split = std::max(1, kv_heads * rows);
+  const long slots = 2L * std::max(sm_count, 1);
+  const int nst = (max_len + kS - 1) / kS;
+  int cap_tokens = std::min(kMaxChunk, kScoreFloats / gm / kS * kS);
+  while (cap_tokens > kS && smem_bytes(gm, cap_tokens) > kMaxSmem) cap_tokens -= kS;
+  const int cap = cap_tokens / kS;  // stages per block
+  Plan best{0, 0};
+  long best_cost = -1;
+  const int s_min = (nst + cap - 1) / cap;
+  const int s_max = std::max(s_min, std::min(nst, static_cast<int>((8 * slots + per_split - 1) / per_split)));
+  for (int s = s_min; s <= s_max; ++s) {
+    const int per = (nst + s - 1) / s;
+    const int real = (nst + per - 1) / per;
+    const long waves = (static_cast<long>(real) * per_split + slots - 1) / slots;
+    const long cost = waves * (per + kSetupStages);
+    if (best_cost < 0 || cost < best_cost) {
+      best_cost = cost;
+      best = {per * kS, real};
+    }
+  }
+  return best;
+}
+
+// The table entry for field k (0..7, a compile-time constant after unrolling) of a lane's
+// 16 codes: 4 bits: byte k of (w0, w1), entry stride 16 B with copy t4 at +4 t4 (the 8 lanes
+// of one copy spread over 8 banks instead of 32 lanes over 32); 2 bits: nibble k of w0, 16
+// entries of 4 B (one bank each, no conflicts).
+template <int BITS>
+__device__ __forceinline__ uint32_t lut_get(const char* tab, uint32_t w0, uint32_t w1, int k, uint32_t t4x4) {
+  uint32_t off;
+  if constexpr (BITS == 4) {
+    const uint32_t w = k < 4 ? w0 : w1;
+    const int b = k & 3;
+    off = (b == 0 ? (w << 4) : (w >> (8 * b - 4))) & 0xFF0u;
+    off |= t4x4;
+  } else {
+    off = (k == 0 ? (w0 << 2) : (w0 >> (4 * k - 2))) & 0x3Cu;
+  }
+  return *reinterpret_cast<const uint32_t*>(tab + off);
+}
+
+__device__ __forceinline__ uint32_t hfma2(uint32_t a, uint32_t b, uint32_t c) {
+  uint32_t d;
+  asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+  return d;
+}
+
+// Block setup of the tables: byte -> (L[lo], L[hi]) for keys and values, and the coefficient
+// records: record (u, t4), k-tile kt, words 6 kt .. 6 kt + 5 = (cos a_i, -sin a_p, cos b_i -
+// sin b_p, cos a_p, sin a_i, cos b_p + sin b_i) for channels (i, i + 1) = 16 t4 + 2 kt + (0, 1)
+// (low half, high half of each word), cos/sin of u f_i, a/b the channel's folded range.
+template <int BITS, bool QN>
+__device__ __forceinline__ void setup_fold_tables(const PackedSide& K, const PackedSide& V, const PackedDecodeArgs& a,
+                                                  int64_t cb, uint32_t* klut2, uint32_t* vlut2, __half* rec) {
+  constexpr int n = 1 << BITS;
+  if constexpr (BITS == 4) {
+    for (int idx = threadIdx.x; idx < 256 * 4; idx += kT) {
+      const int e = idx >> 2;
+      klut2[idx] = pack_h2(K.lut[e & 15], K.lut[e >> 4]);
+      vlut2[idx] = pack_h2(V.lut[e & 15], V.lut[e >> 4]);
+    }
+  } else {
+    if (threadIdx.x < n * n) {
+      const int e = threadIdx.x;
+      klut2[e] = pack_h2(K.lut[e & 3], K.lut[e >> 2]);
+      vlut2[e] = pack_h2(V.lut[e & 3], V.lut[e >> 2]);
+    }
+  }
+  const int i = threadIdx.x & 63, qq = threadIdx.x >> 6;
+  const float qa = QN ? K.qa : 1.f, qb = QN ? K.qb : 0.f;
+  const float ai = qa * K.khalf[cb + i], ap = qa * K.khalf[cb + 64 + i];
+  const float bi = fmaf(qa, K.kmid[cb + i], qb), bp = fmaf(qa, K.kmid[cb + 64 + i], qb);
+  const double f = a.inv_freq[i];
+  float c, sn, dc, ds;
+  anchor(f, 16 * qq, c, sn);
+  anchor(f, 1, dc, ds);
+  const int t4 = i >> 4, kt = (i >> 1) & 7, e = i & 1;
+#pragma unroll 1
+  for (int u = 16 * qq; u < 16 * qq + 16; ++u) {
+    __half* r = rec + (u * 4 + t4) * (2 * kRec) + kt * 12 + e;
+    r[0] = __float2half_rn(c * ai);
+    r[2] = __float2half_rn(-sn * ap);
+    r[4] = __float2half_rn(fmaf(c, bi, -sn * bp));
+    r[6] = __float2half_rn(c * ap);
+    r[8] = __float2half_rn(sn * ai);
+    r[10] = __float2half_rn(fmaf(c, bp, sn * bi));
+    const float c2 = fmaf(c, dc, -sn * ds);
+    sn = fmaf(sn, dc, c * ds);
+    c = c2;
+  }
+}
+
+// OPT >= 1 of the mma build: the chunk's CSR offsets (relative to the first) and, when they
+// fit `cap`, its records staged into shared memory; returns the records to index with soff.
+__device__ const kvlayout::Outlier* stage_csr(const PackedSide& P, int64_t sh, int begin, int cnt, uint32_t* soff,
+                                              kvlayout::Outlier* srec, int cap) {
+  const uint32_t* off = P.off + sh * (static_cast<int64_t>(P.max_tokens) + 1) + begin;
+  const uint32_t o0 = off[0];
+  const uint32_t n = off[cnt] - o0;
+  for (int i = threadIdx.x; i <= cnt; i += kT) soff[i] = off[i] - o0;
+  const kvlayout::Outlier* g = P.rec + sh * P.out_cap + o0;
+  const bool fit = n <= static_cast<uint32_t>(cap);
+  if (fit)
+    for (uint32_t i = threadIdx.x; i < n; i += kT) srec[i] = g[i];
+  return fit ? srec : g;
+}
+
+template <int BITS, int GM, bool QN>
+__global__ void __launch_bounds__(kT, 2)
+kvquant_fold_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, int splits, float* part_o,
+                    float* part_ml) {
+  extern __shared__ __align__(16) float sm[];
+  const int G = a.n_heads / K.kv_heads;
+  uint32_t* klut2 = reinterpret_cast<uint32_t*>(sm);          // [kLutWords]
+  uint32_t* vlut2 = klut2 + kLutWords;                         // [kLutWords]
+  uint32_t* rec = vlut2 + kLutWords;                           // [kS * 4][kRec]
+  float2* st0 = reinterpret_cast<float2*>(rec + kS * 4 * kRec);  // [chunk / kS][64]
+  float* sc = reinterpret_cast<float*>(st0 + (chunk / kS) * 64);  // [chunk][GM], later [kW][GM][kD]
+  float* qs = sc + max(chunk * GM, kW * GM * kD);              // [GM][kD]
+  float4* khm = reinterpret_cast<float4*>(qs + GM * kD);       // [64] by pair_slot (corrections)
+  float* klut = reinterpret_cast<float*>(khm + 64);            // [16]
+  float* vlut = klut + 16;                                     // [16]
+  float* stat = vlut + 16;                                     // [8][2]
+  float* corr = stat + 16;                                     // [GM][kD]
+  float* pmid = corr + GM * kD;                                // [GM]: sum p m per head
+
+  const int s = blockIdx.x, kvh = blockIdx.y, r = blockIdx.z;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int gid = lane >> 2, t4 = lane & 3;
+  const uint32_t t4x4 = BITS == 4 ? 4u * t4 : 0u;
+  const int len = a.len[r];
+  const int begin = s * chunk;
+  const int end = min(len, begin + chunk);
+  const int64_t head0 = static_cast<int64_t>(r) * a.n_heads + kvh * G;
+  if (begin >= end) {
+    store_empty_split<kT>(G, kD, head0, splits, s, part_o, part_ml);
+    return;
+  }
+  const int cnt = end - begin;
+  const int nst = (cnt + kS - 1) / kS;
+  const int slot = a.slot[r];
+  const int64_t sh = static_cast<int64_t>(slot) * K.kv_heads + kvh;
+  const int64_t cb = static_cast<int64_t>(slot) * K.range_stride + kvh * kD;
+
+  // ---- Setup: LUTs, query, key (half, mid), tables, corrections zeroed ----
+  setup_luts_query<BITS, GM>(K, V, a, head0, G, klut, vlut, qs);
+  for (int i = threadIdx.x; i < GM * kD; i += kT) corr[i] = 0.f;
+  if (threadIdx.x < GM) pmid[threadIdx.x] = 0.f;
+  if (threadIdx.x < 64) {
+    const int i = threadIdx.x;
+    khm[pair_slot(i)] = make_float4(K.khalf[cb + i], K.khalf[cb + 64 + i], K.kmid[cb + i], K.kmid[cb + 64 + i]);
+  }
+  setup_fold_tables<BITS, QN>(K, V, a, cb, klut2, vlut2, reinterpret_cast<__half*>(rec));
+  for (int idx = threadIdx.x; idx < nst * 64; idx += kT) {
+    float c, sn;
+    anchor(a.inv_freq[idx & 63], begin + (idx >> 6) * kS, c, sn);
+    st0[idx] = make_float2(c, sn);
+  }
+  __syncthreads();
+
+  // ---- Pass 1: dense scores on the tensor cores, a warp per 64-token stage ----
+  {
+    const uint32_t* kcodes = K.codes + sh * K.max_tokens * K.wpr;
+    const char* ktab = reinterpret_cast<const char*>(klut2);
+    const bool hv = gid < G;
+    const float* qh = qs + (hv ? gid : 0) * kD;
+    for (int st = warp; st < nst; st += kW) {
+      uint32_t kw[8][4];
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) load_key_codes<BITS>(kcodes, min(begin + st * kS + nt * 8 + gid, end - 1), t4, kw[nt]);
+      // Query of head gid rotated by R(j0)^T: qa0[kt] = channels (i, i + 1), qa2[kt] =
+      // (i + 64, i + 65), i = 16 t4 + 2 kt (rows >= G zero).
+      uint32_t qa0[8], qa2[8];
+#pragma unroll
+      for (int kt = 0; kt < 8; ++kt) {
+        const int i = 16 * t4 + 2 * kt;
+        const float2 c0 = st0[st * 64 + i], c1 = st0[st * 64 + i + 1];
+        const float q0 = qh[i], q1 = qh[i + 1], p0 = qh[i + 64], p1 = qh[i + 65];
+        qa0[kt] = hv ? pack_h2(fmaf(q0, c0.x, p0 * c0.y), fmaf(q1, c1.x, p1 * c1.y)) : 0u;
+        qa2[kt] = hv ? pack_h2(fmaf(p0, c0.x, -q0 * c0.y), fmaf(p1, c1.x, -q1 * c1.y)) : 0u;
+      }
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+        if (st * kS + nt * 8 >= cnt) break;  // warp-uniform
+        const uint4* cr = reinterpret_cast<const uint4*>(rec + ((nt * 8 + gid) * 4 + t4) * kRec);
+        float acc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+        for (int k2 = 0; k2 < 4; ++k2) {
+          const uint4 x = cr[3 * k2], y = cr[3 * k2 + 1], z = cr[3 * k2 + 2];
+          // k-tile 2 k2: words x.x .. y.y; k-tile 2 k2 + 1: y.z .. z.w.
+          const uint32_t cf[2][6] = {{x.x, x.y, x.z, x.w, y.x, y.y}, {y.z, y.w, z.x, z.y, z.z, z.w}};
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int kt = 2 * k2 + h;
+            const uint32_t lo = lut_get<BITS>(ktab, kw[nt][0], kw[nt][1], kt, t4x4);
+            const uint32_t hi = lut_get<BITS>(ktab, kw[nt][2], kw[nt][3], kt, t4x4);
+            const uint32_t b0 = hfma2(hi, cf[h][1], hfma2(lo, cf[h][0], cf[h][2]));
+            const uint32_t b1 = hfma2(lo, cf[h][4], hfma2(hi, cf[h][3], cf[h][5]));
+            mma16816(acc, qa0[kt], 0u, qa2[kt], 0u, b0, b1);
+          }
+        }
+        const int tok = st * kS + nt * 8 + 2 * t4;
+        if (hv) {
+          if (tok < cnt) sc[tok * GM + gid] = acc[0] * a.scale;
+          if (tok + 1 < cnt) sc[(tok + 1) * GM + gid] = acc[1] * a.scale;
+        }
+      }
+    }
+  }
+  __syncthreads();
+
+  // ---- Pass 1b: sinks recomputed, key outliers added (fp32); CSR staged in the coefficient
+  // records' space, dead after pass 1 ----
+  uint32_t* soff = rec;                                                                // [chunk + 1]
+  kvlayout::Outlier* srec = reinterpret_cast<kvlayout::Outlier*>(soff + chunk + 4);  // [2 chunk]
+  // Staging capacity: the records' space (kS * 4 * kRec words) after the offsets.
+  const int rcap = kS * 4 * kRec - (chunk + 4);
+  const kvlayout::Outlier* krec = nullptr;
+  if (K.outliers) {
+    krec = stage_csr(K, sh, begin, cnt, soff, srec, rcap);
+    __syncthreads();
+  }
+  {
+    const int ns_end = min(end, K.n_sink);
+    for (int w = warp; w < (ns_end - begin) * G; w += kW) {
+      const int j = begin + w / G, g = w % G;
+      const uint16_t* row = K.sink + (sh * K.n_sink + j) * kD;
+      float dot = 0.f;
+      for (int i = lane; i < 64; i += 32) {
+        float c, sn;
+        anchor(a.inv_freq[i], j, c, sn);
+        const float x0 = h2f(row[i]), x1 = h2f(row[i + 64]);
+        dot = fmaf(qs[g * kD + i], fmaf(x0, c, -x1 * sn), dot);
+        dot = fmaf(qs[g * kD + i + 64], fmaf(x1, c, x0 * sn), dot);
+      }
+      dot = warp_sum(dot);
+      if (lane == 0) sc[(j - begin) * GM + g] = dot * a.scale;
+    }
+    if (K.outliers) {
+      const uint32_t* kcodes = K.codes + sh * K.max_tokens * K.wpr;
+      for (int j = max(begin, K.n_sink) + static_cast<int>(threadIdx.x); j < end; j += kT) {
+        const uint32_t r0 = soff[j - begin], r1 = soff[j - begin + 1];
+        for (uint32_t rr = r0; rr < r1; ++rr) {
+          const kvlayout::Outlier o = krec[rr];
+          const int i = static_cast<int>(o.index) - kvh * kD;
+          const uint32_t w = kcodes[static_cast<int64_t>(j) * K.wpr + i / (32 / BITS)];
+          const uint32_t code = (w >> (BITS * (i % (32 / BITS)))) & ((1u << BITS) - 1u);
+          const float4 hm = khm[pair_slot(i & 63)];
+          float kd = fmaf(klut[code], i < 64 ? hm.x : hm.y, i < 64 ? hm.z : hm.w);
+          if constexpr (QN) kd = fmaf(kd, K.qa, K.qb);
+          const float delta = h2f(o.value) - kd;
+          const int ip = i & 63;
+          float c, sn;
+          anchor(a.inv_freq[ip], j, c, sn);
+          for (int g = 0; g < G; ++g) {
+            const float qi = qs[g * kD + ip], qp = qs[g * kD + ip + 64];
+            const float qr = i < 64 ? fmaf(qi, c, qp * sn) : fmaf(qp, c, -qi * sn);
+            sc[(j - begin) * GM + g] += a.scale * qr * delta;
+          }
+        }
+      }
+    }
+  }
+  __syncthreads();
+
+  // ---- Pass 2: p = exp(s - max) per query head, and the chunk's sum; value CSR staged ----
+  const kvlayout::Outlier* vrec = nullptr;
+  if (V.outliers) vrec = stage_csr(V, sh, begin, cnt, soff, srec, rcap);
+  for (int g = warp; g < G; g += kW) {
+    float m = -INFINITY;
+    for (int i = lane; i < cnt; i += 32) m = fmaxf(m, sc[i * GM + g]);
+    m = warp_max(m);
+    float sum = 0.f;
+    for (int i = lane; i < cnt; i += 32) {
+      const float pe = expf(sc[i * GM + g] - m);
+      sc[i * GM + g] = pe;
+      sum += pe;
+    }
+    sum = warp_sum(sum);
+    if (lane == 0) {
+      stat[2 * g] = m;
+      stat[2 * g + 1] = sum;
+    }
+  }
+  __syncthreads();
+
+  // ---- Pass 3: P V on the tensor cores, a warp per 16-token k-tile; then corrections ----
+  {
+    float acc[8][4];
+#pragma unroll
+    for (int mt = 0; mt < 8; ++mt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[mt][e] = 0.f;
+    float pm = 0.f;  // sum over the lane's tokens of p m for head gid
+    const uint32_t* vcodes = V.codes + sh * V.max_tokens * V.wpr;
+    const uint32_t* vmeta = reinterpret_cast<const uint32_t*>(V.meta) + sh * V.max_tokens;
+    const char* vtab = reinterpret_cast<const char*>(vlut2);
+    const float vqa = QN ? V.qa : 1.f, vqb = QN ? V.qb : 0.f;
+    const int ntile = (cnt + 15) / 16;
+    // Tokens 2 t4, 2 t4 + 1, 2 t4 + 8, 2 t4 + 9 of a tile; channels 16 gid .. 16 gid + 15.
+    uint32_t nw[4][2], nmv[4];
+    auto load_tile = [&](int kt16) {
+#pragma unroll
+      for (int x = 0; x < 4; ++x) {
+        const int tt = min(kt16 * 16 + 2 * t4 + (x & 1) + 8 * (x >> 1), cnt - 1);
+        const int j = begin + tt;
+        if constexpr (BITS == 4) {
+          const uint2 c2 = __ldg(reinterpret_cast<const uint2*>(vcodes + static_cast<int64_t>(j) * 16) + gid);
+          nw[x][0] = c2.x;
+          nw[x][1] = c2.y;
+        } else {
+          nw[x][0] = __ldg(vcodes + static_cast<int64_t>(j) * 8 + gid);
+          nw[x][1] = 0;
+        }
+        nmv[x] = __ldg(vmeta + j);
+      }
+    };
+    if (warp < ntile) load_tile(warp);
+    for (int kt16 = warp; kt16 < ntile; kt16 += kW) {
+      uint32_t w[4][2], mvs[4];
+#pragma unroll
+      for (int x = 0; x < 4; ++x) {
+        w[x][0] = nw[x][0];
+        w[x][1] = nw[x][1];
+        mvs[x] = nmv[x];
+      }
+      if (kt16 + kW < ntile) load_tile(kt16 + kW);
+      float pw[4];
+#pragma unroll
+      for (int x = 0; x < 4; ++x) {
+        const int tt = kt16 * 16 + 2 * t4 + (x & 1) + 8 * (x >> 1);
+        const bool in = tt < cnt;
+        const int j = begin + (in ? tt : cnt - 1);
+        const uint32_t mv = mvs[x];
+        // Sinks, tokens past the end and heads >= G: weight 0 and no m term (their meta is not
+        // read into the sums: a sink's meta need not be finite).
+        const bool dense = in && j >= V.n_sink && gid < G;
+        pw[x] = 0.f;
+        if (dense) {
+          const float p = sc[tt * GM + gid];
+          const float mid = h2f(static_cast<uint16_t>(mv & 0xFFFFu)), half = h2f(static_cast<uint16_t>(mv >> 16));
+          pw[x] = p * (vqa * half);
+          pm = fmaf(p, fmaf(vqa, mid, vqb), pm);
+        }
+      }
+      const uint32_t b0 = pack_h2(pw[0], pw[1]), b1 = pack_h2(pw[2], pw[3]);
+#pragma unroll
+      for (int mt = 0; mt < 8; ++mt) {
+        uint32_t h[4];
+#pragma unroll
+        for (int x = 0; x < 4; ++x) h[x] = lut_get<BITS>(vtab, w[x][0], w[x][1], mt, t4x4);
+        // Row gid = channel 16 gid + 2 mt (low halves), row gid + 8 = the next channel.
+        mma16816(acc[mt], __byte_perm(h[0], h[1], 0x5410), __byte_perm(h[0], h[1], 0x7632),
+                 __byte_perm(h[2], h[3], 0x5410), __byte_perm(h[2], h[3], 0x7632), b0, b1);
+      }
+    }
+    // sum p m of head gid: over the 4 lanes t4 of the group, then into pmid.
+    pm += __shfl_xor_sync(0xffffffffu, pm, 1);
+    pm += __shfl_xor_sync(0xffffffffu, pm, 2);
+    if (t4 == 0 && gid < G) atomicAdd(&pmid[gid], pm);
+    // Sinks and value outliers into corr (fp32, shared atomics; p still in sc).
+    const int ns_end = min(end, V.n_sink);
+    for (int idx = threadIdx.x; idx < (ns_end - begin) * G * kD; idx += kT) {
+      const int j = begin + idx / (G * kD), g = (idx / kD) % G, d = idx % kD;
+      atomicAdd(&corr[g * kD + d], sc[(j - begin) * GM + g] * h2f(V.sink[(sh * V.n_sink + j) * kD + d]));
+    }
+    if (V.outliers) {
+      for (int j = max(begin, V.n_sink) + static_cast<int>(threadIdx.x); j < end; j += kT) {
+        const uint32_t r0 = soff[j - begin], r1 = soff[j - begin + 1];
+        if (r0 == r1) continue;
+        const uint32_t mv = vmeta[j];
+        const float mid = h2f(static_cast<uint16_t>(mv & 0xFFFFu)), half = h2f(static_cast<uint16_t>(mv >> 16));
+        for (uint32_t rr = r0; rr < r1; ++rr) {
+          const kvlayout::Outlier o = vrec[rr];
+          const int i = static_cast<int>(o.index) - kvh * kD;
+          const uint32_t w = vcodes[static_cast<int64_t>(j) * V.wpr + i / (32 / BITS)];
+          const uint32_t code = (w >> (BITS * (i % (32 / BITS)))) & ((1u << BITS) - 1u);
+          float vd = fmaf(vlut[code], half, mid);
+          if constexpr (QN) vd = fmaf(vd, V.qa, V.qb);
+          const float delta = h2f(o.value) - vd;
+          for (int g = 0; g < G; ++g) atomicAdd(&corr[g * kD + i], sc[(j - begin) * GM + g] * delta);
+        }
+      }
+    }
+    __syncthreads();  // weights and corrections done: sc becomes red
+    float* red = sc;  // [kW][GM][kD]
+#pragma unroll
+    for (int mt = 0; mt < 8; ++mt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int g = 2 * t4 + (e & 1), d = 16 * gid + 2 * mt + (e >> 1);
+        if (g < GM) red[(warp * GM + g) * kD + d] = acc[mt][e];
+      }
+    __syncthreads();
+    for (int i = threadIdx.x; i < G * kD; i += kT) {
+      const int g = i / kD, d = i % kD;
+      float o = corr[i] + pmid[g];
+#pragma unroll
+      for (int w2 = 0; w2 < kW; ++w2) o += red[(w2 * GM + g) * kD + d];
+      part_o[((head0 + g) * splits + s) * kD + d] = o;
+    }
+    if (threadIdx.x < G) {
+      part_ml[((head0 + threadIdx.x) * splits + s) * 2] = stat[2 * threadIdx.x];
+      part_ml[((head0 + threadIdx.x) * splits + s) * 2 + 1] = stat[2 * threadIdx.x + 1];
+    }
+  }
+}
+
+template <int BITS, int GM, bool QN>
+cudaError_t launch(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, const Plan& p,
+                   float* part_o, float* part_ml, cudaStream_t stream) {
+  const size_t smem = smem_bytes(GM, p.chunk);
+  cudaError_t e = cudaFuncSetAttribute(kvquant_fold_kernel<BITS, GM, QN>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(smem));
+  if (e != cudaSuccess) return e;
+  kvquant_fold_kernel<BITS, GM, QN><<<dim3(p.splits, k.kv_heads, a.rows), kT, smem, stream>>>(k, v, a, p.chunk,
+                                                                                            p.splits, part_o, part_ml);
+  if ((e = launch_status()) != cudaSuccess) return e;
+  splitk_combine_kernel<__half><<<dim3(a.n_heads, a.rows), 128, 0, stream>>>(
+      part_o, part_ml, static_cast<__half*>(a.out), a.n_heads, kD, p.splits);
+  return launch_status();
+}
+
+template <int BITS, bool QN>
+cudaError_t dispatch_gm(int gm, const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, const Plan& p,
+                        float* o, float* ml, cudaStream_t stream) {
+  switch (gm) {
+    case 1: return launch<BITS, 1, QN>(k, v, a, p, o, ml, stream);
+    case 2: return launch<BITS, 2, QN>(k, v, a, p, o, ml, stream);
+    case 4: return launch<BITS, 4, QN>(k, v, a, p, o, ml, stream);
+    case 8: return launch<BITS, 8, QN>(k, v, a, p, o, ml, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace
+
+size_t workspace_fold(const PackedSide& k, const PackedDecodeArgs& a, int max_len, int sm_count) {
+  if (k.kv_heads <= 0 || a.rows <= 0 || max_len <= 0 || a.n_heads % k.kv_heads != 0) return 0;
+  const Plan p = make_plan(k.kv_heads, a.rows, gm_of(a.n_heads / k.kv_heads), max_len, sm_count);
+  return static_cast<size_t>(a.rows) * a.n_heads * p.splits * (kD + 2) * sizeof(float);
+}
+
+cudaError_t run_fold(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len, int sm_count,
+                     void* ws, size_t ws_bytes, cudaStream_t stream) {
+  if (!fits(Act::kF16, k, v, a)) return cudaErrorInvalidValue;
+  if (a.rows == 0) return cudaSuccess;
+  if (max_len <= 0 || ws_bytes < workspace_fold(k, a, max_len, sm_count)) return cudaErrorInvalidValue;
+  const int gm = gm_of(a.n_heads / k.kv_heads);
+  const Plan p = make_plan(k.kv_heads, a.rows, gm, max_len, sm_count);
+  float* part_o = static_cast<float*>(ws);
+  float* part_ml = part_o + static_cast<size_t>(a.rows) * a.n_heads * p.splits * kD;
+  const bool qn = k.qa != 1.f || k.qb != 0.f || v.qa != 1.f || v.qb != 0.f;
+  if (k.bits == 4)
+    return qn ? dispatch_gm<4, true>(gm, k, v, a, p, part_o, part_ml, stream)
+              : dispatch_gm<4, false>(gm, k, v, a, p, part_o, part_ml, stream);
+  return qn ? dispatch_gm<2, true>(gm, k, v, a, p, part_o, part_ml, stream)
+            : dispatch_gm<2, false>(gm, k, v, a, p, part_o, part_ml, stream);
+}
+
+}  // namespace kvq::kern::kvquant_decode
