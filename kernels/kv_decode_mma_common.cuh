@@ -118,7 +118,11 @@ __device__ __forceinline__ void word_pairs(uint32_t w, uint32_t* out) {
 // accumulator layout (row gid, cols 2 t4, 2 t4 + 1; row gid + 8, same cols).
 // FOLD: the codes enter as off + c and acc starts from init[nt][c] = -sum_d q_d off(d) of
 // column 2 t4 + c (so acc = codes x q again, up to the accumulation's rounding).
-template <int BITS, bool FOLD = false, int NWK, int NTK>
+// SPLIT (h52, session 6; an A/B, kv_decode_stream.cu's KVQ_KV_ILP): the 8 k-steps as two
+// independent mma chains (even / odd k-steps, 4 deep each) added at the end, instead of one
+// chain 8 deep (each mma waits for the previous one's accumulator); one more fp32 rounding
+// per score (the add), far inside the test's bound.
+template <int BITS, bool FOLD = false, bool SPLIT = false, int NWK, int NTK>
 __device__ __forceinline__ void key_tile_dot(const uint32_t (&w)[2][NWK], const uint32_t (&bq)[NTK][8][2],
                                              float (&acc)[NTK][4], const float (*init)[2] = nullptr) {
   constexpr int NP = 16 / BITS;  // fp16 pairs per code word
@@ -131,12 +135,33 @@ __device__ __forceinline__ void key_tile_dot(const uint32_t (&w)[2][NWK], const 
   for (int nt = 0; nt < NTK; ++nt)
 #pragma unroll
     for (int e = 0; e < 4; ++e) acc[nt][e] = FOLD ? init[nt][e & 1] : 0.f;
-#pragma unroll
-  for (int kk = 0; kk < 8; ++kk)
+  if constexpr (SPLIT) {
+    float acc2[NTK][4];
 #pragma unroll
     for (int nt = 0; nt < NTK; ++nt)
-      mma16816(acc[nt], pr[0][2 * kk], pr[1][2 * kk], pr[0][2 * kk + 1], pr[1][2 * kk + 1], bq[nt][kk][0],
-               bq[nt][kk][1]);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc2[nt][e] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < 8; kk += 2)
+#pragma unroll
+      for (int nt = 0; nt < NTK; ++nt) {
+        mma16816(acc[nt], pr[0][2 * kk], pr[1][2 * kk], pr[0][2 * kk + 1], pr[1][2 * kk + 1], bq[nt][kk][0],
+                 bq[nt][kk][1]);
+        mma16816(acc2[nt], pr[0][2 * kk + 2], pr[1][2 * kk + 2], pr[0][2 * kk + 3], pr[1][2 * kk + 3],
+                 bq[nt][kk + 1][0], bq[nt][kk + 1][1]);
+      }
+#pragma unroll
+    for (int nt = 0; nt < NTK; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[nt][e] += acc2[nt][e];
+  } else {
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk)
+#pragma unroll
+      for (int nt = 0; nt < NTK; ++nt)
+        mma16816(acc[nt], pr[0][2 * kk], pr[1][2 * kk], pr[0][2 * kk + 1], pr[1][2 * kk + 1], bq[nt][kk][0],
+                 bq[nt][kk][1]);
+  }
 }
 
 // Channel (within the lane's 32-channel block) of the low code of key pair p (0..15).

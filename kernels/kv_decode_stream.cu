@@ -203,14 +203,12 @@ __host__ __device__ inline int key_meta_stage_halves(const PackedSide& K, int ks
 // n-tile each way up to 384-token stages at 2 bits / 256 at 4 (~47-55 KB of shared memory
 // each), else 3 (the two-n-tile builds keep 64 accumulators; 512-token stages at 2 bits take
 // ~61 KB at G = 1, so 4 would not fit the 228 KB of an H100 SM anyway).
-// OPT bit 2 / bit 3 (h52, session 6): 5 / 6 blocks per SM (<= 96 / <= 80 registers) for the
-// 2-bit one-n-tile 256-token builds and the 4-bit 128-token ones (~27-35 KB of shared memory
-// each, so 6 still fit; KVQ_KV_OCC, blocks_per_sm_2bit below): at batch 1
-// the int2 MHA kernel is issue-latency bound with 4 warps per scheduler (ncu, H100 2026-11-23:
-// 52% issue slots busy, 1.03 of 3.49 warps eligible, "wait" and "not selected" the largest
-// stalls, DRAM 41-45% of peak), so more resident warps should issue more often.
-__host__ __device__ constexpr int stream_min_blocks(int ntk, int ntv, int ks, int bits, int opt = 3) {
-  return (opt & 8) ? 6 : (opt & 4) ? 5 : ntk == 1 && ntv == 1 && ks * bits <= 1024 && ks <= 384 ? 4 : 3;
+// 5 or 6 blocks per SM (<= 96 / <= 80 registers; 4-bit builds at 128-token stages to fit the
+// shared memory) were tried for batch 1 (h52, session 6, KVQ_KV_OCC at ca2cd62; H100
+// 2026-11-23, notes/s6/results-h52.md): more warps per scheduler (4.17 vs 3.48) but no faster
+// (int2 MHA b1 64K 90.9 -> 91.4 / 97.4 us, int4 4-13% slower), so they were removed.
+__host__ __device__ constexpr int stream_min_blocks(int ntk, int ntv, int ks, int bits) {
+  return ntk == 1 && ntv == 1 && ks * bits <= 1024 && ks <= 384 ? 4 : 3;
 }
 
 // KONE: one channel group on both sides (group = 128: the default per-token codes), so the
@@ -245,7 +243,7 @@ __host__ __device__ constexpr int stream_min_blocks(int ntk, int ntv, int ks, in
 // 16 values instead of 12 independent trees; at G = 1 the merged tree is 5 levels as before).
 template <int BITS, int NTK, int NTV, bool KONE, int GM, bool KCH, int NGVT = 0, bool FOLD = true, int KS = kS,
           int OPT = 3>
-__global__ void __launch_bounds__(kT, stream_min_blocks(NTK, NTV, KS, BITS, OPT))
+__global__ void __launch_bounds__(kT, stream_min_blocks(NTK, NTV, KS, BITS))
 stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int splits, float* part_o,
               float* part_ml) {
   constexpr int NP = 16 / BITS;   // fp16 pairs per code word
@@ -495,7 +493,7 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
     } else {
       const uint32_t* kcb = kc_s + (j & 1) * KS * RW + t4 * NWK;
       const uint16_t* kmb = km_s + (j & 1) * kms + koff;
-      for (int tb = warp; tb < ntiles; tb += kW) {
+      auto key_tile = [&](int tb) {
         uint32_t w[2][NWK];
         uint32_t mk[2][NTK][2];
         load_key_rows(kcb, tb, gid, RW, w);
@@ -515,7 +513,7 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
           }
         }
         float dots[NTK][4];
-        key_tile_dot<BITS, KF>(w, bq, dots, kinit);
+        key_tile_dot<BITS, KF, (OPT & 32) != 0>(w, bq, dots, kinit);
         // dots[nt]: (row gid, cols 2t4, 2t4+1), (row gid+8, same cols). With one head (KONE,
         // GM = 1) only column 0 is ever used: NC = 1 drops the other column's epilogue.
         constexpr int NC = KONE && GM == 1 ? 1 : 2;
@@ -543,6 +541,12 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
               if (sdst[nt][0] >= 0 && li < cnt) sc[sdst[nt][0] + li] = sum * ascale;
             }
           }
+      };
+      if constexpr ((OPT & 16) != 0) {  // KVQ_KV_ILP=3: two tiles per iteration
+#pragma unroll 2
+        for (int tb = warp; tb < ntiles; tb += kW) key_tile(tb);
+      } else {
+        for (int tb = warp; tb < ntiles; tb += kW) key_tile(tb);
       }
     }
     __syncthreads();
@@ -1068,9 +1072,7 @@ void stream_plan(int kv_heads, int rows, int max_len, int resident, int ks, int*
 }
 void stream_plan_search(int kv_heads, int rows, int max_len, int resident, int ks, int* span, int* splits) {
   const int per_split = std::max(1, kv_heads * rows);
-  // At most one split per 256 tokens whatever the stage (stream_max_splits sizes the partials
-  // for that; the 128-token stages of the KVQ_KV_OCC int4 builds would otherwise ask for twice).
-  const int max_splits = std::max(1, std::min((max_len + ks - 1) / ks, (max_len + kS - 1) / kS));
+  const int max_splits = std::max(1, (max_len + ks - 1) / ks);
   double best = 1e300;
   int bs = 1, bspan = max_splits * ks;
   for (int sp = 1; sp <= max_splits; ++sp) {
@@ -1144,14 +1146,18 @@ int stage_tokens_2bit() {
   }
   return 0;
 }
-// KVQ_KV_OCC=5|6 (read per call): the 2-bit per-token 256-token-stage builds compiled for 5 or
-// 6 blocks per SM (stream_min_blocks' OPT bits 2 / 3) instead of 4, and the 4-bit per-token
-// builds at 128-token stages for 5 / 6 blocks (launch_token_staged); 0 (unset or anything
-// else): 4 blocks, 256-token stages. Not yet measured (A/B for the batch-1 cells).
-int blocks_per_sm_2bit() {
-  if (const char* e = std::getenv("KVQ_KV_OCC")) {
-    if (std::strcmp(e, "5") == 0) return 5;
-    if (std::strcmp(e, "6") == 0) return 6;
+// KVQ_KV_ILP=2|3 (read per call; h52, session 6, an A/B not yet measured): the per-token
+// builds at G = 1 and G <= 4 with the key pass's 8-deep mma chain per tile split in two
+// (key_tile_dot's SPLIT, stream_kernel's OPT bit 5) and, at 3, also the key tile loop unrolled
+// by two (bit 4), so a warp has two tiles' conversions and chains to interleave. Why: ncu of
+// int2 MHA batch 1 (H100 2026-11-23) shows the warps stalled mostly on fixed-latency
+// dependencies ("wait", 1.85 cycles per issued instruction) with issue slots 52-55% busy, and
+// 5-6 blocks per SM (more warps) did not help, so more independent work per warp is the next
+// thing to try. 0 (unset or anything else): neither.
+int key_ilp() {
+  if (const char* e = std::getenv("KVQ_KV_ILP")) {
+    if (std::strcmp(e, "2") == 0) return 2;
+    if (std::strcmp(e, "3") == 0) return 3;
   }
   return 0;
 }
@@ -1173,10 +1179,13 @@ int default_stage_2bit(const PackedSide& k, const PackedDecodeArgs& a, int max_l
 template <int BITS, int GM, int KS>
 cudaError_t launch_token(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len,
                          int sm_count, float* o, float* ml, cudaStream_t stream) {
-  if constexpr (BITS == 2 && KS == kS) {
-    const int occ = blocks_per_sm_2bit();
-    if (occ == 5) return launch_stream<BITS, 1, 1, true, GM, false, 0, true, KS, 7>(k, v, a, max_len, sm_count, o, ml, stream);
-    if (occ == 6) return launch_stream<BITS, 1, 1, true, GM, false, 0, true, KS, 11>(k, v, a, max_len, sm_count, o, ml, stream);
+  if constexpr (KS == kS && (GM == 1 || GM == 4)) {
+    // KVQ_KV_ILP=2|3 (read per call): the key pass with two mma chains per tile (OPT bit 5)
+    // and, at 3, its tile loop unrolled by two (bit 4).
+    constexpr int O = BITS == 4 && GM == 4 ? 1 : 3;  // the build's default OPT
+    const int ilp = key_ilp();
+    if (ilp == 2) return launch_stream<BITS, 1, 1, true, GM, false, 0, true, KS, O | 32>(k, v, a, max_len, sm_count, o, ml, stream);
+    if (ilp == 3) return launch_stream<BITS, 1, 1, true, GM, false, 0, true, KS, O | 48>(k, v, a, max_len, sm_count, o, ml, stream);
   }
   if constexpr (BITS == 2 && GM == 4 && KS != 512) {
     const char* e = std::getenv("KVQ_KV_OPT");
@@ -1194,15 +1203,8 @@ cudaError_t launch_token_staged(const PackedSide& k, const PackedSide& v, const 
     if (ks == 512) return launch_token<BITS, GM, 512>(k, v, a, max_len, sm_count, o, ml, stream);
     if (ks == 384) return launch_token<BITS, GM, 384>(k, v, a, max_len, sm_count, o, ml, stream);
   }
-  if constexpr (BITS == 4) {
-    // KVQ_KV_OCC=5|6: 128-token stages (~27-31 KB of shared memory instead of 52-62 KB) compiled
-    // for 5 / 6 blocks per SM; the 4-bit G <= 4 build keeps its per-value reductions (OPT 1).
-    constexpr int O = GM == 4 ? 1 : 3;
-    const int occ = blocks_per_sm_2bit();
-    if (occ == 5) return launch_stream<BITS, 1, 1, true, GM, false, 0, true, 128, O | 4>(k, v, a, max_len, sm_count, o, ml, stream);
-    if (occ == 6) return launch_stream<BITS, 1, 1, true, GM, false, 0, true, 128, O | 8>(k, v, a, max_len, sm_count, o, ml, stream);
-  }
   if constexpr (BITS == 4 && GM == 4) {
+    if (key_ilp() != 0) return launch_token<BITS, GM, kS>(k, v, a, max_len, sm_count, o, ml, stream);
     // KVQ_KV_OPT=0|2|3 (read per call): this build without the unrolled staging (bit 0) and / or
     // with the merged reductions (bit 1). Default 1, measured (H100, 2026-11-23, run 2, one
     // process, llama3-8b int4, us at 32K / 64K / 128K): batch 8 OPT 0 (= ce81fd6's code)
