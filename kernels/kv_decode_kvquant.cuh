@@ -1,7 +1,7 @@
 // Decode attention specialised for KVQuant packed caches: pre-RoPE NUQ keys with static
 // per-channel ranges, per-token NUQ values, CSR sparse outliers and fp16 sinks, all in one
-// launch. fits(): kernels/kv_decode_kvquant.cu; the builds: kv_decode_kvquant_mma.cu (default),
-// kv_decode_kvquant_fold.cu and kv_decode_kvquant_stream.cu (design, instruction and byte counts there). Called by
+// launch. fits(): kernels/kv_decode_kvquant.cu; the builds: kv_decode_kvquant_fold.cu (default),
+// kv_decode_kvquant_mma.cu and kv_decode_kvquant_stream.cu (design, instruction and byte counts there). Called by
 // lib/cuda/packed_cache.cpp where fits() holds (else the general kernel of
 // kernels/kv_decode_packed.cu serves KVQuant). nvcc and g++ both read this header.
 #pragma once
@@ -21,14 +21,13 @@ namespace kvq::kern::kvquant_decode {
 bool fits(Act act, const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a);
 
 // The tensor-core build with the codec's affine maps folded into tables
-// (kernels/kv_decode_kvquant_fold.cu; KVQ_KV_DECODE=kvq-fold, opt-in):
+// (kernels/kv_decode_kvquant_fold.cu; packed_cache.cpp's default, also KVQ_KV_DECODE=kvq-fold):
 // same cases and split-K partials as run_mma below, its own split plan and workspace.
 size_t workspace_fold(const PackedSide& k, const PackedDecodeArgs& a, int max_len, int sm_count);
 cudaError_t run_fold(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len,
                      int sm_count, void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
-// The tensor-core build (kernels/kv_decode_kvquant_mma.cu; packed_cache.cpp's default, also
-// KVQ_KV_DECODE=kvq-mma): workspace bytes for max_len tokens (its split-K partials) and the
+// The tensor-core build of session 5 (kernels/kv_decode_kvquant_mma.cu; KVQ_KV_DECODE=kvq-mma): workspace bytes for max_len tokens (its split-K partials) and the
 // launch (decode kernel + split-K combine); `workspace` holds workspace_mma() bytes.
 size_t workspace_mma(const PackedSide& k, const PackedDecodeArgs& a, int max_len, int sm_count);
 cudaError_t run_mma(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len,

@@ -1,6 +1,6 @@
 // KVQuant decode on the tensor cores with the codec's affine maps folded into tables
-// (interface: kv_decode_kvquant.cuh, run_fold; KVQ_KV_DECODE=kvq-fold in lib/cuda/packed_cache.cpp,
-// opt-in: its fp16 key terms need the bound of tests/gpu/kv_kvquant_test.cpp's fold cases). Same cases, same three passes per chunk (scores
+// (interface: kv_decode_kvquant.cuh, run_fold; the default of lib/cuda/packed_cache.cpp where
+// fits() holds, also KVQ_KV_DECODE=kvq-fold). Same cases, same three passes per chunk (scores
 // to shared memory, softmax, P V), same split-K partials and combine, same outlier and sink
 // corrections as the three-pass build kernels/kv_decode_kvquant_mma.cu (h45; its header has
 // the m16n8k16 fragment layouts and the RoPE split R(j0 + u) = R(j0) R(u)). What changed, and
@@ -27,6 +27,20 @@
 //  - The split count minimises waves x (stages per block + setup), instead of aiming at 4
 //    blocks per SM (llama2-7b b1 32K: 17 splits = 544 blocks on 264 slots = 3 rounds; 16
 //    splits = 2).
+// Measured (H100, 2026-11-23, 28872d5 = this code, notes/s6/results-h51.md): parity passed (fold
+// cases 0.00 of their bound; "kv packed: KVQuant*" 0.38-0.93 of its fp32-level bound); SASS
+// <4 bits, G = 1>: key n-tile 136 instructions (4.3 per element: 32 HFMA2, 16 LDS, 12 LDS.128,
+// 8 HMMA, ~45 integer), value k-tile 155 in the inner loop (2.4 per element), 269 with the next
+// tile's loads and the weights; 127 registers, no spills. Against kvq-mma in one process: 3-17%
+// faster at 4 bits and 17-27% at 2 bits on llama2-7b (b1 32K 321.1 -> 265.6 us = 0.99x fp16;
+// 2 bits 308.3 -> 223.9 = 1.17x), GQA -7% .. +25%. Still far from issue 4's 1.7x fp16 on MHA:
+// ncu (b1 32K 4 bits) puts the kernel on the shared-memory pipe (L1/TEX 75.5% of peak, short-
+// scoreboard stalls 31% of the cycles, 0.5 eligible warps per scheduler at 16 warps per SM): the
+// coefficient records (12 LDS.128 per n-tile and lane, 24 B per 4 key elements) and the 256-entry
+// tables' bank conflicts now cost more than the arithmetic they replaced. Next (not done):
+// coefficients in registers (a lane's token offset u = gid fixed, the stage anchor moved into
+// 16 anchored query rows of the A fragment, h51's notes in notes/kv-cuda-perf.md), lane-private
+// table copies, or the one-pass structure of kv_decode_kvquant_stream.cu.
 // Error (derived in tests/gpu/kv_kvquant_test.cpp, fold cases): on top of the mma build's
 // query rounding, each rotated key component carries <= 4 fp16 roundings of terms bounded by
 // Lmax (|a_i| + |a_p|) + |b_i| + |b_p| (L, the coefficients, the offset, two HFMA2 results), so

@@ -108,15 +108,19 @@ void reject_retired_decode(const std::string& where) {
                           "unset KVQ_KV_DECODE (or mma-stream) for version 4");
   if (v == "kvq-fast")
     throw InvalidArgument(where, "KVQ_KV_DECODE=kvq-fast: the CUDA-core KVQuant kernel was retired (last in dfabb0b)",
-                          "unset KVQ_KV_DECODE (or kvq-mma) for the tensor-core KVQuant kernel, kvq-stream for its one-pass build");
+                          "unset KVQ_KV_DECODE (or kvq-fold) for the tensor-core KVQuant kernel, kvq-mma / kvq-stream for its other builds");
 }
-// Which build of KVQuant's kernel: KVQ_KV_DECODE=kvq-fold the tensor-core build with the codec's
-// affine maps folded into fp16 tables (kernels/kv_decode_kvquant_fold.cu, h51: ~3x fewer
-// instructions per key and value element than kvq-mma, notes/s6/results-h51.md; opt-in until its
-// H100 parity and timings are in: its fp16 key terms exceed the fp32-level bound of
-// tests/gpu/kv_packed_test.cpp's KVQuant case, see tests/gpu/kv_kvquant_test.cpp). By default and
-// with kvq-mma the tensor-core build of session 5 (kernels/kv_decode_kvquant_mma.cu, H100, 2026-11-23, notes/s5/results-h45.md run 2: faster than the
-// retired CUDA-core kernel in all 16 cells, 1.11-1.49x, llama2-7b b1 32K 4 bits 432.6 -> 323.4 us).
+// Which build of KVQuant's kernel: by default and with KVQ_KV_DECODE=kvq-fold the tensor-core
+// build with the codec's affine maps folded into fp16 tables (kernels/kv_decode_kvquant_fold.cu,
+// h51). H100, 2026-11-23 (28872d5, notes/s6/results-h51.md, one process --ab kvq-mma,kvq-fold):
+// passed its [kvquant] cases (0.00 of its derived bound) and "kv packed: KVQuant*" (worst 0.93 of
+// that test's fp32-level bound, which has no fp16 key terms: kvq-mma was at 0.71); faster than
+// kvq-mma in 20 of 24 cells (MHA 4 bits 3-17%, 2 bits 17-27%, e.g. llama2-7b b1 32K 321.1 ->
+// 265.6 us, b8 128K 2 bits 7634.5 -> 6142.5), slower in llama3-8b b1 128K 4 bits (443.5 -> 472.7)
+// and b8 32K 4 bits (809.1 -> 831.2), equal at b1 128K 2 bits. KVQ_KV_DECODE=kvq-mma: the
+// tensor-core build of session 5 (kernels/kv_decode_kvquant_mma.cu, H100, 2026-11-23,
+// notes/s5/results-h45.md run 2: faster than the retired CUDA-core kernel in all 16 cells,
+// 1.11-1.49x, llama2-7b b1 32K 4 bits 432.6 -> 323.4 us), kept for the GQA cells above.
 // KVQ_KV_DECODE=kvq-stream: the one-pass online-softmax build (kernels/kv_decode_kvquant_stream.cu,
 // h47). H100, 2026-11-23 (2192aa0, notes/s5/results-h47.md): passed the [kvquant] cases and
 // "kv packed: KVQuant*"; faster than kvq-mma in 10 of 16 cells (GQA all, up to 1.22x; MHA b1 32K
@@ -125,9 +129,9 @@ bool kvquant_stream_selected() {
   const char* e = std::getenv("KVQ_KV_DECODE");
   return e && std::strcmp(e, "kvq-stream") == 0;
 }
-bool kvquant_fold_selected() {
+bool kvquant_mma_selected() {
   const char* e = std::getenv("KVQ_KV_DECODE");
-  return e && std::strcmp(e, "kvq-fold") == 0;
+  return e && std::strcmp(e, "kvq-mma") == 0;
 }
 
 }  // namespace
@@ -416,12 +420,12 @@ void PackedKvCache::decode(const void* q_dev, void* out_dev, bool bf16, void* st
     if (kvquant_stream_selected())
       KVQ_CUDA_CHECK(kern::kvquant_decode::run_stream(I.k.d, I.v.d, a, I.max_len, I.sm_count, I.work.get(),
                                                       I.work.bytes(), static_cast<cudaStream_t>(stream)));
-    else if (kvquant_fold_selected())
-      KVQ_CUDA_CHECK(kern::kvquant_decode::run_fold(I.k.d, I.v.d, a, I.max_len, I.sm_count, I.work.get(),
-                                                    I.work.bytes(), static_cast<cudaStream_t>(stream)));
-    else
+    else if (kvquant_mma_selected())
       KVQ_CUDA_CHECK(kern::kvquant_decode::run_mma(I.k.d, I.v.d, a, I.max_len, I.sm_count, I.work.get(),
                                                    I.work.bytes(), static_cast<cudaStream_t>(stream)));
+    else
+      KVQ_CUDA_CHECK(kern::kvquant_decode::run_fold(I.k.d, I.v.d, a, I.max_len, I.sm_count, I.work.get(),
+                                                    I.work.bytes(), static_cast<cudaStream_t>(stream)));
     return;
   }
   // Benchmark knob (kvq-kvbench, notes/kv-cuda-perf.md; KVQuant: kvquant_kernel_selected above):
