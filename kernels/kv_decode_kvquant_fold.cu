@@ -31,9 +31,9 @@
 // cases 0.00 of their bound; "kv packed: KVQuant*" 0.38-0.93 of its fp32-level bound); SASS
 // <4 bits, G = 1>: key n-tile 136 instructions (4.3 per element: 32 HFMA2, 16 LDS, 12 LDS.128,
 // 8 HMMA, ~45 integer), value k-tile 155 in the inner loop (2.4 per element), 269 with the next
-// tile's loads and the weights; 127 registers, no spills. Against kvq-mma in one process: 3-17%
-// faster at 4 bits and 17-27% at 2 bits on llama2-7b (b1 32K 321.1 -> 265.6 us = 0.99x fp16;
-// 2 bits 308.3 -> 223.9 = 1.17x), GQA -7% .. +25%. Still far from issue 4's 1.7x fp16 on MHA:
+// tile's loads and the weights; 127 registers, no spills. Against kvq-mma in one process:
+// 1.05-1.21x at 4 bits and 1.21-1.38x at 2 bits on llama2-7b (b1 32K 321.1 -> 265.6 us = 0.99x
+// fp16; 2 bits 308.3 -> 223.9 = 1.17x), llama3-8b 0.94-1.25x (slower at b1 128K and b8 32K, 4 bits). Still far from issue 4's 1.7x fp16 on MHA:
 // ncu (b1 32K 4 bits) puts the kernel on the shared-memory pipe (L1/TEX 75.5% of peak, short-
 // scoreboard stalls 31% of the cycles, 0.5 eligible warps per scheduler at 16 warps per SM): the
 // coefficient records (12 LDS.128 per n-tile and lane, 24 B per 4 key elements) and the 256-entry

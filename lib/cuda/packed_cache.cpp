@@ -115,9 +115,9 @@ void reject_retired_decode(const std::string& where) {
 // h51). H100, 2026-11-23 (28872d5, notes/s6/results-h51.md, one process --ab kvq-mma,kvq-fold):
 // passed its [kvquant] cases (0.00 of its derived bound) and "kv packed: KVQuant*" (worst 0.93 of
 // that test's fp32-level bound, which has no fp16 key terms: kvq-mma was at 0.71); faster than
-// kvq-mma in 20 of 24 cells (MHA 4 bits 3-17%, 2 bits 17-27%, e.g. llama2-7b b1 32K 321.1 ->
-// 265.6 us, b8 128K 2 bits 7634.5 -> 6142.5), slower in llama3-8b b1 128K 4 bits (443.5 -> 472.7)
-// and b8 32K 4 bits (809.1 -> 831.2), equal at b1 128K 2 bits. KVQ_KV_DECODE=kvq-mma: the
+// kvq-mma in 21 of 24 cells (llama2-7b 4 bits 1.05-1.21x, 2 bits 1.21-1.38x, e.g. b1 32K 4 bits
+// 321.1 -> 265.6 us, b8 128K 2 bits 7634.5 -> 6142.5; llama3-8b up to 1.25x), slower in llama3-8b
+// b1 128K 4 bits (443.5 -> 472.7) and b8 32K 4 bits (809.1 -> 831.2), equal at b1 128K 2 bits. KVQ_KV_DECODE=kvq-mma: the
 // tensor-core build of session 5 (kernels/kv_decode_kvquant_mma.cu, H100, 2026-11-23,
 // notes/s5/results-h45.md run 2: faster than the retired CUDA-core kernel in all 16 cells,
 // 1.11-1.49x, llama2-7b b1 32K 4 bits 432.6 -> 323.4 us), kept for the GQA cells above.
