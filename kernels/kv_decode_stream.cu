@@ -1146,20 +1146,23 @@ int stage_tokens_2bit() {
   }
   return 0;
 }
-// KVQ_KV_ILP=2|3 (read per call; h52, session 6, an A/B not yet measured): the per-token
-// builds at G = 1 and G <= 4 with the key pass's 8-deep mma chain per tile split in two
-// (key_tile_dot's SPLIT, stream_kernel's OPT bit 5) and, at 3, also the key tile loop unrolled
-// by two (bit 4), so a warp has two tiles' conversions and chains to interleave. Why: ncu of
-// int2 MHA batch 1 (H100 2026-11-23) shows the warps stalled mostly on fixed-latency
-// dependencies ("wait", 1.85 cycles per issued instruction) with issue slots 52-55% busy, and
-// 5-6 blocks per SM (more warps) did not help, so more independent work per warp is the next
-// thing to try. 0 (unset or anything else): neither.
+// KVQ_KV_ILP=0|2|3 (read per call; h52, session 6): the per-token builds at G = 1 and G <= 4
+// with the key pass's 8-deep mma chain per tile split in two (key_tile_dot's SPLIT,
+// stream_kernel's OPT bit 5) and, at 3 (the default: unset or anything else), also the key tile
+// loop unrolled by two (bit 4), so a warp has two tiles' conversions and chains to interleave;
+// 0: neither (the builds before, for A/B). Why: ncu of int2 MHA batch 1 (H100 2026-11-23) shows
+// the warps stalled mostly on fixed-latency dependencies ("wait", 1.85 cycles per issued
+// instruction) with issue slots 52-55% busy, and 5-6 blocks per SM (more warps) did not help.
+// Measured (H100, 2026-11-23, archive of 2e3f476, one process, same caches, --ab
+// KVQ_KV_ILP=0,2,3; notes/s6/results-h52.md): 3 is the fastest or equal in every affected cell,
+// llama3-8b int4 b8 3.2-6.7% faster (128K 529.4 -> 493.8 us), b1 1.5-4.4%; int2 MHA b1 1.3-2.1%
+// (64K 90.4 -> 88.5 us); int4 MHA within 1%. The G = 2 builds (not measured) keep neither.
 int key_ilp() {
   if (const char* e = std::getenv("KVQ_KV_ILP")) {
+    if (std::strcmp(e, "0") == 0) return 0;
     if (std::strcmp(e, "2") == 0) return 2;
-    if (std::strcmp(e, "3") == 0) return 3;
   }
-  return 0;
+  return 3;
 }
 // Default: 384-token stages where blocks are long (>= 48 stages of 256 tokens in the 256-token
 // plan at 4 blocks per SM), else 256. Measured (H100, 2026-11-23, notes/s5/results-h41.md, int2,
@@ -1179,20 +1182,20 @@ int default_stage_2bit(const PackedSide& k, const PackedDecodeArgs& a, int max_l
 template <int BITS, int GM, int KS>
 cudaError_t launch_token(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len,
                          int sm_count, float* o, float* ml, cudaStream_t stream) {
-  if constexpr (KS == kS && (GM == 1 || GM == 4)) {
-    // KVQ_KV_ILP=2|3 (read per call): the key pass with two mma chains per tile (OPT bit 5)
-    // and, at 3, its tile loop unrolled by two (bit 4).
-    constexpr int O = BITS == 4 && GM == 4 ? 1 : 3;  // the build's default OPT
-    const int ilp = key_ilp();
-    if (ilp == 2) return launch_stream<BITS, 1, 1, true, GM, false, 0, true, KS, O | 32>(k, v, a, max_len, sm_count, o, ml, stream);
-    if (ilp == 3) return launch_stream<BITS, 1, 1, true, GM, false, 0, true, KS, O | 48>(k, v, a, max_len, sm_count, o, ml, stream);
-  }
   if constexpr (BITS == 2 && GM == 4 && KS != 512) {
     const char* e = std::getenv("KVQ_KV_OPT");
     if (e != nullptr && std::strcmp(e, "1") == 0)
       return launch_stream<BITS, 1, 1, true, GM, false, 0, true, KS, 1>(k, v, a, max_len, sm_count, o, ml, stream);
   }
-  return launch_stream<BITS, 1, 1, true, GM, false, 0, true, KS>(k, v, a, max_len, sm_count, o, ml, stream);
+  constexpr int O = BITS == 4 && GM == 4 ? 1 : 3;  // the build's OPT without the key-pass ILP
+  if constexpr (KS == kS && (GM == 1 || GM == 4)) {
+    // KVQ_KV_ILP (read per call, default 3): two mma chains per key tile (OPT bit 5) and the
+    // key tile loop unrolled by two (bit 4); 2: the chains only; 0: neither.
+    const int ilp = key_ilp();
+    if (ilp == 2) return launch_stream<BITS, 1, 1, true, GM, false, 0, true, KS, O | 32>(k, v, a, max_len, sm_count, o, ml, stream);
+    if (ilp == 3) return launch_stream<BITS, 1, 1, true, GM, false, 0, true, KS, O | 48>(k, v, a, max_len, sm_count, o, ml, stream);
+  }
+  return launch_stream<BITS, 1, 1, true, GM, false, 0, true, KS, O>(k, v, a, max_len, sm_count, o, ml, stream);
 }
 template <int BITS, int GM>
 cudaError_t launch_token_staged(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len,
@@ -1204,7 +1207,6 @@ cudaError_t launch_token_staged(const PackedSide& k, const PackedSide& v, const 
     if (ks == 384) return launch_token<BITS, GM, 384>(k, v, a, max_len, sm_count, o, ml, stream);
   }
   if constexpr (BITS == 4 && GM == 4) {
-    if (key_ilp() != 0) return launch_token<BITS, GM, kS>(k, v, a, max_len, sm_count, o, ml, stream);
     // KVQ_KV_OPT=0|2|3 (read per call): this build without the unrolled staging (bit 0) and / or
     // with the merged reductions (bit 1). Default 1, measured (H100, 2026-11-23, run 2, one
     // process, llama3-8b int4, us at 32K / 64K / 128K): batch 8 OPT 0 (= ce81fd6's code)
@@ -1218,7 +1220,7 @@ cudaError_t launch_token_staged(const PackedSide& k, const PackedSide& v, const 
       if (std::strcmp(e, "3") == 0)
         return launch_stream<BITS, 1, 1, true, GM, false, 0, true, kS, 3>(k, v, a, max_len, sm_count, o, ml, stream);
     }
-    return launch_stream<BITS, 1, 1, true, GM, false, 0, true, kS, 1>(k, v, a, max_len, sm_count, o, ml, stream);
+    // OPT 1, with the key-pass ILP of KVQ_KV_ILP (launch_token).
   }
   return launch_token<BITS, GM, kS>(k, v, a, max_len, sm_count, o, ml, stream);
 }

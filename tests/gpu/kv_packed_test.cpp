@@ -460,10 +460,11 @@ TEST_CASE("kv packed: tensor-core decode, G <= 4 build variants (KVQ_KV_OPT) == 
   }
 }
 
-// The key-pass A/B builds of the per-token kernels at G = 1 and G <= 4 (KVQ_KV_ILP=2|3, read
-// per call): 2 splits each tile's 8 mma k-steps into two chains added at the end (one more
-// fp32 rounding per score, ~2^-24 relative, far inside the bound), 3 also unrolls the key tile
-// loop by two (the odd tile count of a partial last stage takes the remainder path). Each must
+// The key-pass builds of the per-token kernels at G = 1 and G <= 4 (KVQ_KV_ILP=0|2|3, read per
+// call; 3 is the default, so the other cases test it too): 2 splits each tile's 8 mma k-steps
+// into two chains added at the end (one more fp32 rounding per score, ~2^-24 relative, far
+// inside the bound), 3 also unrolls the key tile loop by two (the odd tile count of a partial
+// last stage takes the remainder path), 0 is neither (the builds before). Each must
 // pass the same derived bound: MHA, G = 4 and G = 3 (the G <= 4 build), int2 / int4, sym and
 // asym, the default uneven appends and a 1,333-token row (6 stages, a partial last one).
 TEST_CASE("kv packed: tensor-core decode, key-pass ILP builds (KVQ_KV_ILP) == simulated", "[gpu][kv]") {
@@ -471,7 +472,7 @@ TEST_CASE("kv packed: tensor-core decode, key-pass ILP builds (KVQ_KV_ILP) == si
   lc.on = true;
   lc.pieces = {{1000, 1, 332}, {129}, {7, 1, 1, 1}};
   const uint64_t seed = kvq_test::test_seed(924);
-  for (const char* ilp : {"2", "3"}) {
+  for (const char* ilp : {"0", "2", "3"}) {
     const EnvGuard env("KVQ_KV_ILP", ilp);
     for (const char* spec : {"int2", "int2:sym=1", "int4", "int4:sym=1"})
       for (const Shape& s : {Shape{8, 8, 128}, Shape{2, 8, 128}, Shape{3, 9, 128}}) {
