@@ -1155,7 +1155,7 @@ int stage_tokens_2bit() {
 // instruction) with issue slots 52-55% busy, and 5-6 blocks per SM (more warps) did not help.
 // Measured (H100, 2026-11-23, archive of 2e3f476, one process, same caches, --ab
 // KVQ_KV_ILP=0,2,3; notes/s6/results-h52.md): 3 is the fastest or equal in every affected cell,
-// llama3-8b int4 b8 3.2-6.7% faster (128K 529.4 -> 493.8 us), b1 1.5-4.4%; int2 MHA b1 1.3-2.1%
+// llama3-8b int4 b8 5.1-6.7% faster (128K 529.4 -> 493.8 us), b1 2.7-4.4%; int2 MHA b1 1.3-2.1%
 // (64K 90.4 -> 88.5 us); int4 MHA within 1%. The G = 2 builds (not measured) keep neither.
 int key_ilp() {
   if (const char* e = std::getenv("KVQ_KV_ILP")) {
