@@ -1,8 +1,25 @@
 // Decode attention: one new query per sequence over its whole KV cache (flash-decoding).
-// The keys of a sequence are cut into chunks, one block per (chunk, kv head, sequence);
-// a block serves all G query heads that share its kv head (GQA), so each K/V byte is read
-// once per step, which is the floor for this memory-bound kernel (METHODS.md, "Memory
-// arithmetic"). A second kernel (splitk_combine_kernel, kernels/common.cuh, shared with
+// attention_decode() below picks the kernel:
+//  - the tensor-core kernel (kernels/attention_decode_mma.cu: per-warp cp.async pipelines,
+//    scores and P V on mma.sync, online softmax, split-K with a PDL-launched combine) wherever
+//    decode_mma::fits() holds: head_dim 32, 64 or 128, G = n_heads / kv_heads <= 8, 16-byte
+//    aligned pointers; except MHA (G = 1) with at least one (row, kv head) pair per SM and
+//    >= 32K keys, where the CUDA-core kernel measured 2.8-3.8% faster (H100, 2026-11-23,
+//    llama2-7b batch 8: 32K 1437 vs 1478 us, 128K 5622 vs 5838 us, 100-103% of the copy
+//    bandwidth: its one-stream-at-a-time 2048-key chunks read faster than the new kernel's K
+//    and V streams together; 64K equal; notes/s6/results-h53.md);
+//  - otherwise the three-pass CUDA-core kernel of this file (head_dim 8..128 in steps of 8).
+// KVQ_ATTN_DECODE (read per call, for A/B in one process): unset or "new" = the rule above,
+// "old" = this file's kernel everywhere, "new-w4s2" .. "new-w8s3" = the tensor-core kernel
+// wherever it fits (the MHA exception above off), in one build variant (warps per block,
+// pipeline depth: its tuning A/B, kernels/attention_decode_mma.cu); any other value is an
+// error (cudaErrorInvalidValue), so a typo cannot time the same kernel twice. The workspace
+// covers every kernel's plan.
+//
+// The CUDA-core kernel: the keys of a sequence are cut into chunks, one block per (chunk, kv
+// head, sequence); a block serves all G query heads that share its kv head (GQA), so each K/V
+// byte is read once per step, which is the floor for this memory-bound kernel (METHODS.md,
+// "Memory arithmetic"). A second kernel (splitk_combine_kernel, kernels/common.cuh, shared with
 // kv_decode_packed.cu) merges the chunks' (max, sum, output) triples.
 //
 // Inside a block (4 warps): a row of head_dim 16-bit values is read by DP/8 lanes with one
@@ -13,7 +30,10 @@
 // kv_decode_more.cu and kv_decode_packed.cu.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 
+#include "kernels/attention_decode_mma.cuh"
 #include "kernels/common.cuh"
 #include "kernels/decode_chunk.cuh"
 
@@ -180,10 +200,34 @@ cudaError_t dispatch_dim(const AttentionArgs& a, const DecodePlan& p, float* o, 
 
 }  // namespace
 
-size_t attention_decode_workspace(const AttentionArgs& a, int max_len, int sm_count) {
-  if (a.kv_heads <= 0 || a.rows <= 0 || max_len <= 0) return 0;
+namespace {
+
+enum class Pick { kNew, kForceNew, kOld, kBad };
+
+// KVQ_ATTN_DECODE, read per call (see the header).
+Pick picked() {
+  const char* e = std::getenv("KVQ_ATTN_DECODE");
+  if (e == nullptr || *e == '\0' || std::strcmp(e, "new") == 0) return Pick::kNew;
+  // "new-<variant>": the tensor-core kernel's build variants (its tuning A/B); decode_mma::run
+  // rejects names it does not know.
+  if (std::strncmp(e, "new-", 4) == 0) return Pick::kForceNew;
+  if (std::strcmp(e, "old") == 0) return Pick::kOld;
+  return Pick::kBad;
+}
+
+size_t old_workspace(const AttentionArgs& a, int max_len, int sm_count) {
   const DecodePlan p = plan(a, max_len, sm_count);
   return static_cast<size_t>(a.rows) * a.n_heads * p.splits * (a.head_dim + 2) * sizeof(float);
+}
+
+}  // namespace
+
+size_t attention_decode_workspace(const AttentionArgs& a, int max_len, int sm_count) {
+  if (a.kv_heads <= 0 || a.rows <= 0 || max_len <= 0) return 0;
+  // Both kernels' needs, so that switching KVQ_ATTN_DECODE between calls never needs more.
+  size_t bytes = old_workspace(a, max_len, sm_count);
+  if (decode_mma::fits(a)) bytes = std::max(bytes, decode_mma::workspace(a, max_len, sm_count));
+  return bytes;
 }
 
 cudaError_t attention_decode(Act act, const AttentionArgs& a, int max_len, int sm_count,
@@ -192,8 +236,13 @@ cudaError_t attention_decode(Act act, const AttentionArgs& a, int max_len, int s
       a.n_heads % a.kv_heads != 0 || a.n_heads / a.kv_heads > kMaxGroup || a.n != 1)
     return cudaErrorInvalidValue;
   if (a.rows == 0) return cudaSuccess;
-  if (workspace_bytes < attention_decode_workspace(a, max_len, sm_count))
-    return cudaErrorInvalidValue;
+  const Pick pick = picked();
+  if (pick == Pick::kBad) return cudaErrorInvalidValue;
+  // The MHA exception of the header: long caches with a (row, kv head) pair per SM or more.
+  const bool old_faster = a.n_heads == a.kv_heads && a.rows * a.kv_heads >= sm_count && max_len >= 32768;
+  if ((pick == Pick::kForceNew || (pick == Pick::kNew && !old_faster)) && decode_mma::fits(a))
+    return decode_mma::run(act, a, max_len, sm_count, workspace, workspace_bytes, stream);
+  if (max_len <= 0 || workspace_bytes < old_workspace(a, max_len, sm_count)) return cudaErrorInvalidValue;
   const DecodePlan p = plan(a, max_len, sm_count);
   float* part_o = static_cast<float*>(workspace);
   float* part_ml = part_o + static_cast<size_t>(a.rows) * a.n_heads * p.splits * a.head_dim;

@@ -23,6 +23,11 @@
 // process, so an A/B needs no second fill or process; only variables the decode reads on
 // every call work (KVQ_KV_STAGE, KVQ_KV_COMBINE=pdl|1|0, KVQ_KV_OPT, kernels/kv_decode_stream.cu; KVQ_KV_DECODE and KVQ_KV_FOLD
 // are read once per process). Rows carry the setting after the codec ("int2 [KVQ_KV_STAGE=512]").
+// --base-ab NAME=v1,v2,... re-times the fp16 baseline once per value of NAME (e.g.
+// KVQ_ATTN_DECODE=old,new: the CUDA-core and tensor-core fp16 decode kernels,
+// kernels/attention_decode.cu) on the same cache in the same process, each as its own row
+// ("fp16 [KVQ_ATTN_DECODE=old]") after the plain fp16 row; the "vs fp16" column of every
+// packed row stays relative to the plain row (the environment as it is).
 // --latency adds, after every row, where a single decode's time goes (h46, session 5): the
 // row's time is one decode between two events on an idle device, so it holds the host work
 // before the first launch and the launch latencies; "pipelined" is the device time per call of
@@ -38,6 +43,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include <CLI/CLI.hpp>
@@ -96,6 +103,42 @@ Latency measure_latency(const std::function<void()>& fn, int reps) {
   return r;
 }
 
+// "NAME=v1,v2,..." -> (NAME, values); throws InvalidArgument naming the option.
+std::pair<std::string, std::vector<std::string>> parse_ab(const std::string& opt, const std::string& text) {
+  const size_t eq = text.find('=');
+  if (eq == std::string::npos || eq == 0 || eq + 1 >= text.size())
+    throw kvq::InvalidArgument(opt, "expected NAME=v1,v2,..., got '" + text + "'", "e.g. " + opt + " KVQ_KV_STAGE=256,512");
+  std::vector<std::string> values;
+  for (size_t p = eq + 1; p <= text.size();) {
+    const size_t c = std::min(text.find(',', p), text.size());
+    if (c == p) throw kvq::InvalidArgument(opt, "empty value in '" + text + "'", "e.g. " + opt + " KVQ_KV_STAGE=256,512");
+    values.push_back(text.substr(p, c - p));
+    p = c + 1;
+  }
+  return {text.substr(0, eq), values};
+}
+
+// Sets NAME=value for a scope and restores the variable as it was on the way out.
+struct ScopedEnv {
+  std::string name, old;
+  bool had = false;
+  ScopedEnv(const std::string& n, const std::string& value) : name(n) {
+    if (const char* e = std::getenv(n.c_str())) {
+      old = e;
+      had = true;
+    }
+    setenv(n.c_str(), value.c_str(), 1);
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+  ~ScopedEnv() {
+    if (had)
+      setenv(name.c_str(), old.c_str(), 1);
+    else
+      unsetenv(name.c_str());
+  }
+};
+
 void print_latency(const std::string& label, double single_us, const Latency& l) {
   std::printf("  latency %-28s single %8.1f us  pipelined %8.1f us/call  exposed %6.1f us  host %6.1f us/call\n",
               label.c_str(), single_us, l.pipelined_us, single_us - l.pipelined_us, l.host_us);
@@ -113,7 +156,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> codecs = {"int4", "int2", "kivi:bits=4", "kivi:bits=2", "kvquant:bits=4",
                                      "kvquant:bits=2"};
   int reps = 20, device = 0;
-  std::string json_out, ab;
+  std::string json_out, ab, base_ab;
   bool latency = false;
   app.add_option("--shapes", shapes, "Head shapes: llama2-7b, llama3-8b")->capture_default_str()->delimiter(',');
   app.add_option("--contexts", contexts, "Context lengths")->capture_default_str()->delimiter(',');
@@ -125,6 +168,9 @@ int main(int argc, char** argv) {
   app.add_option("--ab", ab,
                  "NAME=v1,v2,...: time each packed cache once per value of environment variable NAME "
                  "(read per decode call, e.g. KVQ_KV_STAGE=256,384,512)");
+  app.add_option("--base-ab", base_ab,
+                 "NAME=v1,v2,...: also time the fp16 baseline once per value of environment variable NAME "
+                 "(e.g. KVQ_ATTN_DECODE=old,new)");
   app.add_flag("--latency", latency,
                "After each row: pipelined time per call of back-to-back decodes, host time per call, "
                "and the exposed (launch + host) part of a single decode");
@@ -141,19 +187,10 @@ int main(int argc, char** argv) {
     // --ab: the variable and its values; one empty value = no A/B (the environment as it is).
     std::string ab_name;
     std::vector<std::string> ab_values = {""};
-    if (!ab.empty()) {
-      const size_t eq = ab.find('=');
-      if (eq == std::string::npos || eq == 0 || eq + 1 >= ab.size())
-        throw InvalidArgument("--ab", "expected NAME=v1,v2,..., got '" + ab + "'", "e.g. --ab KVQ_KV_STAGE=256,512");
-      ab_name = ab.substr(0, eq);
-      ab_values.clear();
-      for (size_t p = eq + 1; p <= ab.size();) {
-        const size_t c = std::min(ab.find(',', p), ab.size());
-        if (c == p) throw InvalidArgument("--ab", "empty value in '" + ab + "'", "e.g. --ab KVQ_KV_STAGE=256,512");
-        ab_values.push_back(ab.substr(p, c - p));
-        p = c + 1;
-      }
-    }
+    if (!ab.empty()) std::tie(ab_name, ab_values) = parse_ab("--ab", ab);
+    std::string base_ab_name;
+    std::vector<std::string> base_ab_values;
+    if (!base_ab.empty()) std::tie(base_ab_name, base_ab_values) = parse_ab("--base-ab", base_ab);
     const char* ab_old_c = ab_name.empty() ? nullptr : std::getenv(ab_name.c_str());
     const std::string ab_old = ab_old_c ? ab_old_c : "";
     std::fprintf(stderr, "kvq-kvbench: %s; copy bandwidth %.0f GB/s (read+write); one layer; reps %d; "
@@ -194,6 +231,24 @@ int main(int argc, char** argv) {
               print_latency("fp16", base_ms * 1e3, l);
               results.back()["pipelined_ms"] = l.pipelined_us * 1e-3;
               results.back()["host_ms"] = l.host_us * 1e-3;
+            }
+            for (const std::string& val : base_ab_values) {
+              const ScopedEnv env(base_ab_name, val);
+              const std::string label = "fp16 [" + base_ab_name + "=" + val + "]";
+              const double ms = cuda::time_device_ms([&] { base.decode(dq.get(), dout.get()); }, 3, reps);
+              std::printf("%-10s %5d %7d %-16s %9.1f %9.1f %8.0f %6.0f%% %8.1f %7.2fx\n", sn.c_str(), B, ctx,
+                          label.c_str(), bytes / 1e6, ms * 1e3, bytes / (ms * 1e-3) / 1e9,
+                          100 * bytes / (ms * 1e-3) / bw, bytes / bw * 1e6, base_ms / ms);
+              std::fflush(stdout);
+              results.push_back({{"shape", sn}, {"batch", B}, {"context", ctx}, {"kv", "fp16"},
+                                 {"variant", base_ab_name + "=" + val}, {"bytes", bytes}, {"ms", ms},
+                                 {"speedup", base_ms / ms}});
+              if (latency) {
+                const Latency l = measure_latency([&] { base.decode(dq.get(), dout.get()); }, reps);
+                print_latency(label, ms * 1e3, l);
+                results.back()["pipelined_ms"] = l.pipelined_us * 1e-3;
+                results.back()["host_ms"] = l.host_us * 1e-3;
+              }
             }
           }
           const int chunk = 4096;

@@ -19,6 +19,7 @@
 #include "kernels/ops.cuh"
 #include "tests/catch.h"
 #include "tests/gpu/device_buffers.h"
+#include "tests/gpu/kv_test_support.h"
 #include "tests/support/test_support.h"
 
 namespace {
@@ -281,9 +282,10 @@ using PrefillFn = cudaError_t (*)(Act, const kvq::kern::AttentionArgs&, cudaStre
 
 // q_scale: standard deviation of the queries (1: the usual N(0, 1)); large values spread
 // the scores so that most softmax weights fall below 2^-126 (the FA3 kernel's ftz exp2).
+// sm_count: what the decode planner is told (1 forces single-split plans on long caches).
 void run_attention_case(const AttnCase& c, std::mt19937_64& rng, bool decode,
                         PrefillFn prefill = kvq::kern::attention_prefill, const char* label = "prefill",
-                        float q_scale = 1.f) {
+                        float q_scale = 1.f, int sm_count = 132) {
   const size_t qn = static_cast<size_t>(c.rows) * c.n * c.heads * c.hd;
   const size_t cache = static_cast<size_t>(c.slots) * c.kv_heads * c.max_tokens * c.hd;
   const size_t selfn = static_cast<size_t>(c.rows) * c.n * c.kv_heads * c.hd;
@@ -321,9 +323,9 @@ void run_attention_case(const AttnCase& c, std::mt19937_64& rng, bool decode,
   if (decode) {
     int max_len = 0;
     for (int r = 0; r < c.rows; ++r) max_len = std::max(max_len, c.pos0[r] + 1);
-    const size_t ws = kvq::kern::attention_decode_workspace(a, max_len, 132);
+    const size_t ws = kvq::kern::attention_decode_workspace(a, max_len, sm_count);
     Dev dws(ws);
-    CK(kvq::kern::attention_decode(c.act, a, max_len, 132, dws.p, ws, nullptr));
+    CK(kvq::kern::attention_decode(c.act, a, max_len, sm_count, dws.p, ws, nullptr));
     CK(cudaDeviceSynchronize());
   } else {
     CK(prefill(c.act, a, nullptr));
@@ -368,12 +370,13 @@ void run_attention_case(const AttnCase& c, std::mt19937_64& rng, bool decode,
             vmax = std::max(vmax, std::fabs(double(val(j)[d])));
           }
           const double got = from16(c.act, out[((static_cast<size_t>(r) * c.n + i) * c.heads + h) * c.hd + d]);
-          // Derived bound: the probabilities are rounded to 16 bits before P V (prefill) or
-          // kept in fp32 (decode): <= u * max|v|; the output is rounded once: u * |ref|;
-          // fp32 arithmetic: decode < 1e-5 relative at these lengths; prefill (longer
-          // chunks): a score error e moves each weight by a factor exp(+-2e) and exp2f,
-          // the fp32 normaliser and the fp32 P V accumulation add < (2 keys + 16) 2^-24.
-          const double f32 = decode ? 1e-5 : 2 * emax + (2.0 * nkeys + 16) * std::ldexp(1.0, -24);
+          // Derived bound: the probabilities are rounded to 16 bits before P V (prefill and
+          // the tensor-core decode) or kept in fp32 (the CUDA-core decode): <= u * max|v|;
+          // the output is rounded once: u * |ref|; fp32 arithmetic: a score error e (fp32 or
+          // the mma's fp32 accumulation over head_dim / 16 steps, inside emax) moves each
+          // weight by a factor exp(+-2e), and exp2f/expf, the fp32 normaliser, the split
+          // merges and the fp32 P V accumulation add < (2 keys + 16) 2^-24.
+          const double f32 = 2 * emax + (2.0 * nkeys + 16) * std::ldexp(1.0, -24);
           const double tol = unit(c.act) * (vmax + std::fabs(ref)) * 1.05 + f32 * vmax + 1e-7;
           REQUIRE(std::isfinite(got));
           const double err = std::fabs(got - ref);
@@ -525,13 +528,84 @@ TEST_CASE("gpu kernels: decode attention against fp64 reference", "[gpu]") {
   const uint64_t seed = kvq_test::test_seed(107);
   std::printf("decode attention seed %llu\n", (unsigned long long)seed);
   std::mt19937_64 rng(seed);
-  for (Act act : {Act::kF16, Act::kBF16}) {
-    run_attention_case({act, 1, 1, 4, 4, 64, 1, 8, 0, {0}, {0}, false}, rng, true);      // 1 key
-    run_attention_case({act, 3, 1, 8, 2, 128, 3, 4200, 0, {1, 2, 0}, {4096, 6, 127}, false}, rng, true);
-    run_attention_case({act, 2, 1, 32, 4, 64, 2, 1100, 0, {0, 1}, {1024, 999}, false}, rng, true);  // G=8
-    run_attention_case({act, 1, 1, 8, 4, 8, 1, 600, 0, {0}, {511}, false}, rng, true);
-    run_attention_case({act, 2, 1, 4, 1, 64, 2, 3000, 100, {0, 1}, {2999, 50}, false}, rng, true);
-    run_attention_case({act, 2, 1, 6, 3, 128, 2, 700, 0, {1, 0}, {600, 129}, true}, rng, true);
+  // Each case through the default pick (the tensor-core kernel where it fits) and the
+  // CUDA-core kernel (KVQ_ATTN_DECODE=old).
+  for (const char* pick : {static_cast<const char*>(nullptr), "old"}) {
+    kvq_test::EnvGuard env("KVQ_ATTN_DECODE", pick);
+    std::printf("KVQ_ATTN_DECODE=%s\n", pick ? pick : "(unset)");
+    for (Act act : {Act::kF16, Act::kBF16}) {
+      run_attention_case({act, 1, 1, 4, 4, 64, 1, 8, 0, {0}, {0}, false}, rng, true);      // 1 key
+      run_attention_case({act, 3, 1, 8, 2, 128, 3, 4200, 0, {1, 2, 0}, {4096, 6, 127}, false}, rng, true);
+      run_attention_case({act, 2, 1, 32, 4, 64, 2, 1100, 0, {0, 1}, {1024, 999}, false}, rng, true);  // G=8
+      run_attention_case({act, 1, 1, 8, 4, 8, 1, 600, 0, {0}, {511}, false}, rng, true);
+      run_attention_case({act, 2, 1, 4, 1, 64, 2, 3000, 100, {0, 1}, {2999, 50}, false}, rng, true);
+      run_attention_case({act, 2, 1, 6, 3, 128, 2, 700, 0, {1, 0}, {600, 129}, true}, rng, true);
+    }
+  }
+}
+
+// The tensor-core decode (kernels/attention_decode_mma.cu) over the shapes it takes and the
+// awkward ones around them: MHA and G = 2, 4, 8; rows of one call at 1, 63, 65, 4097 keys
+// (tile edges at 16 tokens, split edges); windows that start inside a tile; past-only
+// diagonals; head_dim 32/64/128 and the fallback head_dims 8/40/120 (not multiples of 16);
+// single-split plans (sm_count 1: the output written by the attention kernel itself) and
+// many-split plans (the PDL combine). Every case also through KVQ_ATTN_DECODE=old and with
+// every build variant of the tensor-core kernel (warps per block x pipeline depth).
+TEST_CASE("gpu kernels: tensor-core decode attention against fp64 reference", "[gpu]") {
+  const uint64_t seed = kvq_test::test_seed(113);
+  std::printf("tensor-core decode attention seed %llu\n", (unsigned long long)seed);
+  std::mt19937_64 rng(seed);
+  for (const char* pick : {static_cast<const char*>(nullptr), "old", "new-w4s2", "new-w4s3", "new-w4s4",
+                           "new-w8s2", "new-w8s3"}) {
+    kvq_test::EnvGuard env("KVQ_ATTN_DECODE", pick);
+    std::printf("KVQ_ATTN_DECODE=%s\n", pick ? pick : "(unset)");
+    for (Act act : {Act::kF16, Act::kBF16}) {
+      for (int sm : {132, 1}) {
+        // MHA, 4 rows of different lengths sharing 5 slots (slot indirection, an unused slot).
+        run_attention_case({act, 4, 1, 4, 4, 128, 5, 4100, 0, {3, 0, 4, 1}, {4096, 62, 64, 0}, false}, rng, true,
+                           kvq::kern::attention_prefill, "prefill", 1.f, sm);
+        // G = 2, 4, 8 (llama3-8b's G = 4 at head_dim 128), POQ on the diagonal.
+        run_attention_case({act, 2, 1, 4, 2, 64, 2, 1200, 0, {1, 0}, {1100, 15}, true}, rng, true,
+                           kvq::kern::attention_prefill, "prefill", 1.f, sm);
+        run_attention_case({act, 3, 1, 8, 2, 128, 3, 4200, 0, {2, 0, 1}, {4096, 65, 16}, true}, rng, true,
+                           kvq::kern::attention_prefill, "prefill", 1.f, sm);
+        run_attention_case({act, 2, 1, 16, 2, 32, 2, 2100, 0, {0, 1}, {2050, 31}, false}, rng, true,
+                           kvq::kern::attention_prefill, "prefill", 1.f, sm);
+        // Sliding windows: 37 keys starting mid-tile, a window longer than the row, POQ.
+        run_attention_case({act, 3, 1, 8, 2, 128, 3, 3100, 37, {0, 1, 2}, {3000, 20, 36}, true}, rng, true,
+                           kvq::kern::attention_prefill, "prefill", 1.f, sm);
+        run_attention_case({act, 2, 1, 8, 1, 64, 2, 900, 513, {1, 0}, {800, 513}, false}, rng, true,
+                           kvq::kern::attention_prefill, "prefill", 1.f, sm);
+      }
+      // head_dims the tensor-core kernel does not take (fallback to the CUDA-core kernel).
+      run_attention_case({act, 2, 1, 4, 2, 40, 2, 300, 0, {0, 1}, {299, 7}, true}, rng, true);
+      run_attention_case({act, 1, 1, 8, 8, 120, 1, 200, 0, {0}, {150}, false}, rng, true);
+    }
+  }
+  // MHA with a (row, kv head) pair per SM and >= 32K keys: the default routes it to the
+  // CUDA-core kernel (attention_decode.cu's header), new-w8s2 forces the tensor-core one.
+  for (const char* pick : {static_cast<const char*>(nullptr), "new-w8s2"}) {
+    kvq_test::EnvGuard env("KVQ_ATTN_DECODE", pick);
+    for (Act act : {Act::kF16, Act::kBF16})
+      run_attention_case({act, 1, 1, 2, 2, 64, 1, 32800, 0, {0}, {32767}, false}, rng, true,
+                         kvq::kern::attention_prefill, "prefill", 1.f, 1);
+  }
+  // Queries that make a few keys dominate (scores spread by 8x): the online max must carry.
+  for (Act act : {Act::kF16, Act::kBF16})
+    run_attention_case({act, 2, 1, 8, 2, 128, 2, 5000, 0, {0, 1}, {4999, 300}, false}, rng, true,
+                       kvq::kern::attention_prefill, "prefill", 8.f);
+}
+
+TEST_CASE("gpu kernels: KVQ_ATTN_DECODE with an unknown value is an error status", "[gpu]") {
+  kvq::kern::AttentionArgs a;
+  a.rows = 1;
+  a.n = 1;
+  a.n_heads = 4;
+  a.kv_heads = 4;
+  a.head_dim = 64;
+  for (const char* bad : {"mma", "new-w4s9", "OLD"}) {
+    kvq_test::EnvGuard env("KVQ_ATTN_DECODE", bad);
+    REQUIRE(kvq::kern::attention_decode(Act::kF16, a, 4, 132, nullptr, 0, nullptr) == cudaErrorInvalidValue);
   }
 }
 
