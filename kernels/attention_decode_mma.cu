@@ -47,8 +47,9 @@
 // - The split count minimises waves x (tokens per block + 128) for the blocks the device
 //   holds at once (occupancy API), so batch 1 fills all SMs and batch 8 runs whole waves.
 // - What is left at batch 1 is a fixed ~12 us per decode (llama3-8b 1K: 10.7 us in total;
-//   kvq-kvbench --latency: ~3-4 us of it exposed launch and host time, the rest launch-to-data,
-//   the warps' merge and the combine), so 32K reaches 80% of copy and 128K 92%.
+//   kvq-kvbench --latency: ~3-4 us of it exposed launch and host time, ~8-9 us device time for
+//   kernel start to first tile, the warps' merge and the combine), so 32K reaches 80% of copy
+//   and 128K 92%.
 // Semantics as the CUDA-core kernel: causal (row r sees keys 0 .. pos0[r]), slot indirection,
 // sliding window (keys before pos - window + 1 are not even read), past-only quantization
 // (k_self / v_self replace the cache row on the diagonal, at staging time), rows past the end
