@@ -721,57 +721,6 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
             for (int e = 0; e < 4; ++e) acc[nt][mt][e] *= f;
       }
       const uint32_t* vcb = vc_s + gid * NWV;
-      if constexpr ((OPT & 64) != 0) {  // KVQ_KV_ILP=4 (an A/B): two value tiles per iteration
-        auto value_tile = [&](int tb) {
-        uint32_t w[4][NWV];
-#pragma unroll
-        for (int k = 0; k < 4; ++k) {
-          const uint32_t* row = vcb + (tb * 16 + 4 * t4 + k) * RW;
-          if constexpr (NWV == 2) {
-            const uint2 v = *reinterpret_cast<const uint2*>(row);
-            w[k][0] = v.x; w[k][1] = v.y;
-          } else {
-            w[k][0] = row[0];
-          }
-        }
-        uint32_t b[NTV][2];
-#pragma unroll
-        for (int nt = 0; nt < NTV; ++nt) {
-          const int col = nt * 8 + gid;
-          uint2 v = make_uint2(0, 0);
-          if (col < NCV) v = *reinterpret_cast<const uint2*>(W + col * KS + tb * 16 + 4 * t4);
-          b[nt][0] = v.x; b[nt][1] = v.y;
-        }
-        // p01[c] / p23[c]: (token 4t, 4t+1) / (4t+2, 4t+3) codes of local channel c (0..15).
-        uint32_t p01[16], p23[16];
-#pragma unroll
-        for (int i = 0; i < NWV; ++i) {
-#pragma unroll
-          for (int hh = 0; hh < 2; ++hh) {
-            const uint32_t sel = hh ? 0x7632u : 0x5410u;
-            const uint32_t x01 = __byte_perm(w[0][i], w[1][i], sel);
-            const uint32_t x23 = __byte_perm(w[2][i], w[3][i], sel);
-            uint32_t t01[8], t23[8];
-            word_pairs<BITS, FOLD>(x01, t01);
-            word_pairs<BITS, FOLD>(x23, t23);
-#pragma unroll
-            for (int jj = 0; jj < NP; ++jj) {
-              const int c = (32 / BITS) * i + NP * hh + jj;
-              p01[c] = t01[jj];
-              p23[c] = t23[jj];
-            }
-          }
-        }
-#pragma unroll
-        for (int mt = 0; mt < 8; ++mt)
-#pragma unroll
-          for (int nt = 0; nt < NTV; ++nt)
-            mma16816(acc[nt][mt], p01[2 * mt], p01[2 * mt + 1], p23[2 * mt], p23[2 * mt + 1], b[nt][0],
-                     b[nt][1]);
-        };
-#pragma unroll 2
-        for (int tb = warp; tb < ntiles; tb += kW) value_tile(tb);
-      } else {
       for (int tb = warp; tb < ntiles; tb += kW) {
         uint32_t w[4][NWV];
 #pragma unroll
@@ -818,7 +767,6 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
           for (int nt = 0; nt < NTV; ++nt)
             mma16816(acc[nt][mt], p01[2 * mt], p01[2 * mt + 1], p23[2 * mt], p23[2 * mt + 1], b[nt][0],
                      b[nt][1]);
-      }
       }
     }
 #pragma unroll
@@ -1209,11 +1157,13 @@ int stage_tokens_2bit() {
 // KVQ_KV_ILP=0,2,3; notes/s6/results-h52.md): 3 is the fastest or equal in every affected cell,
 // llama3-8b int4 b8 5.1-6.7% faster (128K 529.4 -> 493.8 us), b1 2.7-4.4%; int2 MHA b1 1.3-2.1%
 // (64K 90.4 -> 88.5 us); int4 MHA within 1%. The G = 2 builds (not measured) keep neither.
+// Tried and removed: the value tile loop unrolled by two on top of 3 (KVQ_KV_ILP=4 at 1726145):
+// llama3-8b int4 5-7% slower than 3 at batch 8 (128K 487.6 -> 520.6 us), the rest within 1%
+// (H100 2026-11-23, --ab KVQ_KV_ILP=0,3,4).
 int key_ilp() {
   if (const char* e = std::getenv("KVQ_KV_ILP")) {
     if (std::strcmp(e, "0") == 0) return 0;
     if (std::strcmp(e, "2") == 0) return 2;
-    if (std::strcmp(e, "4") == 0) return 4;
   }
   return 3;
 }
@@ -1247,7 +1197,6 @@ cudaError_t launch_token(const PackedSide& k, const PackedSide& v, const PackedD
     const int ilp = key_ilp();
     if (ilp == 2) return launch_stream<BITS, 1, 1, true, GM, false, 0, true, KS, O | 32>(k, v, a, max_len, sm_count, o, ml, stream);
     if (ilp == 3) return launch_stream<BITS, 1, 1, true, GM, false, 0, true, KS, O | 48>(k, v, a, max_len, sm_count, o, ml, stream);
-    if (ilp == 4) return launch_stream<BITS, 1, 1, true, GM, false, 0, true, KS, O | 112>(k, v, a, max_len, sm_count, o, ml, stream);
   }
   return launch_stream<BITS, 1, 1, true, GM, false, 0, true, KS, O>(k, v, a, max_len, sm_count, o, ml, stream);
 }
