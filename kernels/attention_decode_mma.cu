@@ -495,15 +495,30 @@ struct Plan {
 };
 constexpr int kMaxSplits = 4096;  // the combine's weights: 16 KB of shared memory at most
 
+// The largest split count make_plan considers (its result's splits <= want <= this): the
+// key range in 64-token pieces, at most about two waves of blocks, kMaxSplits.
+int max_plan_splits(int pairs, int max_len, int resident) {
+  return std::max(1, std::min({(max_len + 63) / 64, 2 * resident / std::max(pairs, 1) + 1, kMaxSplits}));
+}
+
 // The split count minimising waves x (tokens per block + 128): 128 tokens stand for a
 // block's fixed cost (q set-up, pipeline fill, merge and partial writes; the per-block cost
 // kv_decode_stream.cu's plan uses). Chunks are multiples of 16 tokens; ties keep fewer
-// splits (a cheaper combine, none at all for one split).
+// splits (a cheaper combine, none at all for one split). The search is up to ~130 steps of
+// three integer divisions (a few us on the host); the runtime asks once per layer with the same
+// arguments, so the last 4 answers are kept per thread (one search per decode step).
 Plan make_plan(int pairs, int max_len, int resident) {
+  struct Memo {
+    int pairs = -1, max_len = -1, resident = -1;
+    Plan plan;
+  };
+  thread_local Memo memo[4];
+  thread_local int memo_next = 0;
+  for (const Memo& m : memo)
+    if (m.pairs == pairs && m.max_len == max_len && m.resident == resident) return m.plan;
   Plan best{((max_len + kTok - 1) / kTok) * kTok, 1};
   double best_cost = 1e300;
-  const int max_s =
-      std::max(1, std::min({(max_len + 63) / 64, 2 * resident / std::max(pairs, 1) + 1, kMaxSplits}));
+  const int max_s = max_plan_splits(pairs, max_len, resident);
   for (int want = 1; want <= max_s; ++want) {
     int chunk = (max_len + want - 1) / want;
     chunk = ((chunk + kTok - 1) / kTok) * kTok;
@@ -516,6 +531,8 @@ Plan make_plan(int pairs, int max_len, int resident) {
       best = {chunk, splits};
     }
   }
+  memo[memo_next] = {pairs, max_len, resident, best};
+  memo_next = (memo_next + 1) % 4;
   return best;
 }
 
@@ -612,8 +629,15 @@ bool fits(const AttentionArgs& a) {
 
 size_t workspace(const AttentionArgs& a, int max_len, int sm_count) {
   if (a.kv_heads <= 0 || a.rows <= 0 || max_len <= 0) return 0;
-  size_t bytes = 0;  // every variant's plan, so KVQ_ATTN_DECODE may change between calls
-  for (int v = 0; v < kNumVariants; ++v) bytes = std::max(bytes, plan_bytes(a, plan_for(a, max_len, sm_count, v)));
+  // Room for the largest split count any variant's plan can take (no search), so that
+  // KVQ_ATTN_DECODE may change between calls.
+  size_t bytes = 0;
+  for (int v = 0; v < kNumVariants; ++v) {
+    const int resident = resident_for(a.head_dim, v) * std::max(sm_count, 1);
+    Plan bound;
+    bound.splits = max_plan_splits(a.rows * a.kv_heads, max_len, resident);
+    bytes = std::max(bytes, plan_bytes(a, bound));
+  }
   return bytes;
 }
 
