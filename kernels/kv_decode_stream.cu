@@ -12,6 +12,10 @@
 // from 64K (69-75% of copy; 4.9x at 32K), batch 1 4.2-4.9x; int4 MHA unchanged (95-98% at b8).
 // The split-K combine is launched with programmatic stream serialization (PDL) by default:
 // batch 1 1-3 us faster (notes/s5/results-h46.md; KVQ_KV_COMBINE=1 for the ordinary launch).
+// Session 6 (h52, notes/s6/results-h52.md, H100 2026-11-23): at batch 1 the warps wait on
+// dependency chains (ncu), so the key pass of the per-token G = 1 / G <= 4 builds runs two mma
+// chains per tile and two tiles per iteration (KVQ_KV_ILP, default 3): llama3-8b int4 b8 5-7%
+// faster, int2 MHA b1 1-2%; more blocks per SM (5-6) and a two-tile value loop did not help.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
