@@ -1160,7 +1160,8 @@ int stage_tokens_2bit() {
 // Measured (H100, 2026-11-23, archive of 2e3f476, one process, same caches, --ab
 // KVQ_KV_ILP=0,2,3; notes/s6/results-h52.md): 3 is the fastest or equal in every affected cell,
 // llama3-8b int4 b8 5.1-6.7% faster (128K 529.4 -> 493.8 us), b1 2.7-4.4%; int2 MHA b1 1.3-2.1%
-// (64K 90.4 -> 88.5 us); int4 MHA within 1%. The G = 2 builds (not measured) keep neither.
+// (64K 90.4 -> 88.5 us); int4 MHA within 1%. The 2-bit 384-token builds take 3 too (below:
+// int2 MHA b8 4-5% faster). The G = 2 builds (not measured) keep neither.
 // Tried and removed: the value tile loop unrolled by two on top of 3 (KVQ_KV_ILP=4 at 1726145):
 // llama3-8b int4 5-7% slower than 3 at batch 8 (128K 487.6 -> 520.6 us), the rest within 1%
 // (H100 2026-11-23, --ab KVQ_KV_ILP=0,3,4).
@@ -1201,6 +1202,14 @@ cudaError_t launch_token(const PackedSide& k, const PackedSide& v, const PackedD
     const int ilp = key_ilp();
     if (ilp == 2) return launch_stream<BITS, 1, 1, true, GM, false, 0, true, KS, O | 32>(k, v, a, max_len, sm_count, o, ml, stream);
     if (ilp == 3) return launch_stream<BITS, 1, 1, true, GM, false, 0, true, KS, O | 48>(k, v, a, max_len, sm_count, o, ml, stream);
+  }
+  if constexpr (KS == 384 && (GM == 1 || GM == 4)) {
+    // The 384-token 2-bit builds (batch 8's long walks) take the default's key pass too
+    // (KVQ_KV_ILP=3; 0 or 2: the build before). Measured (H100 2026-11-23, a local build of
+    // 1fa23a4 plus this branch as KVQ_KV_ILP=5, --ab KVQ_KV_ILP=3,5,0; the same instantiations as
+    // now): llama2-7b int2 b8 4.2-5.0% faster (32K 293.8 -> 281.0 us, 4.88x -> 5.10x fp16; 128K
+    // 1088.7 -> 1033.9), llama3-8b int2 b8 within 0.7%.
+    if (key_ilp() == 3) return launch_stream<BITS, 1, 1, true, GM, false, 0, true, KS, O | 48>(k, v, a, max_len, sm_count, o, ml, stream);
   }
   return launch_stream<BITS, 1, 1, true, GM, false, 0, true, KS, O>(k, v, a, max_len, sm_count, o, ml, stream);
 }
