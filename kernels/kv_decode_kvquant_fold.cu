@@ -136,6 +136,31 @@ __device__ __forceinline__ uint32_t hfma2(uint32_t a, uint32_t b, uint32_t c) {
   asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
   return d;
 }
+__device__ __forceinline__ uint32_t hmul2(uint32_t a, uint32_t b) {
+  uint32_t d;
+  asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+  return d;
+}
+
+// kvq-fold2 (h54): the 4-bit key table with one copy per lane, entry e of lane L at word
+// 32 e + L, so a warp's 32 loads hit 32 banks (kvq-fold's 4 copies: ~2.5 wavefronts per load).
+// Byte k (0..7, constant after unrolling) of the lane's low (w0) or high (w1) code words.
+__device__ __forceinline__ uint32_t lut_lane(const char* tab, uint32_t w0, uint32_t w1, int k, uint32_t lane4) {
+  const uint32_t w = k < 4 ? w0 : w1;
+  const int b = k & 3;
+  const uint32_t off = (b == 0 ? (w << 7) : (w >> (8 * b - 7))) & 0x7F80u;
+  return *reinterpret_cast<const uint32_t*>(tab + (off | lane4));
+}
+
+// kvq-fold2 word layout of the rec space during pass 1 (words): the lane-private key table
+// [256][32] (4 bits), the lane records [12][32] uint4 (words 0..31: the lane's (cos a_i,
+// -sin a_p, cos a_p, sin a_i) per k-tile, words 32..47: its offsets (off_i, off_p) per k-tile,
+// at u = gid), R(8 m) (cos, sin) [8][kE8] float2 in pair-slot order. All dead after pass 1.
+constexpr int kE8 = 68;  // float2 row stride: 136 words = 8 mod 32, so rows m and m + 4 share banks only
+constexpr int kPrivWords = 256 * 32;
+constexpr int kLrecWords = 12 * 32 * 4;
+static_assert(kPrivWords + kLrecWords + 8 * kE8 * 2 <= kS * 4 * kRec, "kvq-fold2 tables exceed the rec space");
+static_assert(kT == 256, "setup_fold2_tables: one thread per byte-table entry");
 
 // Block setup of the tables: byte -> (L[lo], L[hi]) for keys and values, and the coefficient
 // records: record (u, t4), k-tile kt, words 6 kt .. 6 kt + 5 = (cos a_i, -sin a_p, cos b_i -
@@ -182,6 +207,56 @@ __device__ __forceinline__ void setup_fold_tables(const PackedSide& K, const Pac
   }
 }
 
+// kvq-fold2's block setup (the byte tables as kvq-fold; at 4 bits the key table also in its
+// lane-private form): the lane records for u = gid (t4 = lane & 3) and R(8 m) for m < 8.
+template <int BITS, bool QN>
+__device__ __forceinline__ void setup_fold2_tables(const PackedSide& K, const PackedSide& V, const PackedDecodeArgs& a,
+                                                   int64_t cb, uint32_t* klut2, uint32_t* vlut2, uint32_t* kpriv,
+                                                   __half* lrec, float2* e8) {
+  constexpr int n = 1 << BITS;
+  if constexpr (BITS == 4) {
+    for (int idx = threadIdx.x; idx < 256 * 4; idx += kT) {
+      const int e = idx >> 2;
+      klut2[idx] = pack_h2(K.lut[e & 15], K.lut[e >> 4]);
+      vlut2[idx] = pack_h2(V.lut[e & 15], V.lut[e >> 4]);
+    }
+    // Thread e writes entry e's 32 copies, starting at copy e mod 32 so that a warp's stores
+    // hit 32 banks.
+    const int e = threadIdx.x;  // kT == 256 entries
+    const uint32_t v = pack_h2(K.lut[e & 15], K.lut[e >> 4]);
+#pragma unroll 4
+    for (int l = 0; l < 32; ++l) kpriv[e * 32 + ((e + l) & 31)] = v;
+  } else {
+    if (threadIdx.x < n * n) {
+      const int e = threadIdx.x;
+      klut2[e] = pack_h2(K.lut[e & 3], K.lut[e >> 2]);
+      vlut2[e] = pack_h2(V.lut[e & 3], V.lut[e >> 2]);
+    }
+  }
+  const float qa = QN ? K.qa : 1.f, qb = QN ? K.qb : 0.f;
+  for (int it = threadIdx.x; it < 8 * 64; it += kT) {
+    const int u = it >> 6, i = it & 63;
+    const double f = a.inv_freq[i];
+    float c, sn;
+    anchor(f, u, c, sn);
+    const float ai = qa * K.khalf[cb + i], ap = qa * K.khalf[cb + 64 + i];
+    const float bi = fmaf(qa, K.kmid[cb + i], qb), bp = fmaf(qa, K.kmid[cb + 64 + i], qb);
+    const int t4 = i >> 4, kt = (i >> 1) & 7, e = i & 1;
+    const int L = u * 4 + t4;
+    __half* cw = lrec + ((kt * 32 + L) * 4) * 2 + e;  // words 4 kt .. 4 kt + 3 of lane L
+    cw[0] = __float2half_rn(c * ai);
+    cw[2] = __float2half_rn(-sn * ap);
+    cw[4] = __float2half_rn(c * ap);
+    cw[6] = __float2half_rn(sn * ai);
+    __half* ow = lrec + (((8 + (kt >> 1)) * 32 + L) * 4 + 2 * (kt & 1)) * 2 + e;  // words 32 + 2 kt, + 1
+    ow[0] = __float2half_rn(fmaf(c, bi, -sn * bp));
+    ow[2] = __float2half_rn(fmaf(c, bp, sn * bi));
+    float c8, s8;
+    anchor(f, 8 * u, c8, s8);
+    e8[u * kE8 + pair_slot(i)] = make_float2(c8, s8);
+  }
+}
+
 // OPT >= 1 of the mma build: the chunk's CSR offsets (relative to the first) and, when they
 // fit `cap`, its records staged into shared memory; returns the records to index with soff.
 __device__ const kvlayout::Outlier* stage_csr(const PackedSide& P, int64_t sh, int begin, int cnt, uint32_t* soff,
@@ -197,7 +272,7 @@ __device__ const kvlayout::Outlier* stage_csr(const PackedSide& P, int64_t sh, i
   return fit ? srec : g;
 }
 
-template <int BITS, int GM, bool QN>
+template <int BITS, int GM, bool QN, bool V2>
 __global__ void __launch_bounds__(kT, 2)
 kvquant_fold_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, int splits, float* part_o,
                     float* part_ml) {
@@ -242,16 +317,106 @@ kvquant_fold_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, i
     const int i = threadIdx.x;
     khm[pair_slot(i)] = make_float4(K.khalf[cb + i], K.khalf[cb + 64 + i], K.kmid[cb + i], K.kmid[cb + 64 + i]);
   }
-  setup_fold_tables<BITS, QN>(K, V, a, cb, klut2, vlut2, reinterpret_cast<__half*>(rec));
+  // kvq-fold2: the rec space holds the lane-private key table, the lane records and R(8 m).
+  uint32_t* kpriv = rec;
+  uint4* lrec = reinterpret_cast<uint4*>(rec + kPrivWords);
+  float2* e8 = reinterpret_cast<float2*>(rec + kPrivWords + kLrecWords);
+  if constexpr (V2)
+    setup_fold2_tables<BITS, QN>(K, V, a, cb, klut2, vlut2, kpriv, reinterpret_cast<__half*>(lrec), e8);
+  else
+    setup_fold_tables<BITS, QN>(K, V, a, cb, klut2, vlut2, reinterpret_cast<__half*>(rec));
   for (int idx = threadIdx.x; idx < nst * 64; idx += kT) {
     float c, sn;
     anchor(a.inv_freq[idx & 63], begin + (idx >> 6) * kS, c, sn);
-    st0[idx] = make_float2(c, sn);
+    // kvq-fold2 reads it by pair slot (the 4 lanes t4 of a k-tile contiguous).
+    st0[V2 ? (idx & ~63) + pair_slot(idx & 63) : idx] = make_float2(c, sn);
   }
   __syncthreads();
 
   // ---- Pass 1: dense scores on the tensor cores, a warp per 64-token stage ----
-  {
+  if constexpr (V2) {
+    // kvq-fold2 (h54): the lane's token offset is u = gid in every n-tile, n-tile nt anchored at
+    // j0 + 8 nt: A row rho = m GM + g holds head g's query rotated by R(j0 + 8 (ag 8 / GM + m))^T
+    // (ag: the A group, 8 / GM n-tiles each), so the lane's coefficients (u = gid) stay in
+    // registers and n-tile nt's scores are the rows of its anchor (m = nt mod (8 / GM)); the
+    // other rows are discarded (at G = 1 kvq-fold discarded rows 1..15 as well). The offset
+    // term R(u) b is a fixed B per lane: its product with the A rows (8 mma per A group) is the
+    // initial accumulator of the group's n-tiles.
+    constexpr int kRows = 8 / GM;  // anchors (n-tiles) per A group
+    const uint32_t* kcodes = K.codes + sh * K.max_tokens * K.wpr;
+    const char* ktab = reinterpret_cast<const char*>(BITS == 4 ? kpriv : klut2);
+    const uint32_t lane4 = 4u * lane;
+    const int g = gid % GM, m = gid / GM;
+    const bool hv = g < G;
+    const float* qh = qs + g * kD;
+    uint32_t cf[8][4];
+#pragma unroll
+    for (int kt = 0; kt < 8; ++kt) {
+      const uint4 x = lrec[kt * 32 + lane];
+      cf[kt][0] = x.x;
+      cf[kt][1] = x.y;
+      cf[kt][2] = x.z;
+      cf[kt][3] = x.w;
+    }
+    for (int st = warp; st < nst; st += kW) {
+      uint32_t kw[8][4];
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) load_key_codes<BITS>(kcodes, min(begin + st * kS + nt * 8 + gid, end - 1), t4, kw[nt]);
+#pragma unroll
+      for (int ag = 0; ag < GM; ++ag) {
+        if (st * kS + ag * kRows * 8 >= cnt) break;  // warp-uniform
+        const float2* e8r = e8 + (ag * kRows + m) * kE8;
+        uint32_t qa0[8], qa2[8];
+#pragma unroll
+        for (int kt = 0; kt < 8; ++kt) {
+          float qv[2], pv[2];
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int i = 16 * t4 + 2 * kt + e, slot = (2 * kt + e) * 4 + t4;
+            const float2 c0 = st0[st * 64 + slot], c8 = e8r[slot];
+            const float c = fmaf(c0.x, c8.x, -c0.y * c8.y), sn = fmaf(c0.y, c8.x, c0.x * c8.y);
+            const float q = qh[i], p = qh[i + 64];
+            qv[e] = fmaf(q, c, p * sn);
+            pv[e] = fmaf(p, c, -q * sn);
+          }
+          qa0[kt] = pack_h2(qv[0], qv[1]);
+          qa2[kt] = pack_h2(pv[0], pv[1]);
+        }
+        float off[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+        for (int k2 = 0; k2 < 4; ++k2) {
+          const uint4 o = lrec[(8 + k2) * 32 + lane];
+          mma16816(off, qa0[2 * k2], 0u, qa2[2 * k2], 0u, o.x, o.y);
+          mma16816(off, qa0[2 * k2 + 1], 0u, qa2[2 * k2 + 1], 0u, o.z, o.w);
+        }
+#pragma unroll
+        for (int mm = 0; mm < kRows; ++mm) {
+          const int nt = ag * kRows + mm;
+          if (st * kS + nt * 8 >= cnt) break;  // warp-uniform
+          float acc[4] = {off[0], off[1], off[2], off[3]};
+#pragma unroll
+          for (int kt = 0; kt < 8; ++kt) {
+            uint32_t lo, hi;
+            if constexpr (BITS == 4) {
+              lo = lut_lane(ktab, kw[nt][0], kw[nt][1], kt, lane4);
+              hi = lut_lane(ktab, kw[nt][2], kw[nt][3], kt, lane4);
+            } else {
+              lo = lut_get<BITS>(ktab, kw[nt][0], kw[nt][1], kt, 0u);
+              hi = lut_get<BITS>(ktab, kw[nt][2], kw[nt][3], kt, 0u);
+            }
+            const uint32_t b0 = hfma2(hi, cf[kt][1], hmul2(lo, cf[kt][0]));
+            const uint32_t b1 = hfma2(lo, cf[kt][3], hmul2(hi, cf[kt][2]));
+            mma16816(acc, qa0[kt], 0u, qa2[kt], 0u, b0, b1);
+          }
+          const int tok = st * kS + nt * 8 + 2 * t4;
+          if (hv && m == mm) {
+            if (tok < cnt) sc[tok * GM + g] = acc[0] * a.scale;
+            if (tok + 1 < cnt) sc[(tok + 1) * GM + g] = acc[1] * a.scale;
+          }
+        }
+      }
+    }
+  } else {
     const uint32_t* kcodes = K.codes + sh * K.max_tokens * K.wpr;
     const char* ktab = reinterpret_cast<const char*>(klut2);
     const bool hv = gid < G;
@@ -498,14 +663,14 @@ kvquant_fold_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, i
   }
 }
 
-template <int BITS, int GM, bool QN>
+template <int BITS, int GM, bool QN, bool V2>
 cudaError_t launch(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, const Plan& p,
                    float* part_o, float* part_ml, cudaStream_t stream) {
   const size_t smem = smem_bytes(GM, p.chunk);
-  cudaError_t e = cudaFuncSetAttribute(kvquant_fold_kernel<BITS, GM, QN>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(smem));
+  cudaError_t e = cudaFuncSetAttribute(kvquant_fold_kernel<BITS, GM, QN, V2>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (e != cudaSuccess) return e;
-  kvquant_fold_kernel<BITS, GM, QN><<<dim3(p.splits, k.kv_heads, a.rows), kT, smem, stream>>>(k, v, a, p.chunk,
+  kvquant_fold_kernel<BITS, GM, QN, V2><<<dim3(p.splits, k.kv_heads, a.rows), kT, smem, stream>>>(k, v, a, p.chunk,
                                                                                             p.splits, part_o, part_ml);
   if ((e = launch_status()) != cudaSuccess) return e;
   splitk_combine_kernel<__half><<<dim3(a.n_heads, a.rows), 128, 0, stream>>>(
@@ -513,14 +678,14 @@ cudaError_t launch(const PackedSide& k, const PackedSide& v, const PackedDecodeA
   return launch_status();
 }
 
-template <int BITS, bool QN>
+template <int BITS, bool QN, bool V2>
 cudaError_t dispatch_gm(int gm, const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, const Plan& p,
                         float* o, float* ml, cudaStream_t stream) {
   switch (gm) {
-    case 1: return launch<BITS, 1, QN>(k, v, a, p, o, ml, stream);
-    case 2: return launch<BITS, 2, QN>(k, v, a, p, o, ml, stream);
-    case 4: return launch<BITS, 4, QN>(k, v, a, p, o, ml, stream);
-    case 8: return launch<BITS, 8, QN>(k, v, a, p, o, ml, stream);
+    case 1: return launch<BITS, 1, QN, V2>(k, v, a, p, o, ml, stream);
+    case 2: return launch<BITS, 2, QN, V2>(k, v, a, p, o, ml, stream);
+    case 4: return launch<BITS, 4, QN, V2>(k, v, a, p, o, ml, stream);
+    case 8: return launch<BITS, 8, QN, V2>(k, v, a, p, o, ml, stream);
   }
   return cudaErrorInvalidValue;
 }
@@ -533,8 +698,10 @@ size_t workspace_fold(const PackedSide& k, const PackedDecodeArgs& a, int max_le
   return static_cast<size_t>(a.rows) * a.n_heads * p.splits * (kD + 2) * sizeof(float);
 }
 
-cudaError_t run_fold(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len, int sm_count,
-                     void* ws, size_t ws_bytes, cudaStream_t stream) {
+namespace {
+template <bool V2>
+cudaError_t run_fold_any(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len, int sm_count,
+                         void* ws, size_t ws_bytes, cudaStream_t stream) {
   if (!fits(Act::kF16, k, v, a)) return cudaErrorInvalidValue;
   if (a.rows == 0) return cudaSuccess;
   if (max_len <= 0 || ws_bytes < workspace_fold(k, a, max_len, sm_count)) return cudaErrorInvalidValue;
@@ -544,10 +711,20 @@ cudaError_t run_fold(const PackedSide& k, const PackedSide& v, const PackedDecod
   float* part_ml = part_o + static_cast<size_t>(a.rows) * a.n_heads * p.splits * kD;
   const bool qn = k.qa != 1.f || k.qb != 0.f || v.qa != 1.f || v.qb != 0.f;
   if (k.bits == 4)
-    return qn ? dispatch_gm<4, true>(gm, k, v, a, p, part_o, part_ml, stream)
-              : dispatch_gm<4, false>(gm, k, v, a, p, part_o, part_ml, stream);
-  return qn ? dispatch_gm<2, true>(gm, k, v, a, p, part_o, part_ml, stream)
-            : dispatch_gm<2, false>(gm, k, v, a, p, part_o, part_ml, stream);
+    return qn ? dispatch_gm<4, true, V2>(gm, k, v, a, p, part_o, part_ml, stream)
+              : dispatch_gm<4, false, V2>(gm, k, v, a, p, part_o, part_ml, stream);
+  return qn ? dispatch_gm<2, true, V2>(gm, k, v, a, p, part_o, part_ml, stream)
+            : dispatch_gm<2, false, V2>(gm, k, v, a, p, part_o, part_ml, stream);
+}
+}  // namespace
+
+cudaError_t run_fold(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len, int sm_count,
+                     void* ws, size_t ws_bytes, cudaStream_t stream) {
+  return run_fold_any<false>(k, v, a, max_len, sm_count, ws, ws_bytes, stream);
+}
+cudaError_t run_fold2(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len, int sm_count,
+                      void* ws, size_t ws_bytes, cudaStream_t stream) {
+  return run_fold_any<true>(k, v, a, max_len, sm_count, ws, ws_bytes, stream);
 }
 
 }  // namespace kvq::kern::kvquant_decode

@@ -91,8 +91,8 @@ std::string reason(const Codec& c) {
 // several kernels in one process.
 bool kvquant_kernel_selected() {
   const char* e = std::getenv("KVQ_KV_DECODE");
-  return !e || !*e || std::strcmp(e, "kvq-fold") == 0 || std::strcmp(e, "kvq-mma") == 0 ||
-         std::strcmp(e, "kvq-stream") == 0;
+  return !e || !*e || std::strcmp(e, "kvq-fold") == 0 || std::strcmp(e, "kvq-fold2") == 0 ||
+         std::strcmp(e, "kvq-mma") == 0 || std::strcmp(e, "kvq-stream") == 0;
 }
 // Values naming retired kernels are an error rather than a silent alias, so that an A/B run
 // written for them cannot report one kernel twice: KVQ_KV_DECODE=mma|mma3|mma-hoist (version 3
@@ -132,6 +132,13 @@ bool kvquant_stream_selected() {
 bool kvquant_mma_selected() {
   const char* e = std::getenv("KVQ_KV_DECODE");
   return e && std::strcmp(e, "kvq-mma") == 0;
+}
+// KVQ_KV_DECODE=kvq-fold2 (h54, kernels/kv_decode_kvquant_fold.cu run_fold2): the folded build
+// with the lane's key coefficients in registers (stage anchors in the A rows) and a lane-private
+// 4-bit key table; same workspace as kvq-fold. Opt-in until measured (notes/s6/results-h54.md).
+bool kvquant_fold2_selected() {
+  const char* e = std::getenv("KVQ_KV_DECODE");
+  return e && std::strcmp(e, "kvq-fold2") == 0;
 }
 
 }  // namespace
@@ -423,6 +430,9 @@ void PackedKvCache::decode(const void* q_dev, void* out_dev, bool bf16, void* st
     else if (kvquant_mma_selected())
       KVQ_CUDA_CHECK(kern::kvquant_decode::run_mma(I.k.d, I.v.d, a, I.max_len, I.sm_count, I.work.get(),
                                                    I.work.bytes(), static_cast<cudaStream_t>(stream)));
+    else if (kvquant_fold2_selected())
+      KVQ_CUDA_CHECK(kern::kvquant_decode::run_fold2(I.k.d, I.v.d, a, I.max_len, I.sm_count, I.work.get(),
+                                                     I.work.bytes(), static_cast<cudaStream_t>(stream)));
     else
       KVQ_CUDA_CHECK(kern::kvquant_decode::run_fold(I.k.d, I.v.d, a, I.max_len, I.sm_count, I.work.get(),
                                                     I.work.bytes(), static_cast<cudaStream_t>(stream)));

@@ -154,7 +154,8 @@ double run_case(const Case& c, uint64_t seed, const char* kernel) {
 
   const int G = c.n_heads / c.H;
   const double scale = 1.0 / std::sqrt(static_cast<double>(kHd));
-  const bool fold = std::string(kernel) == "kvq-fold";
+  // kvq-fold2 rounds the same terms or fewer (tests below): kvq-fold's bound.
+  const bool fold = std::string(kernel) == "kvq-fold" || std::string(kernel) == "kvq-fold2";
   double worst = 0;
   for (int r = 0; r < R; ++r) {
     const int slot = rows[r];
@@ -331,6 +332,20 @@ TEST_CASE("kv kvquant fold kernel: calibrated LUT, key ranges and Q-Norm == simu
   calibrated_cases("kvq-fold");
 }
 TEST_CASE("kv kvquant fold kernel: long slot == simulated", "[gpu][kv][kvquant]") { long_cases("kvq-fold"); }
+// kvq-fold2 (h54, run_fold2): n-tile nt anchored at j0 + 8 nt (anchor composed in fp32 from R(j0)
+// and R(8 nt): ~2^-22 relative, inside the 2^-17 RoPE term), the lane's coefficients at u = gid,
+// the offset (cos b_i - sin b_p, ...) an fp16 mma operand (one rounding, bounded by |b_i| + |b_p|),
+// each B component hfma2(L', c', hmul2(L, c)): L, L', c, c' and the two results rounded, terms
+// bounded by S = |a_i| + |a_p|. That is no more than the 4 roundings of S-terms and 3 of b-terms
+// kvq-fold's 2^-7 C counts, so the same bound. Same cases (MHA and G = 2, 3, 4, 8: anchors per A
+// group 8, 4, 2, 2, 1; partial n-tiles and stages at the slot ends).
+TEST_CASE("kv kvquant fold2 kernel: 4/2 bits, outliers, sinks, MHA and GQA == simulated", "[gpu][kv][kvquant]") {
+  basic_cases("kvq-fold2");
+}
+TEST_CASE("kv kvquant fold2 kernel: calibrated LUT, key ranges and Q-Norm == simulated", "[gpu][kv][kvquant]") {
+  calibrated_cases("kvq-fold2");
+}
+TEST_CASE("kv kvquant fold2 kernel: long slot == simulated", "[gpu][kv][kvquant]") { long_cases("kvq-fold2"); }
 
 // h42's CUDA-core kernel (KVQ_KV_DECODE=kvq-fast) had its own three cases here, retired with it
 // after dfabb0b.
@@ -374,7 +389,7 @@ TEST_CASE("kv kvquant kernel: the default where it fits; 3 bits, bf16, KVQ_KV_DE
     cuda::PackedKvCache gpu(*kc, *vc, 1, 8, 4, inv_freq);
     gpu.append_host(0, x.data(), x.data(), 5, 2 * kHd);
     gpu.prepare({0});
-    for (const char* value : {"kvq-fold", "kvq-mma", "kvq-stream", "", static_cast<const char*>(nullptr)}) {
+    for (const char* value : {"kvq-fold", "kvq-fold2", "kvq-mma", "kvq-stream", "", static_cast<const char*>(nullptr)}) {
       EnvGuard env("KVQ_KV_DECODE", value);
       CHECK(gpu.decode_uses_kvquant_kernel() == (spec == "kvquant:bits=4"));
       CHECK_FALSE(gpu.decode_uses_kvquant_kernel(true));
@@ -419,7 +434,7 @@ TEST_CASE("kv kvquant kernel: retired KVQ_KV_DECODE values are an InvalidArgumen
       }
       CHECK(threw);
     }
-    for (const char* value : {"kvq-fold", "kvq-mma", "mma-stream", static_cast<const char*>(nullptr)}) {
+    for (const char* value : {"kvq-fold", "kvq-fold2", "kvq-mma", "mma-stream", static_cast<const char*>(nullptr)}) {
       EnvGuard env("KVQ_KV_DECODE", value);
       INFO(spec << ", KVQ_KV_DECODE=" << (value ? value : "(unset)"));
       CHECK_NOTHROW(gpu.decode(dq, dout));
