@@ -15,7 +15,8 @@
 // Session 6 (h52, notes/s6/results-h52.md, H100 2026-11-23): at batch 1 the warps wait on
 // dependency chains (ncu), so the key pass of the per-token G = 1 / G <= 4 builds runs two mma
 // chains per tile and two tiles per iteration (KVQ_KV_ILP, default 3): llama3-8b int4 b8 5-7%
-// faster, int2 MHA b1 1-2%; more blocks per SM (5-6) and a two-tile value loop did not help.
+// faster, int2 MHA b1 1-2%, b8 4-5% (384-token builds: 5.10-5.44x fp16 from 32K); more blocks
+// per SM (5-6) and a two-tile value loop did not help.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
