@@ -27,9 +27,10 @@ size_t workspace_fold(const PackedSide& k, const PackedDecodeArgs& a, int max_le
 cudaError_t run_fold(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len,
                      int sm_count, void* workspace, size_t workspace_bytes, cudaStream_t stream);
 // The same build with the lane's key coefficients in registers, the stage anchors in the A rows
-// and (4 bits) a lane-private key table (KVQ_KV_DECODE=kvq-fold2, h54): same workspace_fold().
+// and (4 bits) a lane-private key table (KVQ_KV_DECODE=kvq-fold2k, h54), with value_table also a
+// lane-private 4-bit value table (KVQ_KV_DECODE=kvq-fold2): same workspace_fold().
 cudaError_t run_fold2(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len,
-                      int sm_count, void* workspace, size_t workspace_bytes, cudaStream_t stream);
+                      int sm_count, void* workspace, size_t workspace_bytes, cudaStream_t stream, bool value_table);
 
 // The tensor-core build of session 5 (kernels/kv_decode_kvquant_mma.cu; KVQ_KV_DECODE=kvq-mma): workspace bytes for max_len tokens (its split-K partials) and the
 // launch (decode kernel + split-K combine); `workspace` holds workspace_mma() bytes.

@@ -272,10 +272,17 @@ __device__ const kvlayout::Outlier* stage_csr(const PackedSide& P, int64_t sh, i
   return fit ? srec : g;
 }
 
-template <int BITS, int GM, bool QN, bool V2>
+// VAR: 0 kvq-fold; 1 kvq-fold2k (pass 1 of kvq-fold2 below); 2 kvq-fold2 (1 plus, at 4 bits, a
+// lane-private value table in pass 3).
+template <int BITS, int GM, bool QN, int VAR>
 __global__ void __launch_bounds__(kT, 2)
 kvquant_fold_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, int splits, float* part_o,
                     float* part_ml) {
+  constexpr bool V2 = VAR >= 1;
+  // kvq-fold2's value table: 32 copies (bank = lane) in the rec space from pass 2 on, the
+  // value CSR staged after it (capacity kS * 4 * kRec - kPrivWords - chunk - 4 records; more
+  // are read from global memory, as when kvq-fold's staging does not fit).
+  constexpr bool VP = VAR >= 2 && BITS == 4;
   extern __shared__ __align__(16) float sm[];
   const int G = a.n_heads / K.kv_heads;
   uint32_t* klut2 = reinterpret_cast<uint32_t*>(sm);          // [kLutWords]
@@ -349,19 +356,19 @@ kvquant_fold_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, i
     const int g = gid % GM, m = gid / GM;
     const bool hv = g < G;
     const float* qh = qs + g * kD;
-    uint32_t cf[8][4];
-#pragma unroll
-    for (int kt = 0; kt < 8; ++kt) {
-      const uint4 x = lrec[kt * 32 + lane];
-      cf[kt][0] = x.x;
-      cf[kt][1] = x.y;
-      cf[kt][2] = x.z;
-      cf[kt][3] = x.w;
-    }
     for (int st = warp; st < nst; st += kW) {
       uint32_t kw[8][4];
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt) load_key_codes<BITS>(kcodes, min(begin + st * kS + nt * 8 + gid, end - 1), t4, kw[nt]);
+      uint32_t cf[8][4];
+#pragma unroll
+      for (int kt = 0; kt < 8; ++kt) {
+        const uint4 x = lrec[kt * 32 + lane];
+        cf[kt][0] = x.x;
+        cf[kt][1] = x.y;
+        cf[kt][2] = x.z;
+        cf[kt][3] = x.w;
+      }
 #pragma unroll
       for (int ag = 0; ag < GM; ++ag) {
         if (st * kS + ag * kRows * 8 >= cnt) break;  // warp-uniform
@@ -521,8 +528,18 @@ kvquant_fold_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, i
   __syncthreads();
 
   // ---- Pass 2: p = exp(s - max) per query head, and the chunk's sum; value CSR staged ----
+  uint32_t* vsoff = VP ? rec + kPrivWords : soff;
+  if constexpr (VP) {
+    const int e = threadIdx.x;  // kT == 256 entries, copy (e + l) mod 32 first: 32 banks per store
+    const uint32_t v = pack_h2(vlut[e & 15], vlut[e >> 4]);
+#pragma unroll 4
+    for (int l = 0; l < 32; ++l) rec[e * 32 + ((e + l) & 31)] = v;
+  }
   const kvlayout::Outlier* vrec = nullptr;
-  if (V.outliers) vrec = stage_csr(V, sh, begin, cnt, soff, srec, rcap);
+  if (V.outliers)
+    vrec = VP ? stage_csr(V, sh, begin, cnt, vsoff, reinterpret_cast<kvlayout::Outlier*>(vsoff + chunk + 4),
+                          kS * 4 * kRec - kPrivWords - (chunk + 4))
+              : stage_csr(V, sh, begin, cnt, soff, srec, rcap);
   for (int g = warp; g < G; g += kW) {
     float m = -INFINITY;
     for (int i = lane; i < cnt; i += 32) m = fmaxf(m, sc[i * GM + g]);
@@ -551,7 +568,8 @@ kvquant_fold_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, i
     float pm = 0.f;  // sum over the lane's tokens of p m for head gid
     const uint32_t* vcodes = V.codes + sh * V.max_tokens * V.wpr;
     const uint32_t* vmeta = reinterpret_cast<const uint32_t*>(V.meta) + sh * V.max_tokens;
-    const char* vtab = reinterpret_cast<const char*>(vlut2);
+    const char* vtab = reinterpret_cast<const char*>(VP ? rec : vlut2);
+    const uint32_t lane4 = 4u * lane;
     const float vqa = QN ? V.qa : 1.f, vqb = QN ? V.qb : 0.f;
     const int ntile = (cnt + 15) / 16;
     // Tokens 2 t4, 2 t4 + 1, 2 t4 + 8, 2 t4 + 9 of a tile; channels 16 gid .. 16 gid + 15.
@@ -605,7 +623,8 @@ kvquant_fold_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, i
       for (int mt = 0; mt < 8; ++mt) {
         uint32_t h[4];
 #pragma unroll
-        for (int x = 0; x < 4; ++x) h[x] = lut_get<BITS>(vtab, w[x][0], w[x][1], mt, t4x4);
+        for (int x = 0; x < 4; ++x)
+          h[x] = VP ? lut_lane(vtab, w[x][0], w[x][1], mt, lane4) : lut_get<BITS>(vtab, w[x][0], w[x][1], mt, t4x4);
         // Row gid = channel 16 gid + 2 mt (low halves), row gid + 8 = the next channel.
         mma16816(acc[mt], __byte_perm(h[0], h[1], 0x5410), __byte_perm(h[0], h[1], 0x7632),
                  __byte_perm(h[2], h[3], 0x5410), __byte_perm(h[2], h[3], 0x7632), b0, b1);
@@ -623,7 +642,7 @@ kvquant_fold_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, i
     }
     if (V.outliers) {
       for (int j = max(begin, V.n_sink) + static_cast<int>(threadIdx.x); j < end; j += kT) {
-        const uint32_t r0 = soff[j - begin], r1 = soff[j - begin + 1];
+        const uint32_t r0 = vsoff[j - begin], r1 = vsoff[j - begin + 1];
         if (r0 == r1) continue;
         const uint32_t mv = vmeta[j];
         const float mid = h2f(static_cast<uint16_t>(mv & 0xFFFFu)), half = h2f(static_cast<uint16_t>(mv >> 16));
@@ -663,7 +682,7 @@ kvquant_fold_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, i
   }
 }
 
-template <int BITS, int GM, bool QN, bool V2>
+template <int BITS, int GM, bool QN, int V2>
 cudaError_t launch(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, const Plan& p,
                    float* part_o, float* part_ml, cudaStream_t stream) {
   const size_t smem = smem_bytes(GM, p.chunk);
@@ -678,7 +697,7 @@ cudaError_t launch(const PackedSide& k, const PackedSide& v, const PackedDecodeA
   return launch_status();
 }
 
-template <int BITS, bool QN, bool V2>
+template <int BITS, bool QN, int V2>
 cudaError_t dispatch_gm(int gm, const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, const Plan& p,
                         float* o, float* ml, cudaStream_t stream) {
   switch (gm) {
@@ -699,7 +718,7 @@ size_t workspace_fold(const PackedSide& k, const PackedDecodeArgs& a, int max_le
 }
 
 namespace {
-template <bool V2>
+template <int V2>
 cudaError_t run_fold_any(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len, int sm_count,
                          void* ws, size_t ws_bytes, cudaStream_t stream) {
   if (!fits(Act::kF16, k, v, a)) return cudaErrorInvalidValue;
@@ -720,11 +739,12 @@ cudaError_t run_fold_any(const PackedSide& k, const PackedSide& v, const PackedD
 
 cudaError_t run_fold(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len, int sm_count,
                      void* ws, size_t ws_bytes, cudaStream_t stream) {
-  return run_fold_any<false>(k, v, a, max_len, sm_count, ws, ws_bytes, stream);
+  return run_fold_any<0>(k, v, a, max_len, sm_count, ws, ws_bytes, stream);
 }
 cudaError_t run_fold2(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len, int sm_count,
-                      void* ws, size_t ws_bytes, cudaStream_t stream) {
-  return run_fold_any<true>(k, v, a, max_len, sm_count, ws, ws_bytes, stream);
+                      void* ws, size_t ws_bytes, cudaStream_t stream, bool value_table) {
+  return value_table ? run_fold_any<2>(k, v, a, max_len, sm_count, ws, ws_bytes, stream)
+                     : run_fold_any<1>(k, v, a, max_len, sm_count, ws, ws_bytes, stream);
 }
 
 }  // namespace kvq::kern::kvquant_decode

@@ -92,6 +92,7 @@ std::string reason(const Codec& c) {
 bool kvquant_kernel_selected() {
   const char* e = std::getenv("KVQ_KV_DECODE");
   return !e || !*e || std::strcmp(e, "kvq-fold") == 0 || std::strcmp(e, "kvq-fold2") == 0 ||
+         std::strcmp(e, "kvq-fold2k") == 0 ||
          std::strcmp(e, "kvq-mma") == 0 || std::strcmp(e, "kvq-stream") == 0;
 }
 // Values naming retired kernels are an error rather than a silent alias, so that an A/B run
@@ -133,12 +134,14 @@ bool kvquant_mma_selected() {
   const char* e = std::getenv("KVQ_KV_DECODE");
   return e && std::strcmp(e, "kvq-mma") == 0;
 }
-// KVQ_KV_DECODE=kvq-fold2 (h54, kernels/kv_decode_kvquant_fold.cu run_fold2): the folded build
-// with the lane's key coefficients in registers (stage anchors in the A rows) and a lane-private
-// 4-bit key table; same workspace as kvq-fold. Opt-in until measured (notes/s6/results-h54.md).
-bool kvquant_fold2_selected() {
+// KVQ_KV_DECODE=kvq-fold2k / kvq-fold2 (h54, kernels/kv_decode_kvquant_fold.cu run_fold2): the
+// folded build with the lane's key coefficients in registers (stage anchors in the A rows) and a
+// lane-private 4-bit key table; kvq-fold2 also a lane-private 4-bit value table. Same workspace as
+// kvq-fold. Opt-in until measured (notes/s6/results-h54.md). Returns 0 (neither), 1 or 2.
+int kvquant_fold2_selected() {
   const char* e = std::getenv("KVQ_KV_DECODE");
-  return e && std::strcmp(e, "kvq-fold2") == 0;
+  if (!e) return 0;
+  return std::strcmp(e, "kvq-fold2") == 0 ? 2 : std::strcmp(e, "kvq-fold2k") == 0 ? 1 : 0;
 }
 
 }  // namespace
@@ -430,9 +433,9 @@ void PackedKvCache::decode(const void* q_dev, void* out_dev, bool bf16, void* st
     else if (kvquant_mma_selected())
       KVQ_CUDA_CHECK(kern::kvquant_decode::run_mma(I.k.d, I.v.d, a, I.max_len, I.sm_count, I.work.get(),
                                                    I.work.bytes(), static_cast<cudaStream_t>(stream)));
-    else if (kvquant_fold2_selected())
+    else if (const int f2 = kvquant_fold2_selected())
       KVQ_CUDA_CHECK(kern::kvquant_decode::run_fold2(I.k.d, I.v.d, a, I.max_len, I.sm_count, I.work.get(),
-                                                     I.work.bytes(), static_cast<cudaStream_t>(stream)));
+                                                     I.work.bytes(), static_cast<cudaStream_t>(stream), f2 == 2));
     else
       KVQ_CUDA_CHECK(kern::kvquant_decode::run_fold(I.k.d, I.v.d, a, I.max_len, I.sm_count, I.work.get(),
                                                     I.work.bytes(), static_cast<cudaStream_t>(stream)));

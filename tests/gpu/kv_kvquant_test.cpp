@@ -155,7 +155,7 @@ double run_case(const Case& c, uint64_t seed, const char* kernel) {
   const int G = c.n_heads / c.H;
   const double scale = 1.0 / std::sqrt(static_cast<double>(kHd));
   // kvq-fold2 rounds the same terms or fewer (tests below): kvq-fold's bound.
-  const bool fold = std::string(kernel) == "kvq-fold" || std::string(kernel) == "kvq-fold2";
+  const bool fold = std::string(kernel).rfind("kvq-fold", 0) == 0;
   double worst = 0;
   for (int r = 0; r < R; ++r) {
     const int slot = rows[r];
@@ -346,6 +346,11 @@ TEST_CASE("kv kvquant fold2 kernel: calibrated LUT, key ranges and Q-Norm == sim
   calibrated_cases("kvq-fold2");
 }
 TEST_CASE("kv kvquant fold2 kernel: long slot == simulated", "[gpu][kv][kvquant]") { long_cases("kvq-fold2"); }
+// kvq-fold2k: kvq-fold2's pass 1 with kvq-fold's shared value table (the value-table A/B).
+TEST_CASE("kv kvquant fold2k kernel: 4/2 bits, outliers, sinks, MHA and GQA == simulated", "[gpu][kv][kvquant]") {
+  basic_cases("kvq-fold2k");
+}
+TEST_CASE("kv kvquant fold2k kernel: long slot == simulated", "[gpu][kv][kvquant]") { long_cases("kvq-fold2k"); }
 
 // h42's CUDA-core kernel (KVQ_KV_DECODE=kvq-fast) had its own three cases here, retired with it
 // after dfabb0b.
@@ -389,7 +394,7 @@ TEST_CASE("kv kvquant kernel: the default where it fits; 3 bits, bf16, KVQ_KV_DE
     cuda::PackedKvCache gpu(*kc, *vc, 1, 8, 4, inv_freq);
     gpu.append_host(0, x.data(), x.data(), 5, 2 * kHd);
     gpu.prepare({0});
-    for (const char* value : {"kvq-fold", "kvq-fold2", "kvq-mma", "kvq-stream", "", static_cast<const char*>(nullptr)}) {
+    for (const char* value : {"kvq-fold", "kvq-fold2", "kvq-fold2k", "kvq-mma", "kvq-stream", "", static_cast<const char*>(nullptr)}) {
       EnvGuard env("KVQ_KV_DECODE", value);
       CHECK(gpu.decode_uses_kvquant_kernel() == (spec == "kvquant:bits=4"));
       CHECK_FALSE(gpu.decode_uses_kvquant_kernel(true));
