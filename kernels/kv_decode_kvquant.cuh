@@ -1,6 +1,6 @@
 // Decode attention specialised for KVQuant packed caches: pre-RoPE NUQ keys with static
 // per-channel ranges, per-token NUQ values, CSR sparse outliers and fp16 sinks, all in one
-// launch. fits(): kernels/kv_decode_kvquant.cu; the builds: kv_decode_kvquant_fold.cu (default),
+// launch. fits(): kernels/kv_decode_kvquant.cu; the builds: kv_decode_kvquant_fold.cu (default: kvq-fold2 at G = 1, kvq-fold at G > 1),
 // kv_decode_kvquant_mma.cu and kv_decode_kvquant_stream.cu (design, instruction and byte counts there). Called by
 // lib/cuda/packed_cache.cpp where fits() holds (else the general kernel of
 // kernels/kv_decode_packed.cu serves KVQuant). nvcc and g++ both read this header.
@@ -26,11 +26,11 @@ bool fits(Act act, const PackedSide& k, const PackedSide& v, const PackedDecodeA
 size_t workspace_fold(const PackedSide& k, const PackedDecodeArgs& a, int max_len, int sm_count);
 cudaError_t run_fold(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len,
                      int sm_count, void* workspace, size_t workspace_bytes, cudaStream_t stream);
-// The same build with the lane's key coefficients in registers, the stage anchors in the A rows
-// and (4 bits) a lane-private key table (KVQ_KV_DECODE=kvq-fold2k, h54), with value_table also a
-// lane-private 4-bit value table (KVQ_KV_DECODE=kvq-fold2): same workspace_fold().
+// The same build with the lane's key coefficients in registers (the stage anchors in the A rows)
+// and lane-private 4-bit key and value tables (h54; packed_cache.cpp's default at G = 1, also
+// KVQ_KV_DECODE=kvq-fold2): same cases, same workspace_fold().
 cudaError_t run_fold2(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len,
-                      int sm_count, void* workspace, size_t workspace_bytes, cudaStream_t stream, bool value_table);
+                      int sm_count, void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
 // The tensor-core build of session 5 (kernels/kv_decode_kvquant_mma.cu; KVQ_KV_DECODE=kvq-mma): workspace bytes for max_len tokens (its split-K partials) and the
 // launch (decode kernel + split-K combine); `workspace` holds workspace_mma() bytes.

@@ -41,6 +41,23 @@
 // coefficients in registers (a lane's token offset u = gid fixed, the stage anchor moved into
 // 16 anchored query rows of the A fragment, h51's notes in notes/kv-cuda-perf.md), lane-private
 // table copies, or the one-pass structure of kv_decode_kvquant_stream.cu.
+// kvq-fold2 (h54, run_fold2; the default at G = 1): the cuts h51 named, by the shared-memory
+// wavefront count in notes/s6/results-h54.md (~830 -> ~260 per 64-token key stage and warp):
+//  - the lane's token offset within its anchor is u = gid in every n-tile: n-tile nt is
+//    anchored at j0 + 8 nt and the anchors go into the A rows (row m GM + g = head g rotated by
+//    R(j0 + 8 (ag 8 / GM + m))^T, R(j0) R(8 m) composed in fp32), so the lane's 32 coefficient
+//    words are loaded once per stage (8 LDS.128) instead of 12 LDS.128 per n-tile; an n-tile
+//    keeps only its anchor's rows (at G = 1 kvq-fold discarded rows 1..15 too);
+//  - the offset term R(u) b (fixed per lane) is an fp16 B operand: 8 mma per A group give the
+//    initial accumulators, and each B register is hfma2(L', c', hmul2(L, c));
+//  - 4 bits: lane-private key and value byte tables (32 KB each, bank = lane) in the record
+//    space (the value table from pass 2 on, the value CSR staged after it).
+// Measured (H100, 2026-11-23, archive of 8424090 = this code with an extra kvq-fold2k build since
+// removed, notes/s6/results-h54.md, one process --ab KVQ_KV_DECODE=kvq-fold,kvq-fold2k,kvq-fold2):
+// parity 0.00 of the derived bound (MHA, G = 2, 3, 4, 8); llama2-7b 1.14-1.32x faster than
+// kvq-fold at 4 bits (b1 32K 306.9 -> 233.1 us; ncu: L1/TEX 75.5% -> 57.9%, eligible warps per
+// scheduler 0.50 -> 0.69), 1.06-1.10x at 2 bits; llama3-8b (G = 4: 2 anchors per A group, so an A
+// rebuild and 8 offset mma per 2 n-tiles, 8-36 B of spills) 6-13% slower: kvq-fold stays there.
 // Error (derived in tests/gpu/kv_kvquant_test.cpp, fold cases): on top of the mma build's
 // query rounding, each rotated key component carries <= 4 fp16 roundings of terms bounded by
 // Lmax (|a_i| + |a_p|) + |b_i| + |b_p| (L, the coefficients, the offset, two HFMA2 results), so
@@ -272,17 +289,15 @@ __device__ const kvlayout::Outlier* stage_csr(const PackedSide& P, int64_t sh, i
   return fit ? srec : g;
 }
 
-// VAR: 0 kvq-fold; 1 kvq-fold2k (pass 1 of kvq-fold2 below); 2 kvq-fold2 (1 plus, at 4 bits, a
-// lane-private value table in pass 3).
-template <int BITS, int GM, bool QN, int VAR>
+// V2: kvq-fold2 (pass 1 below, and at 4 bits a lane-private value table in pass 3), else kvq-fold.
+template <int BITS, int GM, bool QN, bool V2>
 __global__ void __launch_bounds__(kT, 2)
 kvquant_fold_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, int splits, float* part_o,
                     float* part_ml) {
-  constexpr bool V2 = VAR >= 1;
   // kvq-fold2's value table: 32 copies (bank = lane) in the rec space from pass 2 on, the
   // value CSR staged after it (capacity kS * 4 * kRec - kPrivWords - chunk - 4 records; more
   // are read from global memory, as when kvq-fold's staging does not fit).
-  constexpr bool VP = VAR >= 2 && BITS == 4;
+  constexpr bool VP = V2 && BITS == 4;
   extern __shared__ __align__(16) float sm[];
   const int G = a.n_heads / K.kv_heads;
   uint32_t* klut2 = reinterpret_cast<uint32_t*>(sm);          // [kLutWords]
@@ -682,7 +697,7 @@ kvquant_fold_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, i
   }
 }
 
-template <int BITS, int GM, bool QN, int V2>
+template <int BITS, int GM, bool QN, bool V2>
 cudaError_t launch(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, const Plan& p,
                    float* part_o, float* part_ml, cudaStream_t stream) {
   const size_t smem = smem_bytes(GM, p.chunk);
@@ -697,7 +712,7 @@ cudaError_t launch(const PackedSide& k, const PackedSide& v, const PackedDecodeA
   return launch_status();
 }
 
-template <int BITS, bool QN, int V2>
+template <int BITS, bool QN, bool V2>
 cudaError_t dispatch_gm(int gm, const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, const Plan& p,
                         float* o, float* ml, cudaStream_t stream) {
   switch (gm) {
@@ -718,7 +733,7 @@ size_t workspace_fold(const PackedSide& k, const PackedDecodeArgs& a, int max_le
 }
 
 namespace {
-template <int V2>
+template <bool V2>
 cudaError_t run_fold_any(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len, int sm_count,
                          void* ws, size_t ws_bytes, cudaStream_t stream) {
   if (!fits(Act::kF16, k, v, a)) return cudaErrorInvalidValue;
@@ -739,12 +754,11 @@ cudaError_t run_fold_any(const PackedSide& k, const PackedSide& v, const PackedD
 
 cudaError_t run_fold(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len, int sm_count,
                      void* ws, size_t ws_bytes, cudaStream_t stream) {
-  return run_fold_any<0>(k, v, a, max_len, sm_count, ws, ws_bytes, stream);
+  return run_fold_any<false>(k, v, a, max_len, sm_count, ws, ws_bytes, stream);
 }
 cudaError_t run_fold2(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len, int sm_count,
-                      void* ws, size_t ws_bytes, cudaStream_t stream, bool value_table) {
-  return value_table ? run_fold_any<2>(k, v, a, max_len, sm_count, ws, ws_bytes, stream)
-                     : run_fold_any<1>(k, v, a, max_len, sm_count, ws, ws_bytes, stream);
+                      void* ws, size_t ws_bytes, cudaStream_t stream) {
+  return run_fold_any<true>(k, v, a, max_len, sm_count, ws, ws_bytes, stream);
 }
 
 }  // namespace kvq::kern::kvquant_decode

@@ -92,7 +92,6 @@ std::string reason(const Codec& c) {
 bool kvquant_kernel_selected() {
   const char* e = std::getenv("KVQ_KV_DECODE");
   return !e || !*e || std::strcmp(e, "kvq-fold") == 0 || std::strcmp(e, "kvq-fold2") == 0 ||
-         std::strcmp(e, "kvq-fold2k") == 0 ||
          std::strcmp(e, "kvq-mma") == 0 || std::strcmp(e, "kvq-stream") == 0;
 }
 // Values naming retired kernels are an error rather than a silent alias, so that an A/B run
@@ -100,6 +99,9 @@ bool kvquant_kernel_selected() {
 // of the tensor-core decode, slower than version 4 in every measured cell,
 // notes/s4/results-h31.md) and kvq-fast (h42's CUDA-core KVQuant kernel, slower than kvq-mma in all 16 cells,
 // 1.11-1.49x, notes/s5/results-h45.md). Both were removed after dfabb0b (notes/kv-cuda-perf.md).
+// kvq-fold2k (h54: kvq-fold2's key pass with kvq-fold's shared value table, 1-14% slower than
+// kvq-fold2 at 4 bits, the same kernel at 2 bits; H100 2026-11-23, notes/s6/results-h54.md) was
+// removed after 8424090.
 void reject_retired_decode(const std::string& where) {
   const char* e = std::getenv("KVQ_KV_DECODE");
   if (!e) return;
@@ -107,13 +109,16 @@ void reject_retired_decode(const std::string& where) {
   if (v == "mma" || v == "mma3" || v == "mma-hoist")
     throw InvalidArgument(where, "KVQ_KV_DECODE=" + v + ": version 3 of the tensor-core decode was retired (last in dfabb0b)",
                           "unset KVQ_KV_DECODE (or mma-stream) for version 4");
+  if (v == "kvq-fold2k")
+    throw InvalidArgument(where, "KVQ_KV_DECODE=kvq-fold2k: kvq-fold2's key pass without its value table was retired (last in 8424090)",
+                          "KVQ_KV_DECODE=kvq-fold2 (or unset at MHA) for the build with both tables");
   if (v == "kvq-fast")
     throw InvalidArgument(where, "KVQ_KV_DECODE=kvq-fast: the CUDA-core KVQuant kernel was retired (last in dfabb0b)",
                           "unset KVQ_KV_DECODE (or kvq-fold) for the tensor-core KVQuant kernel, kvq-mma / kvq-stream for its other builds");
 }
-// Which build of KVQuant's kernel: by default and with KVQ_KV_DECODE=kvq-fold the tensor-core
+// Which build of KVQuant's kernel: by default at G > 1 and with KVQ_KV_DECODE=kvq-fold the tensor-core
 // build with the codec's affine maps folded into fp16 tables (kernels/kv_decode_kvquant_fold.cu,
-// h51). H100, 2026-11-23 (28872d5, notes/s6/results-h51.md, one process --ab kvq-mma,kvq-fold):
+// h51; at G = 1 the default is its kvq-fold2 form, kvquant_fold2_at below). H100, 2026-11-23 (28872d5, notes/s6/results-h51.md, one process --ab kvq-mma,kvq-fold):
 // passed its [kvquant] cases (0.00 of its derived bound) and "kv packed: KVQuant*" (worst 0.93 of
 // that test's fp32-level bound, which has no fp16 key terms: kvq-mma was at 0.71); faster than
 // kvq-mma in 21 of 24 cells (llama2-7b 4 bits 1.05-1.21x, 2 bits 1.21-1.38x, e.g. b1 32K 4 bits
@@ -134,14 +139,19 @@ bool kvquant_mma_selected() {
   const char* e = std::getenv("KVQ_KV_DECODE");
   return e && std::strcmp(e, "kvq-mma") == 0;
 }
-// KVQ_KV_DECODE=kvq-fold2k / kvq-fold2 (h54, kernels/kv_decode_kvquant_fold.cu run_fold2): the
-// folded build with the lane's key coefficients in registers (stage anchors in the A rows) and a
-// lane-private 4-bit key table; kvq-fold2 also a lane-private 4-bit value table. Same workspace as
-// kvq-fold. Opt-in until measured (notes/s6/results-h54.md). Returns 0 (neither), 1 or 2.
-int kvquant_fold2_selected() {
+// kvq-fold2 (h54, kernels/kv_decode_kvquant_fold.cu run_fold2): the folded build with the lane's
+// key coefficients in registers (stage anchors in the A rows) and lane-private 4-bit key and value
+// tables; same workspace as kvq-fold. The default at MHA (G = 1), kvq-fold at G > 1; either value
+// forces its build at every G. H100, 2026-11-23 (archive of 8424090, notes/s6/results-h54.md, one
+// process --ab KVQ_KV_DECODE=kvq-fold,kvq-fold2k,kvq-fold2): parity passed (0.00 of the derived
+// bound; "kv packed: KVQuant*" 0.36); llama2-7b 1.14-1.32x faster than kvq-fold at 4 bits (b1 32K
+// 306.9 -> 233.1 us), 1.06-1.10x at 2 bits; llama3-8b (G = 4) 6-13% slower (the A rows hold
+// 2 anchors there, so an A rebuild and 8 offset mma every 2 n-tiles, and 8-36 B of spills).
+bool kvquant_fold2_at(int n_heads, int kv_heads) {
   const char* e = std::getenv("KVQ_KV_DECODE");
-  if (!e) return 0;
-  return std::strcmp(e, "kvq-fold2") == 0 ? 2 : std::strcmp(e, "kvq-fold2k") == 0 ? 1 : 0;
+  if (e && std::strcmp(e, "kvq-fold2") == 0) return true;
+  if (e && std::strcmp(e, "kvq-fold") == 0) return false;
+  return n_heads == kv_heads;
 }
 
 }  // namespace
@@ -433,9 +443,9 @@ void PackedKvCache::decode(const void* q_dev, void* out_dev, bool bf16, void* st
     else if (kvquant_mma_selected())
       KVQ_CUDA_CHECK(kern::kvquant_decode::run_mma(I.k.d, I.v.d, a, I.max_len, I.sm_count, I.work.get(),
                                                    I.work.bytes(), static_cast<cudaStream_t>(stream)));
-    else if (const int f2 = kvquant_fold2_selected())
+    else if (kvquant_fold2_at(a.n_heads, I.k.d.kv_heads))
       KVQ_CUDA_CHECK(kern::kvquant_decode::run_fold2(I.k.d, I.v.d, a, I.max_len, I.sm_count, I.work.get(),
-                                                     I.work.bytes(), static_cast<cudaStream_t>(stream), f2 == 2));
+                                                     I.work.bytes(), static_cast<cudaStream_t>(stream)));
     else
       KVQ_CUDA_CHECK(kern::kvquant_decode::run_fold(I.k.d, I.v.d, a, I.max_len, I.sm_count, I.work.get(),
                                                     I.work.bytes(), static_cast<cudaStream_t>(stream)));

@@ -346,11 +346,6 @@ TEST_CASE("kv kvquant fold2 kernel: calibrated LUT, key ranges and Q-Norm == sim
   calibrated_cases("kvq-fold2");
 }
 TEST_CASE("kv kvquant fold2 kernel: long slot == simulated", "[gpu][kv][kvquant]") { long_cases("kvq-fold2"); }
-// kvq-fold2k: kvq-fold2's pass 1 with kvq-fold's shared value table (the value-table A/B).
-TEST_CASE("kv kvquant fold2k kernel: 4/2 bits, outliers, sinks, MHA and GQA == simulated", "[gpu][kv][kvquant]") {
-  basic_cases("kvq-fold2k");
-}
-TEST_CASE("kv kvquant fold2k kernel: long slot == simulated", "[gpu][kv][kvquant]") { long_cases("kvq-fold2k"); }
 
 // h42's CUDA-core kernel (KVQ_KV_DECODE=kvq-fast) had its own three cases here, retired with it
 // after dfabb0b.
@@ -394,7 +389,7 @@ TEST_CASE("kv kvquant kernel: the default where it fits; 3 bits, bf16, KVQ_KV_DE
     cuda::PackedKvCache gpu(*kc, *vc, 1, 8, 4, inv_freq);
     gpu.append_host(0, x.data(), x.data(), 5, 2 * kHd);
     gpu.prepare({0});
-    for (const char* value : {"kvq-fold", "kvq-fold2", "kvq-fold2k", "kvq-mma", "kvq-stream", "", static_cast<const char*>(nullptr)}) {
+    for (const char* value : {"kvq-fold", "kvq-fold2", "kvq-mma", "kvq-stream", "", static_cast<const char*>(nullptr)}) {
       EnvGuard env("KVQ_KV_DECODE", value);
       CHECK(gpu.decode_uses_kvquant_kernel() == (spec == "kvquant:bits=4"));
       CHECK_FALSE(gpu.decode_uses_kvquant_kernel(true));
@@ -404,7 +399,8 @@ TEST_CASE("kv kvquant kernel: the default where it fits; 3 bits, bf16, KVQ_KV_DE
   }
 }
 
-// The retired kernels' KVQ_KV_DECODE values (kvq-fast: h42's CUDA-core KVQuant kernel; mma,
+// The retired kernels' KVQ_KV_DECODE values (kvq-fast: h42's CUDA-core KVQuant kernel; kvq-fold2k:
+// kvq-fold2's key pass alone, h54, slower than kvq-fold2 at 4 bits, identical at 2; mma,
 // mma3, mma-hoist: version 3 of the tensor-core decode, kernels/kv_decode_mma.cu until dfabb0b)
 // are a typed error from decode(), checked before any launch, for KVQuant and for int4 alike;
 // the kept values decode.
@@ -426,7 +422,7 @@ TEST_CASE("kv kvquant kernel: retired KVQ_KV_DECODE values are an InvalidArgumen
     cuda::PackedKvCache gpu(*kc, *vc, 1, 8, 4, spec == "int4" ? no_freq : inv_freq);
     gpu.append_host(0, x.data(), x.data(), 5, 2 * kHd);
     gpu.prepare({0});
-    for (const char* value : {"kvq-fast", "mma", "mma3", "mma-hoist"}) {
+    for (const char* value : {"kvq-fast", "kvq-fold2k", "mma", "mma3", "mma-hoist"}) {
       EnvGuard env("KVQ_KV_DECODE", value);
       INFO(spec << ", KVQ_KV_DECODE=" << value);
       bool threw = false;
