@@ -31,6 +31,11 @@ cudaError_t run_fold(const PackedSide& k, const PackedSide& v, const PackedDecod
 // KVQ_KV_DECODE=kvq-fold2): same cases, same workspace_fold().
 cudaError_t run_fold2(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len,
                       int sm_count, void* workspace, size_t workspace_bytes, cudaStream_t stream);
+// The same build with the key pass transposed (h56, KVQ_KV_DECODE=kvq-foldm, opt-in): tokens as
+// the mma's M, the G query heads as its N columns (kvq-fold's records and fp16 values, half its
+// key-pass mma), plus kvq-fold2's lane-private 4-bit value table. Same cases, same workspace_fold().
+cudaError_t run_foldm(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len,
+                      int sm_count, void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
 // The tensor-core build of session 5 (kernels/kv_decode_kvquant_mma.cu; KVQ_KV_DECODE=kvq-mma): workspace bytes for max_len tokens (its split-K partials) and the
 // launch (decode kernel + split-K combine); `workspace` holds workspace_mma() bytes.

@@ -62,6 +62,14 @@
 // query rounding, each rotated key component carries <= 4 fp16 roundings of terms bounded by
 // Lmax (|a_i| + |a_p|) + |b_i| + |b_p| (L, the coefficients, the offset, two HFMA2 results), so
 // 2^-9 per pair and channel; values: L and p w rounded to fp16, |w L| <= 2 max|v| of the token.
+// kvq-foldm (h56, run_foldm, VAR 2; opt-in KVQ_KV_DECODE=kvq-foldm): for GQA, kvq-fold's key pass
+// with the tokens as the mma's M and the G query heads as its N columns (h53's fp16 layout, as
+// h54 suggested): the lane's A rows are tokens gid and gid + 8 of each 16-token m-tile, built
+// from kvq-fold's (u, t4) records exactly as kvq-fold builds its B; B is kvq-fold's rotated query.
+// Same fp16 values, same shared-memory wavefronts, half the key-pass mma (32 instead of 64 per
+// stage, each chain of 8 dependent mma now covers 16 tokens); plus kvq-fold2's lane-private 4-bit
+// value table. Count per stage in notes/s6/results-h56.md; ptxas (sm_90, CUDA 13): 121-128
+// registers, no spills in its 16 builds. kvq-fold's and kvq-fold2's PTX unchanged by it.
 #include "kernels/kv_decode_kvquant.cuh"
 
 #include <algorithm>
@@ -289,15 +297,18 @@ __device__ const kvlayout::Outlier* stage_csr(const PackedSide& P, int64_t sh, i
   return fit ? srec : g;
 }
 
-// V2: kvq-fold2 (pass 1 below, and at 4 bits a lane-private value table in pass 3), else kvq-fold.
-template <int BITS, int GM, bool QN, bool V2>
+// VAR: 0 kvq-fold; 1 kvq-fold2 (pass 1 below, and at 4 bits a lane-private value table in
+// pass 3); 2 kvq-foldm (kvq-fold's tables and records, pass 1 with the tokens as the mma's M
+// and the query heads as its N columns, and kvq-fold2's lane-private 4-bit value table).
+template <int BITS, int GM, bool QN, int VAR>
 __global__ void __launch_bounds__(kT, 2)
 kvquant_fold_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, int splits, float* part_o,
                     float* part_ml) {
+  constexpr bool V2 = VAR == 1, TM = VAR == 2;
   // kvq-fold2's value table: 32 copies (bank = lane) in the rec space from pass 2 on, the
   // value CSR staged after it (capacity kS * 4 * kRec - kPrivWords - chunk - 4 records; more
   // are read from global memory, as when kvq-fold's staging does not fit).
-  constexpr bool VP = V2 && BITS == 4;
+  constexpr bool VP = (V2 || TM) && BITS == 4;
   extern __shared__ __align__(16) float sm[];
   const int G = a.n_heads / K.kv_heads;
   uint32_t* klut2 = reinterpret_cast<uint32_t*>(sm);          // [kLutWords]
@@ -434,6 +445,74 @@ kvquant_fold_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, i
           if (hv && m == mm) {
             if (tok < cnt) sc[tok * GM + g] = acc[0] * a.scale;
             if (tok + 1 < cnt) sc[(tok + 1) * GM + g] = acc[1] * a.scale;
+          }
+        }
+      }
+    }
+  } else if constexpr (TM) {
+    // kvq-foldm (h56): tokens as M, heads as N (h53's layout of the fp16 decode,
+    // kernels/attention_decode_mma.cu). m-tile mt holds the stage's tokens 16 mt .. 16 mt + 15;
+    // the lane's A rows are tokens u0 = 16 mt + gid and u1 = u0 + 8, its A registers the same
+    // dequantized, R(u)-rotated pairs that kvq-fold builds as B (a0 / a2: token u0, channels
+    // (i, i + 1) / (i + 64, i + 65), i = 16 t4 + 2 kt; a1 / a3: token u1), from the same (u, t4)
+    // records. B is kvq-fold's A: the query of head gid (column gid) rotated by R(j0)^T, so
+    // C = (token gid, heads 2 t4, 2 t4 + 1) and (token gid + 8, same heads). Same fp16 values
+    // and roundings as kvq-fold, half the mma (8 per 16 tokens instead of 8 per 8).
+    const uint32_t* kcodes = K.codes + sh * K.max_tokens * K.wpr;
+    const char* ktab = reinterpret_cast<const char*>(klut2);
+    const bool hv = gid < G;
+    const float* qh = qs + (hv ? gid : 0) * kD;
+    for (int st = warp; st < nst; st += kW) {
+      uint32_t kw[4][2][4];
+#pragma unroll
+      for (int mt = 0; mt < 4; ++mt)
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+          load_key_codes<BITS>(kcodes, min(begin + st * kS + 16 * mt + 8 * h + gid, end - 1), t4, kw[mt][h]);
+      uint32_t qb0[8], qb2[8];
+#pragma unroll
+      for (int kt = 0; kt < 8; ++kt) {
+        const int i = 16 * t4 + 2 * kt;
+        const float2 c0 = st0[st * 64 + i], c1 = st0[st * 64 + i + 1];
+        const float q0 = qh[i], q1 = qh[i + 1], p0 = qh[i + 64], p1 = qh[i + 65];
+        qb0[kt] = hv ? pack_h2(fmaf(q0, c0.x, p0 * c0.y), fmaf(q1, c1.x, p1 * c1.y)) : 0u;
+        qb2[kt] = hv ? pack_h2(fmaf(p0, c0.x, -q0 * c0.y), fmaf(p1, c1.x, -q1 * c1.y)) : 0u;
+      }
+#pragma unroll
+      for (int mt = 0; mt < 4; ++mt) {
+        if (st * kS + mt * 16 >= cnt) break;  // warp-uniform
+        float acc[4] = {0.f, 0.f, 0.f, 0.f};
+        // The records (u, t4) of the lane's tokens u0, u1 (kvq-fold's layout, setup_fold_tables).
+        const uint4* cr0 = reinterpret_cast<const uint4*>(rec + ((16 * mt + gid) * 4 + t4) * kRec);
+        const uint4* cr1 = reinterpret_cast<const uint4*>(rec + ((16 * mt + 8 + gid) * 4 + t4) * kRec);
+#pragma unroll
+        for (int k2 = 0; k2 < 4; ++k2) {
+          const uint4 x0 = cr0[3 * k2], y0 = cr0[3 * k2 + 1], z0 = cr0[3 * k2 + 2];
+          const uint4 x1 = cr1[3 * k2], y1 = cr1[3 * k2 + 1], z1 = cr1[3 * k2 + 2];
+          // k-tile 2 k2: words x.x .. y.y; k-tile 2 k2 + 1: y.z .. z.w.
+          const uint32_t cf[2][2][6] = {{{x0.x, x0.y, x0.z, x0.w, y0.x, y0.y}, {y0.z, y0.w, z0.x, z0.y, z0.z, z0.w}},
+                                        {{x1.x, x1.y, x1.z, x1.w, y1.x, y1.y}, {y1.z, y1.w, z1.x, z1.y, z1.z, z1.w}}};
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int kt = 2 * k2 + h;
+            uint32_t ar[2][2];  // [token u0 / u1][channels (i, i + 1) / (i + 64, i + 65)]
+#pragma unroll
+            for (int x = 0; x < 2; ++x) {
+              const uint32_t lo = lut_get<BITS>(ktab, kw[mt][x][0], kw[mt][x][1], kt, t4x4);
+              const uint32_t hi = lut_get<BITS>(ktab, kw[mt][x][2], kw[mt][x][3], kt, t4x4);
+              ar[x][0] = hfma2(hi, cf[x][h][1], hfma2(lo, cf[x][h][0], cf[x][h][2]));
+              ar[x][1] = hfma2(lo, cf[x][h][4], hfma2(hi, cf[x][h][3], cf[x][h][5]));
+            }
+            mma16816(acc, ar[0][0], ar[1][0], ar[0][1], ar[1][1], qb0[kt], qb2[kt]);
+          }
+        }
+        const int tok = st * kS + mt * 16 + gid;
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int g = 2 * t4 + e;
+          if (g < G) {
+            if (tok < cnt) sc[tok * GM + g] = acc[e] * a.scale;
+            if (tok + 8 < cnt) sc[(tok + 8) * GM + g] = acc[2 + e] * a.scale;
           }
         }
       }
@@ -697,14 +776,14 @@ kvquant_fold_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, i
   }
 }
 
-template <int BITS, int GM, bool QN, bool V2>
+template <int BITS, int GM, bool QN, int VAR>
 cudaError_t launch(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, const Plan& p,
                    float* part_o, float* part_ml, cudaStream_t stream) {
   const size_t smem = smem_bytes(GM, p.chunk);
-  cudaError_t e = cudaFuncSetAttribute(kvquant_fold_kernel<BITS, GM, QN, V2>,
+  cudaError_t e = cudaFuncSetAttribute(kvquant_fold_kernel<BITS, GM, QN, VAR>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (e != cudaSuccess) return e;
-  kvquant_fold_kernel<BITS, GM, QN, V2><<<dim3(p.splits, k.kv_heads, a.rows), kT, smem, stream>>>(k, v, a, p.chunk,
+  kvquant_fold_kernel<BITS, GM, QN, VAR><<<dim3(p.splits, k.kv_heads, a.rows), kT, smem, stream>>>(k, v, a, p.chunk,
                                                                                             p.splits, part_o, part_ml);
   if ((e = launch_status()) != cudaSuccess) return e;
   splitk_combine_kernel<__half><<<dim3(a.n_heads, a.rows), 128, 0, stream>>>(
@@ -712,14 +791,14 @@ cudaError_t launch(const PackedSide& k, const PackedSide& v, const PackedDecodeA
   return launch_status();
 }
 
-template <int BITS, bool QN, bool V2>
+template <int BITS, bool QN, int VAR>
 cudaError_t dispatch_gm(int gm, const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, const Plan& p,
                         float* o, float* ml, cudaStream_t stream) {
   switch (gm) {
-    case 1: return launch<BITS, 1, QN, V2>(k, v, a, p, o, ml, stream);
-    case 2: return launch<BITS, 2, QN, V2>(k, v, a, p, o, ml, stream);
-    case 4: return launch<BITS, 4, QN, V2>(k, v, a, p, o, ml, stream);
-    case 8: return launch<BITS, 8, QN, V2>(k, v, a, p, o, ml, stream);
+    case 1: return launch<BITS, 1, QN, VAR>(k, v, a, p, o, ml, stream);
+    case 2: return launch<BITS, 2, QN, VAR>(k, v, a, p, o, ml, stream);
+    case 4: return launch<BITS, 4, QN, VAR>(k, v, a, p, o, ml, stream);
+    case 8: return launch<BITS, 8, QN, VAR>(k, v, a, p, o, ml, stream);
   }
   return cudaErrorInvalidValue;
 }
@@ -733,7 +812,7 @@ size_t workspace_fold(const PackedSide& k, const PackedDecodeArgs& a, int max_le
 }
 
 namespace {
-template <bool V2>
+template <int VAR>
 cudaError_t run_fold_any(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len, int sm_count,
                          void* ws, size_t ws_bytes, cudaStream_t stream) {
   if (!fits(Act::kF16, k, v, a)) return cudaErrorInvalidValue;
@@ -745,20 +824,24 @@ cudaError_t run_fold_any(const PackedSide& k, const PackedSide& v, const PackedD
   float* part_ml = part_o + static_cast<size_t>(a.rows) * a.n_heads * p.splits * kD;
   const bool qn = k.qa != 1.f || k.qb != 0.f || v.qa != 1.f || v.qb != 0.f;
   if (k.bits == 4)
-    return qn ? dispatch_gm<4, true, V2>(gm, k, v, a, p, part_o, part_ml, stream)
-              : dispatch_gm<4, false, V2>(gm, k, v, a, p, part_o, part_ml, stream);
-  return qn ? dispatch_gm<2, true, V2>(gm, k, v, a, p, part_o, part_ml, stream)
-            : dispatch_gm<2, false, V2>(gm, k, v, a, p, part_o, part_ml, stream);
+    return qn ? dispatch_gm<4, true, VAR>(gm, k, v, a, p, part_o, part_ml, stream)
+              : dispatch_gm<4, false, VAR>(gm, k, v, a, p, part_o, part_ml, stream);
+  return qn ? dispatch_gm<2, true, VAR>(gm, k, v, a, p, part_o, part_ml, stream)
+            : dispatch_gm<2, false, VAR>(gm, k, v, a, p, part_o, part_ml, stream);
 }
 }  // namespace
 
 cudaError_t run_fold(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len, int sm_count,
                      void* ws, size_t ws_bytes, cudaStream_t stream) {
-  return run_fold_any<false>(k, v, a, max_len, sm_count, ws, ws_bytes, stream);
+  return run_fold_any<0>(k, v, a, max_len, sm_count, ws, ws_bytes, stream);
 }
 cudaError_t run_fold2(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len, int sm_count,
                       void* ws, size_t ws_bytes, cudaStream_t stream) {
-  return run_fold_any<true>(k, v, a, max_len, sm_count, ws, ws_bytes, stream);
+  return run_fold_any<1>(k, v, a, max_len, sm_count, ws, ws_bytes, stream);
+}
+cudaError_t run_foldm(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len, int sm_count,
+                      void* ws, size_t ws_bytes, cudaStream_t stream) {
+  return run_fold_any<2>(k, v, a, max_len, sm_count, ws, ws_bytes, stream);
 }
 
 }  // namespace kvq::kern::kvquant_decode

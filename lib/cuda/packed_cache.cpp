@@ -92,7 +92,7 @@ std::string reason(const Codec& c) {
 bool kvquant_kernel_selected() {
   const char* e = std::getenv("KVQ_KV_DECODE");
   return !e || !*e || std::strcmp(e, "kvq-fold") == 0 || std::strcmp(e, "kvq-fold2") == 0 ||
-         std::strcmp(e, "kvq-mma") == 0 || std::strcmp(e, "kvq-stream") == 0;
+         std::strcmp(e, "kvq-foldm") == 0 || std::strcmp(e, "kvq-mma") == 0 || std::strcmp(e, "kvq-stream") == 0;
 }
 // Values naming retired kernels are an error rather than a silent alias, so that an A/B run
 // written for them cannot report one kernel twice: KVQ_KV_DECODE=mma|mma3|mma-hoist (version 3
@@ -147,6 +147,13 @@ bool kvquant_mma_selected() {
 // bound; "kv packed: KVQuant*" 0.36); llama2-7b 1.14-1.32x faster than kvq-fold at 4 bits (b1 32K
 // 306.9 -> 233.1 us), 1.06-1.10x at 2 bits; llama3-8b (G = 4) 6-13% slower (the A rows hold
 // 2 anchors there, so an A rebuild and 8 offset mma every 2 n-tiles, and 8-36 B of spills).
+// KVQ_KV_DECODE=kvq-foldm (h56, run_foldm): kvq-fold with its key pass transposed (tokens as the
+// mma's M, the G query heads as N: half the key-pass mma) and kvq-fold2's 4-bit value table; opt-in
+// at every G (notes/s6/results-h56.md).
+bool kvquant_foldm_selected() {
+  const char* e = std::getenv("KVQ_KV_DECODE");
+  return e && std::strcmp(e, "kvq-foldm") == 0;
+}
 bool kvquant_fold2_at(int n_heads, int kv_heads) {
   const char* e = std::getenv("KVQ_KV_DECODE");
   if (e && std::strcmp(e, "kvq-fold2") == 0) return true;
@@ -443,6 +450,9 @@ void PackedKvCache::decode(const void* q_dev, void* out_dev, bool bf16, void* st
     else if (kvquant_mma_selected())
       KVQ_CUDA_CHECK(kern::kvquant_decode::run_mma(I.k.d, I.v.d, a, I.max_len, I.sm_count, I.work.get(),
                                                    I.work.bytes(), static_cast<cudaStream_t>(stream)));
+    else if (kvquant_foldm_selected())
+      KVQ_CUDA_CHECK(kern::kvquant_decode::run_foldm(I.k.d, I.v.d, a, I.max_len, I.sm_count, I.work.get(),
+                                                     I.work.bytes(), static_cast<cudaStream_t>(stream)));
     else if (kvquant_fold2_at(a.n_heads, I.k.d.kv_heads))
       KVQ_CUDA_CHECK(kern::kvquant_decode::run_fold2(I.k.d, I.v.d, a, I.max_len, I.sm_count, I.work.get(),
                                                      I.work.bytes(), static_cast<cudaStream_t>(stream)));

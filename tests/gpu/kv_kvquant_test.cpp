@@ -346,6 +346,20 @@ TEST_CASE("kv kvquant fold2 kernel: calibrated LUT, key ranges and Q-Norm == sim
   calibrated_cases("kvq-fold2");
 }
 TEST_CASE("kv kvquant fold2 kernel: long slot == simulated", "[gpu][kv][kvquant]") { long_cases("kvq-fold2"); }
+// kvq-foldm (h56, run_foldm): kvq-fold's key pass transposed (tokens as the mma's M, the query
+// heads as N): every A element is the fp16 value kvq-fold puts in its B (same records, same two
+// HFMA2, same roundings) and B is kvq-fold's rotated query, so the products and their fp32 sums
+// are the same terms (only the order of the mma's fp32 accumulation differs, inside the fp32
+// term of the bound); the 4-bit value table is kvq-fold2's lane-private copy of the same fp16
+// entries. So kvq-fold's bound. Same cases: MHA (only column 0 of the 8 N columns used), G = 2,
+// 3 (heads 3 of 4 columns), 4, 8 (all columns); partial m-tiles and stages at the slot ends.
+TEST_CASE("kv kvquant foldm kernel: 4/2 bits, outliers, sinks, MHA and GQA == simulated", "[gpu][kv][kvquant]") {
+  basic_cases("kvq-foldm");
+}
+TEST_CASE("kv kvquant foldm kernel: calibrated LUT, key ranges and Q-Norm == simulated", "[gpu][kv][kvquant]") {
+  calibrated_cases("kvq-foldm");
+}
+TEST_CASE("kv kvquant foldm kernel: long slot == simulated", "[gpu][kv][kvquant]") { long_cases("kvq-foldm"); }
 
 // h42's CUDA-core kernel (KVQ_KV_DECODE=kvq-fast) had its own three cases here, retired with it
 // after dfabb0b.
@@ -389,7 +403,8 @@ TEST_CASE("kv kvquant kernel: the default where it fits; 3 bits, bf16, KVQ_KV_DE
     cuda::PackedKvCache gpu(*kc, *vc, 1, 8, 4, inv_freq);
     gpu.append_host(0, x.data(), x.data(), 5, 2 * kHd);
     gpu.prepare({0});
-    for (const char* value : {"kvq-fold", "kvq-fold2", "kvq-mma", "kvq-stream", "", static_cast<const char*>(nullptr)}) {
+    for (const char* value : {"kvq-fold", "kvq-fold2", "kvq-foldm", "kvq-mma", "kvq-stream", "",
+                              static_cast<const char*>(nullptr)}) {
       EnvGuard env("KVQ_KV_DECODE", value);
       CHECK(gpu.decode_uses_kvquant_kernel() == (spec == "kvquant:bits=4"));
       CHECK_FALSE(gpu.decode_uses_kvquant_kernel(true));
@@ -435,7 +450,8 @@ TEST_CASE("kv kvquant kernel: retired KVQ_KV_DECODE values are an InvalidArgumen
       }
       CHECK(threw);
     }
-    for (const char* value : {"kvq-fold", "kvq-fold2", "kvq-mma", "mma-stream", static_cast<const char*>(nullptr)}) {
+    for (const char* value : {"kvq-fold", "kvq-fold2", "kvq-foldm", "kvq-mma", "mma-stream",
+                              static_cast<const char*>(nullptr)}) {
       EnvGuard env("KVQ_KV_DECODE", value);
       INFO(spec << ", KVQ_KV_DECODE=" << (value ? value : "(unset)"));
       CHECK_NOTHROW(gpu.decode(dq, dout));
