@@ -172,6 +172,14 @@ __device__ __forceinline__ float sel8(const float (&v)[N], int idx) {
   return x;
 }
 
+// WS builds: where row r of 16-token tile tb sits in the score and weight rows, the tiles of
+// one warp (tb = warp + kW n) contiguous, so that a warp's softmax over its own tokens reads
+// 32 consecutive words (tile-major, tiles kW apart would put lanes 16-31 on the banks of 0-15).
+template <int KS>
+__device__ __forceinline__ int ws_pos(int tb, int r) {
+  return (tb % kW) * (KS / kW) + (tb / kW) * 16 + r;
+}
+
 // The (scale, zero) meta of one group of a staged token: halves m[0] (scale) and m[1]
 // (zero, asym only). Asym rows have an even number of halves (2 per group) and start on a
 // 4-byte boundary in global memory, so the stage copy has no shift and (scale, zero) is one
@@ -269,6 +277,11 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
   constexpr int CA = KONE ? GM : NGVT > 0 ? GM * NGVT : 8;  // (head, value group) combination loop bound
   static_assert(CA <= 8, "rbuf holds 8 combinations");
   constexpr bool KF = FOLD && !KCH;  // folded key codes
+  // WS (OPT bit 6, KVQ_KV_WSM=1; h55, session 6): the softmax per warp over the warp's own key
+  // tiles (the value pass walks the same tiles), so no block barrier or block reduction per
+  // stage; running sums per lane, merged once at the end (stream_kernel's WS epilogue).
+  constexpr bool WS = (OPT & 64) != 0;
+  static_assert(!WS || (KONE && !KCH && NTV == 1), "WS: the per-token one-n-tile builds");
   extern __shared__ __align__(16) float sm[];
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   // Lets the combine, launched with programmatic stream serialization (the default, combine()
@@ -429,6 +442,9 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
   const int vgroup = V.group;
 
   float m_run[GA], pw_run[VA];
+  float lsl[GA], zsl[GA], wsl[GA];  // WS: the lane's running sums of p, p z and w hi + lo per head
+#pragma unroll
+  for (int g = 0; g < GA; ++g) lsl[g] = zsl[g] = wsl[g] = 0.f;
 #pragma unroll
   for (int g = 0; g < GA; ++g) m_run[g] = -INFINITY;
 #pragma unroll
@@ -536,7 +552,12 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
               v[c] = ksym ? sf * fmaf(-koffv, cqs[nt][c], dot)
                           : fmaf(sf, dot, h2f(static_cast<uint16_t>(m >> 16)) * cqs[nt][c]);
             }
-            if (KONE || NGK == 1) {  // a column per head (key group 128; value groups may differ)
+            if constexpr (WS) {  // the warp's tiles contiguous (ws_pos): conflict-free softmax reads
+              const int pos = ws_pos<KS>(tb, gid + 8 * rr);
+#pragma unroll
+              for (int c = 0; c < NC; ++c)
+                if (sdst[nt][c] >= 0 && li < cnt) sc[sdst[nt][c] + pos] = v[c] * ascale;
+            } else if (KONE || NGK == 1) {  // a column per head (key group 128; value groups may differ)
 #pragma unroll
               for (int c = 0; c < NC; ++c)
                 if (sdst[nt][c] >= 0 && li < cnt) sc[sdst[nt][c] + li] = v[c] * ascale;
@@ -554,11 +575,77 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
         for (int tb = warp; tb < ntiles; tb += kW) key_tile(tb);
       }
     }
+    float alpha[GA], pwn[VA], mnew[GA];
+    if constexpr (WS) {
+      __syncwarp();  // the warp's scores (its own tiles) written
+      // ---- Softmax per warp over its own tiles tb = warp + kW n; lane token x = lane + 32 k of
+      // the warp's KS / kW (n = x / 16), at ws_pos (conflict-free). ----
+      const uint16_t* vmb = vm_s + (j & 1) * vms + voffs;
+      float mm[GA + 1];
+#pragma unroll
+      for (int g = 0; g < GA; ++g) mm[g] = -INFINITY;
+      mm[GA] = 0.f;
+#pragma unroll
+      for (int k = 0; k < KPT; ++k) {
+        const int x = lane + 32 * k;
+        const int li = (warp + kW * (x >> 4)) * 16 + (x & 15);
+        const int pos = warp * (KS / kW) + x;
+        if (li < cnt) {
+#pragma unroll
+          for (int g = 0; g < GA; ++g)
+            if (g < G) mm[g] = fmaxf(mm[g], sc[g * KS + pos]);
+          mm[GA] = fmaxf(mm[GA], fabsf(h2f(vmb[li * vmpr])));
+        }
+      }
+#pragma unroll
+      for (int i = 0; i <= GA; ++i) mm[i] = warp_max(mm[i]);
+      // A warp without tokens so far keeps m = -inf (alpha 1) and its weights' exponent.
+      pwn[0] = mm[GA] > 0.f && isfinite(mm[GA]) ? ldexpf(1.f, 14 - ilogbf(mm[GA])) : pw_run[0];
+      const float ratio = pow2_ratio(pwn[0], pw_run[0]);
+#pragma unroll
+      for (int g = 0; g < GA; ++g) {
+        mnew[g] = fmaxf(m_run[g], mm[g]);
+        alpha[g] = mnew[g] == m_run[g] ? 1.f : expf(m_run[g] - mnew[g]);
+        lsl[g] *= alpha[g];
+        zsl[g] *= alpha[g];
+        if (FOLD) wsl[g] *= alpha[g] * ratio;
+      }
+#pragma unroll
+      for (int k = 0; k < KPT; ++k) {
+        const int x = lane + 32 * k;
+        const int tb = warp + kW * (x >> 4);
+        const int li = tb * 16 + (x & 15);
+        const int pos = warp * (KS / kW) + x;
+        if (li < cnt) {
+          const uint32_t m = meta_at(vmb + li * vmpr, vsym);
+          const float sf = h2f(static_cast<uint16_t>(m & 0xFFFFu));
+          const float zf = vsym ? -voff * sf : h2f(static_cast<uint16_t>(m >> 16));
+#pragma unroll
+          for (int g = 0; g < GA; ++g)
+            if (g < G) {
+              const float p = expf(sc[g * KS + pos] - mnew[g]);
+              lsl[g] += p;
+              const float w = p * sf * pwn[0];
+              const __half hi = __float2half_rn(w);
+              const __half lo = __float2half_rn(w - __half2float(hi));
+              W[2 * g * KS + pos] = hi;
+              W[(2 * g + 1) * KS + pos] = lo;
+              zsl[g] = fmaf(p, zf, zsl[g]);
+              if (FOLD) wsl[g] += __half2float(hi) + __half2float(lo);
+            }
+        } else if (tb < ntiles) {  // the last tile's padding: zero weights
+#pragma unroll
+          for (int g = 0; g < GA; ++g)
+            if (g < G) W[2 * g * KS + pos] = W[(2 * g + 1) * KS + pos] = __float2half_rn(0.f);
+        }
+      }
+      cp_async_wait<1>();  // stage j's value codes (group B_j) have landed
+      __syncthreads();
+    } else {
     __syncthreads();
 
     // ---- Softmax of the stage against the running max; weights split into fp16 hi/lo. ----
     const uint16_t* vmb = vm_s + (j & 1) * vms + voffs;
-    float alpha[GA], pwn[VA];
     {
       // Score maxima per head (values 0 .. GA - 1) and value-scale maxima per group (GA ..)
       // in one warp reduction (warp_reduce_many); rbuf slots g and 8 + grp.
@@ -598,7 +685,6 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
       }
     }
     __syncthreads();
-    float mnew[GA];
 #pragma unroll
     for (int g = 0; g < GA; ++g) {
       float m = m_run[g];
@@ -705,6 +791,7 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
       for (int w2 = 0; w2 < kW; ++w2) u += rbuf[w2 * 40 + 32 + c];
       wrun[c] = fmaf(wrun[c], sel8(alpha, g) * pow2_ratio(sel8(pwn, grp), sel8(pw_run, grp)), u);
     }
+    }  // !WS
 
     // ---- Values: P V on the tensor cores into the running accumulators. ----
     {
@@ -743,7 +830,11 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
         for (int nt = 0; nt < NTV; ++nt) {
           const int col = nt * 8 + gid;
           uint2 v = make_uint2(0, 0);
-          if (col < NCV) v = *reinterpret_cast<const uint2*>(W + col * KS + tb * 16 + 4 * t4);
+          if constexpr (WS) {
+            if (col < NCV) v = *reinterpret_cast<const uint2*>(W + col * KS + ws_pos<KS>(tb, 4 * t4));
+          } else {
+            if (col < NCV) v = *reinterpret_cast<const uint2*>(W + col * KS + tb * 16 + 4 * t4);
+          }
           b[nt][0] = v.x; b[nt][1] = v.y;
         }
         // p01[c] / p23[c]: (token 4t, 4t+1) / (4t+2, 4t+3) codes of local channel c (0..15).
@@ -787,6 +878,65 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
   // of combination k = nt * 4 + t4 = (g, value group). red aliases the key stages (no copy
   // is pending: the last stage issued none).
   float* red = reinterpret_cast<float*>(kc_s);  // [kW][G][kD]
+  if constexpr (WS) {
+    // Each warp ran its own softmax: its (m, l, sum p z, sum w 2^-E) per head in rbuf slots
+    // 0 / 8 / 16 / 24 + g, its factor exp(m_w - M) in 32 + g, M the block's max.
+#pragma unroll
+    for (int g = 0; g < GA; ++g) {
+      const float lt = warp_sum(lsl[g]), zt = warp_sum(zsl[g]);
+      const float wt = FOLD ? warp_sum(wsl[g]) : 0.f;
+      if (lane == 0 && g < G) {
+        rbuf[warp * 40 + g] = m_run[g];
+        rbuf[warp * 40 + 8 + g] = lt;
+        rbuf[warp * 40 + 16 + g] = zt;
+        rbuf[warp * 40 + 24 + g] = wt * (1.f / pw_run[0]);  // a power of two: exact
+      }
+    }
+    __syncthreads();
+    if (t4 < G) {
+      float M = -INFINITY;
+#pragma unroll
+      for (int w2 = 0; w2 < kW; ++w2) M = fmaxf(M, rbuf[w2 * 40 + t4]);
+      const float mw = sel8(m_run, t4);
+      const float f = (mw == -INFINITY ? 0.f : expf(mw - M)) * (1.f / pw_run[0]);
+#pragma unroll
+      for (int mt = 0; mt < 8; ++mt)
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) {
+          const int ch = 16 * gid + 2 * mt + rr;
+          red[(warp * G + t4) * kD + ch] = (acc[0][mt][2 * rr] + acc[0][mt][2 * rr + 1]) * f;
+        }
+    }
+    if (threadIdx.x < kW * G) {
+      const int w2 = threadIdx.x / G, g = threadIdx.x % G;
+      float M = -INFINITY;
+#pragma unroll
+      for (int w3 = 0; w3 < kW; ++w3) M = fmaxf(M, rbuf[w3 * 40 + g]);
+      const float mw = rbuf[w2 * 40 + g];
+      rbuf[w2 * 40 + 32 + g] = mw == -INFINITY ? 0.f : expf(mw - M);
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < G * kD; i += kT) {
+      const int g = i / kD, d = i % kD;
+      float v = 0.f, wsum = 0.f, zs = 0.f;
+      for (int w2 = 0; w2 < kW; ++w2) {
+        const float f = rbuf[w2 * 40 + 32 + g];
+        v += red[(w2 * G + g) * kD + d];
+        wsum = fmaf(rbuf[w2 * 40 + 24 + g], f, wsum);
+        zs = fmaf(rbuf[w2 * 40 + 16 + g], f, zs);
+      }
+      if (FOLD) v = fmaf(-static_cast<float>(fold_offset<BITS>(d)), wsum, v);
+      part_o[((head0 + g) * splits + s) * kD + d] = v + zs;
+    }
+    if (threadIdx.x < G) {
+      const int g = threadIdx.x;
+      float M = -INFINITY, l = 0.f;
+      for (int w2 = 0; w2 < kW; ++w2) M = fmaxf(M, rbuf[w2 * 40 + g]);
+      for (int w2 = 0; w2 < kW; ++w2) l = fmaf(rbuf[w2 * 40 + 8 + g], rbuf[w2 * 40 + 32 + g], l);
+      part_ml[((head0 + g) * splits + s) * 2] = M;
+      part_ml[((head0 + g) * splits + s) * 2 + 1] = l;
+    }
+  } else {
 #pragma unroll
   for (int nt = 0; nt < NTV; ++nt) {
     const int k = nt * 4 + t4;
@@ -820,6 +970,7 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
     part_ml[((head0 + threadIdx.x) * splits + s) * 2] = sel8(m_run, threadIdx.x);
     part_ml[((head0 + threadIdx.x) * splits + s) * 2 + 1] = lrun[threadIdx.x];
   }
+  }  // !WS
 }
 
 size_t stream_smem_bytes(int bits, int G, const PackedSide& k, int vmpr, int ncv, int ks) {
@@ -1173,6 +1324,17 @@ int key_ilp() {
   }
   return 3;
 }
+// KVQ_KV_WSM=1 (read per call; h55, session 6): the G <= 4 per-token builds (256- and 384-token
+// stages) with the softmax per warp (stream_kernel's WS): a warp's scores, weights and value
+// tiles are its own key tiles, so a stage needs no block reduction of the maxima, no running
+// sums in shared memory and two block barriers fewer; the lanes keep their sums in registers
+// and the warps are merged once per block. Why: at G = 4 the softmax step is 4x MHA's per
+// stage (4 heads x 256 tokens) while the key and value mma work per stage is the same, and
+// int2 ran no faster than int4 on llama3-8b (so not bytes: docs/results.md, session 6).
+bool warp_softmax() {
+  const char* e = std::getenv("KVQ_KV_WSM");
+  return e != nullptr && std::strcmp(e, "1") == 0;
+}
 // Default: 384-token stages where blocks are long (>= 48 stages of 256 tokens in the 256-token
 // plan at 4 blocks per SM), else 256. Measured (H100, 2026-11-23, notes/s5/results-h41.md, int2,
 // one process, same caches): llama2-7b batch 8 (64-256 stages per block) 384 is 7-10% faster
@@ -1191,6 +1353,14 @@ int default_stage_2bit(const PackedSide& k, const PackedDecodeArgs& a, int max_l
 template <int BITS, int GM, int KS>
 cudaError_t launch_token(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len,
                          int sm_count, float* o, float* ml, cudaStream_t stream) {
+  if constexpr (GM == 4 && KS != 512) {
+    // KVQ_KV_WSM=1 (read per call): the per-warp softmax (OPT bit 6) on top of the default's
+    // key pass (bits 4, 5) and staging (bit 0).
+    if (warp_softmax()) {
+      constexpr int OW = (BITS == 4 ? 1 : 3) | 48 | 64;
+      return launch_stream<BITS, 1, 1, true, GM, false, 0, true, KS, OW>(k, v, a, max_len, sm_count, o, ml, stream);
+    }
+  }
   if constexpr (BITS == 2 && GM == 4 && KS != 512) {
     const char* e = std::getenv("KVQ_KV_OPT");
     if (e != nullptr && std::strcmp(e, "1") == 0)

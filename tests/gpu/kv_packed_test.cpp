@@ -486,6 +486,44 @@ TEST_CASE("kv packed: tensor-core decode, key-pass ILP builds (KVQ_KV_ILP) == si
   }
 }
 
+// The per-warp softmax builds of the G <= 4 per-token kernels (KVQ_KV_WSM=1, read per call; h55):
+// each warp keeps its own running max, weights' exponent and sums over its own key tiles and
+// the warps are merged once per block, so besides the derived bound this exercises warps that
+// see no token for several stages (rows of 10 and 129 tokens: one block with 1-9 tiles, a
+// partial last tile) and warps whose maxima differ from the block's. G = 4 and G = 3 (the same
+// build), int2 / int4, sym and asym, the default uneven appends and a 1,333-token row (6 stages,
+// a partial last one), the 2-bit builds at 256- and 384-token stages (KVQ_KV_STAGE), and the
+// 10,003-token row (several splits of several stages per head).
+TEST_CASE("kv packed: tensor-core decode, per-warp softmax builds (KVQ_KV_WSM) == simulated", "[gpu][kv]") {
+  LongCase lc;
+  lc.on = true;
+  lc.pieces = {{1000, 1, 332}, {129}, {7, 1, 1, 1}};
+  LongCase ll;
+  ll.on = true;
+  ll.pieces = {{4000, 1, 2, 6000}, {129}, {7, 1, 1, 1}};
+  const uint64_t seed = kvq_test::test_seed(925);
+  const EnvGuard env("KVQ_KV_WSM", "1");
+  for (const char* stage : {"256", "384"}) {
+    const EnvGuard st("KVQ_KV_STAGE", stage);  // 2-bit builds only; the 4-bit ones are 256 always
+    for (const char* spec : {"int2", "int2:sym=1", "int4", "int4:sym=1"}) {
+      if (std::string(stage) == "384" && std::string(spec).rfind("int4", 0) == 0) continue;
+      for (const Shape& s : {Shape{2, 8, 128}, Shape{3, 9, 128}}) {
+        const Result a = run_case(spec, spec, s, seed);
+        const Result b = run_case(spec, spec, s, seed + 1, nullptr, nullptr, lc);
+        std::printf("kv packed KVQ_KV_WSM=1 stage %s %s, kv_heads %d, heads %d: bytes equal; decode max err %.3g / "
+                    "%.3g (%.3f / %.3f of tolerance; short / 1,333 tokens), seed %llu\n",
+                    stage, spec, s.H, s.n_heads, a.worst_err, b.worst_err, a.worst_ratio, b.worst_ratio,
+                    static_cast<unsigned long long>(seed));
+      }
+      const Shape s{8, 32, 128};
+      const Result c = run_case(spec, spec, s, seed + 2, nullptr, nullptr, ll);
+      std::printf("kv packed KVQ_KV_WSM=1 stage %s %s, kv_heads %d, heads %d: decode max err %.3g (%.3f of "
+                  "tolerance; 10,003 tokens), seed %llu\n",
+                  stage, spec, s.H, s.n_heads, c.worst_err, c.worst_ratio, static_cast<unsigned long long>(seed));
+    }
+  }
+}
+
 // The split-K combine's launches (kernels/kv_decode_stream.cu, KVQ_KV_COMBINE read per call):
 // unset (the default) and "pdl" launch it with programmatic stream serialization (its blocks
 // wait in griddepcontrol.wait for the attention grid), "1" the ordinary way: the same
