@@ -70,6 +70,11 @@
 // stage, each chain of 8 dependent mma now covers 16 tokens); plus kvq-fold2's lane-private 4-bit
 // value table. Count per stage in notes/s6/results-h56.md; ptxas (sm_90, CUDA 13): 121-128
 // registers, no spills in its 16 builds. kvq-fold's and kvq-fold2's PTX unchanged by it.
+// Measured (H100, 2026-11-23, archive of d9c0223 = this code, one process --ab
+// KVQ_KV_DECODE=kvq-fold,kvq-foldm, llama3-8b 32K/128K, batch 1/8): parity 0.00 of kvq-fold's
+// bound; 2 bits 0.99-1.01x of kvq-fold (the transposed key pass alone: no gain, so the key-pass
+// mma does not limit G = 4), 4 bits 1.00-1.04x (b8 128K 3048.5 -> 2942.2 us; the value table's
+// size of gain). Opt-in; kvq-fold stays the default at G > 1.
 #include "kernels/kv_decode_kvquant.cuh"
 
 #include <algorithm>

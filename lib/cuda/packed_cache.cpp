@@ -149,7 +149,9 @@ bool kvquant_mma_selected() {
 // 2 anchors there, so an A rebuild and 8 offset mma every 2 n-tiles, and 8-36 B of spills).
 // KVQ_KV_DECODE=kvq-foldm (h56, run_foldm): kvq-fold with its key pass transposed (tokens as the
 // mma's M, the G query heads as N: half the key-pass mma) and kvq-fold2's 4-bit value table; opt-in
-// at every G (notes/s6/results-h56.md).
+// at every G. H100, 2026-11-23 (archive of d9c0223, notes/s6/results-h56.md, one process --ab
+// KVQ_KV_DECODE=kvq-fold,kvq-foldm, llama3-8b): parity passed (0.00 of the derived bound); 2 bits
+// 0.99-1.01x of kvq-fold, 4 bits 1.00-1.04x (b8 128K 3048.5 -> 2942.2 us): not the default.
 bool kvquant_foldm_selected() {
   const char* e = std::getenv("KVQ_KV_DECODE");
   return e && std::strcmp(e, "kvq-foldm") == 0;
