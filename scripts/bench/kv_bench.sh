@@ -6,7 +6,7 @@
 # judged from 32K up; KV_CONTEXTS overrides, e.g. 4096,8192,16384,32768,65536,131072), batch
 # 1 and 8, both head shapes, fp16 vs int4, int2, kivi:bits=4, kivi:bits=2, kvquant:bits=4,
 # kvquant:bits=2, median of 10 timed runs.
-# Decode kernel: KVQ_KV_DECODE=mma-stream|fast|fast-pf|general|kvq-fold|kvq-fold2|kvq-mma|kvq-stream
+# Decode kernel: KVQ_KV_DECODE=mma-stream|fast|fast-pf|general|kvq-fold|kvq-fold2|kvq-foldm|kvq-mma|kvq-stream
 # forces one (default: the staged tensor-core kernel, version 4, for uniform per-token int2/int4
 # and KIVI at head_dim 128; KVQuant's folded tensor-core kernel for KVQuant, kvq-fold2 at G = 1 and
 # kvq-fold otherwise; else fast, else general; the retired mma, mma3, mma-hoist, kvq-fast and
