@@ -17,6 +17,9 @@
 // chains per tile and two tiles per iteration (KVQ_KV_ILP, default 3): llama3-8b int4 b8 5-7%
 // faster, int2 MHA b1 1-2%, b8 4-5% (384-token builds: 5.10-5.44x fp16 from 32K); more blocks
 // per SM (5-6) and a two-tile value loop did not help.
+// Session 6 (h55, notes/s6/results-h55.md, H100 2026-11-23): at G <= 4 the softmax per warp
+// over its own tiles (WS, KVQ_KV_WSM=0 for the block-wide one): llama3-8b int4 10-13% faster
+// (b8 128K 90% of copy, 3.47x fp16), int2 14-19% (b8 128K 4.28x).
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -277,9 +280,11 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
   constexpr int CA = KONE ? GM : NGVT > 0 ? GM * NGVT : 8;  // (head, value group) combination loop bound
   static_assert(CA <= 8, "rbuf holds 8 combinations");
   constexpr bool KF = FOLD && !KCH;  // folded key codes
-  // WS (OPT bit 6, KVQ_KV_WSM=1; h55, session 6): the softmax per warp over the warp's own key
-  // tiles (the value pass walks the same tiles), so no block barrier or block reduction per
-  // stage; running sums per lane, merged once at the end (stream_kernel's WS epilogue).
+  // WS (OPT bit 6; the default at G <= 4, KVQ_KV_WSM=0 for the block-wide softmax; h55,
+  // session 6): the softmax per warp over the warp's own key tiles (the value pass walks the
+  // same tiles), so no block barrier or block reduction in the softmax step; running sums per
+  // lane, merged once at the end (the WS epilogue: each warp's (m, l, sum p z, sum w) and its
+  // accumulators scaled by exp(m_w - M)). 10-20% faster on llama3-8b (warp_softmax() below).
   constexpr bool WS = (OPT & 64) != 0;
   static_assert(!WS || (KONE && !KCH && NTV == 1), "WS: the per-token one-n-tile builds");
   extern __shared__ __align__(16) float sm[];
@@ -1324,16 +1329,22 @@ int key_ilp() {
   }
   return 3;
 }
-// KVQ_KV_WSM=1 (read per call; h55, session 6): the G <= 4 per-token builds (256- and 384-token
-// stages) with the softmax per warp (stream_kernel's WS): a warp's scores, weights and value
-// tiles are its own key tiles, so a stage needs no block reduction of the maxima, no running
-// sums in shared memory and two block barriers fewer; the lanes keep their sums in registers
-// and the warps are merged once per block. Why: at G = 4 the softmax step is 4x MHA's per
-// stage (4 heads x 256 tokens) while the key and value mma work per stage is the same, and
-// int2 ran no faster than int4 on llama3-8b (so not bytes: docs/results.md, session 6).
+// KVQ_KV_WSM (read per call; h55, session 6): unset or anything but "0" (the default), the G <= 4
+// per-token builds of the default key pass (KVQ_KV_ILP=3; 256- and 384-token stages) run the
+// softmax per warp (stream_kernel's WS): a warp's scores, weights and value tiles are its own
+// key tiles, so a stage needs no block reduction of the maxima, no running sums in shared
+// memory and two block barriers fewer; the lanes keep their sums in registers and the warps
+// are merged once per block. 0: the block-wide softmax (the builds before). Why: at G = 4 the
+// softmax step is 4x MHA's per stage (4 heads x 256 tokens) while the key and value mma work
+// per stage is the same, and int2 ran no faster than int4 on llama3-8b (so not bytes).
+// Measured (H100, 2026-11-23, archive of 4e446e2 where 1 was opt-in; the same instantiations
+// as now, normalized PTX identical; one process, same caches, kvq-kvbench --ab KVQ_KV_WSM=0,1;
+// notes/s6/results-h55.md): llama3-8b faster in all 12 cells, int4 b1 10-12% (128K 83.6 ->
+// 73.9 us, 57% -> 65% of copy), b8 12-13% (128K 494.1 -> 427.5 us, 78% -> 90%, 3.47x fp16);
+// int2 b1 14-18% (128K 78.4 -> 64.3 us, 3.06x), b8 18-19% (128K 422.7 -> 347.1 us, 4.28x).
 bool warp_softmax() {
   const char* e = std::getenv("KVQ_KV_WSM");
-  return e != nullptr && std::strcmp(e, "1") == 0;
+  return e == nullptr || std::strcmp(e, "0") != 0;
 }
 // Default: 384-token stages where blocks are long (>= 48 stages of 256 tokens in the 256-token
 // plan at 4 blocks per SM), else 256. Measured (H100, 2026-11-23, notes/s5/results-h41.md, int2,
@@ -1353,14 +1364,6 @@ int default_stage_2bit(const PackedSide& k, const PackedDecodeArgs& a, int max_l
 template <int BITS, int GM, int KS>
 cudaError_t launch_token(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len,
                          int sm_count, float* o, float* ml, cudaStream_t stream) {
-  if constexpr (GM == 4 && KS != 512) {
-    // KVQ_KV_WSM=1 (read per call): the per-warp softmax (OPT bit 6) on top of the default's
-    // key pass (bits 4, 5) and staging (bit 0).
-    if (warp_softmax()) {
-      constexpr int OW = (BITS == 4 ? 1 : 3) | 48 | 64;
-      return launch_stream<BITS, 1, 1, true, GM, false, 0, true, KS, OW>(k, v, a, max_len, sm_count, o, ml, stream);
-    }
-  }
   if constexpr (BITS == 2 && GM == 4 && KS != 512) {
     const char* e = std::getenv("KVQ_KV_OPT");
     if (e != nullptr && std::strcmp(e, "1") == 0)
@@ -1372,7 +1375,12 @@ cudaError_t launch_token(const PackedSide& k, const PackedSide& v, const PackedD
     // key tile loop unrolled by two (bit 4); 2: the chains only; 0: neither.
     const int ilp = key_ilp();
     if (ilp == 2) return launch_stream<BITS, 1, 1, true, GM, false, 0, true, KS, O | 32>(k, v, a, max_len, sm_count, o, ml, stream);
-    if (ilp == 3) return launch_stream<BITS, 1, 1, true, GM, false, 0, true, KS, O | 48>(k, v, a, max_len, sm_count, o, ml, stream);
+    if (ilp == 3) {
+      // G <= 4: the per-warp softmax (OPT bit 6) on this key pass unless KVQ_KV_WSM=0.
+      if constexpr (GM == 4)
+        if (warp_softmax()) return launch_stream<BITS, 1, 1, true, GM, false, 0, true, KS, O | 112>(k, v, a, max_len, sm_count, o, ml, stream);
+      return launch_stream<BITS, 1, 1, true, GM, false, 0, true, KS, O | 48>(k, v, a, max_len, sm_count, o, ml, stream);
+    }
   }
   if constexpr (KS == 384 && (GM == 1 || GM == 4)) {
     // The 384-token 2-bit builds (batch 8's long walks) take the default's key pass too
@@ -1380,7 +1388,11 @@ cudaError_t launch_token(const PackedSide& k, const PackedSide& v, const PackedD
     // 1fa23a4 plus this branch as KVQ_KV_ILP=5, --ab KVQ_KV_ILP=3,5,0; the same instantiations as
     // now): llama2-7b int2 b8 4.2-5.0% faster (32K 293.8 -> 281.0 us, 4.88x -> 5.10x fp16; 128K
     // 1088.7 -> 1033.9), llama3-8b int2 b8 within 0.7%.
-    if (key_ilp() == 3) return launch_stream<BITS, 1, 1, true, GM, false, 0, true, KS, O | 48>(k, v, a, max_len, sm_count, o, ml, stream);
+    if (key_ilp() == 3) {
+      if constexpr (GM == 4)  // the per-warp softmax, as at 256 tokens
+        if (warp_softmax()) return launch_stream<BITS, 1, 1, true, GM, false, 0, true, KS, O | 112>(k, v, a, max_len, sm_count, o, ml, stream);
+      return launch_stream<BITS, 1, 1, true, GM, false, 0, true, KS, O | 48>(k, v, a, max_len, sm_count, o, ml, stream);
+    }
   }
   return launch_stream<BITS, 1, 1, true, GM, false, 0, true, KS, O>(k, v, a, max_len, sm_count, o, ml, stream);
 }

@@ -486,7 +486,8 @@ TEST_CASE("kv packed: tensor-core decode, key-pass ILP builds (KVQ_KV_ILP) == si
   }
 }
 
-// The per-warp softmax builds of the G <= 4 per-token kernels (KVQ_KV_WSM=1, read per call; h55):
+// The per-warp softmax builds of the G <= 4 per-token kernels (KVQ_KV_WSM, read per call; h55;
+// unset = 1, the default, and 0 = the block-wide softmax builds before, both run here):
 // each warp keeps its own running max, weights' exponent and sums over its own key tiles and
 // the warps are merged once per block, so besides the derived bound this exercises warps that
 // see no token for several stages (rows of 10 and 129 tokens: one block with 1-9 tiles, a
@@ -502,24 +503,27 @@ TEST_CASE("kv packed: tensor-core decode, per-warp softmax builds (KVQ_KV_WSM) =
   ll.on = true;
   ll.pieces = {{4000, 1, 2, 6000}, {129}, {7, 1, 1, 1}};
   const uint64_t seed = kvq_test::test_seed(925);
-  const EnvGuard env("KVQ_KV_WSM", "1");
-  for (const char* stage : {"256", "384"}) {
-    const EnvGuard st("KVQ_KV_STAGE", stage);  // 2-bit builds only; the 4-bit ones are 256 always
-    for (const char* spec : {"int2", "int2:sym=1", "int4", "int4:sym=1"}) {
-      if (std::string(stage) == "384" && std::string(spec).rfind("int4", 0) == 0) continue;
-      for (const Shape& s : {Shape{2, 8, 128}, Shape{3, 9, 128}}) {
-        const Result a = run_case(spec, spec, s, seed);
-        const Result b = run_case(spec, spec, s, seed + 1, nullptr, nullptr, lc);
-        std::printf("kv packed KVQ_KV_WSM=1 stage %s %s, kv_heads %d, heads %d: bytes equal; decode max err %.3g / "
-                    "%.3g (%.3f / %.3f of tolerance; short / 1,333 tokens), seed %llu\n",
-                    stage, spec, s.H, s.n_heads, a.worst_err, b.worst_err, a.worst_ratio, b.worst_ratio,
+  for (const char* wsm : {"1", "0"}) {
+    for (const char* stage : {"256", "384"}) {
+      const EnvGuard env("KVQ_KV_WSM", wsm);
+      const EnvGuard st("KVQ_KV_STAGE", stage);  // 2-bit builds only; the 4-bit ones are 256 always
+      for (const char* spec : {"int2", "int2:sym=1", "int4", "int4:sym=1"}) {
+        if (std::string(stage) == "384" && std::string(spec).rfind("int4", 0) == 0) continue;
+        for (const Shape& s : {Shape{2, 8, 128}, Shape{3, 9, 128}}) {
+          const Result a = run_case(spec, spec, s, seed);
+          const Result b = run_case(spec, spec, s, seed + 1, nullptr, nullptr, lc);
+          std::printf("kv packed KVQ_KV_WSM=%s stage %s %s, kv_heads %d, heads %d: bytes equal; decode max err %.3g / "
+                      "%.3g (%.3f / %.3f of tolerance; short / 1,333 tokens), seed %llu\n",
+                      wsm, stage, spec, s.H, s.n_heads, a.worst_err, b.worst_err, a.worst_ratio, b.worst_ratio,
+                      static_cast<unsigned long long>(seed));
+        }
+        const Shape s{8, 32, 128};
+        const Result c = run_case(spec, spec, s, seed + 2, nullptr, nullptr, ll);
+        std::printf("kv packed KVQ_KV_WSM=%s stage %s %s, kv_heads %d, heads %d: decode max err %.3g (%.3f of "
+                    "tolerance; 10,003 tokens), seed %llu\n",
+                    wsm, stage, spec, s.H, s.n_heads, c.worst_err, c.worst_ratio,
                     static_cast<unsigned long long>(seed));
       }
-      const Shape s{8, 32, 128};
-      const Result c = run_case(spec, spec, s, seed + 2, nullptr, nullptr, ll);
-      std::printf("kv packed KVQ_KV_WSM=1 stage %s %s, kv_heads %d, heads %d: decode max err %.3g (%.3f of "
-                  "tolerance; 10,003 tokens), seed %llu\n",
-                  stage, spec, s.H, s.n_heads, c.worst_err, c.worst_ratio, static_cast<unsigned long long>(seed));
     }
   }
 }
