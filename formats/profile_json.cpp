@@ -42,8 +42,12 @@ int64_t JsonObject::get_int(const char* key, int64_t lo, int64_t hi) const {
   const std::string want =
       "must be an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], found ";
   if (v.is_number_unsigned()) {
+    // nlohmann stores every non-negative integer literal as unsigned, so both ends are
+    // checked here too (a 0 where lo = 1 once reached a division: found by fuzz/profile).
     const uint64_t u = v.get<uint64_t>();
-    if (u > static_cast<uint64_t>(hi)) fail(key, want + short_dump(v));
+    if (u > static_cast<uint64_t>(hi) || (lo > 0 && u < static_cast<uint64_t>(lo))) {
+      fail(key, want + short_dump(v));
+    }
     return static_cast<int64_t>(u);
   }
   if (!v.is_number_integer()) fail(key, want + short_dump(v));

@@ -374,6 +374,14 @@ TEST_CASE("profile: header problems are refused with the field named", "[profile
   edit_document(path, [](json& d) { d["fingerprint"]["kv_heads"] = 3; });
   refused(path, "profile.fingerprint.kv_heads (3) must divide heads (4)");
   reset();
+  // Below the range as a non-negative literal (nlohmann's unsigned type): once passed the
+  // range check and reached heads % kv_heads (found by fuzz/profile).
+  edit_document(path, [](json& d) { d["fingerprint"]["kv_heads"] = 0; });
+  refused(path, "profile.fingerprint.kv_heads must be an integer in [1, 4], found 0");
+  reset();
+  edit_document(path, [](json& d) { d["keys"]["bits"] = 0; });
+  refused(path, "profile.keys.bits must be an integer in [1, 16], found 0");
+  reset();
   edit_document(path, [](json& d) { d["layers"].erase(0); });
   refused(path, "profile.layers has 2 entries but the fingerprint says 3 layers");
   reset();
