@@ -18,7 +18,7 @@
 // faster, int2 MHA b1 1-2%, b8 4-5% (384-token builds: 5.10-5.44x fp16 from 32K); more blocks
 // per SM (5-6) and a two-tile value loop did not help.
 // Session 6 (h55, notes/s6/results-h55.md, H100 2026-11-23): at G <= 4 the softmax per warp
-// over its own tiles (WS, KVQ_KV_WSM=0 for the block-wide one): llama3-8b int4 10-13% faster
+// over its own tiles (WS, KVQ_KV_WSM=0 for the block-wide one): llama3-8b int4 10-13.5% less time
 // (b8 128K 90% of copy, 3.47x fp16), int2 14-19% (b8 128K 4.28x).
 #include <algorithm>
 #include <cmath>
@@ -284,7 +284,7 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
   // session 6): the softmax per warp over the warp's own key tiles (the value pass walks the
   // same tiles), so no block barrier or block reduction in the softmax step; running sums per
   // lane, merged once at the end (the WS epilogue: each warp's (m, l, sum p z, sum w) and its
-  // accumulators scaled by exp(m_w - M)). 10-20% faster on llama3-8b (warp_softmax() below).
+  // accumulators scaled by exp(m_w - M)). 10-19% less time on llama3-8b (warp_softmax() below).
   constexpr bool WS = (OPT & 64) != 0;
   static_assert(!WS || (KONE && !KCH && NTV == 1), "WS: the per-token one-n-tile builds");
   extern __shared__ __align__(16) float sm[];
@@ -1339,8 +1339,8 @@ int key_ilp() {
 // per stage is the same, and int2 ran no faster than int4 on llama3-8b (so not bytes).
 // Measured (H100, 2026-11-23, archive of 4e446e2 where 1 was opt-in; the same instantiations
 // as now, normalized PTX identical; one process, same caches, kvq-kvbench --ab KVQ_KV_WSM=0,1;
-// notes/s6/results-h55.md): llama3-8b faster in all 12 cells, int4 b1 10-12% (128K 83.6 ->
-// 73.9 us, 57% -> 65% of copy), b8 12-13% (128K 494.1 -> 427.5 us, 78% -> 90%, 3.47x fp16);
+// notes/s6/results-h55.md): llama3-8b less time in all 12 cells, int4 b1 10-12% (128K 83.6 ->
+// 73.9 us, 57% -> 65% of copy), b8 12-13.5% (128K 494.1 -> 427.5 us, 78% -> 90%, 3.47x fp16);
 // int2 b1 14-18% (128K 78.4 -> 64.3 us, 3.06x), b8 18-19% (128K 422.7 -> 347.1 us, 4.28x).
 bool warp_softmax() {
   const char* e = std::getenv("KVQ_KV_WSM");
