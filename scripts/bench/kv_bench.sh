@@ -17,7 +17,9 @@
 # serialization (PDL, the default since h46), =0 replaced by the shared one; KVQ_KV_OPT=0|1|2|3 the A/B
 # builds of its 4-bit G <= 4 kernel; KVQ_KV_ILP=0|2|3 its per-token G = 1 / G <= 4 key pass (default
 # 3: two mma chains per key tile and two tiles per iteration; 0 the builds before, h52 session 6).
-# These four are read per decode call, so KV_AB can compare them in one process (e.g.
+# KVQ_KV_WSM=0: the G <= 4 per-token builds with the block-wide softmax instead of the per-warp one
+# (the default since h55, session 6).
+# These are read per decode call, so KV_AB can compare them in one process (e.g.
 # KV_AB=KVQ_KV_COMBINE=1,pdl or KV_AB=KVQ_KV_ILP=0,3).
 # Env: KV_SKIP_TESTS=1 / KV_SKIP_BENCH=1 skip a step; KV_BENCH_TIMEOUT (s, default 300)
 # or KV_DEADLINE (epoch seconds by which the bench must end);
