@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <string_view>
 
 #include "formats/error.h"
 #include "kernels/kv_decode_kvquant.cuh"
@@ -84,15 +85,34 @@ std::string reason(const Codec& c) {
   return "method " + m + " has no GPU path yet (done: intB axis=token, kivi, kvquant, wkvquant)";
 }
 
-// KVQuant's own decode kernels (kernels/kv_decode_kvquant_fold.cu, _mma.cu, _stream.cu) where
-// kvquant_decode::fits() holds: the default (KVQ_KV_DECODE unset, empty, kvq-fold, kvq-mma or kvq-stream);
-// any other value (general, mma-stream, ...) keeps kv_decode_attention's choice, the general
-// kernel for KVQuant, for A/B runs. Read at every call (one getenv), so that a test can run
-// several kernels in one process.
-bool kvquant_kernel_selected() {
+// KVQuant's own decode kernels, where kvquant_decode::fits() holds (2 or 4 bits, head_dim 128,
+// rotate-half RoPE, G <= 8). KVQ_KV_DECODE picks a build, read at every call (one getenv) so
+// that a test or `kvq-kvbench --ab` can run several builds in one process; any value that names
+// no KVQuant build (general, mma-stream, ...) keeps kv_decode_attention's choice, the general
+// kernel for KVQuant. Why each build exists, measured (H100, 2026-11-23; the notes name the run):
+//  - kvq-fold (kernels/kv_decode_kvquant_fold.cu, h51; the default at G > 1): the codec's affine
+//    maps and RoPE folded into fp16 tables. Faster than kvq-mma in 21 of 24 cells (llama2-7b b1
+//    32K 4 bits 321.1 -> 265.6 us), slower in llama3-8b 4 bits b1 128K / b8 32K by <= 6.6%
+//    (notes/s6/results-h51.md).
+//  - kvq-fold2 (same file, h54; the default at G = 1): the lane's key coefficients in registers,
+//    lane-private 4-bit tables. llama2-7b 1.06-1.32x faster than kvq-fold, llama3-8b 6-13% slower
+//    (notes/s6/results-h54.md). Forced at every G by its value, as kvq-fold is by its own.
+//  - kvq-foldm (same file, h56; opt-in): kvq-fold with tokens as the key pass's mma M and the G
+//    heads as N. 0.99-1.04x of kvq-fold on llama3-8b (notes/s6/results-h56.md).
+//  - kvq-mma (kernels/kv_decode_kvquant_mma.cu, h45) and kvq-stream (_stream.cu, h47): session 5's
+//    builds (notes/s5/results-h45.md, -h47.md), kept for A/B: kvq-stream was faster than kvq-mma
+//    on GQA and has not been timed against the fold builds.
+enum class KvqBuild { kDefault, kFold, kFold2, kFoldM, kMma, kStream, kNone };
+KvqBuild kvquant_build() {
   const char* e = std::getenv("KVQ_KV_DECODE");
-  return !e || !*e || std::strcmp(e, "kvq-fold") == 0 || std::strcmp(e, "kvq-fold2") == 0 ||
-         std::strcmp(e, "kvq-foldm") == 0 || std::strcmp(e, "kvq-mma") == 0 || std::strcmp(e, "kvq-stream") == 0;
+  if (!e || !*e) return KvqBuild::kDefault;
+  const std::string_view v(e);
+  return v == "kvq-fold"   ? KvqBuild::kFold
+         : v == "kvq-fold2"  ? KvqBuild::kFold2
+         : v == "kvq-foldm"  ? KvqBuild::kFoldM
+         : v == "kvq-mma"    ? KvqBuild::kMma
+         : v == "kvq-stream" ? KvqBuild::kStream
+                             : KvqBuild::kNone;
 }
 // Values naming retired kernels are an error rather than a silent alias, so that an A/B run
 // written for them cannot report one kernel twice: KVQ_KV_DECODE=mma|mma3|mma-hoist (version 3
@@ -116,53 +136,6 @@ void reject_retired_decode(const std::string& where) {
     throw InvalidArgument(where, "KVQ_KV_DECODE=kvq-fast: the CUDA-core KVQuant kernel was retired (last in dfabb0b)",
                           "unset KVQ_KV_DECODE (or kvq-fold) for the tensor-core KVQuant kernel, kvq-mma / kvq-stream for its other builds");
 }
-// Which build of KVQuant's kernel: by default at G > 1 and with KVQ_KV_DECODE=kvq-fold the tensor-core
-// build with the codec's affine maps folded into fp16 tables (kernels/kv_decode_kvquant_fold.cu,
-// h51; at G = 1 the default is its kvq-fold2 form, kvquant_fold2_at below). H100, 2026-11-23 (28872d5, notes/s6/results-h51.md, one process --ab kvq-mma,kvq-fold):
-// passed its [kvquant] cases (0.00 of its derived bound) and "kv packed: KVQuant*" (worst 0.93 of
-// that test's fp32-level bound, which has no fp16 key terms: kvq-mma was at 0.71); faster than
-// kvq-mma in 21 of 24 cells (llama2-7b 4 bits 1.05-1.21x, 2 bits 1.21-1.38x, e.g. b1 32K 4 bits
-// 321.1 -> 265.6 us, b8 128K 2 bits 7634.5 -> 6142.5; llama3-8b up to 1.25x), slower in llama3-8b
-// b1 128K 4 bits (443.5 -> 472.7) and b8 32K 4 bits (809.1 -> 831.2), equal at b1 128K 2 bits. KVQ_KV_DECODE=kvq-mma: the
-// tensor-core build of session 5 (kernels/kv_decode_kvquant_mma.cu, H100, 2026-11-23,
-// notes/s5/results-h45.md run 2: faster than the retired CUDA-core kernel in all 16 cells,
-// 1.11-1.49x, llama2-7b b1 32K 4 bits 432.6 -> 323.4 us), kept for the GQA cells above.
-// KVQ_KV_DECODE=kvq-stream: the one-pass online-softmax build (kernels/kv_decode_kvquant_stream.cu,
-// h47). H100, 2026-11-23 (2192aa0, notes/s5/results-h47.md): passed the [kvquant] cases and
-// "kv packed: KVQuant*"; faster than kvq-mma in 10 of 16 cells (GQA all, up to 1.22x; MHA b1 32K
-// 1.12x) but 3-5% slower in the other 6 (MHA b1 128K, b8): opt-in, not the default.
-bool kvquant_stream_selected() {
-  const char* e = std::getenv("KVQ_KV_DECODE");
-  return e && std::strcmp(e, "kvq-stream") == 0;
-}
-bool kvquant_mma_selected() {
-  const char* e = std::getenv("KVQ_KV_DECODE");
-  return e && std::strcmp(e, "kvq-mma") == 0;
-}
-// kvq-fold2 (h54, kernels/kv_decode_kvquant_fold.cu run_fold2): the folded build with the lane's
-// key coefficients in registers (stage anchors in the A rows) and lane-private 4-bit key and value
-// tables; same workspace as kvq-fold. The default at MHA (G = 1), kvq-fold at G > 1; either value
-// forces its build at every G. H100, 2026-11-23 (archive of 8424090, notes/s6/results-h54.md, one
-// process --ab KVQ_KV_DECODE=kvq-fold,kvq-fold2k,kvq-fold2): parity passed (0.00 of the derived
-// bound; "kv packed: KVQuant*" 0.36); llama2-7b 1.14-1.32x faster than kvq-fold at 4 bits (b1 32K
-// 306.9 -> 233.1 us), 1.06-1.10x at 2 bits; llama3-8b (G = 4) 6-13% slower (the A rows hold
-// 2 anchors there, so an A rebuild and 8 offset mma every 2 n-tiles, and 8-36 B of spills).
-// KVQ_KV_DECODE=kvq-foldm (h56, run_foldm): kvq-fold with its key pass transposed (tokens as the
-// mma's M, the G query heads as N: half the key-pass mma) and kvq-fold2's 4-bit value table; opt-in
-// at every G. H100, 2026-11-23 (archive of d9c0223, notes/s6/results-h56.md, one process --ab
-// KVQ_KV_DECODE=kvq-fold,kvq-foldm, llama3-8b): parity passed (0.00 of the derived bound); 2 bits
-// 0.99-1.01x of kvq-fold, 4 bits 1.00-1.04x (b8 128K 3048.5 -> 2942.2 us): not the default.
-bool kvquant_foldm_selected() {
-  const char* e = std::getenv("KVQ_KV_DECODE");
-  return e && std::strcmp(e, "kvq-foldm") == 0;
-}
-bool kvquant_fold2_at(int n_heads, int kv_heads) {
-  const char* e = std::getenv("KVQ_KV_DECODE");
-  if (e && std::strcmp(e, "kvq-fold2") == 0) return true;
-  if (e && std::strcmp(e, "kvq-fold") == 0) return false;
-  return n_heads == kv_heads;
-}
-
 }  // namespace
 
 std::string packed_unsupported_reason(const Codec& codec) { return reason(codec); }
@@ -445,25 +418,20 @@ void PackedKvCache::decode(const void* q_dev, void* out_dev, bool bf16, void* st
   a.scale = 1.0f / std::sqrt(static_cast<float>(I.hd));
   a.inv_freq = I.inv_freq;
   a.rope_interleaved = I.interleaved;
-  if (kvquant_kernel_selected() && kern::kvquant_decode::fits(bf16 ? kern::Act::kBF16 : kern::Act::kF16, I.k.d, I.v.d, a)) {
-    if (kvquant_stream_selected())
-      KVQ_CUDA_CHECK(kern::kvquant_decode::run_stream(I.k.d, I.v.d, a, I.max_len, I.sm_count, I.work.get(),
-                                                      I.work.bytes(), static_cast<cudaStream_t>(stream)));
-    else if (kvquant_mma_selected())
-      KVQ_CUDA_CHECK(kern::kvquant_decode::run_mma(I.k.d, I.v.d, a, I.max_len, I.sm_count, I.work.get(),
-                                                   I.work.bytes(), static_cast<cudaStream_t>(stream)));
-    else if (kvquant_foldm_selected())
-      KVQ_CUDA_CHECK(kern::kvquant_decode::run_foldm(I.k.d, I.v.d, a, I.max_len, I.sm_count, I.work.get(),
-                                                     I.work.bytes(), static_cast<cudaStream_t>(stream)));
-    else if (kvquant_fold2_at(a.n_heads, I.k.d.kv_heads))
-      KVQ_CUDA_CHECK(kern::kvquant_decode::run_fold2(I.k.d, I.v.d, a, I.max_len, I.sm_count, I.work.get(),
-                                                     I.work.bytes(), static_cast<cudaStream_t>(stream)));
-    else
-      KVQ_CUDA_CHECK(kern::kvquant_decode::run_fold(I.k.d, I.v.d, a, I.max_len, I.sm_count, I.work.get(),
-                                                    I.work.bytes(), static_cast<cudaStream_t>(stream)));
+  KvqBuild build = kvquant_build();
+  if (build != KvqBuild::kNone &&
+      kern::kvquant_decode::fits(bf16 ? kern::Act::kBF16 : kern::Act::kF16, I.k.d, I.v.d, a)) {
+    if (build == KvqBuild::kDefault) build = a.n_heads == I.k.d.kv_heads ? KvqBuild::kFold2 : KvqBuild::kFold;
+    const auto run = build == KvqBuild::kStream  ? kern::kvquant_decode::run_stream
+                     : build == KvqBuild::kMma   ? kern::kvquant_decode::run_mma
+                     : build == KvqBuild::kFoldM ? kern::kvquant_decode::run_foldm
+                     : build == KvqBuild::kFold2 ? kern::kvquant_decode::run_fold2
+                                                 : kern::kvquant_decode::run_fold;
+    KVQ_CUDA_CHECK(run(I.k.d, I.v.d, a, I.max_len, I.sm_count, I.work.get(), I.work.bytes(),
+                       static_cast<cudaStream_t>(stream)));
     return;
   }
-  // Benchmark knob (kvq-kvbench, notes/kv-cuda-perf.md; KVQuant: kvquant_kernel_selected above):
+  // Benchmark knob (kvq-kvbench, notes/kv-cuda-perf.md; KVQuant: kvquant_build above):
   // KVQ_KV_DECODE=general|fast|fast-pf|mma-stream forces a decode kernel (mma-stream = the
   // tensor-core kernel, version 4, where it applies: the same as unset); unset = version 4
   // where it applies, else the fast kernel (no prefetch) where it applies, else the general one.
@@ -485,7 +453,7 @@ bool PackedKvCache::decode_uses_kvquant_kernel(bool bf16) const {
   a.n_heads = I.n_heads;
   a.inv_freq = I.inv_freq;
   a.rope_interleaved = I.interleaved;
-  return a.rows > 0 && kvquant_kernel_selected() &&
+  return a.rows > 0 && kvquant_build() != KvqBuild::kNone &&
          kern::kvquant_decode::fits(bf16 ? kern::Act::kBF16 : kern::Act::kF16, I.k.d, I.v.d, a);
 }
 
