@@ -68,18 +68,20 @@ __device__ __forceinline__ void store_empty_split(int G, int D, int64_t head0, i
 // exp(-inf - -inf) = NaN; kernels without masking pass false and pay no compare.
 // `chunk` is only the stride between two heads' score rows (>= cnt): the split-K kernels pass
 // their chunk length, kv_decode_stream.cu's KIVI tail its residual capacity R (n <= R rows).
+// `step` is the stride between two scores of one head: 1 for those head-major rows; KVQuant's
+// three-pass kernels keep token-major scores sc[t * GM + g] and pass chunk = 1, step = GM.
 // The caller synchronizes the block before (sc written) and after (sc, stat read).
 template <int WARPS, bool MASKED>
 __device__ __forceinline__ void chunk_softmax(float* sc, int chunk, int cnt, int G, int warp, int lane,
-                                              float* stat) {
+                                              float* stat, int step = 1) {
   for (int g = warp; g < G; g += WARPS) {
     float m = -INFINITY;
-    for (int i = lane; i < cnt; i += 32) m = fmaxf(m, sc[g * chunk + i]);
+    for (int i = lane; i < cnt; i += 32) m = fmaxf(m, sc[g * chunk + i * step]);
     m = warp_max(m);
     float sum = 0.f;
     for (int i = lane; i < cnt; i += 32) {
-      const float p = (MASKED && m == -INFINITY) ? 0.f : expf(sc[g * chunk + i] - m);
-      sc[g * chunk + i] = p;
+      const float p = (MASKED && m == -INFINITY) ? 0.f : expf(sc[g * chunk + i * step] - m);
+      sc[g * chunk + i * step] = p;
       sum += p;
     }
     sum = warp_sum(sum);

@@ -1,6 +1,5 @@
-// Device pieces shared by KVQuant's two tensor-core decode builds, the three-pass one
-// (kv_decode_kvquant_mma.cu, the default) and the one-pass online-softmax one
-// (kv_decode_kvquant_stream.cu, opt-in): the block shape, the slot order of rotate-half
+// Device pieces shared by KVQuant's tensor-core decode builds (kv_decode_kvquant_fold.cu, the
+// default; kv_decode_kvquant_mma.cu and the one-pass kv_decode_kvquant_stream.cu): the block shape, the slot order of rotate-half
 // pairs, the per-block setup (LUTs, query, per-channel key (half, mid), the (cos, sin)(u f)
 // table), a stage's key-code loads, the query rotated by R(j0)^T into A fragments and the
 // dense key tile on mma. The fragment layouts and the error terms are in the header comment
@@ -155,6 +154,29 @@ __device__ __forceinline__ void key_tile(const uint32_t (&kw)[4], const float2* 
       b[e] = mma_decode::pack_h2(fmaf(ki, cs.x, -kp * cs.y), fmaf(kp, cs.x, ki * cs.y));
     }
     mma_decode::mma16816(acc, qa0[kt], 0u, qa2[kt], 0u, b[0], b[1]);
+  }
+}
+
+// Pass 1b of the three-pass builds: the scores of the chunk's sink tokens (j < n_sink, kept in
+// fp16) recomputed in fp32 over [begin, end), R(j) applied to the key with the angle reduced in
+// double, one warp per (token, head), written over the dense pass's score sc[(j - begin) * GM + g].
+template <int GM>
+__device__ __forceinline__ void sink_scores(const PackedSide& K, const PackedDecodeArgs& a, int64_t sh, int begin,
+                                            int end, int G, const float* qs, float* sc, int warp, int lane) {
+  const int ns_end = min(end, K.n_sink);
+  for (int w = warp; w < (ns_end - begin) * G; w += kW) {
+    const int j = begin + w / G, g = w % G;
+    const uint16_t* row = K.sink + (sh * K.n_sink + j) * kD;
+    float dot = 0.f;
+    for (int i = lane; i < 64; i += 32) {
+      float c, sn;
+      anchor(a.inv_freq[i], j, c, sn);
+      const float x0 = h2f(row[i]), x1 = h2f(row[i + 64]);
+      dot = fmaf(qs[g * kD + i], fmaf(x0, c, -x1 * sn), dot);
+      dot = fmaf(qs[g * kD + i + 64], fmaf(x1, c, x0 * sn), dot);
+    }
+    dot = warp_sum(dot);
+    if (lane == 0) sc[(j - begin) * GM + g] = dot * a.scale;
   }
 }
 

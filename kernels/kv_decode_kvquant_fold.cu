@@ -584,21 +584,7 @@ kvquant_fold_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, i
     __syncthreads();
   }
   {
-    const int ns_end = min(end, K.n_sink);
-    for (int w = warp; w < (ns_end - begin) * G; w += kW) {
-      const int j = begin + w / G, g = w % G;
-      const uint16_t* row = K.sink + (sh * K.n_sink + j) * kD;
-      float dot = 0.f;
-      for (int i = lane; i < 64; i += 32) {
-        float c, sn;
-        anchor(a.inv_freq[i], j, c, sn);
-        const float x0 = h2f(row[i]), x1 = h2f(row[i + 64]);
-        dot = fmaf(qs[g * kD + i], fmaf(x0, c, -x1 * sn), dot);
-        dot = fmaf(qs[g * kD + i + 64], fmaf(x1, c, x0 * sn), dot);
-      }
-      dot = warp_sum(dot);
-      if (lane == 0) sc[(j - begin) * GM + g] = dot * a.scale;
-    }
+    sink_scores<GM>(K, a, sh, begin, end, G, qs, sc, warp, lane);
     if (K.outliers) {
       const uint32_t* kcodes = K.codes + sh * K.max_tokens * K.wpr;
       for (int j = max(begin, K.n_sink) + static_cast<int>(threadIdx.x); j < end; j += kT) {
@@ -639,22 +625,7 @@ kvquant_fold_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, i
     vrec = VP ? stage_csr(V, sh, begin, cnt, vsoff, reinterpret_cast<kvlayout::Outlier*>(vsoff + chunk + 4),
                           kS * 4 * kRec - kPrivWords - (chunk + 4))
               : stage_csr(V, sh, begin, cnt, soff, srec, rcap);
-  for (int g = warp; g < G; g += kW) {
-    float m = -INFINITY;
-    for (int i = lane; i < cnt; i += 32) m = fmaxf(m, sc[i * GM + g]);
-    m = warp_max(m);
-    float sum = 0.f;
-    for (int i = lane; i < cnt; i += 32) {
-      const float pe = expf(sc[i * GM + g] - m);
-      sc[i * GM + g] = pe;
-      sum += pe;
-    }
-    sum = warp_sum(sum);
-    if (lane == 0) {
-      stat[2 * g] = m;
-      stat[2 * g + 1] = sum;
-    }
-  }
+  chunk_softmax<kW, false>(sc, 1, cnt, G, warp, lane, stat, GM);
   __syncthreads();
 
   // ---- Pass 3: P V on the tensor cores, a warp per 16-token k-tile; then corrections ----
