@@ -427,19 +427,6 @@ combine_kernel(const float* part_o, const float* part_ml, T* out, int n_heads, i
   }
 }
 
-bool device_has_pdl() {
-  static const bool hopper = [] {
-    int dev = 0, major = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
-      cudaGetLastError();
-      return false;
-    }
-    return major >= 9;
-  }();
-  return hopper;
-}
-
 // Build variants (warps per block W, pipeline depth NST in tiles per warp). The default is
 // picked per head_dim (default_variant); KVQ_ATTN_DECODE=new-w4s2 etc. forces one (A/B only).
 // head_dim 128: w8s2 (8 warps, 2 tiles each: 139 KB of shared memory, one block per SM),
@@ -568,23 +555,10 @@ cudaError_t launch(const AttentionArgs& a, const Plan& p, float* part_o, float* 
   if (e != cudaSuccess || p.splits == 1) return e;
   T* out = static_cast<T*>(a.out);
   const size_t csmem = static_cast<size_t>(p.splits) * sizeof(float);  // <= kMaxSplits floats: 16 KB
-  if (device_has_pdl()) {
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(a.n_heads, a.rows);
-    cfg.blockDim = dim3(kCT);
-    cfg.dynamicSmemBytes = csmem;
-    cfg.stream = stream;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    const float* po = part_o;
-    const float* pm = part_ml;
-    e = cudaLaunchKernelEx(&cfg, combine_kernel<T>, po, pm, out, a.n_heads, D, p.splits);
-    if (e != cudaSuccess) return e;
-    return launch_status();
-  }
+  if (device_has_pdl())
+    return launch_pdl(combine_kernel<T>, dim3(a.n_heads, a.rows), dim3(kCT), csmem, stream,
+                      static_cast<const float*>(part_o), static_cast<const float*>(part_ml), out, a.n_heads, D,
+                      p.splits);
   combine_kernel<T><<<dim3(a.n_heads, a.rows), kCT, csmem, stream>>>(part_o, part_ml, out, a.n_heads, D, p.splits);
   return launch_status();
 }

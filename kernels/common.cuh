@@ -1,5 +1,5 @@
 // Device-side helpers shared by kvq's kernels (nvcc only): the 16-bit element types behind
-// kern::Act, conversions, warp reductions and the launch-status helper.
+// kern::Act, conversions, warp reductions, the launch-status helper and the PDL launch.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -35,6 +35,43 @@ __device__ __forceinline__ float warp_max(float v) {
 
 // The status of the launch just made (configuration errors show here; faults later).
 inline cudaError_t launch_status() { return cudaGetLastError(); }
+
+// Whether the current device runs programmatic dependent launch (sm_90 and newer; asked once
+// per process). A failed query counts as no and clears its error.
+inline bool device_has_pdl() {
+  static const bool hopper = [] {
+    int dev = 0, major = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
+      cudaGetLastError();
+      return false;
+    }
+    return major >= 9;
+  }();
+  return hopper;
+}
+
+// Launches `kernel` on `stream` with programmatic stream serialization: its blocks may start
+// while the previous kernel of the stream finishes, and must execute griddepcontrol.wait
+// before reading that kernel's output (the split-K combines after the decode kernels, whose
+// blocks execute griddepcontrol.launch_dependents). Only where device_has_pdl(); the
+// arguments must have the kernel's parameter types exactly.
+template <typename... Params, typename... Args>
+cudaError_t launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                       Args... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, args...);
+  return e != cudaSuccess ? e : launch_status();
+}
 
 inline unsigned blocks_for(size_t count, unsigned threads) {
   size_t b = (count + threads - 1) / threads;

@@ -1160,19 +1160,6 @@ CombineMode combine_mode() {
   return CombineMode::kPdl;
 }
 
-bool device_has_pdl() {
-  static const bool hopper = [] {
-    int dev = 0, major = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
-      cudaGetLastError();
-      return false;
-    }
-    return major >= 9;
-  }();
-  return hopper;
-}
-
 cudaError_t combine(const float* part_o, const float* part_ml, void* out, int n_heads, int rows, int splits,
                     cudaStream_t stream, CombineMode mode) {
   if (mode == CombineMode::kShared) {
@@ -1186,22 +1173,9 @@ cudaError_t combine(const float* part_o, const float* part_ml, void* out, int n_
                                                static_cast<int>(smem));
     if (e != cudaSuccess) return e;
   }
-  if (mode == CombineMode::kPdl && device_has_pdl()) {
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(n_heads, rows);
-    cfg.blockDim = dim3(kCT);
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = stream;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    __half* o = static_cast<__half*>(out);
-    const cudaError_t e = cudaLaunchKernelEx(&cfg, stream_combine_kernel, part_o, part_ml, o, n_heads, splits);
-    if (e != cudaSuccess) return e;
-    return launch_status();
-  }
+  if (mode == CombineMode::kPdl && device_has_pdl())
+    return launch_pdl(stream_combine_kernel, dim3(n_heads, rows), dim3(kCT), smem, stream, part_o, part_ml,
+                      static_cast<__half*>(out), n_heads, splits);
   stream_combine_kernel<<<dim3(n_heads, rows), kCT, smem, stream>>>(part_o, part_ml, static_cast<__half*>(out),
                                                                     n_heads, splits);
   return launch_status();
