@@ -4,8 +4,8 @@
 //
 // Measured on the H100 (2026-11-22, notes/cuda-perf.md, scripts/bench/run_attn_bench.sh):
 // 256-263 TFLOP/s at 16K causal for head_dim 128 (fp16 and bf16, MHA and GQA 4:1), 208-214
-// at 4K, 223 for head_dim 64; the wmma kernel it replaces (scripts/bench/
-// attention_prefill_wmma.cu, kept as the microbenchmark's baseline) reached 38-50. The
+// at 4K, 223 for head_dim 64; the wmma kernel it replaces reached 38-50 (its benchmark copy,
+// untimed since e9b1d53, is gone: git show e277aa0:scripts/bench/attention_prefill_wmma.cu). The
 // ceilings on the same GPU: cuBLAS 749 (fp16) / 774 (bf16), a register-only mma.sync loop
 // 622 TFLOP/s; so this kernel is at ~42% of what mma.sync can do. Going further needs
 // wgmma (sm_90a): kernels/attention_prefill_sm90.cu (+34-42%, session 3) and, for
