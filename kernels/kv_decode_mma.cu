@@ -1,5 +1,6 @@
 // Decode attention over packed uniform per-token KV caches (intB axis=token, sym or asym,
-// 2 or 4 bits, head_dim 128) and KIVI caches (G <= 2) with the dot products on the tensor
+// 2 or 4 bits, head_dim 128) and KIVI caches (G <= 2; G <= 4 with 32-channel value groups) with
+// the dot products on the tensor
 // cores (mma.sync m16n8k16, fp16 inputs, fp32 accumulation). This file: the design and error
 // bound below, the pair selection (fits) and run(), which launches the one build, version 4
 // in kv_decode_stream.cu (the chunk staged in shared memory with cp.async, online softmax over

@@ -16,7 +16,8 @@ namespace kvq::kern::mma_decode {
 // keys, head_dim 128, 2 or 4 bits, no sinks, outliers, LUT or smoothing, and either
 // uniform per-token codes (kTokenAsym or kTokenSym) on both sides with channel groups of
 // 16..128, no residual ring, G = heads / kv heads <= 8 with G * (128 / key group) <= 16 and
-// 2 * G * (128 / value group) <= 16; or KIVI with G <= 2 (stream_kivi_fits below).
+// 2 * G * (128 / value group) <= 16; or KIVI with G <= 2, or G <= 4 with 32-channel value
+// groups (stream_kivi_fits below).
 bool fits(Act act, const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a);
 
 // The most splits run() uses for max_len tokens: the workspace and the offset of part_ml.
@@ -29,7 +30,8 @@ cudaError_t run(Act act, const PackedSide& k, const PackedSide& v, const PackedD
                 int max_len, int sm_count, float* part_o, float* part_ml, cudaStream_t stream);
 
 // Version 4's own entry points (kv_decode_stream.cu), called by fits(), max_splits() and run():
-// the KIVI pairs it serves (G <= 2, key groups of 16..256 tokens, one residual length), the
+// the KIVI pairs it serves (G <= 2, or G <= 4 with 32-channel value groups; key groups of
+// 16..256 tokens, one residual length), the
 // most splits it uses (one per 256 tokens + the KIVI tail), and the launch (stream kernel,
 // KIVI tail kernel, split-K combine) into the workspace layout above.
 bool stream_kivi_fits(const PackedSide& k, const PackedSide& v, int G);

@@ -1,5 +1,6 @@
 // Version 4 of the tensor-core decode over packed KV caches (uniform per-token int2/int4, and
-// KIVI at G <= 2; head_dim 128, fp16 activations): the one build where mma_decode::fits()
+// KIVI at G <= 2, or G <= 4 with 32-channel value groups (KG, session 7); head_dim 128, fp16
+// activations): the one build where mma_decode::fits()
 // holds (kv_decode_mma.cu's run() calls stream_run; version 3 was retired after dfabb0b).
 // Measured on the H100 (notes/s4/results-h31.md, notes/kv-cuda-perf.md "Version 4"): int4 MHA
 // at 87-98% of copy bandwidth from 32K at batch 8 and from 64K at batch 1, 3.2-3.8x the fp16
@@ -210,6 +211,14 @@ __device__ __forceinline__ void load_key_rows(const uint32_t* kcb, int tb, int g
 }
 
 __host__ __device__ inline int meta_stage_halves(int mpr, int ks) { return (ks * mpr + 2 + 7) / 8 * 8; }
+// The KIVI GQA build (KG: KIVI at G = 3..4, 32-channel value groups; h61, session 7): its value
+// weights W as 4 value groups x 8 columns (head g: 2g = hi, 2g + 1 = lo) x ks tokens, a column
+// kg_wst halves apart and a group kg_gs apart. The 16-half pads put the 8 columns' 32-byte B
+// loads of a half-warp (lanes gid 0..3, t4 0..3) on distinct banks (plain ks would put all 8
+// on one 32-byte bank range: 8-way conflicts), and the 4 groups' weight stores of one warp
+// (8 lanes per group, 4 bytes each) on distinct banks too.
+__host__ __device__ constexpr int kg_wst(int ks) { return ks + 16; }
+__host__ __device__ constexpr int kg_gs(int ks) { return 8 * kg_wst(ks) + 16; }
 // The key side's: KIVI keys stage the (scale, zero) rows of ks / group token groups.
 __host__ __device__ inline int key_meta_stage_halves(const PackedSide& K, int ks) {
   return K.format == KvFormat::kChannelAsym ? ks / K.group * 2 * kD : meta_stage_halves(K.mpr, ks);
@@ -237,7 +246,10 @@ __host__ __device__ constexpr int stream_min_blocks(int ntk, int ntv, int ks, in
 // 64 accumulators and spill at 128 registers (ptxas), so they take 3 (<= 168).
 // KCH: KIVI keys (kChannelAsym: per-channel (scale, zero) per group of K.group tokens), for
 // the tokens whose key and value are both quantized (j < len - resid_cap); kivi_tail_kernel
-// does the rest. Per key group the B fragments are rebuilt from q' s, q' = q 2^-Eq (|q'| < 1,
+// does the rest. KG (KCH at GM = 4: KIVI at G = 3..4, 32-channel value groups; h61, session 7):
+// the key side is the same (G heads x hi/lo = 8 B columns, one n-tile), the value side one
+// n-tile per value group (G heads x hi/lo) with each m-tile's rows inside one group: see the
+// KG branches (value codes staged permuted, a warp per head for the weights). Per key group the B fragments are rebuilt from q' s, q' = q 2^-Eq (|q'| < 1,
 // so q' s cannot overflow fp16), split into fp16 hi = RN(q' s) (HMUL2) and lo = RN(q' s - hi)
 // (one HFMA2, fused) in two B columns per head; hi + lo = q' s exactly (q' s has <= 22
 // significant bits) unless q' or lo fall below the fp16 normal range (<= 2^-25 each, the
@@ -278,7 +290,14 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
   constexpr int GA = GM;                // head loop bound (G <= GM)
   constexpr int VA = KONE ? 1 : NGVT > 0 ? NGVT : 8;        // value group loop bound
   constexpr int CA = KONE ? GM : NGVT > 0 ? GM * NGVT : 8;  // (head, value group) combination loop bound
-  static_assert(CA <= 8, "rbuf holds 8 combinations");
+  // KG (KIVI at G = 3..4 with 32-channel value groups; h61, session 7): one value n-tile per
+  // value group (G heads x hi/lo = 8 columns), each 16-channel m-tile taking its group's B
+  // fragment; the softmax weights a warp per head. Its 16 (head, value group) combinations
+  // keep their running sums in zsum / wrun of 16 (ZN) instead of 8.
+  constexpr bool KG = KCH && GM == 4;
+  static_assert(!KG || (NGVT == 4 && NTK == 1 && NTV == 1 && KS == kS), "KG: 32-channel value groups, 256-token stages");
+  constexpr int ZN = KG ? 16 : 8;
+  static_assert(CA <= 8 || KG, "rbuf holds 8 combinations");
   constexpr bool KF = FOLD && !KCH;  // folded key codes
   // WS (OPT bit 6; the default at G <= 4, KVQ_KV_WSM=0 for the block-wide softmax; h55,
   // session 6): the softmax per warp over the warp's own key tiles (the value pass walks the
@@ -303,12 +322,13 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
   uint32_t* vc_s = kc_s + 2 * KS * RW;                     // [KS][RW] value codes
   float* sc = reinterpret_cast<float*>(vc_s + KS * RW);    // [G][KS] scores, then p
   float* qsum = sc + G * KS;                               // [16] sum of q per key column
-  float* zsum = qsum + 16;                                 // [8] running sum p z per (g, value group)
-  float* wrun = zsum + 8;                                  // [8] FOLD: running sum of w hi + lo, same
-  float* lrun = zsum + 16;                                 // [8] running sum of p per head
+  float* zsum = qsum + 16;                                 // [ZN] running sum p z per (g, value group)
+  float* wrun = zsum + ZN;                                 // [ZN] FOLD: running sum of w hi + lo, same
+  float* lrun = zsum + 2 * ZN;                             // [8] running sum of p per head
   float* rbuf = lrun + 8;                                  // [kW][40] per-warp partials
-  float* qx = rbuf + kW * 40;                              // KCH: [2][kD] q (fp32)
-  uint16_t* km_s = reinterpret_cast<uint16_t*>(qx + (KCH ? 2 * kD : 0));  // [2][kms] key meta
+  constexpr int QXN = KCH ? (KG ? 4 : 2) * kD : 0;
+  float* qx = rbuf + kW * 40;                              // KCH: [GM <= 2 ? 2 : 4][kD] q (fp32)
+  uint16_t* km_s = reinterpret_cast<uint16_t*>(qx + QXN);  // [2][kms] key meta
   uint16_t* vm_s = km_s + 2 * kms;                               // [2][vms] value meta
   __half* W = reinterpret_cast<__half*>(vm_s + 2 * vms);         // [NCV][KS] value weights hi/lo
 
@@ -358,7 +378,21 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
   };
   auto issue_b = [&](int j) {  // value codes of stage j
     const int n = min(KS, end - begin - j * KS);
-    stage16u<CPT>(vc_s, vcg_t + j * (KS * RW * 4), n * RW / 4);
+    if constexpr (KG) {
+      // Word w = NWQ x' + x of a row (value group x', NWQ = RW / 4 words each) staged at
+      // 4 x + x', so that the lane of the value pass finds its 4 channels of every group in
+      // one 16-byte load (4-byte copies: 4x the copy instructions of stage16u, 32 per thread
+      // at 4 bits against 16 more 4-byte shared loads per tile and lane without it).
+      constexpr int NWQ = RW / 4;
+      const uint32_t* src = vcg + (static_cast<int64_t>(begin) + j * KS) * RW;
+      const uint32_t d = smem_addr(vc_s);
+      for (int i = threadIdx.x; i < n * RW; i += kT) {
+        const int w = i % RW;
+        cp_async4(d + 4 * (i - w + 4 * (w % NWQ) + w / NWQ), src + i);
+      }
+    } else {
+      stage16u<CPT>(vc_s, vcg_t + j * (KS * RW * 4), n * RW / 4);
+    }
   };
   issue_a(0);
   cp_async_commit();
@@ -369,7 +403,7 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
   const uint16_t* q = static_cast<const uint16_t*>(a.q) + head0 * kD;  // [G][kD] fp16 bits
   float* qf = sc;
   for (int i = threadIdx.x; i < G * kD; i += kT) qf[i] = h2f(q[i]);
-  if (threadIdx.x < 16) {
+  if (threadIdx.x < 2 * ZN) {
     zsum[threadIdx.x] = 0.f;
     if (threadIdx.x < 8) lrun[threadIdx.x] = 0.f;
   }
@@ -706,6 +740,66 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
       // 2^E per value group: w 2^E = p s 2^E < 2^15 (p <= 1).
       pwn[grp] = mx > 0.f && isfinite(mx) ? ldexpf(1.f, 14 - ilogbf(mx)) : 1.f;
     }
+    if constexpr (KG) {
+      // ---- KG: a warp per head g; p to sc, then the weights of the head's 4 value groups
+      // (lane: group lane / 8, tokens 2 (lane % 8) + 16 k, two per 4-byte store). Each warp
+      // holds whole sums for its head, so it updates lrun / zsum / wrun itself (no block
+      // reduction: the 16 combinations would take 32 warp reductions per thread here).
+      const int cpad = ntiles * 16;
+      if (warp < G) {
+        const int g = warp;
+        float* scg = sc + g * KS;
+        const float mg = sel8(mnew, g), ag = sel8(alpha, g);
+        float sl = 0.f;
+#pragma unroll
+        for (int k = 0; k < KS / 32; ++k) {
+          const int i = lane + 32 * k;
+          if (i < cnt) {
+            const float p = expf(scg[i] - mg);
+            scg[i] = p;
+            sl += p;
+          }
+        }
+        __syncwarp();
+        const int grp = lane >> 3, u = lane & 7;
+        const float pwc = sel8(pwn, grp);
+        __half* wg = W + grp * kg_gs(KS) + 2 * g * kg_wst(KS);  // hi column; lo kg_wst further
+        float zl = 0.f, wl = 0.f;
+#pragma unroll 4
+        for (int k = 0; k < KS / 16; ++k) {
+          const int i = 2 * u + 16 * k;
+          if (i >= cpad) break;
+          float wv[2] = {0.f, 0.f};
+#pragma unroll
+          for (int e = 0; e < 2; ++e)
+            if (i + e < cnt) {
+              const float p = scg[i + e];
+              const uint32_t m = meta_at(vmb + (i + e) * vmpr + 2 * grp, false);  // KIVI values: asym
+              wv[e] = p * h2f(static_cast<uint16_t>(m & 0xFFFFu)) * pwc;
+              zl = fmaf(p, h2f(static_cast<uint16_t>(m >> 16)), zl);
+            }
+          const __half2 hi = __floats2half2_rn(wv[0], wv[1]);
+          const __half2 lo = __floats2half2_rn(wv[0] - __low2float(hi), wv[1] - __high2float(hi));
+          *reinterpret_cast<__half2*>(wg + i) = hi;
+          *reinterpret_cast<__half2*>(wg + kg_wst(KS) + i) = lo;
+          if (FOLD) wl += (__low2float(hi) + __low2float(lo)) + (__high2float(hi) + __high2float(lo));
+        }
+        sl = warp_sum(sl);
+#pragma unroll
+        for (int o = 1; o < 8; o <<= 1) {
+          zl += __shfl_xor_sync(0xffffffffu, zl, o);
+          wl += __shfl_xor_sync(0xffffffffu, wl, o);
+        }
+        if (lane == 0) lrun[g] = fmaf(lrun[g], ag, sl);
+        if (u == 0) {
+          const int c = g * NGVT + grp;
+          zsum[c] = fmaf(zsum[c], ag, zl);
+          if (FOLD) wrun[c] = fmaf(wrun[c], ag * pow2_ratio(pwc, sel8(pw_run, grp)), wl);
+        }
+      }
+      cp_async_wait<1>();  // stage j's value codes (group B_j) have landed
+      __syncthreads();
+    } else {
     {
       float sl[GA], zl[CA], wl[CA];
 #pragma unroll
@@ -796,10 +890,66 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
       for (int w2 = 0; w2 < kW; ++w2) u += rbuf[w2 * 40 + 32 + c];
       wrun[c] = fmaf(wrun[c], sel8(alpha, g) * pow2_ratio(sel8(pwn, grp), sel8(pw_run, grp)), u);
     }
+    }  // !KG
     }  // !WS
 
     // ---- Values: P V on the tensor cores into the running accumulators. ----
-    {
+    if constexpr (KG) {
+      // Lane (gid, t4) holds channels 32 x' + 4 gid .. + 3 of every value group x' (issue_b's
+      // order: one 16-byte load per token row), as local channels 4 x' .. 4 x' + 3, so m-tiles
+      // 2 x' and 2 x' + 1 lie in group x' and take its B fragment (columns 2 g hi, 2 g + 1 lo).
+      // Rows of m-tile mt: channel 32 (mt / 2) + 4 gid + 2 (mt % 2) (+ 1 for row gid + 8).
+      constexpr int NWQ = RW / 4;               // words of a group per row: 4 (4 bits), 2 (2 bits)
+      const int bsh = gid % (8 / NWQ);          // the lane's half (4 bits) or byte (2 bits) of a word
+      const uint32_t selw = BITS == 4 ? (bsh ? 0x7632u : 0x5410u) : static_cast<uint32_t>(bsh | ((4 + bsh) << 4));
+      float f[4];
+#pragma unroll
+      for (int x = 0; x < 4; ++x) f[x] = t4 < G ? sel8(alpha, t4) * pow2_ratio(pwn[x], pw_run[x]) : 1.f;
+      if (__any_sync(0xffffffffu, f[0] != 1.f || f[1] != 1.f || f[2] != 1.f || f[3] != 1.f))
+#pragma unroll
+        for (int mt = 0; mt < 8; ++mt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc[0][mt][e] *= f[mt >> 1];
+      const uint32_t* vcb = vc_s + 4 * (gid / (8 / NWQ));
+      const __half* wb = W + gid * kg_wst(KS) + 4 * t4;
+      const bool bok = gid < 2 * G;
+      for (int tb = warp; tb < ntiles; tb += kW) {
+        uint32_t w[4][4];  // [token 4 t4 + k][group]
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          const uint4 v = *reinterpret_cast<const uint4*>(vcb + (tb * 16 + 4 * t4 + k) * RW);
+          w[k][0] = v.x; w[k][1] = v.y; w[k][2] = v.z; w[k][3] = v.w;
+        }
+        uint32_t b[4][2];
+#pragma unroll
+        for (int x = 0; x < 4; ++x) {
+          uint2 v = make_uint2(0, 0);
+          if (bok) v = *reinterpret_cast<const uint2*>(wb + x * kg_gs(KS) + tb * 16);
+          b[x][0] = v.x; b[x][1] = v.y;
+        }
+        uint32_t p01[16], p23[16];
+        if constexpr (BITS == 4) {
+#pragma unroll
+          for (int x = 0; x < 4; ++x) {
+            word_pairs<4, FOLD>(__byte_perm(w[0][x], w[1][x], selw), &p01[4 * x]);
+            word_pairs<4, FOLD>(__byte_perm(w[2][x], w[3][x], selw), &p23[4 * x]);
+          }
+        } else {
+#pragma unroll
+          for (int hh = 0; hh < 2; ++hh) {  // groups 2 hh, 2 hh + 1: the lane's byte of each
+            uint32_t uu[4];
+#pragma unroll
+            for (int k = 0; k < 4; ++k) uu[k] = __byte_perm(w[k][2 * hh], w[k][2 * hh + 1], selw);
+            word_pairs<2, FOLD>(__byte_perm(uu[0], uu[1], 0x5410u), &p01[8 * hh]);
+            word_pairs<2, FOLD>(__byte_perm(uu[2], uu[3], 0x5410u), &p23[8 * hh]);
+          }
+        }
+#pragma unroll
+        for (int mt = 0; mt < 8; ++mt)
+          mma16816(acc[0][mt], p01[2 * mt], p01[2 * mt + 1], p23[2 * mt], p23[2 * mt + 1], b[mt >> 1][0],
+                   b[mt >> 1][1]);
+      }
+    } else {
 #pragma unroll
       for (int nt = 0; nt < NTV; ++nt) {
         const int k = nt * 4 + t4;
@@ -942,6 +1092,16 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
       part_ml[((head0 + g) * splits + s) * 2 + 1] = l;
     }
   } else {
+  if constexpr (KG) {  // rows: channel 32 (mt / 2) + 4 gid + 2 (mt % 2) + rr; columns hi, lo of head t4
+    if (t4 < G)
+#pragma unroll
+      for (int mt = 0; mt < 8; ++mt)
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) {
+          const int ch = 32 * (mt >> 1) + 4 * gid + 2 * (mt & 1) + rr;
+          red[(warp * G + t4) * kD + ch] = (acc[0][mt][2 * rr] + acc[0][mt][2 * rr + 1]) * (1.f / pw_run[mt >> 1]);
+        }
+  } else {
 #pragma unroll
   for (int nt = 0; nt < NTV; ++nt) {
     const int k = nt * 4 + t4;
@@ -957,6 +1117,7 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
         }
     }
   }
+  }  // !KG
   if (FOLD && threadIdx.x >= 32 && threadIdx.x < 32 + G * NGV) {  // wrun's writers: 2^-E as the partials
     const int c = threadIdx.x - 32;
     wrun[c] *= 1.f / sel8(pw_run, KONE ? 0 : c % NGV);  // a power of two: exact
@@ -981,9 +1142,11 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
 size_t stream_smem_bytes(int bits, int G, const PackedSide& k, int vmpr, int ncv, int ks) {
   const size_t rw = 4 * static_cast<size_t>(bits);
   const bool kch = k.format == KvFormat::kChannelAsym;
-  return 3 * ks * rw * 4 + static_cast<size_t>(G) * ks * 4 + (16 + 16 + 8 + kW * 40 + (kch ? 2 * kD : 0)) * 4 +
+  const bool kg = kch && G > 2;  // stream_kernel's KG: zsum / wrun of 16, W as 4 x kg_gs halves
+  return 3 * ks * rw * 4 + static_cast<size_t>(G) * ks * 4 +
+         (16 + (kg ? 32 : 16) + 8 + kW * 40 + (kch ? (kg ? 4 : 2) * kD : 0)) * 4 +
          2 * static_cast<size_t>(key_meta_stage_halves(k, ks) + meta_stage_halves(vmpr, ks)) * 2 +
-         static_cast<size_t>(ncv) * ks * 2;
+         (kg ? 4 * static_cast<size_t>(kg_gs(ks)) : static_cast<size_t>(ncv) * ks) * 2;
 }
 
 // KIVI tail: tokens [len - R, len) of a row (R = resid_cap), whose values sit in the fp16
@@ -992,7 +1155,8 @@ size_t stream_smem_bytes(int bits, int G, const PackedSide& k, int vmpr, int ncv
 // a 32K context). One block per (kv head, row); writes split s_tail of the partials. Keys
 // dequantized by the reference formula fma(c, s, z) (kv_layout.h), dot products and P V in
 // fp32 as in the CUDA-core kernels.
-template <int BITS>
+// GT >= G: the heads a thread's dot products cover (2 for the G <= 2 builds, 4 for KG).
+template <int BITS, int GT>
 __global__ void __launch_bounds__(kT) kivi_tail_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int splits,
                                                        int s_tail, float* part_o, float* part_ml) {
   extern __shared__ __align__(16) float tsm[];
@@ -1012,10 +1176,12 @@ __global__ void __launch_bounds__(kT) kivi_tail_kernel(PackedSide K, PackedSide 
   // One token per thread (n <= R tokens): the first version gave a warp per token with a
   // warp reduction after each token's loads, so a warp walked its 32 tokens one load
   // latency at a time (KIVI llama2-7b b1 4K: 61 us against 27 us for int4, H100 2026-11-22).
-  // Here a thread's loads are independent of its sums. G <= 2 (kivi_fits).
+  // Here a thread's loads are independent of its sums. G <= GT (kivi_fits: G <= 4).
   for (int t = threadIdx.x; t < n; t += kT) {
     const int j = v0 + t;
-    float dot0 = 0.f, dot1 = 0.f;
+    float dot[GT];
+#pragma unroll
+    for (int g = 0; g < GT; ++g) dot[g] = 0.f;
     if (j >= kq) {
       const uint16_t* kr = K.resid + (sh * cap + j % cap) * kD;
 #pragma unroll 4
@@ -1025,8 +1191,10 @@ __global__ void __launch_bounds__(kT) kivi_tail_kernel(PackedSide K, PackedSide 
 #pragma unroll
         for (int e = 0; e < 8; ++e) {
           const float kv = h2f(static_cast<uint16_t>(wv[e >> 1] >> (16 * (e & 1))));
-          dot0 = fmaf(qs[d + e], kv, dot0);
-          if (G > 1) dot1 = fmaf(qs[kD + d + e], kv, dot1);
+          dot[0] = fmaf(qs[d + e], kv, dot[0]);
+#pragma unroll
+          for (int g = 1; g < GT; ++g)
+            if (G > g) dot[g] = fmaf(qs[g * kD + d + e], kv, dot[g]);
         }
       }
     } else {
@@ -1040,13 +1208,17 @@ __global__ void __launch_bounds__(kT) kivi_tail_kernel(PackedSide K, PackedSide 
           const int d = wi * (32 / BITS) + e;  // code d of the row (kv_layout.h bit stream)
           const uint32_t c = (word >> (BITS * e)) & ((1u << BITS) - 1u);
           const float kv = kvlayout::dequantize_asym(c, h2f(cm[2 * d]), h2f(cm[2 * d + 1]));
-          dot0 = fmaf(qs[d], kv, dot0);
-          if (G > 1) dot1 = fmaf(qs[kD + d], kv, dot1);
+          dot[0] = fmaf(qs[d], kv, dot[0]);
+#pragma unroll
+          for (int g = 1; g < GT; ++g)
+            if (G > g) dot[g] = fmaf(qs[g * kD + d], kv, dot[g]);
         }
       }
     }
-    ps[t] = dot0 * a.scale;
-    if (G > 1) ps[cap + t] = dot1 * a.scale;
+    ps[t] = dot[0] * a.scale;
+#pragma unroll
+    for (int g = 1; g < GT; ++g)
+      if (G > g) ps[g * cap + t] = dot[g] * a.scale;
   }
   __syncthreads();
   chunk_softmax<kW, false>(ps, cap, n, G, warp, lane, st);
@@ -1253,7 +1425,8 @@ cudaError_t launch_stream(const PackedSide& k, const PackedSide& v, const Packed
   if ((e = launch_status()) != cudaSuccess) return e;
   if constexpr (KCH) {
     const size_t tsmem = (static_cast<size_t>(G) * (kD + k.resid_cap) + 2 * G) * sizeof(float);
-    kivi_tail_kernel<BITS><<<dim3(k.kv_heads, a.rows), kT, tsmem, stream>>>(k, v, a, total, splits, part_o, part_ml);
+    kivi_tail_kernel<BITS, (GM > 2 ? 4 : 2)><<<dim3(k.kv_heads, a.rows), kT, tsmem, stream>>>(k, v, a, total, splits,
+                                                                                          part_o, part_ml);
     if ((e = launch_status()) != cudaSuccess) return e;
   }
   return combine(part_o, part_ml, a.out, a.n_heads, a.rows, total, stream, combine_mode());
@@ -1403,7 +1576,9 @@ cudaError_t dispatch_stream(const PackedSide& k, const PackedSide& v, const Pack
                             int sm_count, float* o, float* ml, cudaStream_t stream) {
   const int G = a.n_heads / k.kv_heads;
   const int ntk = (G * (kD / k.group) + 7) / 8, ntv = (2 * G * (kD / v.group) + 7) / 8;
-  if (k.format == KvFormat::kChannelAsym) {  // KIVI (kivi_fits: G <= 2, 2 G * 128/value group <= 16)
+  if (k.format == KvFormat::kChannelAsym) {  // KIVI (kivi_fits: G <= 2 with 2 G * 128/value group <= 16, or KG)
+    // KG (h61, session 7): G = 3..4, 32-channel value groups, a value n-tile per group.
+    if (v.group == 32 && G > 2) return launch_stream<BITS, 1, 1, false, 4, true, 4>(k, v, a, max_len, sm_count, o, ml, stream);
     if (v.group == 32 && G == 1) return launch_stream<BITS, 1, 1, false, 1, true, 4>(k, v, a, max_len, sm_count, o, ml, stream);
     if (v.group == 32) return launch_stream<BITS, 1, 2, false, 2, true, 4>(k, v, a, max_len, sm_count, o, ml, stream);
     if (G == 1 && ntv == 1) return launch_stream<BITS, 1, 1, false, 1, true>(k, v, a, max_len, sm_count, o, ml, stream);
@@ -1430,9 +1605,18 @@ cudaError_t dispatch_stream(const PackedSide& k, const PackedSide& v, const Pack
   return launch_stream<BITS, 2, 2, false, 8, false, 0, false>(k, v, a, max_len, sm_count, o, ml, stream);
 }
 
+// KVQ_KV_KIVI (read per call; h61, session 7): unset or anything but "0", KIVI at G = 3..4 with
+// 32-channel value groups runs on stream_kernel's KG build; 0: those pairs are not served here
+// (kv_decode_attention falls back to the CUDA-core kernels, the only path before).
+bool kivi_gqa_on() {
+  const char* e = std::getenv("KVQ_KV_KIVI");
+  return e == nullptr || std::strcmp(e, "0") != 0;
+}
+
 // KIVI (version 4 only): per-channel keys in token groups of 16..256 dividing the stage,
 // per-token values, one residual length R on both sides; G <= 2 (the value side's
-// 2 G * 128/value group B columns: KIVI's default 32-channel value groups give 8 G <= 16).
+// 2 G * 128/value group B columns: KIVI's default 32-channel value groups give 8 G <= 16), or
+// G = 3..4 with 32-channel value groups (the KG build: one n-tile per value group).
 bool kivi_fits(const PackedSide& k, const PackedSide& v, int G) {
   if (k.format != KvFormat::kChannelAsym || v.format != KvFormat::kTokenAsym) return false;
   if (k.n_sink > 0 || k.outliers || k.inv_s || k.lut || v.n_sink > 0 || v.outliers || v.inv_s || v.lut) return false;
@@ -1440,7 +1624,10 @@ bool kivi_fits(const PackedSide& k, const PackedSide& v, int G) {
   if (k.group < 16 || k.group % 16 != 0 || kS % k.group != 0) return false;
   if (k.resid_cap <= 0 || k.resid_cap > 4096 || k.resid_cap % k.group != 0 || v.resid_cap != k.resid_cap) return false;
   if (v.group < 16 || v.group > kD || kD % v.group != 0) return false;
-  return G <= 2 && 2 * G * (kD / v.group) <= kMaxCols;
+  if (G <= 2) return 2 * G * (kD / v.group) <= kMaxCols;
+  // KG (stream_kernel): G = 3..4 with KIVI's 32-channel value groups, unless KVQ_KV_KIVI=0
+  // (read per call: the CUDA-core kernels there, as before session 7, for A/Bs in one process).
+  return G <= 4 && v.group == 32 && kivi_gqa_on();
 }
 
 }  // namespace

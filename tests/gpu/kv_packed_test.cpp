@@ -148,11 +148,15 @@ double attention_tolerance_factored(double ref, double delta, int L, double vmax
 // the others keep attention_tolerance().
 // KIVI pairs the tensor-core kernel's version 4 serves (kivi_fits in kernels/kv_decode_stream.cu):
 // head_dim 128, 2 or 4 bits, key groups of 16..256 tokens dividing 256, residual a multiple
-// of the group (<= 4096), G <= 2 and 2 G * 128 / value group <= 16 (value group = min(group,
-// head_dim)). Its keys go through q' = q 2^-Eq (|q'| < 1, Eq <= ilogb(max|q|) + 1) and
+// of the group (<= 4096), and G <= 2 with 2 G * 128 / value group <= 16 (value group = min(group,
+// head_dim)) or G = 3..4 with 32-channel value groups (the KG build, unless KVQ_KV_KIVI=0). Its keys go through q' = q 2^-Eq (|q'| < 1, Eq <= ilogb(max|q|) + 1) and
 // fp16 hi/lo of q' s: exact except where q' or lo are fp16 subnormals (<= 2^-25 each), so a
 // score may err by a further scale * hd * (2^b - 1) * 2^Eq * 2^-25 * (1 + s), bounded with
 // 2^Eq <= 2 max|q| and (2^b - 1) s <= range <= Zb by scale * hd * 2^-24 * max|q| * ((2^b - 1) + Zb).
+bool kivi_gqa_on() {  // KVQ_KV_KIVI (kivi_gqa_on in kernels/kv_decode_stream.cu)
+  const char* e = std::getenv("KVQ_KV_KIVI");
+  return e == nullptr || std::string(e) != "0";
+}
 bool kivi_tensor_core(const codecs::Codec& k, const codecs::Codec& v, const Shape& s) {
   if (s.hd != 128 || k.method() != "kivi" || v.method() != "kivi") return false;
   const codecs::CodecParams p = k.params();
@@ -160,7 +164,8 @@ bool kivi_tensor_core(const codecs::Codec& k, const codecs::Codec& v, const Shap
   const int resid = static_cast<int>(p.number("residual", 0));
   const int vgroup = std::min(group, s.hd), G = s.n_heads / s.H;
   return (bits == 2 || bits == 4) && group >= 16 && group % 16 == 0 && 256 % group == 0 && resid > 0 &&
-         resid <= 4096 && resid % group == 0 && s.hd % vgroup == 0 && G <= 2 && 2 * G * (s.hd / vgroup) <= 16;
+         resid <= 4096 && resid % group == 0 && s.hd % vgroup == 0 &&
+         ((G <= 2 && 2 * G * (s.hd / vgroup) <= 16) || (G <= 4 && vgroup == 32 && kivi_gqa_on()));
 }
 
 bool tensor_core_decode(const codecs::Codec& k, const codecs::Codec& v, const Shape& s) {
@@ -396,7 +401,7 @@ TEST_CASE("kv packed: tensor-core decode (int2/int4 per token, head_dim 128) == 
 // ones in the same batch (their blocks past the end write empty partials). With 8 kv heads x
 // 4 rows a device of <= 132 SMs gets several 256-token stages per block (the plan minimises
 // waves x tokens per block: on the H100, 4 blocks per SM, 14 splits of 3 stages); MHA and
-// G = 4 (KIVI: G = 2), 4 and 2 bits, int-b and KIVI. (40,003 tokens, 10 stages per block,
+// G = 4 (KIVI: G = 2 and 4), 4 and 2 bits, int-b and KIVI. (40,003 tokens, 10 stages per block,
 // passed at d52849a but took 105 s of the [kv] suite's 110, mostly the CPU reference.)
 TEST_CASE("kv packed: tensor-core decode over long contexts (several stages per block) == simulated",
           "[gpu][kv]") {
@@ -404,13 +409,17 @@ TEST_CASE("kv packed: tensor-core decode over long contexts (several stages per 
   lc.on = true;
   lc.pieces = {{4000, 1, 2, 6000}, {129}, {7, 1, 1, 1}};
   const uint64_t seed = kvq_test::test_seed(912);
-  for (const char* spec : {"int4", "int2", "kivi:bits=4", "kivi:bits=2"})
-    for (const Shape& s : {Shape{8, 8, 128}, std::string(spec).rfind("kivi", 0) == 0 ? Shape{8, 16, 128} : Shape{8, 32, 128}}) {
+  for (const char* spec : {"int4", "int2", "kivi:bits=4", "kivi:bits=2"}) {
+    const bool kivi = std::string(spec).rfind("kivi", 0) == 0;
+    const std::vector<Shape> shapes = kivi ? std::vector<Shape>{Shape{8, 8, 128}, Shape{8, 16, 128}, Shape{8, 32, 128}}
+                                           : std::vector<Shape>{Shape{8, 8, 128}, Shape{8, 32, 128}};
+    for (const Shape& s : shapes) {
       const Result r = run_case(spec, spec, s, seed, nullptr, nullptr, lc);
       std::printf("kv packed long %s, kv_heads %d, heads %d: bytes equal; decode max err %.3g (%.3f of "
                   "tolerance), seed %llu\n",
                   spec, s.H, s.n_heads, r.worst_err, r.worst_ratio, static_cast<unsigned long long>(seed));
     }
+  }
 }
 
 // Stage lengths of the 2-bit per-token builds (KVQ_KV_STAGE=256|384|512, read by the decode
@@ -599,6 +608,26 @@ TEST_CASE("kv packed: KIVI on the tensor cores (G <= 2, head_dim 128) == simulat
   // group 16: value groups of 16 channels, so G = 1 takes two value n-tiles and G = 2 falls
   // back to the CUDA-core kernel (2 G * 8 > 16).
   run_all("kivi:bits=4,group=16,residual=32", "kivi:bits=4,group=16,residual=32", 917, nullptr, nullptr, shapes);
+}
+
+// KIVI on GQA (G = 3 and 4, KIVI's 32-channel value groups): the KG build of the tensor-core
+// kernel (a value n-tile per value group, each 16-channel m-tile taking its group's B fragment;
+// the value codes staged with the words of a row permuted), its tail kernel at G = 4, on the
+// same derived bound as the G <= 2 builds (the arithmetic's terms are the same: keys through
+// q' s hi/lo per key group, values through p s 2^E hi/lo per value group). Lengths 300 / 129 /
+// 10 with R = 128 (a partial stage, one streamed token, all tail) and R = 64 (quantized tokens
+// past the last whole key group in the tail); G = 4 with one kv head too. KVQ_KV_KIVI=0 sends
+// the same pairs to the CUDA-core kernels (the path before), on their own bound.
+TEST_CASE("kv packed: KIVI on the tensor cores at G = 3, 4 (32-channel value groups) == simulated", "[gpu][kv]") {
+  const std::vector<Shape> shapes = {Shape{2, 6, 128}, Shape{2, 8, 128}, Shape{1, 4, 128}};  // G = 3, 4, 4
+  run_all("kivi:bits=4", "kivi:bits=4", 931, nullptr, nullptr, shapes);
+  run_all("kivi:bits=2", "kivi:bits=2", 932, nullptr, nullptr, shapes);
+  run_all("kivi:bits=2,group=32,residual=64", "kivi:bits=2,group=32,residual=64", 933, nullptr, nullptr, shapes);
+  run_all("kivi:bits=4,group=32,residual=64", "kivi:bits=4,group=32,residual=64", 934, nullptr, nullptr, shapes);
+  {
+    const EnvGuard env("KVQ_KV_KIVI", "0");
+    run_all("kivi:bits=4", "kivi:bits=4", 935, nullptr, nullptr, {Shape{2, 8, 128}});
+  }
 }
 
 TEST_CASE("kv packed: KIVI channel-grouped keys + fp16 residual, per-token values", "[gpu][kv]") {
