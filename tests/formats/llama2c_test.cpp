@@ -52,6 +52,13 @@ std::string synthetic(const fs::path& path, const int32_t header[7], int64_t flo
   return path.string();
 }
 
+// Opening a file with this header (and 10 floats) must throw E naming the file and `problem`.
+template <class E>
+void header_refused(const fs::path& dir, const char* name, const int32_t (&header)[7], const std::string& problem) {
+  const std::string path = synthetic(dir / name, header, 10);
+  kvq_test::expect_file_error<E>(path, problem, [&] { Llama2cReader r(path); });
+}
+
 }  // namespace
 
 TEST_CASE("llama2c: stories260K header and config", "[llama2c]") {
@@ -216,34 +223,22 @@ TEST_CASE("llama2c: bad headers", "[llama2c][bad]") {
     CHECK_THAT(std::string(e.what()), HasSubstr("shorter than the 28-byte llama2.c header"));
   }
   SECTION("zero heads") {
-    const int32_t h[7] = {64, 172, 5, 0, 4, 512, 512};
-    const auto p = synthetic(dir / "heads.bin", h, 10);
-    const auto e = expect_error<FormatError>([&] { Llama2cReader r(p); });
-    CHECK_THAT(std::string(e.what()), HasSubstr(p + ": offset 12: llama2.c header: n_heads is 0"));
+    header_refused<FormatError>(dir, "heads.bin", {64, 172, 5, 0, 4, 512, 512},
+                                "heads.bin: offset 12: llama2.c header: n_heads is 0");
   }
   SECTION("heads do not divide dim") {
-    const int32_t h[7] = {64, 172, 5, 7, 7, 512, 512};
-    const auto p = synthetic(dir / "div.bin", h, 10);
-    const auto e = expect_error<FormatError>([&] { Llama2cReader r(p); });
-    CHECK_THAT(std::string(e.what()), HasSubstr("dim 64 is not a multiple of n_heads 7"));
+    header_refused<FormatError>(dir, "div.bin", {64, 172, 5, 7, 7, 512, 512}, "dim 64 is not a multiple of n_heads 7");
   }
   SECTION("kv heads do not divide heads") {
-    const int32_t h[7] = {64, 172, 5, 8, 3, 512, 512};
-    const auto p = synthetic(dir / "kv.bin", h, 10);
-    const auto e = expect_error<FormatError>([&] { Llama2cReader r(p); });
-    CHECK_THAT(std::string(e.what()), HasSubstr("n_heads 8 is not a multiple of n_kv_heads 3"));
+    header_refused<FormatError>(dir, "kv.bin", {64, 172, 5, 8, 3, 512, 512},
+                                "n_heads 8 is not a multiple of n_kv_heads 3");
   }
   SECTION("huge sizes do not overflow") {
-    const int32_t h[7] = {INT32_MAX - 1, INT32_MAX, INT32_MAX, 1, 1, INT32_MAX, INT32_MAX};
-    const auto p = synthetic(dir / "huge.bin", h, 10);
-    const auto e = expect_error<FormatError>([&] { Llama2cReader r(p); });
-    CHECK_THAT(std::string(e.what()), HasSubstr("more than 2^63 bytes"));
+    header_refused<FormatError>(dir, "huge.bin", {INT32_MAX - 1, INT32_MAX, INT32_MAX, 1, 1, INT32_MAX, INT32_MAX},
+                                "more than 2^63 bytes");
   }
   SECTION("newer export version") {
-    const int32_t h[7] = {0x616b3432, 1, 0, 0, 0, 0, 0};
-    const auto p = synthetic(dir / "v1.bin", h, 10);
-    const auto e = expect_error<UnsupportedError>([&] { Llama2cReader r(p); });
-    CHECK_THAT(std::string(e.what()), HasSubstr("export version 1"));
+    header_refused<UnsupportedError>(dir, "v1.bin", {0x616b3432, 1, 0, 0, 0, 0, 0}, "export version 1");
   }
   SECTION("missing file") {
     const auto e = expect_error<IoError>([&] { Llama2cReader r((dir / "absent.bin").string()); });
