@@ -195,6 +195,34 @@ TEST_CASE("CRR window gradient (POQ attention, MLP, norms) matches finite differ
   CHECK(checked >= 40);
 }
 
+namespace {
+
+// The CRR losses of every bit width of `r` over `blocks` windows (printed, labelled with
+// `model`): never above the start (a window whose training ends higher keeps its starting
+// parameters), strictly lower in at least `min_lower` windows and in total, and the fitted
+// start of window 0 below the identity parameters.
+void check_losses_fall(const char* model, const CrrResult& r, size_t blocks, int min_lower) {
+  for (const CrrBitsResult& b : r.per_bits) {
+    REQUIRE(b.loss_before.size() == blocks);
+    int lower = 0;
+    double sb = 0, sa = 0;
+    for (size_t i = 0; i < blocks; ++i) {
+      std::printf("%s crr b%d block %zu: %.6g -> %.6g\n", model, b.bits, i, b.loss_before[i], b.loss_after[i]);
+      CHECK(b.loss_after[i] <= b.loss_before[i]);
+      lower += b.loss_after[i] < b.loss_before[i];
+      sb += b.loss_before[i];
+      sa += b.loss_after[i];
+    }
+    CHECK(lower >= min_lower);
+    CHECK(sa < sb);
+    CHECK(b.loss_init < b.loss_identity);
+    std::printf("%s crr b%d window 0: identity %.6g, init %.6g (%.1f s)\n", model, b.bits, b.loss_identity,
+                b.loss_init, r.seconds);
+  }
+}
+
+}  // namespace
+
 TEST_CASE("CRR loss decreases on stories260K, deterministically", "[crr]") {
   auto model = load_model(stories());
   const CpuGradient<float> g(model);
@@ -210,24 +238,7 @@ TEST_CASE("CRR loss decreases on stories260K, deterministically", "[crr]") {
   REQUIRE(a.per_bits.size() == 2);
   CHECK(a.per_bits[0].bits == 2);
   CHECK(a.window == 3);
-  for (const CrrBitsResult& b : a.per_bits) {
-    REQUIRE(b.loss_before.size() == 5);
-    // Never above the start (a window whose training ends higher keeps its starting
-    // parameters); strictly lower in most windows and in total.
-    int lower = 0;
-    double sb = 0, sa = 0;
-    for (size_t i = 0; i < 5; ++i) {
-      std::printf("stories260K crr b%d block %zu: %.6g -> %.6g\n", b.bits, i, b.loss_before[i], b.loss_after[i]);
-      CHECK(b.loss_after[i] <= b.loss_before[i]);
-      lower += b.loss_after[i] < b.loss_before[i];
-      sb += b.loss_before[i];
-      sa += b.loss_after[i];
-    }
-    CHECK(lower >= 3);
-    CHECK(sa < sb);
-    CHECK(b.loss_init < b.loss_identity);
-    std::printf("stories260K crr b%d window 0: identity %.6g, init %.6g\n", b.bits, b.loss_identity, b.loss_init);
-  }
+  check_losses_fall("stories260K", a, 5, 3);
   const CrrResult b = run_crr(g, seqs, o);
   for (size_t i = 0; i < 2; ++i) {
     CHECK(a.per_bits[i].loss_after == b.per_bits[i].loss_after);
@@ -255,21 +266,5 @@ TEST_CASE("CRR loss decreases on the testbed at 2 and 3 bits", "[crr]") {
   o.bits = {2, 3};
   const CrrResult res = run_crr(g, seqs, o);
   CHECK(res.window == 5);
-  for (const CrrBitsResult& b : res.per_bits) {
-    REQUIRE(b.loss_before.size() == 6);
-    int lower = 0;
-    double sb = 0, sa = 0;
-    for (size_t i = 0; i < 6; ++i) {
-      std::printf("testbed crr b%d block %zu: %.6g -> %.6g\n", b.bits, i, b.loss_before[i], b.loss_after[i]);
-      CHECK(b.loss_after[i] <= b.loss_before[i]);
-      lower += b.loss_after[i] < b.loss_before[i];
-      sb += b.loss_before[i];
-      sa += b.loss_after[i];
-    }
-    CHECK(lower >= 4);
-    CHECK(sa < sb);
-    CHECK(b.loss_init < b.loss_identity);
-    std::printf("testbed crr b%d window 0: identity %.6g, init %.6g (%.1f s)\n", b.bits, b.loss_identity, b.loss_init,
-                res.seconds);
-  }
+  check_losses_fall("testbed", res, 6, 4);
 }
