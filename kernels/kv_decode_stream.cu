@@ -211,14 +211,17 @@ __device__ __forceinline__ void load_key_rows(const uint32_t* kcb, int tb, int g
 }
 
 __host__ __device__ inline int meta_stage_halves(int mpr, int ks) { return (ks * mpr + 2 + 7) / 8 * 8; }
-// The KIVI GQA build (KG: KIVI at G = 3..4, 32-channel value groups; h61, session 7): its value
-// weights W as 4 value groups x 8 columns (head g: 2g = hi, 2g + 1 = lo) x ks tokens, a column
-// kg_wst halves apart and a group kg_gs apart. The 16-half pads put the 8 columns' 32-byte B
-// loads of a half-warp (lanes gid 0..3, t4 0..3) on distinct banks (plain ks would put all 8
-// on one 32-byte bank range: 8-way conflicts), and the 4 groups' weight stores of one warp
-// (8 lanes per group, 4 bytes each) on distinct banks too.
-__host__ __device__ constexpr int kg_wst(int ks) { return ks + 16; }
-__host__ __device__ constexpr int kg_gs(int ks) { return 8 * kg_wst(ks) + 16; }
+// The KIVI GQA build (KG: KIVI at G = 3..4, 32-channel value groups; h61, session 7): where the
+// value weight of token t in column col (head g: 2g = hi, 2g + 1 = lo) of value group grp sits,
+// 4 x 8 columns of KS halves (16 KB at 256 tokens: at 4 bits the stage's key-code buffer, dead
+// after the key pass, so 3 blocks fit an SM instead of 2). Tokens XOR-swizzled in 16-token
+// blocks by (col & 3) ^ grp: the B loads of a half-warp (columns gid 0..3, 8 bytes per t4) and
+// a warp's weight stores (4 groups x 8 lanes x 4 bytes) fall on distinct banks (unswizzled, all
+// 8 columns of a load and all 4 groups of a store share one 32-byte bank range).
+template <int KS>
+__device__ __forceinline__ int kg_w(int grp, int col, int t) {
+  return (grp * 8 + col) * KS + (t ^ (16 * ((col & 3) ^ grp)));
+}
 // The key side's: KIVI keys stage the (scale, zero) rows of ks / group token groups.
 __host__ __device__ inline int key_meta_stage_halves(const PackedSide& K, int ks) {
   return K.format == KvFormat::kChannelAsym ? ks / K.group * 2 * kD : meta_stage_halves(K.mpr, ks);
@@ -525,6 +528,19 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
             bk[0][kk][h] = part ? h2_bits(__hfma2(qq, sp, __hneg2(hi))) : h2_bits(hi);
           }
         float zq[GA];  // sum_d q_d z_d of the group, per head
+        float zmine;
+        if constexpr (KG) {  // the 4 sums in one butterfly (6 shuffles instead of 20), then head t4's
+#pragma unroll
+          for (int g = 0; g < GA; ++g) {
+            float z = 0.f;
+            if (g < G)
+#pragma unroll
+              for (int e = 0; e < 4; ++e) z = fmaf(qx[g * kD + 4 * lane + e], h2f(cmb[2 * (4 * lane + e) + 1]), z);
+            zq[g] = z;
+          }
+          const float zt = warp_reduce_many<GA, false>(zq, lane);  // value warp_reduce_elem<4>(lane)
+          zmine = __shfl_sync(0xffffffffu, zt, ((t4 & 1) << 4) | ((t4 >> 1) << 3));
+        } else {
 #pragma unroll
         for (int g = 0; g < GA; ++g) {
           float z = 0.f;
@@ -533,7 +549,8 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
             for (int e = 0; e < 4; ++e) z = fmaf(qx[g * kD + 4 * lane + e], h2f(cmb[2 * (4 * lane + e) + 1]), z);
           zq[g] = warp_sum(z);
         }
-        const float zmine = sel8(zq, t4);
+        zmine = sel8(zq, t4);
+        }
         for (int tt = 0; tt < tpg; ++tt) {
           const int tb = gi * tpg + tt;
           if (tb >= ntiles) break;
@@ -763,25 +780,28 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
         __syncwarp();
         const int grp = lane >> 3, u = lane & 7;
         const float pwc = sel8(pwn, grp);
-        __half* wg = W + grp * kg_gs(KS) + 2 * g * kg_wst(KS);  // hi column; lo kg_wst further
+        // The weights: at 4 bits in this stage's key-code buffer (read by the key pass above, the
+        // next write to it is stage j + 2's issue_a after this stage's last barrier).
+        __half* wk = BITS == 4 ? reinterpret_cast<__half*>(kc_s + (j & 1) * KS * RW) : W;
         float zl = 0.f, wl = 0.f;
 #pragma unroll 4
         for (int k = 0; k < KS / 16; ++k) {
           const int i = 2 * u + 16 * k;
           if (i >= cpad) break;
+          const float2 pp = *reinterpret_cast<const float2*>(scg + i);
           float wv[2] = {0.f, 0.f};
 #pragma unroll
           for (int e = 0; e < 2; ++e)
             if (i + e < cnt) {
-              const float p = scg[i + e];
+              const float p = e ? pp.y : pp.x;
               const uint32_t m = meta_at(vmb + (i + e) * vmpr + 2 * grp, false);  // KIVI values: asym
               wv[e] = p * h2f(static_cast<uint16_t>(m & 0xFFFFu)) * pwc;
               zl = fmaf(p, h2f(static_cast<uint16_t>(m >> 16)), zl);
             }
           const __half2 hi = __floats2half2_rn(wv[0], wv[1]);
           const __half2 lo = __floats2half2_rn(wv[0] - __low2float(hi), wv[1] - __high2float(hi));
-          *reinterpret_cast<__half2*>(wg + i) = hi;
-          *reinterpret_cast<__half2*>(wg + kg_wst(KS) + i) = lo;
+          *reinterpret_cast<__half2*>(wk + kg_w<KS>(grp, 2 * g, i)) = hi;
+          *reinterpret_cast<__half2*>(wk + kg_w<KS>(grp, 2 * g + 1, i)) = lo;
           if (FOLD) wl += (__low2float(hi) + __low2float(lo)) + (__high2float(hi) + __high2float(lo));
         }
         sl = warp_sum(sl);
@@ -911,7 +931,7 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
 #pragma unroll
           for (int e = 0; e < 4; ++e) acc[0][mt][e] *= f[mt >> 1];
       const uint32_t* vcb = vc_s + 4 * (gid / (8 / NWQ));
-      const __half* wb = W + gid * kg_wst(KS) + 4 * t4;
+      const __half* wk = BITS == 4 ? reinterpret_cast<const __half*>(kc_s + (j & 1) * KS * RW) : W;  // kg_w
       const bool bok = gid < 2 * G;
       for (int tb = warp; tb < ntiles; tb += kW) {
         uint32_t w[4][4];  // [token 4 t4 + k][group]
@@ -924,7 +944,7 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
 #pragma unroll
         for (int x = 0; x < 4; ++x) {
           uint2 v = make_uint2(0, 0);
-          if (bok) v = *reinterpret_cast<const uint2*>(wb + x * kg_gs(KS) + tb * 16);
+          if (bok) v = *reinterpret_cast<const uint2*>(wk + kg_w<KS>(x, gid, tb * 16 + 4 * t4));
           b[x][0] = v.x; b[x][1] = v.y;
         }
         uint32_t p01[16], p23[16];
@@ -1142,11 +1162,11 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
 size_t stream_smem_bytes(int bits, int G, const PackedSide& k, int vmpr, int ncv, int ks) {
   const size_t rw = 4 * static_cast<size_t>(bits);
   const bool kch = k.format == KvFormat::kChannelAsym;
-  const bool kg = kch && G > 2;  // stream_kernel's KG: zsum / wrun of 16, W as 4 x kg_gs halves
+  const bool kg = kch && G > 2;  // stream_kernel's KG: zsum / wrun of 16, W of 32 columns (4 bits: none)
   return 3 * ks * rw * 4 + static_cast<size_t>(G) * ks * 4 +
          (16 + (kg ? 32 : 16) + 8 + kW * 40 + (kch ? (kg ? 4 : 2) * kD : 0)) * 4 +
          2 * static_cast<size_t>(key_meta_stage_halves(k, ks) + meta_stage_halves(vmpr, ks)) * 2 +
-         (kg ? 4 * static_cast<size_t>(kg_gs(ks)) : static_cast<size_t>(ncv) * ks) * 2;
+         (kg ? (bits == 4 ? 0 : 32 * static_cast<size_t>(ks)) : static_cast<size_t>(ncv) * ks) * 2;
 }
 
 // KIVI tail: tokens [len - R, len) of a row (R = resid_cap), whose values sit in the fp16
