@@ -22,6 +22,7 @@
 
 #include "kernels/common.cuh"
 #include "kernels/decode_chunk.cuh"
+#include "kernels/kv_codes.cuh"
 #include "kernels/kv_more.cuh"
 
 namespace kvq::kern {
@@ -32,15 +33,6 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kMaxChunkFloats = 8192;
 
 using Plan = SplitPlan;
-
-__device__ __forceinline__ float h2f(uint16_t h) { return __half2float(__ushort_as_half(h)); }
-
-__device__ __forceinline__ void load_halves8(const uint16_t* p, float (&x)[8]) {
-  const uint4 raw = *reinterpret_cast<const uint4*>(p);
-  const __half* e = reinterpret_cast<const __half*>(&raw);
-#pragma unroll
-  for (int i = 0; i < 8; ++i) x[i] = __half2float(e[i]);
-}
 
 // 8 packed codes of `bits` bits starting at code c0 of the record at w.
 __device__ __forceinline__ void load_codes8(const uint32_t* w, int c0, int bits, uint32_t (&q)[8]) {

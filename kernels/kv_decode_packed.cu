@@ -25,6 +25,7 @@
 #include "kernels/common.cuh"
 #include "kernels/decode_chunk.cuh"
 #include "kernels/kv_decode_mma.cuh"
+#include "kernels/kv_codes.cuh"
 #include "kernels/kv_ops.cuh"
 
 namespace kvq::kern {
@@ -42,15 +43,6 @@ using Plan = SplitPlan;
 // so the grid is 2-4 waves and the last one is short.
 Plan make_plan(int kv_heads, int rows, int group, int max_len, int sm_count) {
   return split_plan(kv_heads, rows, group, max_len, sm_count, 4, kMaxChunkFloats);
-}
-
-__device__ __forceinline__ float h2f(uint16_t h) { return __half2float(__ushort_as_half(h)); }
-
-__device__ __forceinline__ void load_halves8(const uint16_t* p, float (&x)[8]) {
-  const uint4 raw = *reinterpret_cast<const uint4*>(p);
-  const __half* e = reinterpret_cast<const __half*>(&raw);
-#pragma unroll
-  for (int i = 0; i < 8; ++i) x[i] = __half2float(e[i]);
 }
 
 // Dequantizes channels [lc*8, lc*8+8) of token j of (slot, head) `sh` into x.

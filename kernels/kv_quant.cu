@@ -17,15 +17,13 @@
 #include <algorithm>
 
 #include "kernels/common.cuh"
+#include "kernels/kv_codes.cuh"
 #include "kernels/kv_ops.cuh"
 
 namespace kvq::kern {
 namespace {
 
 using kvlayout::Outlier;
-
-__device__ __forceinline__ uint16_t f2h(float x) { return __half_as_ushort(__float2half_rn(x)); }
-__device__ __forceinline__ float h2f(uint16_t h) { return __half2float(__ushort_as_half(h)); }
 
 // Value of channel i of token j as the encoder sees it: from the fp16 ring when the token
 // was appended earlier (j < old_len), else from the new rows; windowed codecs round to fp16
@@ -80,16 +78,12 @@ __global__ void token_groups_kernel(PackedSide p, int slot, Source src, int64_t 
         mn = kvlayout::seq_min(mn, x);
         mx = kvlayout::seq_max(mx, x);
       }
-      const float levels = static_cast<float>((1u << p.bits) - 1u);
-      const float s = (mx - mn) / levels;
-      const uint16_t sh = f2h(s), zh = f2h(mn);
-      const float sf = h2f(sh), zf = h2f(zh);
-      const float inv = kvlayout::safe_inverse(sf);
-      meta[2 * gi] = sh;
-      meta[2 * gi + 1] = zh;
+      const AsymParams q = asym_params(mn, mx, p.bits);
+      meta[2 * gi] = q.sh;
+      meta[2 * gi + 1] = q.zh;
       for (int i = g0; i < g0 + p.group; ++i)
         kvlayout::put_code(w, p.bits, i,
-                           kvlayout::quantize_asym(src.get(p, slot, h, j, i), zf, inv, p.bits));
+                           kvlayout::quantize_asym(src.get(p, slot, h, j, i), q.zf, q.inv, p.bits));
     }
   }
 }
@@ -110,23 +104,15 @@ __global__ void channel_groups_kernel(PackedSide p, int slot, Source src, int64_
     mn = kvlayout::seq_min(mn, x);
     mx = kvlayout::seq_max(mx, x);
   }
-  const float levels = static_cast<float>((1u << p.bits) - 1u);
-  const float s = (mx - mn) / levels;
-  const uint16_t sh = f2h(s), zh = f2h(mn);
-  const float sf = h2f(sh), zf = h2f(zh);
-  const float inv = kvlayout::safe_inverse(sf);
+  const AsymParams q = asym_params(mn, mx, p.bits);
   const int64_t sh_idx = static_cast<int64_t>(slot) * p.kv_heads + h;
   uint16_t* cm = p.cmeta + ((sh_idx * (p.max_tokens / p.group) + t0 / p.group) * p.head_dim + i) * 2;
-  cm[0] = sh;
-  cm[1] = zh;
+  cm[0] = q.sh;
+  cm[1] = q.zh;
   const int bit_in_row = i * p.bits;
-  for (int64_t t = t0; t < t0 + p.group; ++t) {
-    const uint32_t q = kvlayout::quantize_asym(src.get(p, slot, h, t, i), zf, inv, p.bits);
-    uint32_t* w = p.codes + (sh_idx * p.max_tokens + t) * p.wpr;
-    const uint64_t v = static_cast<uint64_t>(q) << (bit_in_row & 31);
-    atomicOr(w + (bit_in_row >> 5), static_cast<uint32_t>(v));
-    if ((bit_in_row & 31) + p.bits > 32) atomicOr(w + (bit_in_row >> 5) + 1, static_cast<uint32_t>(v >> 32));
-  }
+  for (int64_t t = t0; t < t0 + p.group; ++t)
+    atomic_put_code(p.codes + (sh_idx * p.max_tokens + t) * p.wpr, bit_in_row, p.bits,
+                    kvlayout::quantize_asym(src.get(p, slot, h, t, i), q.zf, q.inv, p.bits));
 }
 
 // Moves new tokens [j0, j1) (all from rows) into the fp16 ring: thread per element.
@@ -197,14 +183,7 @@ __global__ void kvquant_kernel(PackedSide p, int slot, const float* rows, int64_
           bi = i;
         }
       }
-      for (int o = 16; o > 0; o >>= 1) {
-        const float ob = __shfl_xor_sync(0xffffffffu, best, o);
-        const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (ob > best || (ob == best && oi < bi)) {
-          best = ob;
-          bi = oi;
-        }
-      }
+      bi = warp_argmax_first({best, bi}).i;
 #pragma unroll
       for (int k = 0; k < kLutMaxChunks; ++k)  // same on every lane; constant indices
         if (bi < hd && (bi >> 5) == k) mask[k] |= 1u << (bi & 31);
@@ -232,14 +211,9 @@ __global__ void kvquant_kernel(PackedSide p, int slot, const float* rows, int64_
         if (x[k] < mn || mn_i == (1 << 30)) { mn = x[k]; mn_i = k * 32 + lane; }
         if (mx < x[k] || mx_i == (1 << 30)) { mx = x[k]; mx_i = k * 32 + lane; }
       }
-    for (int o = 16; o > 0; o >>= 1) {
-      const float omn = __shfl_xor_sync(0xffffffffu, mn, o);
-      const int omn_i = __shfl_xor_sync(0xffffffffu, mn_i, o);
-      const float omx = __shfl_xor_sync(0xffffffffu, mx, o);
-      const int omx_i = __shfl_xor_sync(0xffffffffu, mx_i, o);
-      if (omn < mn || (omn == mn && omn_i < mn_i)) { mn = omn; mn_i = omn_i; }
-      if (omx > mx || (omx == mx && omx_i < mx_i)) { mx = omx; mx_i = omx_i; }
-    }
+    const MinMaxAt m = warp_minmax_first({{mn, mn_i}, {mx, mx_i}});
+    mn = m.mn.v;
+    mx = m.mx.v;
     if (mn > mx) mn = mx = 0.f;  // every entry an outlier
     const uint16_t mh = f2h(0.5f * (mx + mn)), hh = f2h(0.5f * (mx - mn));
     if (lane == 0) {
@@ -265,10 +239,7 @@ __global__ void kvquant_kernel(PackedSide p, int slot, const float* rows, int64_
         u = kvlayout::clampf((x[k] - mid) * inv_half, -1.f, 1.f);
       }
       const uint32_t code = kvlayout::quantize_lut(u, p.lut, L);
-      const int bit = i * p.bits;
-      const uint64_t v = static_cast<uint64_t>(code) << (bit & 31);
-      atomicOr(w + (bit >> 5), static_cast<uint32_t>(v));
-      if ((bit & 31) + p.bits > 32) atomicOr(w + (bit >> 5) + 1, static_cast<uint32_t>(v >> 32));
+      atomic_put_code(w, i * p.bits, p.bits, code);
       if ((mask[k] >> lane) & 1u) {
         const uint32_t r = base + before + __popc(mask[k] & ((1u << lane) - 1u));
         if (r < p.out_cap) {

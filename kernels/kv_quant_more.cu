@@ -17,6 +17,7 @@
 #include <algorithm>
 
 #include "kernels/common.cuh"
+#include "kernels/kv_codes.cuh"
 #include "kernels/kv_more.cuh"
 
 namespace kvq::kern {
@@ -24,17 +25,9 @@ namespace {
 
 constexpr int kChunks = kMaxHeadDim / 32;  // channels per lane in warp-per-row kernels
 
-__device__ __forceinline__ uint16_t f2h(float x) { return __half_as_ushort(__float2half_rn(x)); }
-__device__ __forceinline__ float h2f(uint16_t h) { return __half2float(__ushort_as_half(h)); }
-
 __device__ __forceinline__ int64_t rec_index(const MoreSide& p, int slot, int h, int64_t j) {
   return (static_cast<int64_t>(slot) * p.kv_heads + h) * p.max_tokens + j;
 }
-
-// std::min(a, b) / std::max(a, b) exactly (the CPU reference's): the first argument on ties,
-// so -0.0 and +0.0 keep their order (fminf/fmaxf may return either zero).
-__device__ __forceinline__ float kv_min(float a, float b) { return b < a ? b : a; }
-__device__ __forceinline__ float kv_max(float a, float b) { return a < b ? b : a; }
 
 unsigned grid_for(int64_t threads, int block) {
   return static_cast<unsigned>((threads + block - 1) / block);
@@ -79,18 +72,9 @@ __global__ void ggml_kernel(MoreSide p, int slot, const float* rows, int n, int6
     return;
   }
   // q4_0: the value of largest magnitude, the first one on ties (ggml's strict '<' scan).
-  float a = fabsf(x);
-  int ai = lane;
-  for (int o = 16; o > 0; o >>= 1) {
-    const float oa = __shfl_xor_sync(0xffffffffu, a, o);
-    const int oi = __shfl_xor_sync(0xffffffffu, ai, o);
-    if (oa > a || (oa == a && oi < ai)) {
-      a = oa;
-      ai = oi;
-    }
-  }
+  const ValueAt a = warp_argmax_first({fabsf(x), lane});
   // All zero: ggml's max stays +0.0 (never taken from a -0.0 element), so d = -0.0.
-  const float mx = a > 0.f ? __shfl_sync(0xffffffffu, x, ai) : 0.0f;
+  const float mx = a.v > 0.f ? __shfl_sync(0xffffffffu, x, a.i) : 0.0f;
   const float d = mx / -8.0f;
   const float id = d != 0.0f ? 1.0f / d : 0.0f;
   const uint32_t q = kvlayout::q4_0_code(x, id);
@@ -169,24 +153,22 @@ __global__ void channel_kernel(MoreSide p, int slot, const float* rows, int64_t 
     float mn = windowed(p, slot, h, t0, i, rows, ld, old_len), mx = mn;
     for (int64_t t = t0 + 1; t < t1; ++t) {  // std::min / std::max, in the CPU's order
       const float x = windowed(p, slot, h, t, i, rows, ld, old_len);
-      mn = kv_min(mn, x);
-      mx = kv_max(mx, x);
+      mn = kvlayout::seq_min(mn, x);
+      mx = kvlayout::seq_max(mx, x);
     }
-    const uint16_t s = f2h((mx - mn) / static_cast<float>((1u << p.bits) - 1u)), z = f2h(mn);
-    cm[0] = s;
-    cm[1] = z;
-    inv = kvlayout::safe_inverse(h2f(s));
-    zf = h2f(z);
+    const AsymParams q = asym_params(mn, mx, p.bits);
+    cm[0] = q.sh;
+    cm[1] = q.zh;
+    inv = q.inv;
+    zf = q.zf;
   }
   const int bit = i * p.bits;
   for (int64_t t = t0; t < t1; ++t) {
     const float x = windowed(p, slot, h, t, i, rows, ld, old_len);
     const uint32_t q = p.sym ? kvlayout::quantize_sym(x, inv, p.bits)
                              : kvlayout::quantize_asym(x, zf, inv, p.bits);
-    uint32_t* w = reinterpret_cast<uint32_t*>(p.data + rec_index(p, slot, h, t) * p.row_bytes);
-    const uint64_t v = static_cast<uint64_t>(q) << (bit & 31);
-    atomicOr(w + (bit >> 5), static_cast<uint32_t>(v));
-    if ((bit & 31) + p.bits > 32) atomicOr(w + (bit >> 5) + 1, static_cast<uint32_t>(v >> 32));
+    atomic_put_code(reinterpret_cast<uint32_t*>(p.data + rec_index(p, slot, h, t) * p.row_bytes), bit,
+                    p.bits, q);
   }
 }
 
@@ -219,28 +201,16 @@ __device__ void warp_quantize_asym(const float (&x)[kChunks], int hd, int bits, 
       if (x[k] < mn) { mn = x[k]; ni = k * 32 + lane; }
       if (mx < x[k]) { mx = x[k]; xi = k * 32 + lane; }
     }
-  for (int o = 16; o > 0; o >>= 1) {
-    const float omn = __shfl_xor_sync(0xffffffffu, mn, o), omx = __shfl_xor_sync(0xffffffffu, mx, o);
-    const int oni = __shfl_xor_sync(0xffffffffu, ni, o), oxi = __shfl_xor_sync(0xffffffffu, xi, o);
-    if (omn < mn || (omn == mn && oni < ni)) { mn = omn; ni = oni; }
-    if (omx > mx || (omx == mx && oxi < xi)) { mx = omx; xi = oxi; }
-  }
-  const uint16_t sh = f2h((mx - mn) / static_cast<float>((1u << bits) - 1u)), zh = f2h(mn);
+  const MinMaxAt m = warp_minmax_first({{mn, ni}, {mx, xi}});
+  const AsymParams a = asym_params(m.mn.v, m.mx.v, bits);
   if (lane == 0) {
-    meta[0] = sh;
-    meta[1] = zh;
+    meta[0] = a.sh;
+    meta[1] = a.zh;
   }
-  const float zf = h2f(zh), inv = kvlayout::safe_inverse(h2f(sh));
 #pragma unroll
   for (int k = 0; k < kChunks; ++k) {
     const int i = k * 32 + lane;
-    if (i < hd) {
-      const uint32_t q = kvlayout::quantize_asym(x[k], zf, inv, bits);
-      const int bit = i * bits;
-      const uint64_t v = static_cast<uint64_t>(q) << (bit & 31);
-      atomicOr(w + (bit >> 5), static_cast<uint32_t>(v));
-      if ((bit & 31) + bits > 32) atomicOr(w + (bit >> 5) + 1, static_cast<uint32_t>(v >> 32));
-    }
+    if (i < hd) atomic_put_code(w, i * bits, bits, kvlayout::quantize_asym(x[k], a.zf, a.inv, bits));
   }
 }
 
