@@ -143,20 +143,12 @@ attention_prefill_fa2(AttentionArgs a) {
   const int h = blockIdx.y, r = blockIdx.z, q0 = qt * kBQ;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int g = lane >> 2, t4 = lane & 3;
-  const int kvh = h / (a.n_heads / a.kv_heads);
-  const int slot = a.slot[r], p0 = a.pos0[r];
-  const int nq = min(kBQ, a.n - q0);
+  const PrefillTile pt = prefill_tile<kBQ, kBK>(a, h, r, q0);
   const int window = a.window;
   const bool self = a.k_self != nullptr;
   const T* q = static_cast<const T*>(a.q);
-  const int64_t cache_base = (static_cast<int64_t>(slot) * a.kv_heads + kvh) * a.max_tokens * D;
-  const T* kc = static_cast<const T*>(a.k_cache) + cache_base;
-  const T* vc = static_cast<const T*>(a.v_cache) + cache_base;
-
-  const int key_end = p0 + q0 + nq;  // keys [key_begin, key_end): the last query's position + 1
-  int key_begin = window > 0 ? max(0, p0 + q0 - window + 1) : 0;
-  key_begin = (key_begin / kBK) * kBK;
-  const int n_tiles = (key_end - key_begin + kBK - 1) / kBK;
+  const T* kc = cache_rows<T>(a.k_cache, a, pt.slot, pt.kvh, D);
+  const T* vc = cache_rows<T>(a.v_cache, a, pt.slot, pt.kvh, D);
   const int vecs = D >> 3;  // 16-byte vectors per row
 
   // Padding columns [D, DP) of every buffer are zero for the whole kernel (cp.async writes
@@ -172,7 +164,7 @@ attention_prefill_fa2(AttentionArgs a) {
   // K and V rows [kt, kt + 64) into stage `st`; rows past key_end become zeros without
   // reading (the cache there may hold anything, NaN bits included).
   auto load_kv = [&](int st, int kt) {
-    const int valid = min(kBK, key_end - kt);
+    const int valid = min(kBK, pt.key_end - kt);
     T* ks = sm + (2 * st) * S::kTile;
     T* vs = ks + S::kTile;
     for (int idx = tid; idx < kBK * vecs; idx += kThreads) {
@@ -189,12 +181,12 @@ attention_prefill_fa2(AttentionArgs a) {
   T* qs = sm + 2 * S::kTile;
   for (int idx = tid; idx < kBQ * vecs; idx += kThreads) {
     const int row = idx / vecs, v = idx - row * vecs;
-    const bool ok = row < nq;
+    const bool ok = row < pt.nq;
     const T* src = q + ((static_cast<int64_t>(r) * a.n + q0 + (ok ? row : 0)) * a.n_heads + h) * D + v * 8;
     cp_async16(smem_addr(qs + row * kLd + v * 8), src, ok ? 16 : 0);
   }
   cp_async_commit();
-  load_kv(0, key_begin);
+  load_kv(0, pt.key_begin);
   cp_async_commit();
   cp_async_wait<1>();
   __syncthreads();
@@ -215,14 +207,14 @@ attention_prefill_fa2(AttentionArgs a) {
 #pragma unroll
   for (int i = 0; i < kDT; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
   float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;  // rows g and g + 8 (raw scores)
-  const int wp0 = p0 + q0 + warp * 16;  // position of the warp's first row
+  const int wp0 = pt.p0 + q0 + warp * 16;  // position of the warp's first row
   const int wp1 = wp0 + 15;
   const int pos0 = wp0 + g, pos1 = wp0 + g + 8;
 
-  for (int it = 0; it < n_tiles; ++it) {
-    const int kt = key_begin + it * kBK;
+  for (int it = 0; it < pt.n_tiles; ++it) {
+    const int kt = pt.key_begin + it * kBK;
     const int st = it & 1;
-    if (it + 1 < n_tiles) load_kv(st ^ 1, kt + kBK);
+    if (it + 1 < pt.n_tiles) load_kv(st ^ 1, kt + kBK);
     cp_async_commit();  // possibly empty: keeps "all but the newest group" = this tile
     cp_async_wait<1>();
     __syncthreads();
@@ -316,7 +308,7 @@ attention_prefill_fa2(AttentionArgs a) {
     __syncthreads();  // this stage is read by all warps before the next prefetch refills it
   }
 
-  finish_rows<T, kDT>(a, o, D, m0, m1, l0, l1, warp * 16 + g, q0, nq, r, h, kvh, t4, sl);
+  finish_rows<T, kDT>(a, o, D, m0, m1, l0, l1, warp * 16 + g, q0, pt.nq, r, h, pt.kvh, t4, sl);
 }
 
 template <typename T, int DP>

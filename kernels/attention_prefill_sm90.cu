@@ -105,26 +105,18 @@ __global__ void __launch_bounds__(kThreads, kWG == 1 ? 2 : 1) attention_prefill_
   const int h = blockIdx.y, r = blockIdx.z, q0 = qt * kBQ;
   const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
   const int g = lane >> 2, t4 = lane & 3;
-  const int kvh = h / (a.n_heads / a.kv_heads);
-  const int slot = a.slot[r], p0 = a.pos0[r];
-  const int nq = min(kBQ, a.n - q0);
+  const PrefillTile pt = prefill_tile<kBQ, kBK>(a, h, r, q0);
   const int window = a.window;
   const bool self = a.k_self != nullptr;
   const T* q = static_cast<const T*>(a.q);
-  const int64_t cache_base = (static_cast<int64_t>(slot) * a.kv_heads + kvh) * a.max_tokens * kD;
-  const T* kc = static_cast<const T*>(a.k_cache) + cache_base;
-  const T* vc = static_cast<const T*>(a.v_cache) + cache_base;
-
-  const int key_end = p0 + q0 + nq;  // keys [key_begin, key_end)
-  int key_begin = window > 0 ? max(0, p0 + q0 - window + 1) : 0;
-  key_begin = (key_begin / kBK) * kBK;
-  const int n_tiles = (key_end - key_begin + kBK - 1) / kBK;
+  const T* kc = cache_rows<T>(a.k_cache, a, pt.slot, pt.kvh, kD);
+  const T* vc = cache_rows<T>(a.v_cache, a, pt.slot, pt.kvh, kD);
 
   // Q rows [0, kBQ): warpgroup w's 64 rows form its own swizzled tile. Rows past the chunk
   // are zeros (computed, never written).
   for (int idx = tid; idx < kBQ * kC16; idx += kThreads) {
     const int row = idx / kC16, c16 = idx % kC16;
-    const bool ok = row < nq;
+    const bool ok = row < pt.nq;
     const T* src = q + ((static_cast<int64_t>(r) * a.n + q0 + (ok ? row : 0)) * a.n_heads + h) * kD + c16 * 8;
     cp_async16(sq + (row >> 6) * kTileBytes + swz(row & 63, c16), src, ok ? 16 : 0);
   }
@@ -132,7 +124,7 @@ __global__ void __launch_bounds__(kThreads, kWG == 1 ? 2 : 1) attention_prefill_
   // K and V rows [kt, kt + 64) into stage st; rows past key_end become zeros without
   // reading (the cache there may hold anything, NaN bits included).
   auto load_kv = [&](int st, int kt) {
-    const int valid = min(kBK, key_end - kt);
+    const int valid = min(kBK, pt.key_end - kt);
     const uint32_t ks = skv + 2 * st * kTileBytes, vs = ks + kTileBytes;
     for (int idx = tid; idx < kBK * kC16; idx += kThreads) {
       const int row = idx / kC16, c16 = idx % kC16;
@@ -143,7 +135,7 @@ __global__ void __launch_bounds__(kThreads, kWG == 1 ? 2 : 1) attention_prefill_
       cp_async16(vs + o, vc + off, ok ? 16 : 0);
     }
   };
-  load_kv(0, key_begin);
+  load_kv(0, pt.key_begin);
   cp_async_commit();
 
   const float sl = a.scale * 1.4426950408889634f;  // scores -> log2 units
@@ -151,16 +143,16 @@ __global__ void __launch_bounds__(kThreads, kWG == 1 ? 2 : 1) attention_prefill_
 #pragma unroll
   for (int i = 0; i < kDT * 4; ++i) o[i] = 0.f;
   float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;  // rows g and g + 8 (raw scores)
-  const int gp0 = p0 + q0 + wg * 64;  // position of the warpgroup's first row
+  const int gp0 = pt.p0 + q0 + wg * 64;  // position of the warpgroup's first row
   const int gp1 = gp0 + 63;
   const int pos0 = gp0 + warp * 16 + g, pos1 = pos0 + 8;
-  const bool live = wg * 64 < nq;  // a warpgroup entirely past the chunk only loads
+  const bool live = wg * 64 < pt.nq;  // a warpgroup entirely past the chunk only loads
   const uint32_t qdesc_base = sq + wg * kTileBytes;
 
-  for (int it = 0; it < n_tiles; ++it) {
-    const int kt = key_begin + it * kBK;
+  for (int it = 0; it < pt.n_tiles; ++it) {
+    const int kt = pt.key_begin + it * kBK;
     const int st = it & 1;
-    if (it + 1 < n_tiles) load_kv(st ^ 1, kt + kBK);
+    if (it + 1 < pt.n_tiles) load_kv(st ^ 1, kt + kBK);
     cp_async_commit();  // possibly empty: keeps "all but the newest group" = this tile
     cp_async_wait<1>();
     // cp.async writes are generic-proxy stores; wgmma reads through the async proxy.
@@ -203,7 +195,7 @@ __global__ void __launch_bounds__(kThreads, kWG == 1 ? 2 : 1) attention_prefill_
     __syncthreads();  // this stage is read by every warpgroup before the next prefetch refills it
   }
 
-  finish_rows<T, kD / 8>(a, o, kD, m0, m1, l0, l1, wg * 64 + warp * 16 + g, q0, nq, r, h, kvh, t4, sl);
+  finish_rows<T, kD / 8>(a, o, kD, m0, m1, l0, l1, wg * 64 + warp * 16 + g, q0, pt.nq, r, h, pt.kvh, t4, sl);
 #else
   // Compiled for a target without wgmma: this image must never run (the launcher checks
   // the device first); trap rather than return garbage.
@@ -235,38 +227,30 @@ __global__ void __launch_bounds__(128, 2) attention_prefill_wgmma_pipe(Attention
   const int h = blockIdx.y, r = blockIdx.z, q0 = qt * 64;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int g = lane >> 2, t4 = lane & 3;
-  const int kvh = h / (a.n_heads / a.kv_heads);
-  const int slot = a.slot[r], p0 = a.pos0[r];
-  const int nq = min(64, a.n - q0);
+  const PrefillTile pt = prefill_tile<64, kBK>(a, h, r, q0);
   const int window = a.window;
   const bool self = a.k_self != nullptr;
   const T* q = static_cast<const T*>(a.q);
-  const int64_t cache_base = (static_cast<int64_t>(slot) * a.kv_heads + kvh) * a.max_tokens * kD;
-  const T* kc = static_cast<const T*>(a.k_cache) + cache_base;
-  const T* vc = static_cast<const T*>(a.v_cache) + cache_base;
-
-  const int key_end = p0 + q0 + nq;  // keys [key_begin, key_end)
-  int key_begin = window > 0 ? max(0, p0 + q0 - window + 1) : 0;
-  key_begin = (key_begin / kBK) * kBK;
-  const int n_tiles = (key_end - key_begin + kBK - 1) / kBK;
+  const T* kc = cache_rows<T>(a.k_cache, a, pt.slot, pt.kvh, kD);
+  const T* vc = cache_rows<T>(a.v_cache, a, pt.slot, pt.kvh, kD);
 
   for (int idx = tid; idx < 64 * kC16; idx += 128) {
     const int row = idx / kC16, c16 = idx % kC16;
-    const bool ok = row < nq;
+    const bool ok = row < pt.nq;
     const T* src = q + ((static_cast<int64_t>(r) * a.n + q0 + (ok ? row : 0)) * a.n_heads + h) * kD + c16 * 8;
     cp_async16(sq + swz(row, c16), src, ok ? 16 : 0);
   }
   // Rows [kt, kt + 64) of the K or V cache into the tile at dst; rows past key_end become
   // zeros without reading (the cache there may hold anything, NaN bits included).
   auto load_tile = [&](uint32_t dst, const T* src, int kt) {
-    const int valid = min(kBK, key_end - kt);
+    const int valid = min(kBK, pt.key_end - kt);
     for (int idx = tid; idx < kBK * kC16; idx += 128) {
       const int row = idx / kC16, c16 = idx % kC16;
       const bool ok = row < valid;
       cp_async16(dst + swz(row, c16), src + static_cast<int64_t>(ok ? kt + row : 0) * kD + c16 * 8, ok ? 16 : 0);
     }
   };
-  load_tile(sk, kc, key_begin);
+  load_tile(sk, kc, pt.key_begin);
   cp_async_commit();
 
   const float sl = a.scale * 1.4426950408889634f;  // scores -> log2 units
@@ -274,17 +258,17 @@ __global__ void __launch_bounds__(128, 2) attention_prefill_wgmma_pipe(Attention
 #pragma unroll
   for (int i = 0; i < kDT * 4; ++i) o[i] = 0.f;
   float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;  // rows g and g + 8 (raw scores)
-  const int wp0 = p0 + q0 + warp * 16;  // position of the warp's first row
+  const int wp0 = pt.p0 + q0 + warp * 16;  // position of the warp's first row
   const int pos1 = wp0 + g + 8;
   uint32_t pa[4][4];  // P of the previous tile, the A operand of its P V
 
-  for (int it = 0; it < n_tiles; ++it) {
-    const int kt = key_begin + it * kBK;
+  for (int it = 0; it < pt.n_tiles; ++it) {
+    const int kt = pt.key_begin + it * kBK;
     cp_async_wait<0>();  // K(it) and V(it - 1)
     // cp.async writes are generic-proxy stores; wgmma reads through the async proxy.
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     __syncthreads();
-    if (it + 1 < n_tiles) load_tile(sk + ((it + 1) & 1) * kTileBytes, kc, kt + kBK);
+    if (it + 1 < pt.n_tiles) load_tile(sk + ((it + 1) & 1) * kTileBytes, kc, kt + kBK);
     load_tile(sv + (it & 1) * kTileBytes, vc, kt);
     cp_async_commit();
 
@@ -336,7 +320,7 @@ __global__ void __launch_bounds__(128, 2) attention_prefill_wgmma_pipe(Attention
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
   __syncthreads();
   {
-    const uint32_t vs = sv + ((n_tiles - 1) & 1) * kTileBytes;
+    const uint32_t vs = sv + ((pt.n_tiles - 1) & 1) * kTileBytes;
     reg_fence(o);
     wg_fence();
 #pragma unroll
@@ -346,7 +330,7 @@ __global__ void __launch_bounds__(128, 2) attention_prefill_wgmma_pipe(Attention
     reg_fence(o);
   }
 
-  finish_rows<T, kD / 8>(a, o, kD, m0, m1, l0, l1, warp * 16 + g, q0, nq, r, h, kvh, t4, sl);
+  finish_rows<T, kD / 8>(a, o, kD, m0, m1, l0, l1, warp * 16 + g, q0, pt.nq, r, h, pt.kvh, t4, sl);
 #else
   __trap();  // see attention_prefill_wgmma
 #endif

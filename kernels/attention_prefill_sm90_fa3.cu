@@ -154,15 +154,8 @@ __global__ void __launch_bounds__(kThreads, 1) attention_prefill_fa3(AttentionAr
   const int qt = n_qt - 1 - static_cast<int>(kQTileFast ? blockIdx.x : blockIdx.y);  // heavy first
   const int r = blockIdx.z, q0 = qt * kBQ;
   const int tid = threadIdx.x;
-  const int kvh = h / (a.n_heads / a.kv_heads);
-  const int slot = a.slot[r], p0 = a.pos0[r];
-  const int nq = min(kBQ, a.n - q0);
+  const PrefillTile pt = prefill_tile<kBQ, kBK>(a, h, r, q0);
   const int window = a.window;
-
-  const int key_end = p0 + q0 + nq;  // keys [key_begin, key_end)
-  int key_begin = window > 0 ? max(0, p0 + q0 - window + 1) : 0;
-  key_begin = (key_begin / kBK) * kBK;
-  const int n_tiles = (key_end - key_begin + kBK - 1) / kBK;
 
   if (tid == 0) {
     mbar_init(q_full, 128);
@@ -180,21 +173,20 @@ __global__ void __launch_bounds__(kThreads, 1) attention_prefill_fa3(AttentionAr
     // ---- producer ----
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegs));
     const T* q = static_cast<const T*>(a.q);
-    const int64_t cache_base = (static_cast<int64_t>(slot) * a.kv_heads + kvh) * a.max_tokens * kD;
-    const T* kc = static_cast<const T*>(a.k_cache) + cache_base;
-    const T* vc = static_cast<const T*>(a.v_cache) + cache_base;
+    const T* kc = cache_rows<T>(a.k_cache, a, pt.slot, pt.kvh, kD);
+    const T* vc = cache_rows<T>(a.v_cache, a, pt.slot, pt.kvh, kD);
     // Q rows [0, 128): consumer c's 64 rows form its own tile. Rows past the chunk are zeros.
 #pragma unroll 4
     for (int idx = tid; idx < kBQ * kC16; idx += 128) {
       const int row = idx >> 4, c16 = idx & 15;
-      const bool ok = row < nq;
+      const bool ok = row < pt.nq;
       const T* src = q + ((static_cast<int64_t>(r) * a.n + q0 + (ok ? row : 0)) * a.n_heads + h) * kD + c16 * 8;
       cp_async16(sq + (row >> 6) * kQTile + swz<kQHalf>(row & 63, c16), src, ok ? 16 : 0);
     }
     mbar_arrive_cp_async(q_full);
     // Rows [kt, kt + 128) of src into the tile at dst; rows from key_end on become zeros.
     auto load_tile = [&](uint32_t dst, const T* src, int kt) {
-      const int valid = min(kBK, key_end - kt);
+      const int valid = min(kBK, pt.key_end - kt);
 #pragma unroll 4
       for (int idx = tid; idx < kBK * kC16; idx += 128) {
         const int row = idx >> 4, c16 = idx & 15;
@@ -203,8 +195,8 @@ __global__ void __launch_bounds__(kThreads, 1) attention_prefill_fa3(AttentionAr
                    ok ? 16 : 0);
       }
     };
-    for (int t = 0; t < n_tiles; ++t) {
-      const int st = t % kStages, kt = key_begin + t * kBK;
+    for (int t = 0; t < pt.n_tiles; ++t) {
+      const int st = t % kStages, kt = pt.key_begin + t * kBK;
       const uint32_t parity = (t / kStages - 1) & 1;  // the release of tile t - kStages
       if (t >= kStages) mbar_wait(k_empty(st), parity);
       load_tile(sk + st * kKVTile, kc, kt);
@@ -222,7 +214,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_prefill_fa3(AttentionAr
     const int g = lane >> 2, t4 = lane & 3;
     const bool self = a.k_self != nullptr;
     const float sl = a.scale * 1.4426950408889634f;  // scores -> log2 units
-    const int pos0 = p0 + q0 + c * 64 + warp * 16 + g, pos1 = pos0 + 8;
+    const int pos0 = pt.p0 + q0 + c * 64 + warp * 16 + g, pos1 = pos0 + 8;
     const uint32_t qa = sq + c * kQTile;
     const int mine = kTurn + c, other = kTurn + 1 - c;
 
@@ -264,7 +256,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_prefill_fa3(AttentionAr
     // wgmma sits in a branch: ptxas serializes wgmma issued on divergent paths (C7520).
     auto step = [&](int it, auto next_tag) {
       constexpr bool next = decltype(next_tag)::value;
-      const int kt = key_begin + it * kBK, st = it % kStages, st1 = (it + 1) % kStages;
+      const int kt = pt.key_begin + it * kBK, st = it % kStages, st1 = (it + 1) % kStages;
       uint32_t pa[8][4];
       float alpha0, alpha1;
       online_softmax<T, 16, kFtzExp>(s, pa, m0, m1, l0, l1, alpha0, alpha1, kt, pos0 - g, pos1, window, self, t4,
@@ -302,10 +294,10 @@ __global__ void __launch_bounds__(kThreads, 1) attention_prefill_fa3(AttentionAr
         if (next) mbar_arrive(k_empty(st1));
       }
     };
-    for (int it = 0; it + 1 < n_tiles; ++it) step(it, std::true_type{});
-    step(n_tiles - 1, std::false_type{});
+    for (int it = 0; it + 1 < pt.n_tiles; ++it) step(it, std::true_type{});
+    step(pt.n_tiles - 1, std::false_type{});
 
-    finish_rows<T, kD / 8>(a, o, kD, m0, m1, l0, l1, c * 64 + warp * 16 + g, q0, nq, r, h, kvh, t4, sl);
+    finish_rows<T, kD / 8>(a, o, kD, m0, m1, l0, l1, c * 64 + warp * 16 + g, q0, pt.nq, r, h, pt.kvh, t4, sl);
   }
 #else
   // Compiled for a target without wgmma: never launched (the launcher checks the device).

@@ -1,6 +1,6 @@
 // Device helpers shared by the causal prefill attention kernels, the portable FA2 one on
 // mma.sync (attention_prefill.cu) and the Hopper ones on wgmma (attention_prefill_sm90*.cu):
-// the cp.async copies that stream K/V tiles into shared memory, the 16-bit packing of P
+// a block's query tile and key range (prefill_tile), the cp.async copies that stream K/V tiles into shared memory, the 16-bit packing of P
 // and O (one rounding, to nearest even) and the epilogue after the last key tile (the
 // past-only diagonal step, the division by l, the store), so every kernel rounds P and O
 // the same way. nvcc only; cp.async needs compute capability 8.0.
@@ -27,6 +27,37 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// What a block of a prefill kernel works on: the query tile q0 .. q0 + nq - 1 (BQ rows, the
+// last tile of a chunk shorter) of query head h of batch row r, its kv head, the row's cache
+// slot and the position p0 of the chunk's first query (the row's cached length), and the
+// keys it sees: [key_begin, key_end), from the first query's sliding-window start rounded
+// down to a whole BK-key tile up to the last query's position + 1, n_tiles tiles.
+struct PrefillTile {
+  int kvh, slot, p0, nq;
+  int key_begin, key_end, n_tiles;
+};
+
+template <int BQ, int BK>
+__device__ __forceinline__ PrefillTile prefill_tile(const AttentionArgs& a, int h, int r, int q0) {
+  PrefillTile t;
+  t.kvh = h / (a.n_heads / a.kv_heads);
+  t.slot = a.slot[r];
+  t.p0 = a.pos0[r];
+  t.nq = min(BQ, a.n - q0);
+  t.key_end = t.p0 + q0 + t.nq;
+  const int first = a.window > 0 ? max(0, t.p0 + q0 - a.window + 1) : 0;
+  t.key_begin = (first / BK) * BK;
+  t.n_tiles = (t.key_end - t.key_begin + BK - 1) / BK;
+  return t;
+}
+
+// The K or V rows [max_tokens, d] of (slot, kv head) in a head-major cache
+// [slots, kv_heads, max_tokens, d].
+template <typename T>
+__device__ __forceinline__ const T* cache_rows(const void* cache, const AttentionArgs& a, int slot, int kvh, int d) {
+  return static_cast<const T*>(cache) + (static_cast<int64_t>(slot) * a.kv_heads + kvh) * a.max_tokens * d;
 }
 
 // Two floats -> one register of two 16-bit values (lo in the low half), round to nearest even.
