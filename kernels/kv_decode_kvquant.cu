@@ -1,6 +1,6 @@
 // KVQuant decode (interface: kv_decode_kvquant.cuh): the cases its kernels serve, fits(), shared
-// by the tensor-core build (kv_decode_kvquant_mma.cu, the default of lib/cuda/packed_cache.cpp)
-// and the one-pass online-softmax build (kv_decode_kvquant_stream.cu, KVQ_KV_DECODE=kvq-stream).
+// by the folded three-pass builds (kv_decode_kvquant_fold.cu: kvq-fold2, kvq-foldm) and the
+// one-pass online-softmax build (kv_decode_kvquant_stream.cu, kvq-stream).
 // What fits() refuses (3 bits, head_dim 64, interleaved RoPE, bf16, ...) takes the general
 // kernel of kv_decode_packed.cu, as does KVQ_KV_DECODE=general.
 // This file held h42's CUDA-core kernel (KVQ_KV_DECODE=kvq-fast: 8 lanes per key token, RoPE

@@ -1,9 +1,25 @@
-// Device pieces shared by KVQuant's tensor-core decode builds (kv_decode_kvquant_fold.cu, the
-// default; kv_decode_kvquant_mma.cu and the one-pass kv_decode_kvquant_stream.cu): the block shape, the slot order of rotate-half
-// pairs, the per-block setup (LUTs, query, per-channel key (half, mid), the (cos, sin)(u f)
-// table), a stage's key-code loads, the query rotated by R(j0)^T into A fragments and the
-// dense key tile on mma. The fragment layouts and the error terms are in the header comment
-// of kv_decode_kvquant_mma.cu. nvcc only.
+// Device pieces shared by KVQuant's tensor-core decode builds (kv_decode_kvquant_fold.cu:
+// kvq-fold2 / kvq-foldm; kv_decode_kvquant_stream.cu: kvq-stream): the block shape, the slot
+// order of rotate-half pairs, the per-block setup (LUTs, query, per-channel key (half, mid), the
+// (cos, sin)(u f) table), a stage's key-code loads, the query rotated by R(j0)^T into A
+// fragments, the dense key tile on mma (kvq-stream) and the three-pass builds' sink scores.
+// nvcc only. The layouts (h45's design, from the header of kv_decode_kvquant_mma.cu, retired in
+// session 7; the fold builds change the B channel order, kv_decode_kvquant_fold.cu):
+//  - Keys as m16n8k16 B fragments (k = channel slots, n = 8 tokens): slot pair (2 t4, 2 t4 + 1)
+//    of k-tile kt holds channels (i, i + 64) with i = 16 t4 + 2 kt, slots (2 t4 + 8, 2 t4 + 9)
+//    the pair i + 1, so the rotate-half partners sit in one register and RoPE is lane-local; a
+//    lane's 32 channels of its token are two aligned loads (two uint2 at 4 bits, two words at
+//    2 bits). The query (A, rows = the G heads) uses the same slot order.
+//  - RoPE split as R(j0 + u) = R(j0) R(u): per 64-token stage the lane rotates its head's 16
+//    query pairs by R(j0)^T (fp32, (cos, sin)(j0 f) of an angle reduced in double) and rounds
+//    them to fp16 once; each key pair is rotated by R(u) (u = offset in the stage) from a
+//    per-block table of (cos, sin)(u f) (16 anchors + 15 recurrence steps each).
+//  - Outliers and sinks as fp32 corrections after the dense pass: scale (R_j^T q)_c (k_out -
+//    k_dense) per key record, p_jg (v_out - v_dense) per value record; a sink token's score is
+//    recomputed from its fp16 row and its value row enters as p v, its dense value as 0.
+//  - Values as A fragments (m = channels, k = 16 tokens): lane (gid, t4) holds channels
+//    16 gid + 2 mt (+1) of tokens 2 t4, 2 t4 + 1, 2 t4 + 8, 2 t4 + 9; B = the softmax weights
+//    (n = heads). Error terms: tests/gpu/kv_kvquant_test.cpp's header.
 #pragma once
 
 #include <cmath>

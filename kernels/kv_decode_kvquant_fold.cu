@@ -1,14 +1,21 @@
 // KVQuant decode on the tensor cores with the codec's affine maps folded into tables
-// (interface: kv_decode_kvquant.cuh, run_fold; the default of lib/cuda/packed_cache.cpp where
-// fits() holds, also KVQ_KV_DECODE=kvq-fold). Same cases, same three passes per chunk (scores
-// to shared memory, softmax, P V), same split-K partials and combine, same outlier and sink
-// corrections as the three-pass build kernels/kv_decode_kvquant_mma.cu (h45; its header has
-// the m16n8k16 fragment layouts and the RoPE split R(j0 + u) = R(j0) R(u)). What changed, and
-// why (h51, notes/s6/results-h51.md): the SASS of that build (H100 device build of 281af5b,
-// <4 bits, G = 1>) spends 343 instructions per 8-token key n-tile and lane (10.7 per key
-// element: 98 FFMA/FMUL, 64 LDS, ~130 integer index operations for the two LUT addresses and
-// the (half, mid), (cos, sin) table rows) and 465 per 16-token value k-tile (7.3 per value
-// element: a LUT load, an FFMA and a code extraction per element). Here:
+// (interface: kv_decode_kvquant.cuh, run_fold2 / run_foldm; lib/cuda/packed_cache.cpp routes
+// KVQuant here where fits() holds: kvq-fold2 at G = 1, kvq-foldm at G > 1 unless kvq-stream
+// (kv_decode_kvquant_stream.cu) is picked for few (row, kv head) pairs). Three passes per chunk
+// (scores to shared memory, softmax, P V), split-K partials and a combine, outliers and sinks as
+// fp32 corrections after the dense passes (h45's three-pass design). The fold (h51,
+// notes/s6/results-h51.md) replaced h45's fp32 per-element arithmetic, whose SASS (H100 device
+// build of 281af5b, <4 bits, G = 1>) spent 343 instructions per 8-token key n-tile and lane
+// (10.7 per key element, ~130 integer index operations for the LUT and the (half, mid), (cos,
+// sin) rows) and 465 per 16-token value k-tile (7.3 per value element).
+// Session 7 (h62): h51's own key pass (kvq-fold, the heads as the mma's M and 8-token n-tiles of
+// B; VAR 0) and h45's fp32 build (kvq-mma, kv_decode_kvquant_mma.cu) were retired: in the lead's
+// one-process A/B of all five builds (H100, 2026-11-23, archive of b0add53, /work/notes/s7 ->
+// notes/s7/results-h62.md) neither was fastest in any of the 16 cells (kvq-fold at best tied
+// kvq-stream / kvq-foldm within 0.5%). Its tables and (u, t4) records stay: kvq-foldm builds its
+// key A fragments from them. The last commit with both retired builds is named in
+// packed_cache.cpp's refusal of their KVQ_KV_DECODE values.
+// The fold, as h51 built it:
 //  - Keys: k_c = a_c L[code] + b_c (a = half, b = mid of the channel's static range, Q-Norm
 //    folded in: a = qa half, b = qa mid + qb), so the R(u)-rotated pair is
 //      rot_i = cos(u f_i) a_i L_i - sin(u f_i) a_p L_p + (cos b_i - sin b_p)
@@ -27,7 +34,7 @@
 //  - The split count minimises waves x (stages per block + setup), instead of aiming at 4
 //    blocks per SM (llama2-7b b1 32K: 17 splits = 544 blocks on 264 slots = 3 rounds; 16
 //    splits = 2).
-// Measured (H100, 2026-11-23, 28872d5 = this code, notes/s6/results-h51.md): parity passed (fold
+// Measured (H100, 2026-11-23, 28872d5 = VAR 0, retired, notes/s6/results-h51.md): parity passed (fold
 // cases 0.00 of their bound; "kv packed: KVQuant*" 0.38-0.93 of its fp32-level bound); SASS
 // <4 bits, G = 1>: key n-tile 136 instructions (4.3 per element: 32 HFMA2, 16 LDS, 12 LDS.128,
 // 8 HMMA, ~45 integer), value k-tile 155 in the inner loop (2.4 per element), 269 with the next
@@ -302,18 +309,20 @@ __device__ const kvlayout::Outlier* stage_csr(const PackedSide& P, int64_t sh, i
   return fit ? srec : g;
 }
 
-// VAR: 0 kvq-fold; 1 kvq-fold2 (pass 1 below, and at 4 bits a lane-private value table in
-// pass 3); 2 kvq-foldm (kvq-fold's tables and records, pass 1 with the tokens as the mma's M
-// and the query heads as its N columns, and kvq-fold2's lane-private 4-bit value table).
+// VAR: 1 kvq-fold2 (pass 1 below, and at 4 bits a lane-private value table in pass 3); 2
+// kvq-foldm (h51's tables and records, pass 1 with the tokens as the mma's M and the query
+// heads as its N columns, and kvq-fold2's lane-private 4-bit value table). VAR 0 (kvq-fold,
+// h51's key pass with the heads as M) was retired in session 7 (header comment).
 template <int BITS, int GM, bool QN, int VAR>
 __global__ void __launch_bounds__(kT, 2)
 kvquant_fold_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, int splits, float* part_o,
                     float* part_ml) {
-  constexpr bool V2 = VAR == 1, TM = VAR == 2;
+  static_assert(VAR == 1 || VAR == 2, "kvq-fold2 or kvq-foldm");
+  constexpr bool V2 = VAR == 1;
   // kvq-fold2's value table: 32 copies (bank = lane) in the rec space from pass 2 on, the
   // value CSR staged after it (capacity kS * 4 * kRec - kPrivWords - chunk - 4 records; more
   // are read from global memory, as when kvq-fold's staging does not fit).
-  constexpr bool VP = (V2 || TM) && BITS == 4;
+  constexpr bool VP = BITS == 4;
   extern __shared__ __align__(16) float sm[];
   const int G = a.n_heads / K.kv_heads;
   uint32_t* klut2 = reinterpret_cast<uint32_t*>(sm);          // [kLutWords]
@@ -454,7 +463,7 @@ kvquant_fold_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, i
         }
       }
     }
-  } else if constexpr (TM) {
+  } else {  // TM
     // kvq-foldm (h56): tokens as M, heads as N (h53's layout of the fp16 decode,
     // kernels/attention_decode_mma.cu). m-tile mt holds the stage's tokens 16 mt .. 16 mt + 15;
     // the lane's A rows are tokens u0 = 16 mt + gid and u1 = u0 + 8, its A registers the same
@@ -519,53 +528,6 @@ kvquant_fold_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, i
             if (tok < cnt) sc[tok * GM + g] = acc[e] * a.scale;
             if (tok + 8 < cnt) sc[(tok + 8) * GM + g] = acc[2 + e] * a.scale;
           }
-        }
-      }
-    }
-  } else {
-    const uint32_t* kcodes = K.codes + sh * K.max_tokens * K.wpr;
-    const char* ktab = reinterpret_cast<const char*>(klut2);
-    const bool hv = gid < G;
-    const float* qh = qs + (hv ? gid : 0) * kD;
-    for (int st = warp; st < nst; st += kW) {
-      uint32_t kw[8][4];
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt) load_key_codes<BITS>(kcodes, min(begin + st * kS + nt * 8 + gid, end - 1), t4, kw[nt]);
-      // Query of head gid rotated by R(j0)^T: qa0[kt] = channels (i, i + 1), qa2[kt] =
-      // (i + 64, i + 65), i = 16 t4 + 2 kt (rows >= G zero).
-      uint32_t qa0[8], qa2[8];
-#pragma unroll
-      for (int kt = 0; kt < 8; ++kt) {
-        const int i = 16 * t4 + 2 * kt;
-        const float2 c0 = st0[st * 64 + i], c1 = st0[st * 64 + i + 1];
-        const float q0 = qh[i], q1 = qh[i + 1], p0 = qh[i + 64], p1 = qh[i + 65];
-        qa0[kt] = hv ? pack_h2(fmaf(q0, c0.x, p0 * c0.y), fmaf(q1, c1.x, p1 * c1.y)) : 0u;
-        qa2[kt] = hv ? pack_h2(fmaf(p0, c0.x, -q0 * c0.y), fmaf(p1, c1.x, -q1 * c1.y)) : 0u;
-      }
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-        if (st * kS + nt * 8 >= cnt) break;  // warp-uniform
-        const uint4* cr = reinterpret_cast<const uint4*>(rec + ((nt * 8 + gid) * 4 + t4) * kRec);
-        float acc[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-        for (int k2 = 0; k2 < 4; ++k2) {
-          const uint4 x = cr[3 * k2], y = cr[3 * k2 + 1], z = cr[3 * k2 + 2];
-          // k-tile 2 k2: words x.x .. y.y; k-tile 2 k2 + 1: y.z .. z.w.
-          const uint32_t cf[2][6] = {{x.x, x.y, x.z, x.w, y.x, y.y}, {y.z, y.w, z.x, z.y, z.z, z.w}};
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int kt = 2 * k2 + h;
-            const uint32_t lo = lut_get<BITS>(ktab, kw[nt][0], kw[nt][1], kt, t4x4);
-            const uint32_t hi = lut_get<BITS>(ktab, kw[nt][2], kw[nt][3], kt, t4x4);
-            const uint32_t b0 = hfma2(hi, cf[h][1], hfma2(lo, cf[h][0], cf[h][2]));
-            const uint32_t b1 = hfma2(lo, cf[h][4], hfma2(hi, cf[h][3], cf[h][5]));
-            mma16816(acc, qa0[kt], 0u, qa2[kt], 0u, b0, b1);
-          }
-        }
-        const int tok = st * kS + nt * 8 + 2 * t4;
-        if (hv) {
-          if (tok < cnt) sc[tok * GM + gid] = acc[0] * a.scale;
-          if (tok + 1 < cnt) sc[(tok + 1) * GM + gid] = acc[1] * a.scale;
         }
       }
     }
@@ -807,10 +769,6 @@ cudaError_t run_fold_any(const PackedSide& k, const PackedSide& v, const PackedD
 }
 }  // namespace
 
-cudaError_t run_fold(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len, int sm_count,
-                     void* ws, size_t ws_bytes, cudaStream_t stream) {
-  return run_fold_any<0>(k, v, a, max_len, sm_count, ws, ws_bytes, stream);
-}
 cudaError_t run_fold2(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len, int sm_count,
                       void* ws, size_t ws_bytes, cudaStream_t stream) {
   return run_fold_any<1>(k, v, a, max_len, sm_count, ws, ws_bytes, stream);

@@ -1,8 +1,9 @@
 // KVQuant decode on the tensor cores in one pass per 64-token stage with an online softmax
 // (interface: kv_decode_kvquant.cuh, run_stream; KVQ_KV_DECODE=kvq-stream in
 // lib/cuda/packed_cache.cpp). Same cases (fits()), same per-element arithmetic as the
-// three-pass build kernels/kv_decode_kvquant_mma.cu (h45; its header has the fragment layouts,
-// the RoPE split R(j0 + u) = R(j0) R(u) and the fp16 roundings), restructured along version
+// three-pass build kvq-mma (h45, retired in session 7; its layouts, the RoPE split
+// R(j0 + u) = R(j0) R(u) and the fp16 roundings: kv_decode_kvquant_common.cuh's header, the
+// error terms in tests/gpu/kv_kvquant_test.cpp), restructured along version
 // 4's lines (kv_decode_stream.cu) because h45's figures (notes/s5/results-h45.md, H100
 // 2026-11-23: 323 us at llama2-7b b1 32K 4 bits against an issue estimate of ~60 us, 2 bits
 // only 3-5% faster than 4) point at waiting, not bytes: three block-barrier-separated passes

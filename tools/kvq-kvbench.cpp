@@ -12,8 +12,8 @@
 // and the sweep goes on.
 // The environment variable KVQ_KV_DECODE forces one decode kernel of PackedKvCache
 // (lib/cuda/packed_cache.cpp; docs/cuda.md lists the kernels and every switch): for KVQuant
-// caches kvq-fold|kvq-fold2|kvq-foldm|kvq-mma|kvq-stream (default: kvq-fold2 at G = 1, kvq-fold
-// at G > 1), for the others general|fast|fast-pf|mma-stream (default: version 4 of the
+// caches kvq-fold2|kvq-foldm|kvq-stream (default: kvq-fold2 at G = 1; at G > 1 kvq-stream for
+// few (row, kv head) pairs, else kvq-foldm; kvq-fold and kvq-mma retired in session 7), for the others general|fast|fast-pf|mma-stream (default: version 4 of the
 // tensor-core kernel, kernels/kv_decode_stream.cu, where it applies: uniform per-token int2/int4
 // and KIVI at G <= 2, head_dim 128; else the fast kernel where it applies, else the general
 // one); retired kernels' values are errors (notes/kv-cuda-perf.md "Retired kernels"). The header

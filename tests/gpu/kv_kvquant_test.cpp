@@ -1,9 +1,9 @@
-// KVQuant's own decode kernels, the folded tensor-core build (kernels/kv_decode_kvquant_fold.cu,
-// the default of lib/cuda/packed_cache.cpp where it fits; cases set kvq-fold), the session-5
-// tensor-core build (kernels/kv_decode_kvquant_mma.cu, cases set kvq-mma) and its one-pass
-// build (kernels/kv_decode_kvquant_stream.cu, cases set kvq-stream), against
+// KVQuant's own decode kernels, the folded tensor-core builds (kernels/kv_decode_kvquant_fold.cu:
+// kvq-fold2, the default at G = 1, and kvq-foldm) and the one-pass build
+// (kernels/kv_decode_kvquant_stream.cu, kvq-stream), each forced by KVQ_KV_DECODE, against
 // attention in fp64 over the CPU codec's dequantized (simulated) cache, RoPE applied in fp64
-// to the pre-RoPE keys. From a printed
+// to the pre-RoPE keys. kvq-fold and kvq-mma were retired in session 7 (their cases with
+// them; the refusal of their values is tested below). From a printed
 // seed (KVQ_TEST_SEED replays): random rows N(0, 1) with an outlier channel (x8), every third
 // token on a 1/8 grid (ties), one constant token; 3 slots streamed in uneven appends
 // (lengths 300, 129, 10) read by 4 batch rows {0, 1, 2, 0}; MHA and G = 2, 3, 4, 8; 4 and 2
@@ -24,7 +24,7 @@
 //    2^-17 sum |q_i| (|k_i| + |k_partner(i)|) more.
 //  - softmax weights: 2 max|err s| + (L + 64) 2^-24; o = sum p v: (2 delta + (L + 64) 2^-23)
 //    max|v|; the fp16 output rounding 2^-11 |o|.
-// The tensor-core builds (KVQ_KV_DECODE=kvq-mma or kvq-stream) add:
+// kvq-stream (h47; the bound of h45's retired three-pass build kvq-mma, same arithmetic) adds:
 //  - scores: the query rotated by R(j0)^T and each key pair by R(u) in fp32, both rounded to
 //    fp16 (2^-11 relative each), products exact, fp32 accumulation; per rotate-half pair
 //    |q'_i k'_i| + |q'_p k'_p| <= |q_pair| |k_pair| <= (|q_i| + |q_p|)(|k_i| + |k_p|) (rotations
@@ -34,8 +34,9 @@
 //  - values: v = fma(lut, half_t, mid_t) and p rounded to fp16 (2^-11 each), so
 //    2^-10 sum p |v_dense| / l <= 2^-10 max |v| over the head's tokens and channels (the dense
 //    value lies in its token's range): the test adds 2^-9 max|v| of the head.
-// The folded build (KVQ_KV_DECODE=kvq-fold or unset, kernels/kv_decode_kvquant_fold.cu, the default)
-// rounds other things to fp16, so its cases add instead:
+// The folded builds (h51's tables, kernels/kv_decode_kvquant_fold.cu; derived for h51's kvq-fold,
+// which kvq-fold2 and kvq-foldm round no more than, see their cases) round other things to
+// fp16, so their cases add instead:
 //  - keys: each R(u)-rotated component is two HFMA2 over fp16 L values, fp16 coefficients
 //    (cos a, sin a with a = qa half_c) and an fp16 offset (from b = qa mid_c + qb): <= 4
 //    roundings of terms bounded by S = |a_i| + |a_p| (|L| <= 1) and 3 of terms bounded by
@@ -89,11 +90,11 @@ struct Case {
 };
 
 // Returns the worst error / tolerance over every output element. kernel: the
-// KVQ_KV_DECODE value, "kvq-mma", "kvq-stream" or "kvq-fold" (the bound adds the fp16 terms
+// KVQ_KV_DECODE value, "kvq-stream", "kvq-fold2" or "kvq-foldm" (the bound adds the fp16 terms
 // derived in the header comment).
 double run_case(const Case& c, uint64_t seed, const char* kernel) {
   EnvGuard env("KVQ_KV_DECODE", kernel);
-  // kvq-stream (kernels/kv_decode_kvquant_stream.cu) does the mma build's per-element arithmetic
+  // kvq-stream (kernels/kv_decode_kvquant_stream.cu) does the retired mma build's per-element arithmetic
   // in one pass per stage with an online softmax: its p = exp(s - running max) is rounded to
   // fp16 as the mma build's (2^-11 relative, values no smaller), the accumulator rescales add
   // one fp32 rounding per stage (<= 2^-24 x stages, ~2^-15 over the 20000-token slot's 313
@@ -322,16 +323,9 @@ void long_cases(const char* kernel) {
 
 }  // namespace
 
-// The folded build (kernels/kv_decode_kvquant_fold.cu, the default; cases set KVQ_KV_DECODE=kvq-fold)
-// with its bound (header comment): the same cases. H100, 2026-11-23 (28872d5): 3 cases, 69814
-// assertions, all 0.00 of the bound (the 2^-7 C key term is a worst case over 7 roundings).
-TEST_CASE("kv kvquant fold kernel: 4/2 bits, outliers, sinks, MHA and GQA == simulated", "[gpu][kv][kvquant]") {
-  basic_cases("kvq-fold");
-}
-TEST_CASE("kv kvquant fold kernel: calibrated LUT, key ranges and Q-Norm == simulated", "[gpu][kv][kvquant]") {
-  calibrated_cases("kvq-fold");
-}
-TEST_CASE("kv kvquant fold kernel: long slot == simulated", "[gpu][kv][kvquant]") { long_cases("kvq-fold"); }
+// The folded builds (kernels/kv_decode_kvquant_fold.cu) with their bound (header comment). h51's
+// kvq-fold had these three cases (H100, 2026-11-23, 28872d5: 69814 assertions, all 0.00 of the
+// bound; the 2^-7 C key term is a worst case over 7 roundings); retired in session 7.
 // kvq-fold2 (h54, run_fold2): n-tile nt anchored at j0 + 8 nt (anchor composed in fp32 from R(j0)
 // and R(8 nt): ~2^-22 relative, inside the 2^-17 RoPE term), the lane's coefficients at u = gid,
 // the offset (cos b_i - sin b_p, ...) an fp16 mma operand (one rounding, bounded by |b_i| + |b_p|),
@@ -362,17 +356,7 @@ TEST_CASE("kv kvquant foldm kernel: calibrated LUT, key ranges and Q-Norm == sim
 TEST_CASE("kv kvquant foldm kernel: long slot == simulated", "[gpu][kv][kvquant]") { long_cases("kvq-foldm"); }
 
 // h42's CUDA-core kernel (KVQ_KV_DECODE=kvq-fast) had its own three cases here, retired with it
-// after dfabb0b.
-// The tensor-core build (kernels/kv_decode_kvquant_mma.cu, the default) with the fp16 terms of
-// its bound (run_case): 64-token RoPE stages, so the long slot crosses ~30 stage
-// anchors per chunk.
-TEST_CASE("kv kvquant mma kernel: 4/2 bits, outliers, sinks, MHA and GQA == simulated", "[gpu][kv][kvquant]") {
-  basic_cases("kvq-mma");
-}
-TEST_CASE("kv kvquant mma kernel: calibrated LUT, key ranges and Q-Norm == simulated", "[gpu][kv][kvquant]") {
-  calibrated_cases("kvq-mma");
-}
-TEST_CASE("kv kvquant mma kernel: long slot == simulated", "[gpu][kv][kvquant]") { long_cases("kvq-mma"); }
+// after dfabb0b; h45's three-pass build (kvq-mma) three more, retired in session 7.
 // The one-pass online-softmax build (KVQ_KV_DECODE=kvq-stream) on the same cases and bound: the long
 // slot runs each warp through many stages, so the running max moves and the rescales are exercised.
 TEST_CASE("kv kvquant stream kernel: 4/2 bits, outliers, sinks, MHA and GQA == simulated", "[gpu][kv][kvquant]") {
@@ -403,8 +387,7 @@ TEST_CASE("kv kvquant kernel: the default where it fits; 3 bits, bf16, KVQ_KV_DE
     cuda::PackedKvCache gpu(*kc, *vc, 1, 8, 4, inv_freq);
     gpu.append_host(0, x.data(), x.data(), 5, 2 * kHd);
     gpu.prepare({0});
-    for (const char* value : {"kvq-fold", "kvq-fold2", "kvq-foldm", "kvq-mma", "kvq-stream", "",
-                              static_cast<const char*>(nullptr)}) {
+    for (const char* value : {"kvq-fold2", "kvq-foldm", "kvq-stream", "", static_cast<const char*>(nullptr)}) {
       EnvGuard env("KVQ_KV_DECODE", value);
       CHECK(gpu.decode_uses_kvquant_kernel() == (spec == "kvquant:bits=4"));
       CHECK_FALSE(gpu.decode_uses_kvquant_kernel(true));
@@ -415,10 +398,11 @@ TEST_CASE("kv kvquant kernel: the default where it fits; 3 bits, bf16, KVQ_KV_DE
 }
 
 // The retired kernels' KVQ_KV_DECODE values (kvq-fast: h42's CUDA-core KVQuant kernel; kvq-fold2k:
-// kvq-fold2's key pass alone, h54, slower than kvq-fold2 at 4 bits, identical at 2; mma,
-// mma3, mma-hoist: version 3 of the tensor-core decode, kernels/kv_decode_mma.cu until dfabb0b)
-// are a typed error from decode(), checked before any launch, for KVQuant and for int4 alike;
-// the kept values decode.
+// kvq-fold2's key pass alone, h54, slower than kvq-fold2 at 4 bits, identical at 2; kvq-fold and
+// kvq-mma: h51's key pass and h45's fp32 build, fastest nowhere in session 7's A/B; mma, mma3,
+// mma-hoist: version 3 of the tensor-core decode, kernels/kv_decode_mma.cu until dfabb0b) are a
+// typed error from decode() naming a commit that still has the kernel, checked before any
+// launch, for KVQuant and for int4 alike; the kept values decode.
 TEST_CASE("kv kvquant kernel: retired KVQ_KV_DECODE values are an InvalidArgument", "[gpu][kv][kvquant]") {
   const codecs::KvShape ks{2, kHd, 4};
   RopeConfig rc;
@@ -437,7 +421,7 @@ TEST_CASE("kv kvquant kernel: retired KVQ_KV_DECODE values are an InvalidArgumen
     cuda::PackedKvCache gpu(*kc, *vc, 1, 8, 4, spec == "int4" ? no_freq : inv_freq);
     gpu.append_host(0, x.data(), x.data(), 5, 2 * kHd);
     gpu.prepare({0});
-    for (const char* value : {"kvq-fast", "kvq-fold2k", "mma", "mma3", "mma-hoist"}) {
+    for (const char* value : {"kvq-fast", "kvq-fold2k", "kvq-fold", "kvq-mma", "mma", "mma3", "mma-hoist"}) {
       EnvGuard env("KVQ_KV_DECODE", value);
       INFO(spec << ", KVQ_KV_DECODE=" << value);
       bool threw = false;
@@ -447,11 +431,11 @@ TEST_CASE("kv kvquant kernel: retired KVQ_KV_DECODE values are an InvalidArgumen
         threw = true;
         CHECK_THAT(std::string(e.what()), kvq_test::HasSubstr("retired"));
         CHECK_THAT(std::string(e.what()), kvq_test::HasSubstr(value));
+        CHECK_THAT(std::string(e.what()), kvq_test::HasSubstr("(last in "));
       }
       CHECK(threw);
     }
-    for (const char* value : {"kvq-fold", "kvq-fold2", "kvq-foldm", "kvq-mma", "mma-stream",
-                              static_cast<const char*>(nullptr)}) {
+    for (const char* value : {"kvq-fold2", "kvq-foldm", "kvq-stream", "mma-stream", static_cast<const char*>(nullptr)}) {
       EnvGuard env("KVQ_KV_DECODE", value);
       INFO(spec << ", KVQ_KV_DECODE=" << (value ? value : "(unset)"));
       CHECK_NOTHROW(gpu.decode(dq, dout));
