@@ -15,6 +15,11 @@
 
 #include "formats/error.h"
 
+namespace kvq {
+struct ModelFingerprint;
+struct CalibrationProvenance;
+}  // namespace kvq
+
 namespace kvq::detail {
 
 using nlohmann::json;
@@ -56,22 +61,12 @@ json parse_document(const std::string& file, const std::string& key, const std::
 
 bool is_sha256_hex(std::string_view s);
 
-}  // namespace kvq::detail
-
 // Defined in fingerprint.cpp: the fingerprint as a JSON object and back.
-namespace kvq {
-struct ModelFingerprint;
-}
-namespace kvq::detail {
 json fingerprint_json(const ModelFingerprint& fp);
 ModelFingerprint fingerprint_from(const JsonObject& o);
-}  // namespace kvq::detail
 
 // Defined in profile_json.cpp: calibration provenance as a JSON object and back.
-namespace kvq {
-struct CalibrationProvenance;
-}
-namespace kvq::detail {
 json provenance_json(const CalibrationProvenance& p);
 CalibrationProvenance provenance_from(const JsonObject& o);
+
 }  // namespace kvq::detail
