@@ -270,6 +270,14 @@ TEST_CASE("gpu kernels: cuBLAS gemm with fp32 accumulation", "[gpu]") {
 
 namespace {
 
+// Whether a prefill path (attention_prefill_sm90_usable / _fa3_usable) takes head_dim hd on
+// this device and build.
+bool takes(bool (*usable)(const kvq::kern::AttentionArgs&), int hd) {
+  kvq::kern::AttentionArgs probe;
+  probe.head_dim = hd;
+  return usable(probe);
+}
+
 // CPU reference attention in fp64 from the same 16-bit q/k/v the kernel reads.
 struct AttnCase {
   Act act;
@@ -452,13 +460,11 @@ TEST_CASE("gpu kernels: prefill attention, FA2 and wgmma paths, against fp64 ref
     };
     for (const AttnCase& c : cases) {
       run_attention_case(c, rng, false, kvq::kern::attention_prefill_fa2, "prefill fa2 ");
-      kvq::kern::AttentionArgs probe;
-      probe.head_dim = c.hd;
-      if (kvq::kern::attention_prefill_sm90_usable(probe)) {
+      if (takes(kvq::kern::attention_prefill_sm90_usable, c.hd)) {
         run_attention_case(c, rng, false, kvq::kern::attention_prefill_sm90, "prefill sm90");
         ++sm90_cases;
       }
-      if (kvq::kern::attention_prefill_fa3_usable(probe)) {
+      if (takes(kvq::kern::attention_prefill_fa3_usable, c.hd)) {
         run_attention_case(c, rng, false, kvq::kern::attention_prefill_fa3, "prefill fa3 ");
         ++fa3_cases;
       }
@@ -476,9 +482,7 @@ TEST_CASE("gpu kernels: prefill attention, FA2 and wgmma paths, against fp64 ref
         {act, 1, 1100, 20, 4, 128, 1, 1100, 0, {0}, {0}, false},
     };
     for (const AttnCase& c : fa3_edges) {
-      kvq::kern::AttentionArgs probe;
-      probe.head_dim = c.hd;
-      if (!kvq::kern::attention_prefill_fa3_usable(probe)) break;
+      if (!takes(kvq::kern::attention_prefill_fa3_usable, c.hd)) break;
       run_attention_case(c, rng, false, kvq::kern::attention_prefill_fa3, "prefill fa3 ");
       ++fa3_cases;
     }
@@ -494,12 +498,8 @@ TEST_CASE("gpu kernels: prefill attention, FA2 and wgmma paths, against fp64 ref
   if (major == 9 && minor == 0) REQUIRE(sm90_cases == 24);
   // ... and the warp-specialized kernel for every head_dim 128 case (9 + 5 per type).
   if (major == 9 && minor == 0) REQUIRE(fa3_cases == 28);
-  kvq::kern::AttentionArgs hd96;
-  hd96.head_dim = 96;
-  REQUIRE_FALSE(kvq::kern::attention_prefill_sm90_usable(hd96));
-  kvq::kern::AttentionArgs hd64;
-  hd64.head_dim = 64;
-  REQUIRE_FALSE(kvq::kern::attention_prefill_fa3_usable(hd64));
+  REQUIRE_FALSE(takes(kvq::kern::attention_prefill_sm90_usable, 96));
+  REQUIRE_FALSE(takes(kvq::kern::attention_prefill_fa3_usable, 64));
 }
 
 // The FA3-style kernel's softmax takes ex2.approx.ftz (weights below 2^-126 become 0, see
@@ -513,9 +513,7 @@ TEST_CASE("gpu kernels: prefill fa3 with softmax weights below 2^-126, against f
   const uint64_t seed = kvq_test::test_seed(110);
   std::printf("prefill fa3 tiny-weights seed %llu\n", (unsigned long long)seed);
   std::mt19937_64 rng(seed);
-  kvq::kern::AttentionArgs probe;
-  probe.head_dim = 128;
-  if (!kvq::kern::attention_prefill_fa3_usable(probe)) return;  // no sm_90 device
+  if (!takes(kvq::kern::attention_prefill_fa3_usable, 128)) return;  // no sm_90 device
   for (Act act : {Act::kF16, Act::kBF16}) {
     run_attention_case({act, 1, 300, 4, 2, 128, 1, 700, 0, {0}, {261}, false}, rng, false,
                        kvq::kern::attention_prefill_fa3, "prefill fa3 ", 64.f);
