@@ -37,6 +37,7 @@
 #include <cuda_runtime.h>
 
 #include "kernels/kv_layout.h"
+#include "kernels/kv_ops.cuh"
 #include "kernels/ops.cuh"
 
 namespace kvq::kern {
@@ -88,14 +89,9 @@ cudaError_t more_append(const MoreSide& p, int slot, const float* rows, int n, i
 cudaError_t more_fp8_scales(const MoreSide& p, int slot, const float* rows, int n, int64_t ld,
                             cudaStream_t stream);
 
-struct MoreDecodeArgs {
-  const void* q = nullptr;        // [rows, n_heads, head_dim] Act, post-RoPE
-  void* out = nullptr;            // [rows, n_heads, head_dim] Act
-  const int32_t* slot = nullptr;  // [rows]
-  const int32_t* len = nullptr;   // [rows]: row r attends to tokens 0 .. len[r]-1 of its slot
-  int rows = 0, n_heads = 0;
-  float scale = 0.f;
-};
+// q, out, slot, len, rows, n_heads, scale: kv_ops.cuh's DecodeRowsArgs (the same decode step;
+// these formats have no pre-RoPE keys and one kernel).
+using MoreDecodeArgs = DecodeRowsArgs;
 
 size_t more_decode_workspace(const MoreSide& k, const MoreDecodeArgs& a, int max_len,
                              int sm_count);

@@ -89,13 +89,20 @@ cudaError_t kv_append(const PackedSide& p, int slot, const float* rows, int n, i
 cudaError_t kv_fill_random(float* dst, int64_t rows, int cols, uint64_t seed, float scale,
                            int period, float outlier, cudaStream_t stream);
 
-struct PackedDecodeArgs {
+// One decode step over a packed cache, for both families of caches (kv_more.cuh's
+// MoreDecodeArgs is this struct): one new query per row, attending to its slot's first
+// len[r] tokens.
+struct DecodeRowsArgs {
   const void* q = nullptr;        // [rows, n_heads, head_dim] Act, post-RoPE
   void* out = nullptr;            // [rows, n_heads, head_dim] Act
   const int32_t* slot = nullptr;  // [rows]
-  const int32_t* len = nullptr;   // [rows]: the query sees keys 0 .. len-1 of its slot
+  const int32_t* len = nullptr;   // [rows]: row r attends to tokens 0 .. len[r]-1 of its slot
   int rows = 0, n_heads = 0;
   float scale = 0.f;
+};
+
+// The step for kv_ops.cuh's formats: pre-RoPE keys and the benchmarks' kernel choice.
+struct PackedDecodeArgs : DecodeRowsArgs {
   const double* inv_freq = nullptr;  // [head_dim/2]: keys are pre-RoPE (KVQuant), else null
   bool rope_interleaved = false;
   // Kernel choice (benchmarks): 0 auto (the tensor-core kernel, kv_decode_mma.cu /
