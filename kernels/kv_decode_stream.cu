@@ -386,13 +386,20 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
       // 4 x + x', so that the lane of the value pass finds its 4 channels of every group in
       // one 16-byte load (4-byte copies: 4x the copy instructions of stage16u, 32 per thread
       // at 4 bits against 16 more 4-byte shared loads per tile and lane without it).
+      // Word i = threadIdx.x + kT p of the stage: kT is a multiple of RW, so its word in the
+      // row (w) and hence the permuted destination offset are the thread's for every p, and the
+      // unrolled copies address [reg + imm] (the first build's loop took 18 instructions per
+      // copy, 13% of the kernel's: ncu source counters, H100 2026-11-23, 658ec60).
       constexpr int NWQ = RW / 4;
-      const uint32_t* src = vcg + (static_cast<int64_t>(begin) + j * KS) * RW;
-      const uint32_t d = smem_addr(vc_s);
-      for (int i = threadIdx.x; i < n * RW; i += kT) {
-        const int w = i % RW;
-        cp_async4(d + 4 * (i - w + 4 * (w % NWQ) + w / NWQ), src + i);
-      }
+      constexpr int CP = KS * RW / kT;  // copies per thread (32 at 4 bits, 16 at 2)
+      static_assert(kT % RW == 0, "a thread's word of the row is the same for every copy");
+      const int w = static_cast<int>(threadIdx.x) % RW;
+      const uint32_t d = smem_addr(vc_s) + 4 * (threadIdx.x - w + 4 * (w % NWQ) + w / NWQ);
+      const uint32_t* src = vcg + (static_cast<int64_t>(begin) + j * KS) * RW + threadIdx.x;
+      const int nw = n * RW;
+#pragma unroll
+      for (int p = 0; p < CP; ++p)
+        if (static_cast<int>(threadIdx.x) + kT * p < nw) cp_async4(d + 4 * kT * p, src + kT * p);
     } else {
       stage16u<CPT>(vc_s, vcg_t + j * (KS * RW * 4), n * RW / 4);
     }
@@ -529,13 +536,21 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
           }
         float zq[GA];  // sum_d q_d z_d of the group, per head
         float zmine;
-        if constexpr (KG) {  // the 4 sums in one butterfly (6 shuffles instead of 20), then head t4's
+        if constexpr (KG) {  // the 4 sums in one butterfly (6 shuffles instead of 20), then head t4's;
+          // the lane's 4 zeros loaded and converted once for the G heads (one 16-byte load).
+          const uint4 cz = *reinterpret_cast<const uint4*>(cmb + 8 * lane);  // (s, z) of channels 4 lane ..
+          const float zf[4] = {h2f(static_cast<uint16_t>(cz.x >> 16)), h2f(static_cast<uint16_t>(cz.y >> 16)),
+                               h2f(static_cast<uint16_t>(cz.z >> 16)), h2f(static_cast<uint16_t>(cz.w >> 16))};
 #pragma unroll
           for (int g = 0; g < GA; ++g) {
             float z = 0.f;
-            if (g < G)
-#pragma unroll
-              for (int e = 0; e < 4; ++e) z = fmaf(qx[g * kD + 4 * lane + e], h2f(cmb[2 * (4 * lane + e) + 1]), z);
+            if (g < G) {
+              const float4 q4 = *reinterpret_cast<const float4*>(qx + g * kD + 4 * lane);
+              z = fmaf(q4.x, zf[0], z);
+              z = fmaf(q4.y, zf[1], z);
+              z = fmaf(q4.z, zf[2], z);
+              z = fmaf(q4.w, zf[3], z);
+            }
             zq[g] = z;
           }
           const float zt = warp_reduce_many<GA, false>(zq, lane);  // value warp_reduce_elem<4>(lane)
@@ -781,28 +796,66 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
         const int grp = lane >> 3, u = lane & 7;
         const float pwc = sel8(pwn, grp);
         // The weights: at 4 bits in this stage's key-code buffer (read by the key pass above, the
-        // next write to it is stage j + 2's issue_a after this stage's last barrier).
+        // next write to it is stage j + 2's issue_a after this stage's last barrier). Token
+        // i = 2 u + 16 k of column col goes to 2 u + 16 (k ^ s), s = (col & 3) ^ grp (kg_w):
+        // per-thread bases for the 4 values of k & 3, the rest immediate offsets.
         __half* wk = BITS == 4 ? reinterpret_cast<__half*>(kc_s + (j & 1) * KS * RW) : W;
-        float zl = 0.f, wl = 0.f;
-#pragma unroll 4
-        for (int k = 0; k < KS / 16; ++k) {
-          const int i = 2 * u + 16 * k;
-          if (i >= cpad) break;
-          const float2 pp = *reinterpret_cast<const float2*>(scg + i);
-          float wv[2] = {0.f, 0.f};
+        const int shi = ((2 * g) & 3) ^ grp, slo = shi ^ 1;  // columns 2 g (hi), 2 g + 1 (lo)
+        __half* whi = wk + (grp * 8 + 2 * g) * KS + 2 * u;
+        __half* wlo = wk + (grp * 8 + 2 * g + 1) * KS + 2 * u;
+        int ohi[4], olo[4];
 #pragma unroll
-          for (int e = 0; e < 2; ++e)
-            if (i + e < cnt) {
-              const float p = e ? pp.y : pp.x;
-              const uint32_t m = meta_at(vmb + (i + e) * vmpr + 2 * grp, false);  // KIVI values: asym
-              wv[e] = p * h2f(static_cast<uint16_t>(m & 0xFFFFu)) * pwc;
-              zl = fmaf(p, h2f(static_cast<uint16_t>(m >> 16)), zl);
+        for (int kk = 0; kk < 4; ++kk) {
+          ohi[kk] = 16 * (kk ^ shi);
+          olo[kk] = 16 * (kk ^ slo);
+        }
+        constexpr int VM = 2 * NGVT;  // halves per token of the (asym) value meta
+        const float* sp = scg + 2 * u;
+        const uint16_t* mp = vmb + 2 * u * VM + 2 * grp;  // KIVI values: asym, so no 2-byte shift
+        float zl = 0.f, wl = 0.f;
+        // Two tokens' weights: w = p s 2^E split into fp16 hi and lo (one conversion each for
+        // the pair), p z into zl, FOLD: hi + lo into wl. m = 0 (padding) gives w = 0, p z = 0.
+        auto pair = [&](float p0, float p1, uint32_t m0, uint32_t m1, __half* dhi, __half* dlo) {
+          const float2 sf = __half22float2(bits_h2(__byte_perm(m0, m1, 0x5410u)));
+          const float2 zf = __half22float2(bits_h2(__byte_perm(m0, m1, 0x7632u)));
+          const float w0 = p0 * sf.x * pwc, w1 = p1 * sf.y * pwc;
+          zl = fmaf(p0, zf.x, zl);
+          zl = fmaf(p1, zf.y, zl);
+          const __half2 hi = __floats2half2_rn(w0, w1);
+          const float2 hf = __half22float2(hi);
+          const __half2 lo = __floats2half2_rn(w0 - hf.x, w1 - hf.y);
+          *reinterpret_cast<__half2*>(dhi) = hi;
+          *reinterpret_cast<__half2*>(dlo) = lo;
+          if (FOLD) {
+            const float2 lf = __half22float2(lo);
+            wl += (hf.x + lf.x) + (hf.y + lf.y);
+          }
+        };
+        if (cnt == KS) {  // a whole stage (all but a block's last): no bounds
+#pragma unroll
+          for (int k = 0; k < KS / 16; ++k) {
+            const float2 pp = *reinterpret_cast<const float2*>(sp + 16 * k);
+            pair(pp.x, pp.y, *reinterpret_cast<const uint32_t*>(mp + 16 * k * VM),
+                 *reinterpret_cast<const uint32_t*>(mp + (16 * k + 1) * VM), whi + 16 * (k & ~3) + ohi[k & 3],
+                 wlo + 16 * (k & ~3) + olo[k & 3]);
+          }
+        } else {
+#pragma unroll 4
+          for (int k = 0; k < KS / 16; ++k) {
+            const int i = 2 * u + 16 * k;
+            if (i >= cpad) break;
+            float p0 = 0.f, p1 = 0.f;
+            uint32_t m0 = 0u, m1 = 0u;
+            if (i < cnt) {
+              p0 = sp[16 * k];
+              m0 = *reinterpret_cast<const uint32_t*>(mp + 16 * k * VM);
             }
-          const __half2 hi = __floats2half2_rn(wv[0], wv[1]);
-          const __half2 lo = __floats2half2_rn(wv[0] - __low2float(hi), wv[1] - __high2float(hi));
-          *reinterpret_cast<__half2*>(wk + kg_w<KS>(grp, 2 * g, i)) = hi;
-          *reinterpret_cast<__half2*>(wk + kg_w<KS>(grp, 2 * g + 1, i)) = lo;
-          if (FOLD) wl += (__low2float(hi) + __low2float(lo)) + (__high2float(hi) + __high2float(lo));
+            if (i + 1 < cnt) {
+              p1 = sp[16 * k + 1];
+              m1 = *reinterpret_cast<const uint32_t*>(mp + (16 * k + 1) * VM);
+            }
+            pair(p0, p1, m0, m1, whi + 16 * (k ^ shi), wlo + 16 * (k ^ slo));
+          }
         }
         sl = warp_sum(sl);
 #pragma unroll
@@ -930,21 +983,27 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
         for (int mt = 0; mt < 8; ++mt)
 #pragma unroll
           for (int e = 0; e < 4; ++e) acc[0][mt][e] *= f[mt >> 1];
-      const uint32_t* vcb = vc_s + 4 * (gid / (8 / NWQ));
+      // Tile tb = warp + kW n: its rows n 16 kW RW words on from the warp's first, and in kg_w
+      // (tb * 16 + 4 t4) ^ 16 s = 16 (warp ^ s) + 64 n + 4 t4 (s < 4 = kW touches tb's low bits).
+      static_assert(kW == 4, "kg_w's swizzle: tb ^ s = (warp ^ s) + 4 n");
+      const uint32_t* vcb = vc_s + 4 * (gid / (8 / NWQ)) + (warp * 16 + 4 * t4) * RW;
       const __half* wk = BITS == 4 ? reinterpret_cast<const __half*>(kc_s + (j & 1) * KS * RW) : W;  // kg_w
+      int boff[4];
+#pragma unroll
+      for (int x = 0; x < 4; ++x) boff[x] = (x * 8 + gid) * KS + 16 * (warp ^ ((gid & 3) ^ x)) + 4 * t4;
       const bool bok = gid < 2 * G;
-      for (int tb = warp; tb < ntiles; tb += kW) {
+      for (int tb = warp, n = 0; tb < ntiles; tb += kW, ++n) {
         uint32_t w[4][4];  // [token 4 t4 + k][group]
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
-          const uint4 v = *reinterpret_cast<const uint4*>(vcb + (tb * 16 + 4 * t4 + k) * RW);
+          const uint4 v = *reinterpret_cast<const uint4*>(vcb + (n * 16 * kW + k) * RW);
           w[k][0] = v.x; w[k][1] = v.y; w[k][2] = v.z; w[k][3] = v.w;
         }
         uint32_t b[4][2];
 #pragma unroll
         for (int x = 0; x < 4; ++x) {
           uint2 v = make_uint2(0, 0);
-          if (bok) v = *reinterpret_cast<const uint2*>(wk + kg_w<KS>(x, gid, tb * 16 + 4 * t4));
+          if (bok) v = *reinterpret_cast<const uint2*>(wk + boff[x] + 64 * n);
           b[x][0] = v.x; b[x][1] = v.y;
         }
         uint32_t p01[16], p23[16];
