@@ -54,6 +54,37 @@ __device__ __forceinline__ AsymParams asym_params(float mn, float mx, int bits) 
   return a;
 }
 
+// asym_params of the group of values get(k), k in [k0, k1) (k1 > k0), min and max taken in that
+// order with seq_min / seq_max (the CPU's std::min / std::max). I: the index type of the
+// caller's loop (int or int64_t), kept so that its address arithmetic stays what it was.
+template <typename I, typename Get>
+__device__ __forceinline__ AsymParams asym_params_of(I k0, I k1, int bits, Get&& get) {
+  float mn = get(k0), mx = mn;
+  for (I k = k0 + 1; k < k1; ++k) {
+    const float x = get(k);
+    mn = kvlayout::seq_min(mn, x);
+    mx = kvlayout::seq_max(mx, x);
+  }
+  return asym_params(mn, mx, bits);
+}
+
+// Uniform symmetric b-bit scale of the group get(k), k in [k0, k1), as the CPU stores and uses
+// it: amax / (2^(b-1) - 1) rounded to binary16 (sh), and the reciprocal of the stored scale.
+struct SymParams {
+  uint16_t sh;
+  float inv;
+};
+
+template <typename I, typename Get>
+__device__ __forceinline__ SymParams sym_params_of(I k0, I k1, int bits, Get&& get) {
+  float amax = 0.f;
+  for (I k = k0; k < k1; ++k) amax = fmaxf(amax, fabsf(get(k)));
+  SymParams s;
+  s.sh = f2h(amax / static_cast<float>((1 << (bits - 1)) - 1));
+  s.inv = kvlayout::safe_inverse(h2f(s.sh));
+  return s;
+}
+
 // Warp-wide (value, index) reductions for kernels whose lanes scan channels in another order
 // than the CPU's single pass: among equal values the lower index wins, which is the CPU's
 // "first in scan order" (kv_layout.h seq_min/seq_max), signed zeros included. Every lane

@@ -62,28 +62,18 @@ __global__ void token_groups_kernel(PackedSide p, int slot, Source src, int64_t 
   uint16_t* meta = p.meta + row * p.mpr;
   const bool sym = p.format == KvFormat::kTokenSym;
   for (int g0 = 0, gi = 0; g0 < p.head_dim; g0 += p.group, ++gi) {
+    auto x = [&](int i) { return src.get(p, slot, h, j, i); };  // channel i of token j
     if (sym) {
-      float amax = 0.f;
-      for (int i = g0; i < g0 + p.group; ++i) amax = fmaxf(amax, fabsf(src.get(p, slot, h, j, i)));
-      const float s = amax / static_cast<float>((1 << (p.bits - 1)) - 1);
-      const uint16_t sh = f2h(s);
-      const float inv = kvlayout::safe_inverse(h2f(sh));
-      meta[gi] = sh;
+      const SymParams q = sym_params_of(g0, g0 + p.group, p.bits, x);
+      meta[gi] = q.sh;
       for (int i = g0; i < g0 + p.group; ++i)
-        kvlayout::put_code(w, p.bits, i, kvlayout::quantize_sym(src.get(p, slot, h, j, i), inv, p.bits));
+        kvlayout::put_code(w, p.bits, i, kvlayout::quantize_sym(x(i), q.inv, p.bits));
     } else {
-      float mn = src.get(p, slot, h, j, g0), mx = mn;
-      for (int i = g0 + 1; i < g0 + p.group; ++i) {
-        const float x = src.get(p, slot, h, j, i);
-        mn = kvlayout::seq_min(mn, x);
-        mx = kvlayout::seq_max(mx, x);
-      }
-      const AsymParams q = asym_params(mn, mx, p.bits);
+      const AsymParams q = asym_params_of(g0, g0 + p.group, p.bits, x);
       meta[2 * gi] = q.sh;
       meta[2 * gi + 1] = q.zh;
       for (int i = g0; i < g0 + p.group; ++i)
-        kvlayout::put_code(w, p.bits, i,
-                           kvlayout::quantize_asym(src.get(p, slot, h, j, i), q.zf, q.inv, p.bits));
+        kvlayout::put_code(w, p.bits, i, kvlayout::quantize_asym(x(i), q.zf, q.inv, p.bits));
     }
   }
 }
@@ -98,13 +88,8 @@ __global__ void channel_groups_kernel(PackedSide p, int slot, Source src, int64_
   const int h = static_cast<int>((idx / p.head_dim) % p.kv_heads);
   const int64_t gl = idx / (static_cast<int64_t>(p.head_dim) * p.kv_heads);
   const int64_t t0 = j0 + gl * p.group;
-  float mn = src.get(p, slot, h, t0, i), mx = mn;
-  for (int64_t t = t0 + 1; t < t0 + p.group; ++t) {
-    const float x = src.get(p, slot, h, t, i);
-    mn = kvlayout::seq_min(mn, x);
-    mx = kvlayout::seq_max(mx, x);
-  }
-  const AsymParams q = asym_params(mn, mx, p.bits);
+  const AsymParams q =
+      asym_params_of(t0, t0 + p.group, p.bits, [&](int64_t t) { return src.get(p, slot, h, t, i); });
   const int64_t sh_idx = static_cast<int64_t>(slot) * p.kv_heads + h;
   uint16_t* cm = p.cmeta + ((sh_idx * (p.max_tokens / p.group) + t0 / p.group) * p.head_dim + i) * 2;
   cm[0] = q.sh;

@@ -141,22 +141,14 @@ __global__ void channel_kernel(MoreSide p, int slot, const float* rows, int64_t 
   const int64_t sh = static_cast<int64_t>(slot) * p.kv_heads + h;
   const int per = p.sym ? 1 : 2;
   uint16_t* cm = p.cmeta + ((sh * (p.max_tokens / p.group) + t0 / p.group) * p.head_dim + i) * per;
+  auto value = [&](int64_t t) { return windowed(p, slot, h, t, i, rows, ld, old_len); };
   float inv, zf = 0.f;
   if (p.sym) {  // chunked.cpp quantize_group_sym
-    float amax = 0.f;
-    for (int64_t t = t0; t < t1; ++t)
-      amax = fmaxf(amax, fabsf(windowed(p, slot, h, t, i, rows, ld, old_len)));
-    const uint16_t s = f2h(amax / static_cast<float>((1 << (p.bits - 1)) - 1));
-    cm[0] = s;
-    inv = kvlayout::safe_inverse(h2f(s));
-  } else {  // quantize_group_asym
-    float mn = windowed(p, slot, h, t0, i, rows, ld, old_len), mx = mn;
-    for (int64_t t = t0 + 1; t < t1; ++t) {  // std::min / std::max, in the CPU's order
-      const float x = windowed(p, slot, h, t, i, rows, ld, old_len);
-      mn = kvlayout::seq_min(mn, x);
-      mx = kvlayout::seq_max(mx, x);
-    }
-    const AsymParams q = asym_params(mn, mx, p.bits);
+    const SymParams q = sym_params_of(t0, t1, p.bits, value);
+    cm[0] = q.sh;
+    inv = q.inv;
+  } else {  // quantize_group_asym (std::min / std::max, in the CPU's order)
+    const AsymParams q = asym_params_of(t0, t1, p.bits, value);
     cm[0] = q.sh;
     cm[1] = q.zh;
     inv = q.inv;
@@ -164,7 +156,7 @@ __global__ void channel_kernel(MoreSide p, int slot, const float* rows, int64_t 
   }
   const int bit = i * p.bits;
   for (int64_t t = t0; t < t1; ++t) {
-    const float x = windowed(p, slot, h, t, i, rows, ld, old_len);
+    const float x = value(t);
     const uint32_t q = p.sym ? kvlayout::quantize_sym(x, inv, p.bits)
                              : kvlayout::quantize_asym(x, zf, inv, p.bits);
     atomic_put_code(reinterpret_cast<uint32_t*>(p.data + rec_index(p, slot, h, t) * p.row_bytes), bit,
