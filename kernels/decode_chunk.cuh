@@ -7,7 +7,8 @@
 // the kernels and these helpers take the loaded values:
 //   pass 1  store_scores   q . k of one row for every query head -> sc[g][j - begin]
 //   pass 2  chunk_softmax  sc -> exp(sc - max), the chunk's (max, sum) -> stat
-//   pass 3  add_pv         acc[g][:] += p[g][j - begin] * v of one row
+//   pass 3  add_pv         acc[g][:] += p[g][j - begin] * v of one row (pv_rows: the lane's
+//                          row loop around it, the V loader a lambda)
 //   then    store_split_partials (common.cuh), or store_empty_split for a chunk with no
 //           visible rows.
 // On the host, split_plan sizes the chunks (the same rule for all three kernels; only the
@@ -120,6 +121,27 @@ __device__ __forceinline__ void add_pv(float (&acc)[GMAX][8], const float (&vv)[
     const float p = g < G ? sc[g * chunk + (j - begin)] : 0.f;
 #pragma unroll
     for (int e = 0; e < 8; ++e) acc[g][e] = fmaf(p, vv[e], acc[g][e]);
+  }
+}
+
+// Pass 3 over the lane's rows of [begin, end): acc = 0, then add_pv for rows j = j0 + lr, j0 =
+// first, first + step, ... (first = begin + warp * rows per warp instruction, step = all warps'
+// rows per instruction), v of row j from load(j, v[8]). kv_decode_more.cu's kernel and
+// kv_decode_packed.cu's general kernel (their loaders differ).
+template <int GMAX, typename Load>
+__device__ __forceinline__ void pv_rows(float (&acc)[GMAX][8], int first, int step, int lr, int begin, int end,
+                                        const float* sc, int chunk, int G, Load&& load) {
+#pragma unroll
+  for (int g = 0; g < GMAX; ++g)
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc[g][e] = 0.f;
+  for (int j0 = first; j0 < end; j0 += step) {
+    const int j = j0 + lr;
+    if (j < end) {
+      float vv[8];
+      load(j, vv);
+      add_pv<GMAX>(acc, vv, sc, chunk, j, begin, G);
+    }
   }
 }
 

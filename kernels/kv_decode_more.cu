@@ -242,18 +242,8 @@ more_decode_kernel(MoreSide K, MoreSide V, MoreDecodeArgs a, const float* qf, in
 
   // Pass 3: P V.
   float acc[GMAX][8];
-#pragma unroll
-  for (int g = 0; g < GMAX; ++g)
-#pragma unroll
-    for (int e = 0; e < 8; ++e) acc[g][e] = 0.f;
-  for (int j0 = begin + warp * RPW; j0 < end; j0 += step) {
-    const int j = j0 + lr;
-    if (j < end) {
-      float vv[8];
-      load_row(V, slot, sh, kvh, j, len, lc, vf8, vv);
-      add_pv<GMAX>(acc, vv, sc, chunk, j, begin, G);
-    }
-  }
+  pv_rows<GMAX>(acc, begin + warp * RPW, step, lr, begin, end, sc, chunk, G,
+                [&](int j, float (&vv)[8]) { load_row(V, slot, sh, kvh, j, len, lc, vf8, vv); });
   store_split_partials<GMAX, kThreads>(acc, LPR, lr, lc, warp, G, D, D, red, stat, head0, splits, s, part_o,
                                      part_ml);
 }
