@@ -173,6 +173,36 @@ __device__ __forceinline__ void key_tile(const uint32_t (&kw)[4], const float2* 
   }
 }
 
+// Value-outlier corrections: every lane with `on` adds p[g] x delta to buf[g * kD + ch] for
+// g < G (p: the lane's token's softmax weights, one per head, read only where `on`).
+// Why not one atomicAdd per lane and head: a shared fp32 atomicAdd is a compare-and-swap loop on
+// sm_90 (ATOMS.CAST.SPIN), and the lanes of a warp step mostly hold the same channel (an outlier
+// channel is an outlier in most tokens; kvq-kvbench's planted channels put nearly every token's
+// one value record there). ncu (H100, 2026-11-23, 2763772, llama3-8b 32K 4 bits): 46.7 CAS
+// rounds per warp step and head, 48-56% of kvq-foldm's warp samples (b1, b8) and 33% of
+// kvq-stream's (b1). So a lane alone on its channel adds its own products; lanes sharing one are
+// summed by a warp butterfly (one channel per round, the lowest remaining lane's) and a single
+// lane adds the G sums. The order of the fp32 additions changes, not their number per output.
+// Must be reached by all 32 lanes of the warp (warp-uniform control flow).
+__device__ __forceinline__ void warp_channel_add(float* buf, bool on, int ch, float delta, const float* p, int G,
+                                                 int lane) {
+  const unsigned peers = __match_any_sync(0xffffffffu, on ? ch : -1);
+  const bool grouped = on && __popc(peers) > 1;
+  if (on && !grouped)
+    for (int g = 0; g < G; ++g) atomicAdd(&buf[g * kD + ch], p[g] * delta);
+  unsigned todo = __ballot_sync(0xffffffffu, grouped);
+  while (todo) {  // warp-uniform
+    const int src = __ffs(todo) - 1;
+    const int c = __shfl_sync(0xffffffffu, ch, src);
+    const bool mine = grouped && ch == c;
+    for (int g = 0; g < G; ++g) {  // warp-uniform
+      const float t = warp_sum(mine ? p[g] * delta : 0.f);
+      if (lane == src) atomicAdd(&buf[g * kD + c], t);
+    }
+    todo &= ~__ballot_sync(0xffffffffu, mine);
+  }
+}
+
 // Pass 1b of the three-pass builds: the scores of the chunk's sink tokens (j < n_sink, kept in
 // fp16) recomputed in fp32 over [begin, end), R(j) applied to the key with the angle reduced in
 // double, one warp per (token, head), written over the dense pass's score sc[(j - begin) * GM + g].

@@ -48,6 +48,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <string_view>
 
 #include "kernels/common.cuh"
 #include "kernels/decode_chunk.cuh"
@@ -95,7 +96,9 @@ size_t smem_bytes(int gm) {
          (static_cast<size_t>(gm) * kD + 64 * 4 + 32 + kW * gm * 2 + kW * warp_floats(gm)) * 4;
 }
 
-template <int BITS, int GM, bool QN>
+// AG: value-outlier corrections through warp_channel_add (false: one shared atomicAdd per lane
+// and head, the session-5 code, kept for the A/B KVQ_KVQ_VOUT=lane,warp).
+template <int BITS, int GM, bool QN, bool AG>
 __global__ void __launch_bounds__(kT, 2)
 kvquant_stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, int splits, float* part_o,
                       float* part_ml) {
@@ -366,25 +369,59 @@ kvquant_stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk,
       }
     }
     __syncwarp();
-    // Value outliers: p (v_out - v_dense), lane per token, shared atomics (channels collide).
+    // Value outliers: p (v_out - v_dense), lane per token, the lanes sharing a channel summed
+    // first (warp_channel_add: contended shared atomics were a third of this kernel's time).
     if (V.outliers) {
-      const bool any = __any_sync(0xffffffffu, vo[0][1] > vo[0][0] || vo[1][1] > vo[1][0]);
-      has_corr |= any;
+      if constexpr (AG) {
+        const bool any = __any_sync(0xffffffffu, vo[0][1] > vo[0][0] || vo[1][1] > vo[1][0]);
+        has_corr |= any;
 #pragma unroll 1
-      for (int h = 0; h < 2; ++h) {
-        const int tok = lane + 32 * h, j = j0 + tok;
-        if (j >= end || j < V.n_sink || vo[h][0] == vo[h][1]) continue;
-        const uint32_t mv = __ldg(vmeta + j);
-        const float mid = h2f(static_cast<uint16_t>(mv & 0xFFFFu)), half = h2f(static_cast<uint16_t>(mv >> 16));
-        for (uint32_t rr = vo[h][0]; rr < vo[h][1]; ++rr) {
-          const kvlayout::Outlier o = vrec[rr];
-          const int i = static_cast<int>(o.index) - kvh * kD;
-          const uint32_t w = vcodes[static_cast<int64_t>(j) * V.wpr + i / (32 / BITS)];
-          const uint32_t code = (w >> (BITS * (i % (32 / BITS)))) & ((1u << BITS) - 1u);
-          float vd = fmaf(vlut[code], half, mid);
-          if constexpr (QN) vd = fmaf(vd, V.qa, V.qb);
-          const float delta = h2f(o.value) - vd;
-          for (int g = 0; g < G; ++g) atomicAdd(&corr[g * kD + i], sc[tok * GM + g] * delta);
+        for (int h = 0; h < 2; ++h) {
+          const int tok = lane + 32 * h, j = j0 + tok;
+          const bool tok_on = j < end && j >= V.n_sink;
+          const uint32_t r0 = vo[h][0], n = tok_on ? vo[h][1] - vo[h][0] : 0u;
+          float mid = 0.f, half = 0.f;
+          if (n > 0) {
+            const uint32_t mv = __ldg(vmeta + j);
+            mid = h2f(static_cast<uint16_t>(mv & 0xFFFFu));
+            half = h2f(static_cast<uint16_t>(mv >> 16));
+          }
+          const uint32_t nmax = __reduce_max_sync(0xffffffffu, n);
+          for (uint32_t k = 0; k < nmax; ++k) {  // warp-uniform
+            const bool on = k < n;
+            int i = 0;
+            float delta = 0.f;
+            if (on) {
+              const kvlayout::Outlier o = vrec[r0 + k];
+              i = static_cast<int>(o.index) - kvh * kD;
+              const uint32_t w = vcodes[static_cast<int64_t>(j) * V.wpr + i / (32 / BITS)];
+              const uint32_t code = (w >> (BITS * (i % (32 / BITS)))) & ((1u << BITS) - 1u);
+              float vd = fmaf(vlut[code], half, mid);
+              if constexpr (QN) vd = fmaf(vd, V.qa, V.qb);
+              delta = h2f(o.value) - vd;
+            }
+            warp_channel_add(corr, on, i, delta, sc + tok * GM, G, lane);
+          }
+        }
+      } else {  // KVQ_KVQ_VOUT=lane: a shared atomicAdd per lane and head (A/B only)
+        const bool any = __any_sync(0xffffffffu, vo[0][1] > vo[0][0] || vo[1][1] > vo[1][0]);
+        has_corr |= any;
+#pragma unroll 1
+        for (int h = 0; h < 2; ++h) {
+          const int tok = lane + 32 * h, j = j0 + tok;
+          if (j >= end || j < V.n_sink || vo[h][0] == vo[h][1]) continue;
+          const uint32_t mv = __ldg(vmeta + j);
+          const float mid = h2f(static_cast<uint16_t>(mv & 0xFFFFu)), half = h2f(static_cast<uint16_t>(mv >> 16));
+          for (uint32_t rr = vo[h][0]; rr < vo[h][1]; ++rr) {
+            const kvlayout::Outlier o = vrec[rr];
+            const int i = static_cast<int>(o.index) - kvh * kD;
+            const uint32_t w = vcodes[static_cast<int64_t>(j) * V.wpr + i / (32 / BITS)];
+            const uint32_t code = (w >> (BITS * (i % (32 / BITS)))) & ((1u << BITS) - 1u);
+            float vd = fmaf(vlut[code], half, mid);
+            if constexpr (QN) vd = fmaf(vd, V.qa, V.qb);
+            const float delta = h2f(o.value) - vd;
+            for (int g = 0; g < G; ++g) atomicAdd(&corr[g * kD + i], sc[tok * GM + g] * delta);
+          }
         }
       }
     }
@@ -445,19 +482,33 @@ kvquant_stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk,
   }
 }
 
-template <int BITS, int GM, bool QN>
-cudaError_t launch(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, const Plan& p,
-                   float* part_o, float* part_ml, cudaStream_t stream) {
+template <int BITS, int GM, bool QN, bool AG>
+cudaError_t launch1(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, const Plan& p,
+                    float* part_o, float* part_ml, cudaStream_t stream) {
   const size_t smem = smem_bytes(GM);
-  cudaError_t e = cudaFuncSetAttribute(kvquant_stream_kernel<BITS, GM, QN>,
+  cudaError_t e = cudaFuncSetAttribute(kvquant_stream_kernel<BITS, GM, QN, AG>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (e != cudaSuccess) return e;
-  kvquant_stream_kernel<BITS, GM, QN><<<dim3(p.splits, k.kv_heads, a.rows), kT, smem, stream>>>(
+  kvquant_stream_kernel<BITS, GM, QN, AG><<<dim3(p.splits, k.kv_heads, a.rows), kT, smem, stream>>>(
       k, v, a, p.chunk, p.splits, part_o, part_ml);
   if ((e = launch_status()) != cudaSuccess) return e;
   splitk_combine_kernel<__half><<<dim3(a.n_heads, a.rows), 128, 0, stream>>>(
       part_o, part_ml, static_cast<__half*>(a.out), a.n_heads, kD, p.splits);
   return launch_status();
+}
+
+// KVQ_KVQ_VOUT=lane (read per call, for kvq-kvbench --ab): the per-lane atomics build, compiled
+// only for the benchmarked shapes (G = 1 and 4, no Q-Norm); elsewhere the value is ignored.
+bool lane_vout() {
+  const char* e = std::getenv("KVQ_KVQ_VOUT");
+  return e && std::string_view(e) == "lane";
+}
+template <int BITS, int GM, bool QN>
+cudaError_t launch(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, const Plan& p,
+                   float* part_o, float* part_ml, cudaStream_t stream) {
+  if constexpr (!QN && (GM == 1 || GM == 4))
+    if (lane_vout()) return launch1<BITS, GM, QN, false>(k, v, a, p, part_o, part_ml, stream);
+  return launch1<BITS, GM, QN, true>(k, v, a, p, part_o, part_ml, stream);
 }
 
 template <int BITS, bool QN>

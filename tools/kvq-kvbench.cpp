@@ -23,7 +23,7 @@
 // NAME (set before each timing, restored after), on the same cache contents in the same
 // process, so an A/B needs no second fill or process; only variables the decode reads on
 // every call work: KVQ_KV_STAGE, KVQ_KV_COMBINE=pdl|1|0, KVQ_KV_OPT, KVQ_KV_ILP, KVQ_KV_WSM
-// (kernels/kv_decode_stream.cu) and KVQ_KV_DECODE for KVQuant caches; KVQ_KV_DECODE for the other
+// (kernels/kv_decode_stream.cu), KVQ_KV_DECODE and KVQ_KVQ_VOUT for KVQuant caches; KVQ_KV_DECODE for the other
 // codecs and KVQ_KV_FOLD are read once per process. Rows carry the setting after the codec
 // ("int2 [KVQ_KV_STAGE=512]").
 // --base-ab NAME=v1,v2,... re-times the fp16 baseline once per value of NAME (e.g.
