@@ -209,7 +209,7 @@ attention_prefill_fa2(AttentionArgs a) {
   float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;  // rows g and g + 8 (raw scores)
   const int wp0 = pt.p0 + q0 + warp * 16;  // position of the warp's first row
   const int wp1 = wp0 + 15;
-  const int pos0 = wp0 + g, pos1 = wp0 + g + 8;
+  const int pos1 = wp0 + g + 8;  // position of the lane's second row (the first: pos1 - 8)
 
   for (int it = 0; it < pt.n_tiles; ++it) {
     const int kt = pt.key_begin + it * kBK;
@@ -238,50 +238,11 @@ attention_prefill_fa2(AttentionArgs a) {
         }
       }
 
-      // Mask only where some key of the tile may be invisible to some row of the warp: the
-      // causal diagonal (the past-only diagonal lies there too) or the window's far edge.
-      if (kt + kBK - 1 >= wp0 || (window > 0 && kt < wp1 - window + 1)) {
-#pragma unroll
-        for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int j = kt + nt * 8 + 2 * t4 + (e & 1);
-            const int p = e < 2 ? pos0 : pos1;
-            const bool ok = j <= p && (window == 0 || p - j < window) && !(self && j == p);
-            if (!ok) s[nt][e] = -INFINITY;
-          }
-      }
-
-      // Online softmax on the fragments: row max over the quad's 4 lanes, rescale, exp2.
-      float mx0 = m0, mx1 = m1;
-#pragma unroll
-      for (int nt = 0; nt < kNT; ++nt) {
-        mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
-        mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
-      }
-      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-      // A row with every key so far masked keeps max -inf: subtract 0 instead, so exp2
-      // gives 0 for the masked scores and alpha = exp2(-inf) = 0 (never inf - inf).
-      const float ms0 = mx0 == -INFINITY ? 0.f : mx0 * sl;
-      const float ms1 = mx1 == -INFINITY ? 0.f : mx1 * sl;
-      const float alpha0 = exp2f(m0 * sl - ms0), alpha1 = exp2f(m1 * sl - ms1);
-      m0 = mx0;
-      m1 = mx1;
-      float sum0 = 0.f, sum1 = 0.f;
-#pragma unroll
-      for (int nt = 0; nt < kNT; ++nt) {
-        s[nt][0] = exp2f(fmaf(s[nt][0], sl, -ms0));
-        s[nt][1] = exp2f(fmaf(s[nt][1], sl, -ms0));
-        s[nt][2] = exp2f(fmaf(s[nt][2], sl, -ms1));
-        s[nt][3] = exp2f(fmaf(s[nt][3], sl, -ms1));
-        sum0 += s[nt][0] + s[nt][1];
-        sum1 += s[nt][2] + s[nt][3];
-      }
-      l0 = l0 * alpha0 + sum0;  // partial: this lane's columns; the quad sums at the end
-      l1 = l1 * alpha1 + sum1;
+      // Mask (only tiles on the causal diagonal or the window's far edge), then the online
+      // softmax on the fragments: row max over the quad's 4 lanes, rescale, exp2.
+      mask_tile<kNT>(s, kt, wp0, pos1, window, self, t4);
+      float alpha0, alpha1;
+      softmax_tile<kNT, false>(s, m0, m1, l0, l1, alpha0, alpha1, sl);
 #pragma unroll
       for (int i = 0; i < kDT; ++i) {
         o[i][0] *= alpha0;

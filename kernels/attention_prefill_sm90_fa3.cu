@@ -133,8 +133,8 @@ __device__ __forceinline__ uint32_t swz(int row, int c16) {
 // kStages: depth of the K and V rings (2 or 3). kQTileFast: grid x = query tiles (the
 // blocks running at once are mostly one head's query tiles, all streaming that head's K/V
 // through L2) instead of x = heads (the heads of one GQA group side by side).
-// kFtzExp: the softmax weights by ex2.approx.ftz (online_softmax's comment: the same values
-// down to 2^-126), which saves ptxas's subnormal guard of 3 instructions per score on the
+// kFtzExp: the softmax weights by ex2.approx.ftz (prefill_common.cuh's softmax_exp2: the same
+// values down to 2^-126), which saves ptxas's subnormal guard of 3 instructions per score on the
 // consumers' critical path (the softmax between two of a consumer's wgmma groups).
 template <typename T, int kStages, bool kQTileFast, bool kFtzExp = true>
 __global__ void __launch_bounds__(kThreads, 1) attention_prefill_fa3(AttentionArgs a) {

@@ -156,69 +156,14 @@ __device__ __forceinline__ void wgmma_qk128_first<__nv_bfloat16>(float (&d)[64],
 // softmax in log2 units on the S fragments, and P rounded to 16 bits as the register A
 // fragments of P V (key n-tiles 2kk, 2kk+1 of S form k-step kk). Rows g and g + 8 of the
 // warp (positions pos0 = wp0 + g, pos1 = pos0 + 8); m, l: running max (raw scores) and this
-// lane's partial sum; alpha: the factor that rescales O to the new max.
-// kFtzExp: ex2.approx.ftz instead of exp2f (which compiles to the non-ftz ex2.approx, whose
-// subnormal handling ptxas expands with a compare and two predicated multiplies around the
-// MUFU.EX2). Same MUFU result for every weight >= 2^-126; smaller ones become 0, where P
-// rounded to fp16 is 0 anyway (below 2^-24) and a bf16 P of < 2^-126 against a row maximum
-// weight of 1 is below the fp32 normaliser's ulp. Used by the FA3-style kernel, whose
-// consumer softmax sits on the critical path between its wgmma groups.
-template <bool kFtzExp>
-__device__ __forceinline__ float softmax_exp2(float x) {
-  if constexpr (kFtzExp) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-  } else {
-    return exp2f(x);
-  }
-}
+// lane's partial sum; alpha: the factor that rescales O to the new max (prefill_common.cuh's
+// mask_tile and softmax_tile; kFtzExp: softmax_exp2's).
 template <typename T, int NT, bool kFtzExp = false>
 __device__ __forceinline__ void online_softmax(float (&s)[NT * 4], uint32_t (&pa)[NT / 2][4], float& m0, float& m1,
                                                float& l0, float& l1, float& alpha0, float& alpha1, int kt,
                                                int wp0, int pos1, int window, bool self, int t4, float sl) {
-  const int pos0 = pos1 - 8;
-  if (kt + NT * 8 - 1 >= wp0 || (window > 0 && kt < wp0 + 15 - window + 1)) {
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int j = kt + nt * 8 + 2 * t4 + (e & 1);
-        const int p = e < 2 ? pos0 : pos1;
-        const bool ok = j <= p && (window == 0 || p - j < window) && !(self && j == p);
-        if (!ok) s[nt * 4 + e] = -INFINITY;
-      }
-  }
-  float mx0 = m0, mx1 = m1;
-#pragma unroll
-  for (int nt = 0; nt < NT; ++nt) {
-    mx0 = fmaxf(mx0, fmaxf(s[nt * 4], s[nt * 4 + 1]));
-    mx1 = fmaxf(mx1, fmaxf(s[nt * 4 + 2], s[nt * 4 + 3]));
-  }
-  mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-  mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-  mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-  mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-  // A row with every key so far masked keeps max -inf: subtract 0 instead, so exp2 gives 0
-  // for the masked scores and alpha = exp2(-inf) = 0 (never inf - inf).
-  const float ms0 = mx0 == -INFINITY ? 0.f : mx0 * sl;
-  const float ms1 = mx1 == -INFINITY ? 0.f : mx1 * sl;
-  alpha0 = softmax_exp2<kFtzExp>(m0 * sl - ms0);
-  alpha1 = softmax_exp2<kFtzExp>(m1 * sl - ms1);
-  m0 = mx0;
-  m1 = mx1;
-  float sum0 = 0.f, sum1 = 0.f;
-#pragma unroll
-  for (int nt = 0; nt < NT; ++nt) {
-    s[nt * 4] = softmax_exp2<kFtzExp>(fmaf(s[nt * 4], sl, -ms0));
-    s[nt * 4 + 1] = softmax_exp2<kFtzExp>(fmaf(s[nt * 4 + 1], sl, -ms0));
-    s[nt * 4 + 2] = softmax_exp2<kFtzExp>(fmaf(s[nt * 4 + 2], sl, -ms1));
-    s[nt * 4 + 3] = softmax_exp2<kFtzExp>(fmaf(s[nt * 4 + 3], sl, -ms1));
-    sum0 += s[nt * 4] + s[nt * 4 + 1];
-    sum1 += s[nt * 4 + 2] + s[nt * 4 + 3];
-  }
-  l0 = l0 * alpha0 + sum0;  // partial: this lane's columns; the quad sums at the end
-  l1 = l1 * alpha1 + sum1;
+  mask_tile<NT>(s, kt, wp0, pos1, window, self, t4);
+  softmax_tile<NT, kFtzExp>(s, m0, m1, l0, l1, alpha0, alpha1, sl);
 #pragma unroll
   for (int kk = 0; kk < NT / 2; ++kk) {
     pa[kk][0] = pack2<T>(s[8 * kk], s[8 * kk + 1]);

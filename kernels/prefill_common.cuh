@@ -1,9 +1,10 @@
 // Device helpers shared by the causal prefill attention kernels, the portable FA2 one on
 // mma.sync (attention_prefill.cu) and the Hopper ones on wgmma (attention_prefill_sm90*.cu):
-// a block's query tile and key range (prefill_tile), the cp.async copies that stream K/V tiles into shared memory, the 16-bit packing of P
-// and O (one rounding, to nearest even) and the epilogue after the last key tile (the
-// past-only diagonal step, the division by l, the store), so every kernel rounds P and O
-// the same way. nvcc only; cp.async needs compute capability 8.0.
+// a block's query tile and key range (prefill_tile), the cp.async copies that stream K/V
+// tiles into shared memory, the mask and online-softmax step on the S fragments (mask_tile,
+// softmax_tile), the 16-bit packing of P and O (one rounding, to nearest even) and the
+// epilogue after the last key tile (the past-only diagonal step, the division by l, the
+// store), so every kernel masks, exponentiates and rounds the same way. nvcc only; cp.async needs compute capability 8.0.
 #pragma once
 
 #include <cstdint>
@@ -77,6 +78,85 @@ template <int N>
 __device__ __forceinline__ float& acc_at(float (&o)[N], int i, int e) { return o[4 * i + e]; }
 template <int N>
 __device__ __forceinline__ float& acc_at(float (&o)[N][4], int i, int e) { return o[i][e]; }
+
+// kFtzExp: ex2.approx.ftz instead of exp2f (which compiles to the non-ftz ex2.approx, whose
+// subnormal handling ptxas expands with a compare and two predicated multiplies around the
+// MUFU.EX2). Same MUFU result for every weight >= 2^-126; smaller ones become 0, where P
+// rounded to fp16 is 0 anyway (below 2^-24) and a bf16 P of < 2^-126 against a row maximum
+// weight of 1 is below the fp32 normaliser's ulp. Used by the FA3-style kernel, whose
+// consumer softmax sits on the critical path between its wgmma groups.
+template <bool kFtzExp>
+__device__ __forceinline__ float softmax_exp2(float x) {
+  if constexpr (kFtzExp) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+  } else {
+    return exp2f(x);
+  }
+}
+
+// The two steps between S = Q K^T and O += P V that every prefill kernel takes on the lane's
+// accumulator fragments s of a tile of NT 8-key n-tiles (acc_at layout): the lane holds rows
+// pos0 = pos1 - 8 and pos1 of the warp's 16 (wp0: the first one's position), keys
+// kt + 8 nt + 2 t4 + (e & 1).
+// mask_tile: -inf for the keys a row must not see (after it, outside the window, its own
+// position under past-only); only a tile that meets the causal diagonal (where the past-only
+// diagonal lies too) or the window's far edge is looked at.
+template <int NT, typename S>
+__device__ __forceinline__ void mask_tile(S& s, int kt, int wp0, int pos1, int window, bool self, int t4) {
+  const int pos0 = pos1 - 8;
+  if (kt + NT * 8 - 1 >= wp0 || (window > 0 && kt < wp0 + 15 - window + 1)) {
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int j = kt + nt * 8 + 2 * t4 + (e & 1);
+        const int p = e < 2 ? pos0 : pos1;
+        const bool ok = j <= p && (window == 0 || p - j < window) && !(self && j == p);
+        if (!ok) acc_at(s, nt, e) = -INFINITY;
+      }
+  }
+}
+
+// softmax_tile: the online softmax step in log2 units (sl = scale * log2 e): the rows' new max
+// over the quad's 4 lanes (m0, m1: running max of raw scores), alpha = exp2(m_old - m_new) (the
+// factor that rescales O), s = exp2(s - m_new) in place, l = l alpha + this lane's sum (the
+// quad sums l at the end).
+template <int NT, bool kFtzExp, typename S>
+__device__ __forceinline__ void softmax_tile(S& s, float& m0, float& m1, float& l0, float& l1, float& alpha0,
+                                             float& alpha1, float sl) {
+  float mx0 = m0, mx1 = m1;
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    mx0 = fmaxf(mx0, fmaxf(acc_at(s, nt, 0), acc_at(s, nt, 1)));
+    mx1 = fmaxf(mx1, fmaxf(acc_at(s, nt, 2), acc_at(s, nt, 3)));
+  }
+  mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+  mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+  mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+  mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+  // A row with every key so far masked keeps max -inf: subtract 0 instead, so exp2 gives 0
+  // for the masked scores and alpha = exp2(-inf) = 0 (never inf - inf).
+  const float ms0 = mx0 == -INFINITY ? 0.f : mx0 * sl;
+  const float ms1 = mx1 == -INFINITY ? 0.f : mx1 * sl;
+  alpha0 = softmax_exp2<kFtzExp>(m0 * sl - ms0);
+  alpha1 = softmax_exp2<kFtzExp>(m1 * sl - ms1);
+  m0 = mx0;
+  m1 = mx1;
+  float sum0 = 0.f, sum1 = 0.f;
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    acc_at(s, nt, 0) = softmax_exp2<kFtzExp>(fmaf(acc_at(s, nt, 0), sl, -ms0));
+    acc_at(s, nt, 1) = softmax_exp2<kFtzExp>(fmaf(acc_at(s, nt, 1), sl, -ms0));
+    acc_at(s, nt, 2) = softmax_exp2<kFtzExp>(fmaf(acc_at(s, nt, 2), sl, -ms1));
+    acc_at(s, nt, 3) = softmax_exp2<kFtzExp>(fmaf(acc_at(s, nt, 3), sl, -ms1));
+    sum0 += acc_at(s, nt, 0) + acc_at(s, nt, 1);
+    sum1 += acc_at(s, nt, 2) + acc_at(s, nt, 3);
+  }
+  l0 = l0 * alpha0 + sum0;
+  l1 = l1 * alpha1 + sum1;
+}
 
 // After the last key tile: quad sums of l, the past-only diagonal step (k_self / v_self),
 // the division by l and the one rounding of the output. o holds kDT 8-column tiles of the
