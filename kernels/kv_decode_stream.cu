@@ -281,8 +281,7 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
   constexpr int NWK = BITS;       // words per 32-code key block (a lane's share of a key row)
   constexpr int NWV = BITS / 2;   // words per 16-channel value run
   constexpr int RW = 4 * BITS;    // words per (token, head) row at head_dim 128
-  static_assert(KS % kT == 0 && (KS == kS || !KCH || (GM == 4 && KS == 128)),
-                "stages of whole thread rounds; KIVI: 256 tokens (KG: 128 too)");
+  static_assert(KS % kT == 0 && (KS == kS || !KCH), "stages of whole thread rounds; KIVI: 256 tokens");
   constexpr int KPT = KS / kT;    // softmax tokens per thread per stage
   // Staging copies per thread (unrolled, predicated): 16-byte code pieces of a stage, and
   // 4-byte meta words for up to 2 halves per token (KONE: one (scale, zero) group); the
@@ -299,8 +298,9 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
   // fragment; the softmax weights a warp per head. Its 16 (head, value group) combinations
   // keep their running sums in zsum / wrun of 16 (ZN) instead of 8.
   constexpr bool KG = KCH && GM == 4;
-  static_assert(!KG || (NGVT == 4 && NTK == 1 && NTV == 1 && (KS == kS || KS == 128)),
-                "KG: 32-channel value groups, 128- or 256-token stages");
+  // 128-token stages (4 blocks per SM instead of 3) were tried: 3-7% slower at batch 8, within
+  // 3% at batch 1 (H100 2026-11-23, 446d5c7, --ab KVQ_KV_KIVI=1,128; notes/s7/results-h61.md).
+  static_assert(!KG || (NGVT == 4 && NTK == 1 && NTV == 1), "KG: 32-channel value groups");
   constexpr int ZN = KG ? 16 : 8;
   static_assert(CA <= 8 || KG, "rbuf holds 8 combinations");
   constexpr bool KF = FOLD && !KCH;  // folded key codes
@@ -1515,9 +1515,7 @@ cudaError_t launch_stream(const PackedSide& k, const PackedSide& v, const Packed
     last_smem = smem;
   }
   int span = 0, splits = 0;
-  // KIVI's 128-token KG build plans in 256-token stages (span a multiple of 256): the workspace
-  // holds stream_max_splits() = one split per 256 tokens + the tail.
-  stream_plan(k.kv_heads, a.rows, max_len, std::max(1, per_sm) * std::max(1, sm_count), KCH ? kS : KS, &span, &splits);
+  stream_plan(k.kv_heads, a.rows, max_len, std::max(1, per_sm) * std::max(1, sm_count), KS, &span, &splits);
   // KIVI: one more split, the tail kernel's (the last R tokens of each row).
   const int total = KCH ? splits + 1 : splits;
   kernel<<<dim3(splits, k.kv_heads, a.rows), kT, smem, stream>>>(k, v, a, span, total, part_o, part_ml);
@@ -1670,8 +1668,6 @@ cudaError_t launch_token_staged(const PackedSide& k, const PackedSide& v, const 
   return launch_token<BITS, GM, kS>(k, v, a, max_len, sm_count, o, ml, stream);
 }
 
-int kivi_gqa_stage();  // KVQ_KV_KIVI=128 (below)
-
 template <int BITS>
 cudaError_t dispatch_stream(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len,
                             int sm_count, float* o, float* ml, cudaStream_t stream) {
@@ -1679,11 +1675,7 @@ cudaError_t dispatch_stream(const PackedSide& k, const PackedSide& v, const Pack
   const int ntk = (G * (kD / k.group) + 7) / 8, ntv = (2 * G * (kD / v.group) + 7) / 8;
   if (k.format == KvFormat::kChannelAsym) {  // KIVI (kivi_fits: G <= 2 with 2 G * 128/value group <= 16, or KG)
     // KG (h61, session 7): G = 3..4, 32-channel value groups, a value n-tile per group.
-    if (v.group == 32 && G > 2) {
-      if (kivi_gqa_stage() == 128)
-        return launch_stream<BITS, 1, 1, false, 4, true, 4, true, 128>(k, v, a, max_len, sm_count, o, ml, stream);
-      return launch_stream<BITS, 1, 1, false, 4, true, 4>(k, v, a, max_len, sm_count, o, ml, stream);
-    }
+    if (v.group == 32 && G > 2) return launch_stream<BITS, 1, 1, false, 4, true, 4>(k, v, a, max_len, sm_count, o, ml, stream);
     if (v.group == 32 && G == 1) return launch_stream<BITS, 1, 1, false, 1, true, 4>(k, v, a, max_len, sm_count, o, ml, stream);
     if (v.group == 32) return launch_stream<BITS, 1, 2, false, 2, true, 4>(k, v, a, max_len, sm_count, o, ml, stream);
     if (G == 1 && ntv == 1) return launch_stream<BITS, 1, 1, false, 1, true>(k, v, a, max_len, sm_count, o, ml, stream);
@@ -1713,15 +1705,9 @@ cudaError_t dispatch_stream(const PackedSide& k, const PackedSide& v, const Pack
 // KVQ_KV_KIVI (read per call; h61, session 7): unset or anything but "0", KIVI at G = 3..4 with
 // 32-channel value groups runs on stream_kernel's KG build; 0: those pairs are not served here
 // (kv_decode_attention falls back to the CUDA-core kernels, the only path before).
-// KVQ_KV_KIVI=128: the KG build at 128-token stages (half the shared memory: 4 blocks per SM
-// instead of 3, against twice the per-stage fixed work per token).
 bool kivi_gqa_on() {
   const char* e = std::getenv("KVQ_KV_KIVI");
   return e == nullptr || std::strcmp(e, "0") != 0;
-}
-int kivi_gqa_stage() {
-  const char* e = std::getenv("KVQ_KV_KIVI");
-  return e != nullptr && std::strcmp(e, "128") == 0 ? 128 : kS;
 }
 
 // KIVI (version 4 only): per-channel keys in token groups of 16..256 dividing the stage,
