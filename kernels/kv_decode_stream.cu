@@ -21,6 +21,10 @@
 // Session 6 (h55, notes/s6/results-h55.md, H100 2026-11-23): at G <= 4 the softmax per warp
 // over its own tiles (WS, KVQ_KV_WSM=0 for the block-wide one): llama3-8b int4 10-13.5% less time
 // (b8 128K 90% of copy, 3.47x fp16), int2 14-19% (b8 128K 4.28x).
+// Session 7 (h61, notes/s7/results-h61.md, H100 2026-11-23): KIVI at G = 3..4 with 32-channel value
+// groups (KG: a value n-tile per value group, value codes staged permuted, the weights a warp per
+// head, in the stage's dead key buffer at 4 bits): llama3-8b KIVI-4 b8 1.32-1.52x fp16 (39-46% of
+// copy), KIVI-2 1.37-1.62x, b1 0.64-1.13x, where the CUDA-core kernels it replaces took 0.38-0.51x.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -1704,7 +1708,9 @@ cudaError_t dispatch_stream(const PackedSide& k, const PackedSide& v, const Pack
 
 // KVQ_KV_KIVI (read per call; h61, session 7): unset or anything but "0", KIVI at G = 3..4 with
 // 32-channel value groups runs on stream_kernel's KG build; 0: those pairs are not served here
-// (kv_decode_attention falls back to the CUDA-core kernels, the only path before).
+// (kv_decode_attention falls back to the CUDA-core kernels, the only path before). Measured (H100,
+// 2026-11-23, archive of 446d5c7, one process --ab KVQ_KV_KIVI=0,1, llama3-8b 32K-128K): KG 1.7-3.1x
+// faster in all 12 cells (KIVI-4 b8 128K 3029.7 -> 970.1 us, b1 32K 151.6 -> 90.0 us).
 bool kivi_gqa_on() {
   const char* e = std::getenv("KVQ_KV_KIVI");
   return e == nullptr || std::strcmp(e, "0") != 0;
@@ -1724,7 +1730,7 @@ bool kivi_fits(const PackedSide& k, const PackedSide& v, int G) {
   if (G <= 2) return 2 * G * (kD / v.group) <= kMaxCols;
   // KG (stream_kernel): G = 3..4 with KIVI's 32-channel value groups, unless KVQ_KV_KIVI=0
   // (read per call: the CUDA-core kernels there, as before session 7, for A/Bs in one process).
-  return G <= 4 && v.group == 32 && kivi_gqa_on();
+  return G <= 4 && v.group == 32 && v.mpr == 2 * (kD / 32) && kivi_gqa_on();  // KG reads 8 meta halves a token
 }
 
 }  // namespace
