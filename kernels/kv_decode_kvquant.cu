@@ -1,6 +1,5 @@
-// KVQuant decode (interface: kv_decode_kvquant.cuh): the cases its kernels serve, fits(), shared
-// by the folded three-pass builds (kv_decode_kvquant_fold.cu: kvq-fold2, kvq-foldm) and the
-// one-pass online-softmax build (kv_decode_kvquant_stream.cu, kvq-stream).
+// KVQuant decode (interface: kv_decode_kvquant.cuh): the cases its kernels serve, fits(), for
+// the folded three-pass builds of kv_decode_kvquant_fold.cu (kvq-fold2, kvq-foldm).
 // What fits() refuses (3 bits, head_dim 64, interleaved RoPE, bf16, ...) takes the general
 // kernel of kv_decode_packed.cu, as does KVQ_KV_DECODE=general.
 // This file held h42's CUDA-core kernel (KVQ_KV_DECODE=kvq-fast: 8 lanes per key token, RoPE

@@ -1,9 +1,9 @@
 // Decode attention specialised for KVQuant packed caches: pre-RoPE NUQ keys with static
 // per-channel ranges, per-token NUQ values, CSR sparse outliers and fp16 sinks, all in one
 // launch. fits(): kernels/kv_decode_kvquant.cu; the builds: kv_decode_kvquant_fold.cu (kvq-fold2,
-// the default at G = 1; kvq-foldm) and kv_decode_kvquant_stream.cu (kvq-stream); design,
-// instruction and byte counts there, the routing in lib/cuda/packed_cache.cpp (else the general
-// kernel of kernels/kv_decode_packed.cu serves KVQuant). nvcc and g++ both read this header.
+// the default at G = 1; kvq-foldm, the default at G > 1); design, instruction and byte counts
+// there, the routing in lib/cuda/packed_cache.cpp (else the general kernel of
+// kernels/kv_decode_packed.cu serves KVQuant). nvcc and g++ both read this header.
 #pragma once
 
 #include <cstddef>
@@ -29,16 +29,9 @@ size_t workspace_fold(const PackedSide& k, const PackedDecodeArgs& a, int max_le
 cudaError_t run_fold2(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len,
                       int sm_count, void* workspace, size_t workspace_bytes, cudaStream_t stream);
 // The same tables with the key pass transposed (h56, KVQ_KV_DECODE=kvq-foldm; packed_cache.cpp's
-// default at G > 1 where kvq-stream is not picked): tokens as the mma's M, the G query heads as
-// its N columns, plus kvq-fold2's lane-private 4-bit value table. Same cases, same workspace_fold().
+// default at G > 1): tokens as the mma's M, the G query heads as its N columns, plus kvq-fold2's
+// lane-private 4-bit value table. Same cases, same workspace_fold().
 cudaError_t run_foldm(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len,
                       int sm_count, void* workspace, size_t workspace_bytes, cudaStream_t stream);
-
-// One pass per 64-token stage with an online softmax (kernels/kv_decode_kvquant_stream.cu,
-// KVQ_KV_DECODE=kvq-stream; packed_cache.cpp's default at G > 1 for few (row, kv head) pairs):
-// same cases, its own split plan and workspace.
-size_t workspace_stream(const PackedSide& k, const PackedDecodeArgs& a, int max_len, int sm_count);
-cudaError_t run_stream(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len,
-                       int sm_count, void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
 }  // namespace kvq::kern::kvquant_decode

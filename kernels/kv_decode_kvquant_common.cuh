@@ -1,23 +1,19 @@
 // Device pieces shared by KVQuant's tensor-core decode builds (kv_decode_kvquant_fold.cu:
-// kvq-fold2 / kvq-foldm; kv_decode_kvquant_stream.cu: kvq-stream): the block shape, the slot
-// order of rotate-half pairs, the per-block setup (LUTs, query, per-channel key (half, mid), the
-// (cos, sin)(u f) table), a stage's key-code loads, the query rotated by R(j0)^T into A
-// fragments, the dense key tile on mma (kvq-stream) and the three-pass builds' sink scores.
-// nvcc only. The layouts (h45's design, from the header of kv_decode_kvquant_mma.cu, retired in
-// session 7; the fold builds change the B channel order, kv_decode_kvquant_fold.cu):
-//  - Keys as m16n8k16 B fragments (k = channel slots, n = 8 tokens): slot pair (2 t4, 2 t4 + 1)
-//    of k-tile kt holds channels (i, i + 64) with i = 16 t4 + 2 kt, slots (2 t4 + 8, 2 t4 + 9)
-//    the pair i + 1, so the rotate-half partners sit in one register and RoPE is lane-local; a
-//    lane's 32 channels of its token are two aligned loads (two uint2 at 4 bits, two words at
-//    2 bits). The query (A, rows = the G heads) uses the same slot order.
-//  - RoPE split as R(j0 + u) = R(j0) R(u): per 64-token stage the lane rotates its head's 16
-//    query pairs by R(j0)^T (fp32, (cos, sin)(j0 f) of an angle reduced in double) and rounds
-//    them to fp16 once; each key pair is rotated by R(u) (u = offset in the stage) from a
-//    per-block table of (cos, sin)(u f) (16 anchors + 15 recurrence steps each).
-//  - Outliers and sinks as fp32 corrections after the dense pass: scale (R_j^T q)_c (k_out -
+// kvq-fold2 and kvq-foldm): the block shape, the slot order of rotate-half pairs, the per-block
+// setup (LUTs, query), a stage's key-code loads, the value-outlier corrections summed per warp
+// and channel, and the sink scores. nvcc only. The layouts descend from h45's kvq-mma
+// (kernels/kv_decode_kvquant_mma.cu and kvq-stream's kv_decode_kvquant_stream.cu, both retired
+// in session 7; the fold builds change the B channel order, kv_decode_kvquant_fold.cu):
+//  - keys as m16n8k16 fragments whose register pairs hold the rotate-half partners of a
+//    lane's channels, so RoPE is lane-local; a lane's 32 channels of its token are two aligned
+//    loads (two uint2 at 4 bits, two words at 2 bits);
+//  - RoPE split as R(j0 + u) = R(j0) R(u): per 64-token stage the query is rotated by R(j0)^T
+//    (fp32, (cos, sin)(j0 f) of an angle reduced in double) and rounded to fp16 once, each key
+//    by R(u) (u = offset in the stage);
+//  - outliers and sinks as fp32 corrections after the dense pass: scale (R_j^T q)_c (k_out -
 //    k_dense) per key record, p_jg (v_out - v_dense) per value record; a sink token's score is
-//    recomputed from its fp16 row and its value row enters as p v, its dense value as 0.
-//  - Values as A fragments (m = channels, k = 16 tokens): lane (gid, t4) holds channels
+//    recomputed from its fp16 row and its value row enters as p v, its dense value as 0;
+//  - values as A fragments (m = channels, k = 16 tokens): lane (gid, t4) holds channels
 //    16 gid + 2 mt (+1) of tokens 2 t4, 2 t4 + 1, 2 t4 + 8, 2 t4 + 9; B = the softmax weights
 //    (n = heads). Error terms: tests/gpu/kv_kvquant_test.cpp's header.
 #pragma once
@@ -35,7 +31,6 @@ constexpr int kT = 256;  // threads per block (8 warps; 2 blocks per SM)
 constexpr int kW = kT / 32;
 constexpr int kD = 128;  // head_dim served
 constexpr int kS = 64;   // RoPE stage: tokens sharing one query rotation
-constexpr int kUS = 68;  // row stride (float2) of the (cos, sin)(u f) table: 68 = 4 mod 16
 
 // Query heads per kv head rounded up to the template's head count.
 inline int gm_of(int G) { return G == 1 ? 1 : G == 2 ? 2 : G <= 4 ? 4 : 8; }
@@ -54,20 +49,7 @@ __device__ __forceinline__ void anchor(double f, int64_t j, float& c, float& s) 
 // (2 kt + e) * 4 + t4, so that the 4 lanes t4 of a fragment read consecutive entries.
 __device__ __forceinline__ int pair_slot(int i) { return (i & 15) * 4 + (i >> 4); }
 
-// The 4-bit or 2-bit code at position q (0..15) of a lane's 16 codes held in w[0..1] (4 bits:
-// two words of 8 codes; 2 bits: w[0] alone).
-template <int BITS>
-__device__ __forceinline__ uint32_t code16(const uint32_t (&w)[2], int q) {
-  if constexpr (BITS == 4)
-    return (w[q >> 3] >> (4 * (q & 7))) & 15u;
-  else
-    return (w[0] >> (2 * q)) & 3u;
-}
-
-// Block setup before the first barrier, in two parts so that a kernel can zero its own
-// buffers in between (the order ptxas allocated best for, sm_90: with one function the
-// one-pass build spilled up to 78 bytes more in three instantiations).
-// Part 1: the two LUTs and the G query heads as fp32 (zero up to GM).
+// Block setup before the first barrier: the two LUTs and the G query heads as fp32 (zero up to GM).
 template <int BITS, int GM>
 __device__ __forceinline__ void setup_luts_query(const PackedSide& K, const PackedSide& V,
                                                  const PackedDecodeArgs& a, int64_t head0, int G, float* klut,
@@ -78,31 +60,6 @@ __device__ __forceinline__ void setup_luts_query(const PackedSide& K, const Pack
   }
   const __half* q = static_cast<const __half*>(a.q) + head0 * kD;
   for (int i = threadIdx.x; i < GM * kD; i += kT) qs[i] = i < G * kD ? __half2float(q[i]) : 0.f;
-}
-
-// Part 2: the channels' (half, mid) by pair slot (cb: the (slot, kv head) offset of the key
-// ranges), and (cos, sin)(u f_i) for u < kS, i < 64: one anchor per 16 u, then the
-// angle-addition recurrence (15 steps, 4 fp32 roundings each: ~2^-19, far below the fp16
-// rounding).
-__device__ __forceinline__ void setup_key_tables(const PackedSide& K, const PackedDecodeArgs& a, int64_t cb,
-                                                 float4* khm, float2* ut) {
-  if (threadIdx.x < 64) {
-    const int i = threadIdx.x;
-    khm[pair_slot(i)] = make_float4(K.khalf[cb + i], K.khalf[cb + 64 + i], K.kmid[cb + i], K.kmid[cb + 64 + i]);
-  }
-  const int i = threadIdx.x & 63, qq = threadIdx.x >> 6;
-  const double f = a.inv_freq[i];
-  float c, sn, dc, ds;
-  anchor(f, 16 * qq, c, sn);
-  anchor(f, 1, dc, ds);
-  const int col = pair_slot(i);
-#pragma unroll 1
-  for (int u = 16 * qq; u < 16 * qq + 16; ++u) {
-    ut[u * kUS + col] = make_float2(c, sn);
-    const float c2 = fmaf(c, dc, -sn * ds);
-    sn = fmaf(sn, dc, c * ds);
-    c = c2;
-  }
 }
 
 // The lane's 32 key codes of token j (channels i and i + 64 of its pairs): kw[0..1] the low
@@ -125,54 +82,6 @@ __device__ __forceinline__ void load_key_codes(const uint32_t* kcodes, int j, in
   }
 }
 
-// The query of head gid (qh, fp32) rotated by R(j0)^T into fp16 A fragments (rows >= G zero,
-// hv = gid < G); cs(kt, e) is the stage anchor (cos, sin)(j0 f_i) of pair i = 16 t4 + 2 kt + e.
-template <typename CosSin>
-__device__ __forceinline__ void rotate_query(const float* qh, bool hv, int t4, CosSin cs, uint32_t (&qa0)[8],
-                                             uint32_t (&qa2)[8]) {
-#pragma unroll
-  for (int kt = 0; kt < 8; ++kt)
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      const int i = 16 * t4 + 2 * kt + e;
-      const float2 c = cs(kt, e);
-      const float qi = qh[i], qp = qh[i + 64];
-      const uint32_t v = hv ? mma_decode::pack_h2(fmaf(qi, c.x, qp * c.y), fmaf(qp, c.x, -qi * c.y)) : 0u;
-      if (e == 0)
-        qa0[kt] = v;
-      else
-        qa2[kt] = v;
-    }
-}
-
-// One n-tile of 8 tokens: the dense key value fma(lut[c], half, mid) (+ Q-Norm) of each pair,
-// rotated by R(u) from the table row urow (u = the lane's token within the stage), rounded to
-// fp16 B fragments, dotted with the rotated query: acc[0..1] = scores of tokens 2 t4, 2 t4 + 1.
-template <int BITS, bool QN>
-__device__ __forceinline__ void key_tile(const uint32_t (&kw)[4], const float2* urow, const float4* khm,
-                                         const float* klut, float qa, float qb, int t4, const uint32_t (&qa0)[8],
-                                         const uint32_t (&qa2)[8], float (&acc)[4]) {
-  const uint32_t wl[2] = {kw[0], kw[1]}, wh[2] = {kw[2], kw[3]};
-#pragma unroll
-  for (int kt = 0; kt < 8; ++kt) {
-    uint32_t b[2];
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      const int qpos = 2 * kt + e;
-      const float4 hm = khm[qpos * 4 + t4];
-      float ki = fmaf(klut[code16<BITS>(wl, qpos)], hm.x, hm.z);
-      float kp = fmaf(klut[code16<BITS>(wh, qpos)], hm.y, hm.w);
-      if constexpr (QN) {
-        ki = fmaf(ki, qa, qb);
-        kp = fmaf(kp, qa, qb);
-      }
-      const float2 cs = urow[qpos * 4];
-      b[e] = mma_decode::pack_h2(fmaf(ki, cs.x, -kp * cs.y), fmaf(kp, cs.x, ki * cs.y));
-    }
-    mma_decode::mma16816(acc, qa0[kt], 0u, qa2[kt], 0u, b[0], b[1]);
-  }
-}
-
 // Value-outlier corrections: every lane with `on` adds p[g] x delta to buf[g * kD + ch] for
 // g < G (p: the lane's token's softmax weights, one per head, read only where `on`).
 // Why not one atomicAdd per lane and head: a shared fp32 atomicAdd is a compare-and-swap loop on
@@ -183,6 +92,11 @@ __device__ __forceinline__ void key_tile(const uint32_t (&kw)[4], const float2* 
 // kvq-stream's (b1). So a lane alone on its channel adds its own products; lanes sharing one are
 // summed by a warp butterfly (one channel per round, the lowest remaining lane's) and a single
 // lane adds the G sums. The order of the fp32 additions changes, not their number per output.
+// Measured (H100, 2026-11-23, archive of 1ef91a2, one process per shape, kvq-kvbench --ab
+// KVQ_KVQ_VOUT=lane,warp, default builds, notes/s7/results-h62.md): llama3-8b 1.11-1.15x faster
+// at batch 1 (32K-128K), 1.43-1.50x at batch 8; llama2-7b 1.15-1.21x. ncu after: 4.0 butterfly
+// rounds per warp step (the planted channels of a head), pass 3's corrections still 32% of
+// kvq-foldm's samples at b8 32K (next: the G heads' butterflies interleaved, fewer rounds).
 // Must be reached by all 32 lanes of the warp (warp-uniform control flow).
 __device__ __forceinline__ void warp_channel_add(float* buf, bool on, int ch, float delta, const float* p, int G,
                                                  int lane) {

@@ -1,7 +1,6 @@
 // KVQuant decode on the tensor cores with the codec's affine maps folded into tables
 // (interface: kv_decode_kvquant.cuh, run_fold2 / run_foldm; lib/cuda/packed_cache.cpp routes
-// KVQuant here where fits() holds: kvq-fold2 at G = 1, kvq-foldm at G > 1 unless kvq-stream
-// (kv_decode_kvquant_stream.cu) is picked for few (row, kv head) pairs). Three passes per chunk
+// KVQuant here where fits() holds: kvq-fold2 at G = 1, kvq-foldm at G > 1). Three passes per chunk
 // (scores to shared memory, softmax, P V), split-K partials and a combine, outliers and sinks as
 // fp32 corrections after the dense passes (h45's three-pass design). The fold (h51,
 // notes/s6/results-h51.md) replaced h45's fp32 per-element arithmetic, whose SASS (H100 device
@@ -13,7 +12,13 @@
 // one-process A/B of all five builds (H100, 2026-11-23, archive of b0add53, /work/notes/s7 ->
 // notes/s7/results-h62.md) neither was fastest in any of the 16 cells (kvq-fold at best tied
 // kvq-stream / kvq-foldm within 0.5%). Its tables and (u, t4) records stay: kvq-foldm builds its
-// key A fragments from them. The last commit with both retired builds is named in
+// key A fragments from them. Then ncu (H100, 2763772, llama3-8b 32K 4 bits) put 48% (b1) / 56%
+// (b8) of kvq-foldm's warp samples in pass 3's value-outlier corrections (contended shared
+// atomics, compare-and-swap loops); summed per warp and channel first (warp_channel_add,
+// kv_decode_kvquant_common.cuh) kvq-foldm ran 1.11-1.50x faster on llama3-8b and kvq-fold2
+// 1.15-1.21x on llama2-7b, and kvq-foldm 1.10-1.43x faster than the one-pass kvq-stream
+// (kv_decode_kvquant_stream.cu, h47; the batch-1 GQA default for one commit), which was retired
+// too (notes/s7/results-h62.md). The last commits with each retired build are named in
 // packed_cache.cpp's refusal of their KVQ_KV_DECODE values.
 // The fold, as h51 built it:
 //  - Keys: k_c = a_c L[code] + b_c (a = half, b = mid of the channel's static range, Q-Norm
@@ -87,7 +92,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
-#include <string_view>
 
 #include "kernels/common.cuh"
 #include "kernels/decode_chunk.cuh"
@@ -314,9 +318,7 @@ __device__ const kvlayout::Outlier* stage_csr(const PackedSide& P, int64_t sh, i
 // kvq-foldm (h51's tables and records, pass 1 with the tokens as the mma's M and the query
 // heads as its N columns, and kvq-fold2's lane-private 4-bit value table). VAR 0 (kvq-fold,
 // h51's key pass with the heads as M) was retired in session 7 (header comment).
-// AG: value-outlier corrections through warp_channel_add (false: one shared atomicAdd per lane
-// and head, the session-6 code, kept for the A/B KVQ_KVQ_VOUT=lane,warp).
-template <int BITS, int GM, bool QN, int VAR, bool AG>
+template <int BITS, int GM, bool QN, int VAR>
 __global__ void __launch_bounds__(kT, 2)
 kvquant_fold_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, int splits, float* part_o,
                     float* part_ml) {
@@ -676,53 +678,34 @@ kvquant_fold_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, i
       atomicAdd(&corr[g * kD + d], sc[(j - begin) * GM + g] * h2f(V.sink[(sh * V.n_sink + j) * kD + d]));
     }
     if (V.outliers) {
-      if constexpr (AG) {
-        // Thread per token as before (token base + threadIdx.x, stride kT), the loops warp-uniform
-        // so that warp_channel_add can sum the lanes that share a channel (its comment: the CAS
-        // loops of contended shared atomics were half of this kernel's time at G = 4).
-        for (int jb = max(begin, V.n_sink) + warp * 32; jb < end; jb += kT) {  // warp-uniform
-          const int j = jb + lane;
-          const bool in = j < end;
-          const uint32_t r0 = in ? vsoff[j - begin] : 0u, r1 = in ? vsoff[j - begin + 1] : 0u;
-          float mid = 0.f, half = 0.f;
-          if (r1 > r0) {
-            const uint32_t mv = vmeta[j];
-            mid = h2f(static_cast<uint16_t>(mv & 0xFFFFu));
-            half = h2f(static_cast<uint16_t>(mv >> 16));
-          }
-          const uint32_t nmax = __reduce_max_sync(0xffffffffu, r1 - r0);
-          for (uint32_t k = 0; k < nmax; ++k) {  // warp-uniform
-            const bool on = r0 + k < r1;
-            int i = 0;
-            float delta = 0.f;
-            if (on) {
-              const kvlayout::Outlier o = vrec[r0 + k];
-              i = static_cast<int>(o.index) - kvh * kD;
-              const uint32_t w = vcodes[static_cast<int64_t>(j) * V.wpr + i / (32 / BITS)];
-              const uint32_t code = (w >> (BITS * (i % (32 / BITS)))) & ((1u << BITS) - 1u);
-              float vd = fmaf(vlut[code], half, mid);
-              if constexpr (QN) vd = fmaf(vd, V.qa, V.qb);
-              delta = h2f(o.value) - vd;
-            }
-            warp_channel_add(corr, on, i, delta, sc + (j - begin) * GM, G, lane);
-          }
-        }
-      } else {  // KVQ_KVQ_VOUT=lane: a shared atomicAdd per lane and head (A/B only)
-        for (int j = max(begin, V.n_sink) + static_cast<int>(threadIdx.x); j < end; j += kT) {
-          const uint32_t r0 = vsoff[j - begin], r1 = vsoff[j - begin + 1];
-          if (r0 == r1) continue;
+      // Thread per token as before (token base + threadIdx.x, stride kT), the loops warp-uniform
+      // so that warp_channel_add can sum the lanes that share a channel (its comment: the CAS
+      // loops of contended shared atomics were half of this kernel's time at G = 4).
+      for (int jb = max(begin, V.n_sink) + warp * 32; jb < end; jb += kT) {  // warp-uniform
+        const int j = jb + lane;
+        const bool in = j < end;
+        const uint32_t r0 = in ? vsoff[j - begin] : 0u, r1 = in ? vsoff[j - begin + 1] : 0u;
+        float mid = 0.f, half = 0.f;
+        if (r1 > r0) {
           const uint32_t mv = vmeta[j];
-          const float mid = h2f(static_cast<uint16_t>(mv & 0xFFFFu)), half = h2f(static_cast<uint16_t>(mv >> 16));
-          for (uint32_t rr = r0; rr < r1; ++rr) {
-            const kvlayout::Outlier o = vrec[rr];
-            const int i = static_cast<int>(o.index) - kvh * kD;
+          mid = h2f(static_cast<uint16_t>(mv & 0xFFFFu));
+          half = h2f(static_cast<uint16_t>(mv >> 16));
+        }
+        const uint32_t nmax = __reduce_max_sync(0xffffffffu, r1 - r0);
+        for (uint32_t k = 0; k < nmax; ++k) {  // warp-uniform
+          const bool on = r0 + k < r1;
+          int i = 0;
+          float delta = 0.f;
+          if (on) {
+            const kvlayout::Outlier o = vrec[r0 + k];
+            i = static_cast<int>(o.index) - kvh * kD;
             const uint32_t w = vcodes[static_cast<int64_t>(j) * V.wpr + i / (32 / BITS)];
             const uint32_t code = (w >> (BITS * (i % (32 / BITS)))) & ((1u << BITS) - 1u);
             float vd = fmaf(vlut[code], half, mid);
             if constexpr (QN) vd = fmaf(vd, V.qa, V.qb);
-            const float delta = h2f(o.value) - vd;
-            for (int g = 0; g < G; ++g) atomicAdd(&corr[g * kD + i], sc[(j - begin) * GM + g] * delta);
+            delta = h2f(o.value) - vd;
           }
+          warp_channel_add(corr, on, i, delta, sc + (j - begin) * GM, G, lane);
         }
       }
     }
@@ -750,33 +733,19 @@ kvquant_fold_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, i
   }
 }
 
-template <int BITS, int GM, bool QN, int VAR, bool AG>
-cudaError_t launch1(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, const Plan& p,
-                    float* part_o, float* part_ml, cudaStream_t stream) {
+template <int BITS, int GM, bool QN, int VAR>
+cudaError_t launch(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, const Plan& p,
+                   float* part_o, float* part_ml, cudaStream_t stream) {
   const size_t smem = smem_bytes(GM, p.chunk);
-  cudaError_t e = cudaFuncSetAttribute(kvquant_fold_kernel<BITS, GM, QN, VAR, AG>,
+  cudaError_t e = cudaFuncSetAttribute(kvquant_fold_kernel<BITS, GM, QN, VAR>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (e != cudaSuccess) return e;
-  kvquant_fold_kernel<BITS, GM, QN, VAR, AG><<<dim3(p.splits, k.kv_heads, a.rows), kT, smem, stream>>>(
-      k, v, a, p.chunk, p.splits, part_o, part_ml);
+  kvquant_fold_kernel<BITS, GM, QN, VAR><<<dim3(p.splits, k.kv_heads, a.rows), kT, smem, stream>>>(k, v, a, p.chunk,
+                                                                                            p.splits, part_o, part_ml);
   if ((e = launch_status()) != cudaSuccess) return e;
   splitk_combine_kernel<__half><<<dim3(a.n_heads, a.rows), 128, 0, stream>>>(
       part_o, part_ml, static_cast<__half*>(a.out), a.n_heads, kD, p.splits);
   return launch_status();
-}
-
-// KVQ_KVQ_VOUT=lane (read per call, for kvq-kvbench --ab): the per-lane atomics build, compiled
-// only for the benchmarked shapes (G = 1 and 4, no Q-Norm); elsewhere the value is ignored.
-bool lane_vout() {
-  const char* e = std::getenv("KVQ_KVQ_VOUT");
-  return e && std::string_view(e) == "lane";
-}
-template <int BITS, int GM, bool QN, int VAR>
-cudaError_t launch(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, const Plan& p,
-                   float* part_o, float* part_ml, cudaStream_t stream) {
-  if constexpr (!QN && (GM == 1 || GM == 4))
-    if (lane_vout()) return launch1<BITS, GM, QN, VAR, false>(k, v, a, p, part_o, part_ml, stream);
-  return launch1<BITS, GM, QN, VAR, true>(k, v, a, p, part_o, part_ml, stream);
 }
 
 template <int BITS, bool QN, int VAR>

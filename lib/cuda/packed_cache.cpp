@@ -89,30 +89,23 @@ std::string reason(const Codec& c) {
 // rotate-half RoPE, G <= 8). KVQ_KV_DECODE picks a build, read at every call (one getenv) so
 // that a test or `kvq-kvbench --ab` can run several builds in one process; any value that names
 // no KVQuant build (general, mma-stream, ...) keeps kv_decode_attention's choice, the general
-// kernel for KVQuant. Unset: the fastest build of the lead's one-process A/B of all five
-// builds in session 7 (H100, 2026-11-23, archive of b0add53, kvq-kvbench --reps 10 --batch 1,8
-// --contexts 32768,131072, 4 and 2 bits; notes/s7/results-h62.md has the table):
-//  - G = 1: kvq-fold2 (kernels/kv_decode_kvquant_fold.cu, h54: the lane's key coefficients in
-//    registers, lane-private 4-bit tables), fastest in all 8 llama2-7b cells (0.85-1.00x fp16;
-//    the next, kvq-foldm, 0.75-0.93x).
-//  - G > 1, few (row, kv head) pairs (rows x kv heads x 8 <= SMs): kvq-stream
-//    (kernels/kv_decode_kvquant_stream.cu, h47: one pass per 64-token stage, online softmax per
-//    warp), fastest in the 4 llama3-8b batch-1 cells (8 pairs; 128K 4 bits 404.1 us against
-//    kvq-foldm's 456.7, 32K within 2%).
-//  - G > 1 otherwise: kvq-foldm (same file as kvq-fold2, h56: tokens as the key pass's mma M, the
-//    G heads as N, the lane-private value table), fastest in 3 of the 4 llama3-8b batch-8 cells
-//    (64 pairs; 128K 4 bits 2899.5 us against kvq-stream's 3055.3) and 1.4% behind kvq-stream in
-//    the fourth. The cut between 8 and 64 pairs is not measured.
+// kernel for KVQuant. Unset: kvq-fold2 at G = 1, kvq-foldm at G > 1 (both in
+// kernels/kv_decode_kvquant_fold.cu), the fastest builds measured (H100, 2026-11-23;
+// notes/s7/results-h62.md has the tables):
+//  - G = 1: kvq-fold2 (h54: the lane's key coefficients in registers, lane-private 4-bit tables),
+//    fastest in all 8 llama2-7b cells of the lead's one-process A/B of the five session-6 builds
+//    (archive of b0add53: 0.85-1.00x fp16; the next, kvq-foldm, 0.75-0.93x).
+//  - G > 1: kvq-foldm (h56: tokens as the key pass's mma M, the G heads as N, the lane-private
+//    value table). In that A/B kvq-stream (one pass per stage) was fastest at llama3-8b batch 1;
+//    after the value-outlier fix (warp_channel_add, 1ef91a2) kvq-foldm is faster than it in all 8
+//    llama3-8b cells of one process (1.10-1.43x; b1 32K 4 bits 91.3 against 107.0 us).
 // Each value forces its build at every G.
-enum class KvqBuild { kDefault, kFold2, kFoldM, kStream, kNone };
+enum class KvqBuild { kDefault, kFold2, kFoldM, kNone };
 KvqBuild kvquant_build() {
   const char* e = std::getenv("KVQ_KV_DECODE");
   if (!e || !*e) return KvqBuild::kDefault;
   const std::string_view v(e);
-  return v == "kvq-fold2"    ? KvqBuild::kFold2
-         : v == "kvq-foldm"  ? KvqBuild::kFoldM
-         : v == "kvq-stream" ? KvqBuild::kStream
-                             : KvqBuild::kNone;
+  return v == "kvq-fold2" ? KvqBuild::kFold2 : v == "kvq-foldm" ? KvqBuild::kFoldM : KvqBuild::kNone;
 }
 // Values naming retired kernels are an error rather than a silent alias, so that an A/B run
 // written for them cannot report one kernel twice: KVQ_KV_DECODE=mma|mma3|mma-hoist (version 3
@@ -125,6 +118,8 @@ KvqBuild kvquant_build() {
 // kvq-fold (h51's key pass, heads as M) and kvq-mma (h45's fp32 three-pass build,
 // kernels/kv_decode_kvquant_mma.cu) were removed after 5e9f6a3: fastest in none of the 16 cells of
 // the session-7 A/B above (notes/s7/results-h62.md).
+// kvq-stream (h47's one-pass build, kernels/kv_decode_kvquant_stream.cu) was removed after
+// 1ef91a2: slower than kvq-foldm in all 8 llama3-8b cells once both had the value-outlier fix.
 void reject_retired_decode(const std::string& where) {
   const char* e = std::getenv("KVQ_KV_DECODE");
   if (!e) return;
@@ -135,12 +130,15 @@ void reject_retired_decode(const std::string& where) {
   if (v == "kvq-fold2k")
     throw InvalidArgument(where, "KVQ_KV_DECODE=kvq-fold2k: kvq-fold2's key pass without its value table was retired (last in 8424090)",
                           "KVQ_KV_DECODE=kvq-fold2 (or unset at MHA) for the build with both tables");
+  if (v == "kvq-stream")
+    throw InvalidArgument(where, "KVQ_KV_DECODE=kvq-stream: the one-pass KVQuant build was retired (last in 1ef91a2)",
+                          "unset KVQ_KV_DECODE for the fastest build, or kvq-fold2 / kvq-foldm");
   if (v == "kvq-fold" || v == "kvq-mma")
     throw InvalidArgument(where, "KVQ_KV_DECODE=" + v + ": this KVQuant build was retired (last in 5e9f6a3)",
-                          "unset KVQ_KV_DECODE for the fastest build, or kvq-fold2 / kvq-foldm / kvq-stream");
+                          "unset KVQ_KV_DECODE for the fastest build, or kvq-fold2 / kvq-foldm");
   if (v == "kvq-fast")
     throw InvalidArgument(where, "KVQ_KV_DECODE=kvq-fast: the CUDA-core KVQuant kernel was retired (last in dfabb0b)",
-                          "unset KVQ_KV_DECODE for the tensor-core KVQuant kernels, kvq-fold2 / kvq-foldm / kvq-stream for its builds");
+                          "unset KVQ_KV_DECODE for the tensor-core KVQuant kernels, kvq-fold2 / kvq-foldm for its builds");
 }
 }  // namespace
 
@@ -400,10 +398,7 @@ void PackedKvCache::prepare(const std::vector<int>& slots) {
   a.rows = static_cast<int>(slots.size());
   a.n_heads = I.n_heads;
   const size_t ws = std::max(kern::kv_decode_workspace(I.k.d, a, std::max(1, I.max_len), I.sm_count),
-                             std::max(kern::kvquant_decode::workspace_stream(I.k.d, a, std::max(1, I.max_len),
-                                                                             I.sm_count),
-                                      kern::kvquant_decode::workspace_fold(I.k.d, a, std::max(1, I.max_len),
-                                                                           I.sm_count)));
+                             kern::kvquant_decode::workspace_fold(I.k.d, a, std::max(1, I.max_len), I.sm_count));
   I.work.reserve(ws + 16, "decode workspace");
 }
 
@@ -426,13 +421,8 @@ void PackedKvCache::decode(const void* q_dev, void* out_dev, bool bf16, void* st
   KvqBuild build = kvquant_build();
   if (build != KvqBuild::kNone &&
       kern::kvquant_decode::fits(bf16 ? kern::Act::kBF16 : kern::Act::kF16, I.k.d, I.v.d, a)) {
-    if (build == KvqBuild::kDefault) {
-      const bool few_pairs = static_cast<long>(a.rows) * I.k.d.kv_heads * 8 <= I.sm_count;
-      build = a.n_heads == I.k.d.kv_heads ? KvqBuild::kFold2 : few_pairs ? KvqBuild::kStream : KvqBuild::kFoldM;
-    }
-    const auto run = build == KvqBuild::kStream  ? kern::kvquant_decode::run_stream
-                     : build == KvqBuild::kFoldM ? kern::kvquant_decode::run_foldm
-                                                 : kern::kvquant_decode::run_fold2;
+    if (build == KvqBuild::kDefault) build = a.n_heads == I.k.d.kv_heads ? KvqBuild::kFold2 : KvqBuild::kFoldM;
+    const auto run = build == KvqBuild::kFoldM ? kern::kvquant_decode::run_foldm : kern::kvquant_decode::run_fold2;
     KVQ_CUDA_CHECK(run(I.k.d, I.v.d, a, I.max_len, I.sm_count, I.work.get(), I.work.bytes(),
                        static_cast<cudaStream_t>(stream)));
     return;

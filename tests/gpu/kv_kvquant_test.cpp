@@ -1,9 +1,8 @@
 // KVQuant's own decode kernels, the folded tensor-core builds (kernels/kv_decode_kvquant_fold.cu:
-// kvq-fold2, the default at G = 1, and kvq-foldm) and the one-pass build
-// (kernels/kv_decode_kvquant_stream.cu, kvq-stream), each forced by KVQ_KV_DECODE, against
-// attention in fp64 over the CPU codec's dequantized (simulated) cache, RoPE applied in fp64
-// to the pre-RoPE keys. kvq-fold and kvq-mma were retired in session 7 (their cases with
-// them; the refusal of their values is tested below). From a printed
+// kvq-fold2, the default at G = 1, and kvq-foldm, the default at G > 1), each forced by
+// KVQ_KV_DECODE, against attention in fp64 over the CPU codec's dequantized (simulated) cache,
+// RoPE applied in fp64 to the pre-RoPE keys. kvq-fold, kvq-mma and kvq-stream were retired in
+// session 7 (their cases with them; the refusal of their values is tested below). From a printed
 // seed (KVQ_TEST_SEED replays): random rows N(0, 1) with an outlier channel (x8), every third
 // token on a 1/8 grid (ties), one constant token; 3 slots streamed in uneven appends
 // (lengths 300, 129, 10) read by 4 batch rows {0, 1, 2, 0}; MHA and G = 2, 3, 4, 8; 4 and 2
@@ -24,7 +23,8 @@
 //    2^-17 sum |q_i| (|k_i| + |k_partner(i)|) more.
 //  - softmax weights: 2 max|err s| + (L + 64) 2^-24; o = sum p v: (2 delta + (L + 64) 2^-23)
 //    max|v|; the fp16 output rounding 2^-11 |o|.
-// kvq-stream (h47; the bound of h45's retired three-pass build kvq-mma, same arithmetic) adds:
+// h45's fp32-dequantizing builds (kvq-mma, kvq-stream; retired in session 7) added these two
+// terms; the folded builds keep the first (the query's fp16 rounding, 2^-9 B):
 //  - scores: the query rotated by R(j0)^T and each key pair by R(u) in fp32, both rounded to
 //    fp16 (2^-11 relative each), products exact, fp32 accumulation; per rotate-half pair
 //    |q'_i k'_i| + |q'_p k'_p| <= |q_pair| |k_pair| <= (|q_i| + |q_p|)(|k_i| + |k_p|) (rotations
@@ -90,15 +90,10 @@ struct Case {
 };
 
 // Returns the worst error / tolerance over every output element. kernel: the
-// KVQ_KV_DECODE value, "kvq-stream", "kvq-fold2" or "kvq-foldm" (the bound adds the fp16 terms
+// KVQ_KV_DECODE value, "kvq-fold2" or "kvq-foldm" (the bound adds the fold's fp16 terms
 // derived in the header comment).
 double run_case(const Case& c, uint64_t seed, const char* kernel) {
   EnvGuard env("KVQ_KV_DECODE", kernel);
-  // kvq-stream (kernels/kv_decode_kvquant_stream.cu) does the retired mma build's per-element arithmetic
-  // in one pass per stage with an online softmax: its p = exp(s - running max) is rounded to
-  // fp16 as the mma build's (2^-11 relative, values no smaller), the accumulator rescales add
-  // one fp32 rounding per stage (<= 2^-24 x stages, ~2^-15 over the 20000-token slot's 313
-  // stages, below the 2^-9 terms): the same bound.
   std::mt19937_64 rng(seed);
   const codecs::KvShape ks{c.H, kHd, c.n_heads};
   auto kc = codecs::make_codec(codecs::parse_codec_spec(c.spec), KvSide::kKey, 0, ks, c.kg);
@@ -356,23 +351,8 @@ TEST_CASE("kv kvquant foldm kernel: calibrated LUT, key ranges and Q-Norm == sim
 TEST_CASE("kv kvquant foldm kernel: long slot == simulated", "[gpu][kv][kvquant]") { long_cases("kvq-foldm"); }
 
 // h42's CUDA-core kernel (KVQ_KV_DECODE=kvq-fast) had its own three cases here, retired with it
-// after dfabb0b; h45's three-pass build (kvq-mma) three more, retired in session 7.
-// The one-pass online-softmax build (KVQ_KV_DECODE=kvq-stream) on the same cases and bound: the long
-// slot runs each warp through many stages, so the running max moves and the rescales are exercised.
-TEST_CASE("kv kvquant stream kernel: 4/2 bits, outliers, sinks, MHA and GQA == simulated", "[gpu][kv][kvquant]") {
-  basic_cases("kvq-stream");
-}
-TEST_CASE("kv kvquant stream kernel: calibrated LUT, key ranges and Q-Norm == simulated", "[gpu][kv][kvquant]") {
-  calibrated_cases("kvq-stream");
-}
-TEST_CASE("kv kvquant stream kernel: long slot == simulated", "[gpu][kv][kvquant]") { long_cases("kvq-stream"); }
-// KVQ_KVQ_STREAM_SPLITS=1: one block per (row, kv head), so each warp walks ~38 stages of the 19520-token
-// row and its running max / rescales of the accumulators and corrections are exercised at length.
-TEST_CASE("kv kvquant stream kernel: long slot, one split (many stages per warp) == simulated", "[gpu][kv][kvquant]") {
-  setenv("KVQ_KVQ_STREAM_SPLITS", "1", 1);
-  long_cases("kvq-stream");
-  unsetenv("KVQ_KVQ_STREAM_SPLITS");
-}
+// after dfabb0b; h45's three-pass build (kvq-mma) three more and h47's one-pass build
+// (kvq-stream) four more (one with KVQ_KVQ_STREAM_SPLITS=1), retired in session 7.
 
 TEST_CASE("kv kvquant kernel: the default where it fits; 3 bits, bf16, KVQ_KV_DECODE=general keep the general one",
           "[gpu][kv][kvquant]") {
@@ -387,7 +367,7 @@ TEST_CASE("kv kvquant kernel: the default where it fits; 3 bits, bf16, KVQ_KV_DE
     cuda::PackedKvCache gpu(*kc, *vc, 1, 8, 4, inv_freq);
     gpu.append_host(0, x.data(), x.data(), 5, 2 * kHd);
     gpu.prepare({0});
-    for (const char* value : {"kvq-fold2", "kvq-foldm", "kvq-stream", "", static_cast<const char*>(nullptr)}) {
+    for (const char* value : {"kvq-fold2", "kvq-foldm", "", static_cast<const char*>(nullptr)}) {
       EnvGuard env("KVQ_KV_DECODE", value);
       CHECK(gpu.decode_uses_kvquant_kernel() == (spec == "kvquant:bits=4"));
       CHECK_FALSE(gpu.decode_uses_kvquant_kernel(true));
@@ -398,8 +378,9 @@ TEST_CASE("kv kvquant kernel: the default where it fits; 3 bits, bf16, KVQ_KV_DE
 }
 
 // The retired kernels' KVQ_KV_DECODE values (kvq-fast: h42's CUDA-core KVQuant kernel; kvq-fold2k:
-// kvq-fold2's key pass alone, h54, slower than kvq-fold2 at 4 bits, identical at 2; kvq-fold and
-// kvq-mma: h51's key pass and h45's fp32 build, fastest nowhere in session 7's A/B; mma, mma3,
+// kvq-fold2's key pass alone, h54, slower than kvq-fold2 at 4 bits, identical at 2; kvq-fold,
+// kvq-mma, kvq-stream: h51's key pass, h45's fp32 build and h47's one-pass build, slower than
+// kvq-fold2 / kvq-foldm in session 7's A/Bs; mma, mma3,
 // mma-hoist: version 3 of the tensor-core decode, kernels/kv_decode_mma.cu until dfabb0b) are a
 // typed error from decode() naming a commit that still has the kernel, checked before any
 // launch, for KVQuant and for int4 alike; the kept values decode.
@@ -421,7 +402,8 @@ TEST_CASE("kv kvquant kernel: retired KVQ_KV_DECODE values are an InvalidArgumen
     cuda::PackedKvCache gpu(*kc, *vc, 1, 8, 4, spec == "int4" ? no_freq : inv_freq);
     gpu.append_host(0, x.data(), x.data(), 5, 2 * kHd);
     gpu.prepare({0});
-    for (const char* value : {"kvq-fast", "kvq-fold2k", "kvq-fold", "kvq-mma", "mma", "mma3", "mma-hoist"}) {
+    for (const char* value :
+         {"kvq-fast", "kvq-fold2k", "kvq-fold", "kvq-mma", "kvq-stream", "mma", "mma3", "mma-hoist"}) {
       EnvGuard env("KVQ_KV_DECODE", value);
       INFO(spec << ", KVQ_KV_DECODE=" << value);
       bool threw = false;
@@ -435,7 +417,7 @@ TEST_CASE("kv kvquant kernel: retired KVQ_KV_DECODE values are an InvalidArgumen
       }
       CHECK(threw);
     }
-    for (const char* value : {"kvq-fold2", "kvq-foldm", "kvq-stream", "mma-stream", static_cast<const char*>(nullptr)}) {
+    for (const char* value : {"kvq-fold2", "kvq-foldm", "mma-stream", static_cast<const char*>(nullptr)}) {
       EnvGuard env("KVQ_KV_DECODE", value);
       INFO(spec << ", KVQ_KV_DECODE=" << (value ? value : "(unset)"));
       CHECK_NOTHROW(gpu.decode(dq, dout));
