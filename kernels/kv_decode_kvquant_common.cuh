@@ -98,6 +98,10 @@ __device__ __forceinline__ void load_key_codes(const uint32_t* kcodes, int j, in
 // rounds per warp step (the planted channels of a head), pass 3's corrections still 32% of
 // kvq-foldm's samples at b8 32K (next: the G heads' butterflies interleaved, fewer rounds).
 // Must be reached by all 32 lanes of the warp (warp-uniform control flow).
+// SEQ (A/B only, KVQ_KVQ_VOUT=seq) or GM = 1: the heads' butterflies one after the other, as
+// measured in 1ef91a2; otherwise the GM butterflies interleaved (GM independent shuffle chains per
+// round).
+template <int GM, bool SEQ>
 __device__ __forceinline__ void warp_channel_add(float* buf, bool on, int ch, float delta, const float* p, int G,
                                                  int lane) {
   const unsigned peers = __match_any_sync(0xffffffffu, on ? ch : -1);
@@ -109,9 +113,23 @@ __device__ __forceinline__ void warp_channel_add(float* buf, bool on, int ch, fl
     const int src = __ffs(todo) - 1;
     const int c = __shfl_sync(0xffffffffu, ch, src);
     const bool mine = grouped && ch == c;
-    for (int g = 0; g < G; ++g) {  // warp-uniform
-      const float t = warp_sum(mine ? p[g] * delta : 0.f);
-      if (lane == src) atomicAdd(&buf[g * kD + c], t);
+    if constexpr (SEQ || GM == 1) {
+      for (int g = 0; g < G; ++g) {  // warp-uniform
+        const float t = warp_sum(mine ? p[g] * delta : 0.f);
+        if (lane == src) atomicAdd(&buf[g * kD + c], t);
+      }
+    } else {
+      float t[GM];
+#pragma unroll
+      for (int g = 0; g < GM; ++g) t[g] = mine && g < G ? p[g] * delta : 0.f;
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+        for (int g = 0; g < GM; ++g) t[g] += __shfl_xor_sync(0xffffffffu, t[g], o);
+      if (lane == src)
+#pragma unroll
+        for (int g = 0; g < GM; ++g)
+          if (g < G) atomicAdd(&buf[g * kD + c], t[g]);
     }
     todo &= ~__ballot_sync(0xffffffffu, mine);
   }
