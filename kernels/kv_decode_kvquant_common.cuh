@@ -98,10 +98,10 @@ __device__ __forceinline__ void load_key_codes(const uint32_t* kcodes, int j, in
 // rounds per warp step (the planted channels of a head), pass 3's corrections still 32% of
 // kvq-foldm's samples at b8 32K (next: the G heads' butterflies interleaved, fewer rounds).
 // Must be reached by all 32 lanes of the warp (warp-uniform control flow).
-// SEQ (A/B only, KVQ_KVQ_VOUT=seq) or GM = 1: the heads' butterflies one after the other, as
-// measured in 1ef91a2; otherwise the GM butterflies interleaved (GM independent shuffle chains per
-// round).
-template <int GM, bool SEQ>
+// GM = 1: the butterfly of 1ef91a2; GM > 1: the GM heads' butterflies interleaved (GM independent
+// shuffle chains per round instead of G serial ones: 1.04-1.09x faster than the serial order on
+// llama3-8b, H100, archive of ae42267, one process, notes/s7/results-h62.md).
+template <int GM>
 __device__ __forceinline__ void warp_channel_add(float* buf, bool on, int ch, float delta, const float* p, int G,
                                                  int lane) {
   const unsigned peers = __match_any_sync(0xffffffffu, on ? ch : -1);
@@ -113,7 +113,7 @@ __device__ __forceinline__ void warp_channel_add(float* buf, bool on, int ch, fl
     const int src = __ffs(todo) - 1;
     const int c = __shfl_sync(0xffffffffu, ch, src);
     const bool mine = grouped && ch == c;
-    if constexpr (SEQ || GM == 1) {
+    if constexpr (GM == 1) {
       for (int g = 0; g < G; ++g) {  // warp-uniform
         const float t = warp_sum(mine ? p[g] * delta : 0.f);
         if (lane == src) atomicAdd(&buf[g * kD + c], t);

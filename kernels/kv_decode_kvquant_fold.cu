@@ -92,7 +92,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
-#include <string_view>
 
 #include "kernels/common.cuh"
 #include "kernels/decode_chunk.cuh"
@@ -319,8 +318,7 @@ __device__ const kvlayout::Outlier* stage_csr(const PackedSide& P, int64_t sh, i
 // kvq-foldm (h51's tables and records, pass 1 with the tokens as the mma's M and the query
 // heads as its N columns, and kvq-fold2's lane-private 4-bit value table). VAR 0 (kvq-fold,
 // h51's key pass with the heads as M) was retired in session 7 (header comment).
-// SEQ: warp_channel_add's heads one after the other (A/B only, KVQ_KVQ_VOUT=seq).
-template <int BITS, int GM, bool QN, int VAR, bool SEQ>
+template <int BITS, int GM, bool QN, int VAR>
 __global__ void __launch_bounds__(kT, 2)
 kvquant_fold_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, int splits, float* part_o,
                     float* part_ml) {
@@ -707,7 +705,7 @@ kvquant_fold_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, i
             if constexpr (QN) vd = fmaf(vd, V.qa, V.qb);
             delta = h2f(o.value) - vd;
           }
-          warp_channel_add<GM, SEQ>(corr, on, i, delta, sc + (j - begin) * GM, G, lane);
+          warp_channel_add<GM>(corr, on, i, delta, sc + (j - begin) * GM, G, lane);
         }
       }
     }
@@ -735,33 +733,19 @@ kvquant_fold_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, i
   }
 }
 
-template <int BITS, int GM, bool QN, int VAR, bool SEQ>
-cudaError_t launch1(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, const Plan& p,
-                    float* part_o, float* part_ml, cudaStream_t stream) {
+template <int BITS, int GM, bool QN, int VAR>
+cudaError_t launch(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, const Plan& p,
+                   float* part_o, float* part_ml, cudaStream_t stream) {
   const size_t smem = smem_bytes(GM, p.chunk);
-  cudaError_t e = cudaFuncSetAttribute(kvquant_fold_kernel<BITS, GM, QN, VAR, SEQ>,
+  cudaError_t e = cudaFuncSetAttribute(kvquant_fold_kernel<BITS, GM, QN, VAR>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (e != cudaSuccess) return e;
-  kvquant_fold_kernel<BITS, GM, QN, VAR, SEQ><<<dim3(p.splits, k.kv_heads, a.rows), kT, smem, stream>>>(
-      k, v, a, p.chunk, p.splits, part_o, part_ml);
+  kvquant_fold_kernel<BITS, GM, QN, VAR><<<dim3(p.splits, k.kv_heads, a.rows), kT, smem, stream>>>(k, v, a, p.chunk,
+                                                                                            p.splits, part_o, part_ml);
   if ((e = launch_status()) != cudaSuccess) return e;
   splitk_combine_kernel<__half><<<dim3(a.n_heads, a.rows), 128, 0, stream>>>(
       part_o, part_ml, static_cast<__half*>(a.out), a.n_heads, kD, p.splits);
   return launch_status();
-}
-
-// KVQ_KVQ_VOUT=seq (read per call, for kvq-kvbench --ab): the 1ef91a2 corrections (heads in
-// sequence), compiled only for kvq-foldm at G = 4 without Q-Norm; elsewhere ignored.
-bool seq_vout() {
-  const char* e = std::getenv("KVQ_KVQ_VOUT");
-  return e && std::string_view(e) == "seq";
-}
-template <int BITS, int GM, bool QN, int VAR>
-cudaError_t launch(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, const Plan& p,
-                   float* part_o, float* part_ml, cudaStream_t stream) {
-  if constexpr (!QN && GM == 4 && VAR == 2)
-    if (seq_vout()) return launch1<BITS, GM, QN, VAR, true>(k, v, a, p, part_o, part_ml, stream);
-  return launch1<BITS, GM, QN, VAR, false>(k, v, a, p, part_o, part_ml, stream);
 }
 
 template <int BITS, bool QN, int VAR>
