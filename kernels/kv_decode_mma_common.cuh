@@ -1,6 +1,6 @@
 // Device helpers of the tensor-core packed-KV decode (version 4, kv_decode_stream.cu, the
-// chunk staged in shared memory, online softmax; also used by KVQuant's kv_decode_kvquant_mma.cu
-// and kv_decode_kvquant_stream.cu): the block shape,
+// chunk staged in shared memory, online softmax; also used by KVQuant's kv_decode_kvquant_fold.cu):
+// the block shape,
 // the mma.sync wrapper, the exact codes -> fp16 pair conversion and the key tile's dot
 // products. Their design and error bound: the header comment of kv_decode_mma.cu. nvcc only.
 #pragma once

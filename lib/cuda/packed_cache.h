@@ -7,8 +7,7 @@
 //   uniform per-token int2/int4 and KIVI at head_dim 128: the staged tensor-core kernel
 //     (kernels/kv_decode_stream.cu, "version 4");
 //   KVQuant at 2/4 bits, head_dim 128, rotate-half RoPE, fp16: its own tensor-core kernel
-//     (kernels/kv_decode_kvquant_fold.cu; kv_decode_kvquant_mma.cu and the one-pass
-//     kv_decode_kvquant_stream.cu opt-in);
+//     (kernels/kv_decode_kvquant_fold.cu: kvq-fold2 at G = 1, kvq-foldm at G > 1);
 //   everything else: the CUDA-core fast or general kernels (kernels/kv_decode_packed.cu).
 //
 // Codecs with a GPU path (others throw UnsupportedError naming the codec):

@@ -6,11 +6,11 @@
 # judged from 32K up; KV_CONTEXTS overrides, e.g. 4096,8192,16384,32768,65536,131072), batch
 # 1 and 8, both head shapes, fp16 vs int4, int2, kivi:bits=4, kivi:bits=2, kvquant:bits=4,
 # kvquant:bits=2, median of 10 timed runs.
-# Decode kernel: KVQ_KV_DECODE=mma-stream|fast|fast-pf|general|kvq-fold|kvq-fold2|kvq-foldm|kvq-mma|kvq-stream
+# Decode kernel: KVQ_KV_DECODE=mma-stream|fast|fast-pf|general|kvq-fold2|kvq-foldm
 # forces one (default: the staged tensor-core kernel, version 4, for uniform per-token int2/int4
 # and KIVI at head_dim 128; KVQuant's folded tensor-core kernel for KVQuant, kvq-fold2 at G = 1 and
-# kvq-fold otherwise; else fast, else general; the retired mma, mma3, mma-hoist, kvq-fast and
-# kvq-fold2k are errors: notes/kv-cuda-perf.md). KVQ_ATTN_DECODE=old|new|new-w4s2..new-w8s3 picks
+# kvq-foldm otherwise; else fast, else general; the retired mma, mma3, mma-hoist, kvq-fast,
+# kvq-fold2k, kvq-fold, kvq-mma and kvq-stream are errors: notes/kv-cuda-perf.md). KVQ_ATTN_DECODE=old|new|new-w4s2..new-w8s3 picks
 # the fp16 baseline's kernel (kvq-kvbench --base-ab KVQ_ATTN_DECODE=old,new re-times it per value). KVQ_KV_STAGE=256|384|512:
 # tokens per stage of version 4's 2-bit per-token builds (kernels/kv_decode_stream.cu);
 # KVQ_KV_COMBINE=1 its split-K combine launched the ordinary way instead of with programmatic stream

@@ -651,7 +651,7 @@ TEST_CASE("kv packed: KIVI channel-grouped keys + fp16 residual, per-token value
 
 TEST_CASE("kv packed: KVQuant pre-RoPE LUT keys, outliers, sinks, dynamic values", "[gpu][kv]") {
   // The general kernel (fp32 throughout), whose error this test's bound describes. KVQuant's
-  // tensor-core builds (kvq-fold, the default where they fit; kvq-mma; kvq-stream) round keys,
+  // tensor-core builds (kvq-fold2 / kvq-foldm, the defaults where they fit) round keys,
   // values and weights to fp16, terms this bound does not have: tests/gpu/kv_kvquant_test.cpp
   // checks each of them against the simulated cache with those terms derived.
   const EnvGuard env("KVQ_KV_DECODE", "general");
