@@ -26,12 +26,17 @@ size_t workspace_fold(const PackedSide& k, const PackedDecodeArgs& a, int max_le
 // The same build with the lane's key coefficients in registers (the stage anchors in the A rows)
 // and lane-private 4-bit key and value tables (h54; packed_cache.cpp's default at G = 1, also
 // KVQ_KV_DECODE=kvq-fold2): the cases of fits(), workspace_fold() bytes in `workspace`.
+// kout_stage (both builds): the key-outlier pass's R(j) composed from the stage anchor R(j0) and
+// an fp32 sincosf of (j - j0) f (h65); false: anchor() per record, the angle reduced in double
+// (packed_cache.cpp's KVQ_KVQ_KOUT=old).
 cudaError_t run_fold2(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len,
-                      int sm_count, void* workspace, size_t workspace_bytes, cudaStream_t stream);
+                      int sm_count, void* workspace, size_t workspace_bytes, cudaStream_t stream,
+                      bool kout_stage = true);
 // The same tables with the key pass transposed (h56, KVQ_KV_DECODE=kvq-foldm; packed_cache.cpp's
 // default at G > 1): tokens as the mma's M, the G query heads as its N columns, plus kvq-fold2's
 // lane-private 4-bit value table. Same cases, same workspace_fold().
 cudaError_t run_foldm(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len,
-                      int sm_count, void* workspace, size_t workspace_bytes, cudaStream_t stream);
+                      int sm_count, void* workspace, size_t workspace_bytes, cudaStream_t stream,
+                      bool kout_stage = true);
 
 }  // namespace kvq::kern::kvquant_decode

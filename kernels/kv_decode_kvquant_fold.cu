@@ -321,7 +321,7 @@ __device__ const kvlayout::Outlier* stage_csr(const PackedSide& P, int64_t sh, i
 template <int BITS, int GM, bool QN, int VAR>
 __global__ void __launch_bounds__(kT, 2)
 kvquant_fold_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, int splits, float* part_o,
-                    float* part_ml) {
+                    float* part_ml, bool kout_stage) {
   static_assert(VAR == 1 || VAR == 2, "kvq-fold2 or kvq-foldm");
   constexpr bool V2 = VAR == 1;
   // kvq-fold2's value table: 32 copies (bank = lane) in the rec space from pass 2 on, the
@@ -567,7 +567,22 @@ kvquant_fold_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, i
           const float delta = h2f(o.value) - kd;
           const int ip = i & 63;
           float c, sn;
-          anchor(a.inv_freq[ip], j, c, sn);
+          if (kout_stage) {
+            // R(j) = R(j0) R(u): the stage anchor R(j0) (st0, reduced in double at setup) and
+            // R(u), u = j - j0 < 64, from sincosf of the fp32 angle u f (h65). Why: anchor()
+            // per record (a double product, division and rint before sincosf) was ~19% of
+            // kvq-foldm's warp samples at llama3-8b b8 32K (ncu, notes/s7/results-h62.md).
+            // Instructions per record and the error term: notes/s7/results-h65.md and
+            // tests/gpu/kv_kvquant_test.cpp's header (angle error <= 1.5 2^-18, 2^-17 in all).
+            const int o = j - begin;
+            const float2 c0 = st0[(o & ~63) + (V2 ? pair_slot(ip) : ip)];
+            float cu, su;
+            sincosf(static_cast<float>(o & 63) * static_cast<float>(a.inv_freq[ip]), &su, &cu);
+            c = fmaf(c0.x, cu, -c0.y * su);
+            sn = fmaf(c0.y, cu, c0.x * su);
+          } else {
+            anchor(a.inv_freq[ip], j, c, sn);
+          }
           for (int g = 0; g < G; ++g) {
             const float qi = qs[g * kD + ip], qp = qs[g * kD + ip + 64];
             const float qr = i < 64 ? fmaf(qi, c, qp * sn) : fmaf(qp, c, -qi * sn);
@@ -735,13 +750,14 @@ kvquant_fold_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, i
 
 template <int BITS, int GM, bool QN, int VAR>
 cudaError_t launch(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, const Plan& p,
-                   float* part_o, float* part_ml, cudaStream_t stream) {
+                   float* part_o, float* part_ml, bool kout_stage, cudaStream_t stream) {
   const size_t smem = smem_bytes(GM, p.chunk);
   cudaError_t e = cudaFuncSetAttribute(kvquant_fold_kernel<BITS, GM, QN, VAR>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (e != cudaSuccess) return e;
   kvquant_fold_kernel<BITS, GM, QN, VAR><<<dim3(p.splits, k.kv_heads, a.rows), kT, smem, stream>>>(k, v, a, p.chunk,
-                                                                                            p.splits, part_o, part_ml);
+                                                                                            p.splits, part_o, part_ml,
+                                                                                            kout_stage);
   if ((e = launch_status()) != cudaSuccess) return e;
   splitk_combine_kernel<__half><<<dim3(a.n_heads, a.rows), 128, 0, stream>>>(
       part_o, part_ml, static_cast<__half*>(a.out), a.n_heads, kD, p.splits);
@@ -750,12 +766,12 @@ cudaError_t launch(const PackedSide& k, const PackedSide& v, const PackedDecodeA
 
 template <int BITS, bool QN, int VAR>
 cudaError_t dispatch_gm(int gm, const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, const Plan& p,
-                        float* o, float* ml, cudaStream_t stream) {
+                        float* o, float* ml, bool ks, cudaStream_t stream) {
   switch (gm) {
-    case 1: return launch<BITS, 1, QN, VAR>(k, v, a, p, o, ml, stream);
-    case 2: return launch<BITS, 2, QN, VAR>(k, v, a, p, o, ml, stream);
-    case 4: return launch<BITS, 4, QN, VAR>(k, v, a, p, o, ml, stream);
-    case 8: return launch<BITS, 8, QN, VAR>(k, v, a, p, o, ml, stream);
+    case 1: return launch<BITS, 1, QN, VAR>(k, v, a, p, o, ml, ks, stream);
+    case 2: return launch<BITS, 2, QN, VAR>(k, v, a, p, o, ml, ks, stream);
+    case 4: return launch<BITS, 4, QN, VAR>(k, v, a, p, o, ml, ks, stream);
+    case 8: return launch<BITS, 8, QN, VAR>(k, v, a, p, o, ml, ks, stream);
   }
   return cudaErrorInvalidValue;
 }
@@ -771,7 +787,7 @@ size_t workspace_fold(const PackedSide& k, const PackedDecodeArgs& a, int max_le
 namespace {
 template <int VAR>
 cudaError_t run_fold_any(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len, int sm_count,
-                         void* ws, size_t ws_bytes, cudaStream_t stream) {
+                         void* ws, size_t ws_bytes, bool ks, cudaStream_t stream) {
   if (!fits(Act::kF16, k, v, a)) return cudaErrorInvalidValue;
   if (a.rows == 0) return cudaSuccess;
   if (max_len <= 0 || ws_bytes < workspace_fold(k, a, max_len, sm_count)) return cudaErrorInvalidValue;
@@ -781,20 +797,20 @@ cudaError_t run_fold_any(const PackedSide& k, const PackedSide& v, const PackedD
   float* part_ml = part_o + static_cast<size_t>(a.rows) * a.n_heads * p.splits * kD;
   const bool qn = k.qa != 1.f || k.qb != 0.f || v.qa != 1.f || v.qb != 0.f;
   if (k.bits == 4)
-    return qn ? dispatch_gm<4, true, VAR>(gm, k, v, a, p, part_o, part_ml, stream)
-              : dispatch_gm<4, false, VAR>(gm, k, v, a, p, part_o, part_ml, stream);
-  return qn ? dispatch_gm<2, true, VAR>(gm, k, v, a, p, part_o, part_ml, stream)
-            : dispatch_gm<2, false, VAR>(gm, k, v, a, p, part_o, part_ml, stream);
+    return qn ? dispatch_gm<4, true, VAR>(gm, k, v, a, p, part_o, part_ml, ks, stream)
+              : dispatch_gm<4, false, VAR>(gm, k, v, a, p, part_o, part_ml, ks, stream);
+  return qn ? dispatch_gm<2, true, VAR>(gm, k, v, a, p, part_o, part_ml, ks, stream)
+            : dispatch_gm<2, false, VAR>(gm, k, v, a, p, part_o, part_ml, ks, stream);
 }
 }  // namespace
 
 cudaError_t run_fold2(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len, int sm_count,
-                      void* ws, size_t ws_bytes, cudaStream_t stream) {
-  return run_fold_any<1>(k, v, a, max_len, sm_count, ws, ws_bytes, stream);
+                      void* ws, size_t ws_bytes, cudaStream_t stream, bool kout_stage) {
+  return run_fold_any<1>(k, v, a, max_len, sm_count, ws, ws_bytes, kout_stage, stream);
 }
 cudaError_t run_foldm(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len, int sm_count,
-                      void* ws, size_t ws_bytes, cudaStream_t stream) {
-  return run_fold_any<2>(k, v, a, max_len, sm_count, ws, ws_bytes, stream);
+                      void* ws, size_t ws_bytes, cudaStream_t stream, bool kout_stage) {
+  return run_fold_any<2>(k, v, a, max_len, sm_count, ws, ws_bytes, kout_stage, stream);
 }
 
 }  // namespace kvq::kern::kvquant_decode

@@ -107,6 +107,25 @@ KvqBuild kvquant_build() {
   const std::string_view v(e);
   return v == "kvq-fold2" ? KvqBuild::kFold2 : v == "kvq-foldm" ? KvqBuild::kFoldM : KvqBuild::kNone;
 }
+// The build decode() runs for KVQ_KV_DECODE's choice `b` (kvquant_build()) at n_heads / kv_heads:
+// the one place that resolves kDefault, so kvquant_decode_build() reports what decode() launches.
+KvqBuild resolve_kvquant_build(KvqBuild b, int n_heads, int kv_heads) {
+  if (b != KvqBuild::kDefault) return b;
+  return n_heads == kv_heads ? KvqBuild::kFold2 : KvqBuild::kFoldM;
+}
+// KVQ_KVQ_KOUT (h65, read at every call like KVQ_KV_DECODE, for `kvq-kvbench --ab`): how the
+// KVQuant builds' key-outlier pass gets R(j): "new" or unset = the stage anchor R(j0) composed
+// with an fp32 R(j - j0); "old" = anchor() per record (the angle reduced in double). Measured:
+// notes/s7/results-h65.md. Any other value is an InvalidArgument.
+bool kvquant_kout_stage(const std::string& where) {
+  const char* e = std::getenv("KVQ_KVQ_KOUT");
+  if (!e || !*e) return true;
+  const std::string_view v(e);
+  if (v != "old" && v != "new")
+    throw InvalidArgument(where, "KVQ_KVQ_KOUT=" + std::string(v) + ": not old or new",
+                          "unset KVQ_KVQ_KOUT (new), or old for the per-record double-precision angle");
+  return v == "new";
+}
 // Values naming retired kernels are an error rather than a silent alias, so that an A/B run
 // written for them cannot report one kernel twice: KVQ_KV_DECODE=mma|mma3|mma-hoist (version 3
 // of the tensor-core decode, slower than version 4 in every measured cell,
@@ -421,10 +440,11 @@ void PackedKvCache::decode(const void* q_dev, void* out_dev, bool bf16, void* st
   KvqBuild build = kvquant_build();
   if (build != KvqBuild::kNone &&
       kern::kvquant_decode::fits(bf16 ? kern::Act::kBF16 : kern::Act::kF16, I.k.d, I.v.d, a)) {
-    if (build == KvqBuild::kDefault) build = a.n_heads == I.k.d.kv_heads ? KvqBuild::kFold2 : KvqBuild::kFoldM;
+    build = resolve_kvquant_build(build, a.n_heads, I.k.d.kv_heads);
     const auto run = build == KvqBuild::kFoldM ? kern::kvquant_decode::run_foldm : kern::kvquant_decode::run_fold2;
+    const bool kout_stage = kvquant_kout_stage(I.k.where);
     KVQ_CUDA_CHECK(run(I.k.d, I.v.d, a, I.max_len, I.sm_count, I.work.get(), I.work.bytes(),
-                       static_cast<cudaStream_t>(stream)));
+                       static_cast<cudaStream_t>(stream), kout_stage));
     return;
   }
   // Benchmark knob (kvq-kvbench, notes/kv-cuda-perf.md; KVQuant: kvquant_build above):
@@ -451,6 +471,12 @@ bool PackedKvCache::decode_uses_kvquant_kernel(bool bf16) const {
   a.rope_interleaved = I.interleaved;
   return a.rows > 0 && kvquant_build() != KvqBuild::kNone &&
          kern::kvquant_decode::fits(bf16 ? kern::Act::kBF16 : kern::Act::kF16, I.k.d, I.v.d, a);
+}
+
+std::string PackedKvCache::kvquant_decode_build(bool bf16) const {
+  if (!decode_uses_kvquant_kernel(bf16)) return "";
+  const KvqBuild b = resolve_kvquant_build(kvquant_build(), impl_->n_heads, impl_->k.d.kv_heads);
+  return b == KvqBuild::kFoldM ? "kvq-foldm" : "kvq-fold2";
 }
 
 int64_t PackedKvCache::quantized_tokens(bool key, int slot) const {

@@ -70,6 +70,9 @@ class PackedKvCache {
   // Whether decode() of the prepared rows runs KVQuant's own kernels (where
   // kernels/kv_decode_kvquant.cu's fits() holds) rather than kv_decode_attention's choice.
   bool decode_uses_kvquant_kernel(bool bf16 = false) const;
+  // The KVQuant build that decode() launches for the prepared rows ("kvq-fold2" or "kvq-foldm",
+  // KVQ_KV_DECODE's or the default for heads / kv heads), "" where the KVQuant kernels do not serve.
+  std::string kvquant_decode_build(bool bf16 = false) const;
   // Bytes the prepared decode reads from the cache (codes, scales/zeros, channel
   // metadata, full-precision parts, outlier offsets and records; LUTs and per-channel
   // static parameters once per block are not counted: they are cache hits).

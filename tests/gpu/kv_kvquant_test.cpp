@@ -50,6 +50,18 @@
 //    fp32: 2^-10 sum p |w_t L| / l, and |w_t L| = |v - m_t| <= |v| + |m_t| <= 2 max|v| (m_t is
 //    the mean of the token's dense extremes, codes +-1): 2^-9 max|v|; the test adds 2^-8
 //    max|v| of the head (factor 2), and L 2^-24 for p w_t that fall into fp16 subnormals.
+//  - key outliers (pass 1b, h65; KVQ_KVQ_KOUT=new, the default): R(j) = R(j0) R(u) with the
+//    stage anchor R(j0) from setup (angle reduced in double, sincosf: <= 2^-22 per component)
+//    and R(u), u = j - j0 <= 63, from sincosf of the fp32 angle u f (f = inv_freq <= 1 rounded
+//    to fp32, 2^-24 relative, and the product rounded, 2^-24: angle error <= 63 2^-23 < 2^-17;
+//    sincosf <= 2 ulp), composed by two fmaf (2 roundings of terms <= 1). An angle error d moves
+//    (cos, sin) along the unit circle by <= |d| per component, so each of c, s is off by
+//    e <= 2^-17.02 + 1.42 (2^-23 + 2^-22) + 2^-23 < 2^-16.9; the test uses e = 2^-16. The record's
+//    correction scale (q_i c + q_p s) delta is then off by <= scale e (|q_i| + |q_p|) |delta|,
+//    |delta| = |k_out - k_dense| <= 2 M_c (M_c bounds the outlier value and the dense value, as
+//    above); summed over a token's outlier channels (at most one per channel and pair member):
+//    <= 2 e C = 2^-15 C, added to delta for every token. (KVQ_KVQ_KOUT=old, anchor() per record
+//    with the angle reduced in double, is <= 2^-22 per component: inside the same term.)
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -215,7 +227,8 @@ double run_case(const Case& c, uint64_t seed, const char* kernel) {
         sc[t] = dot * scale;
         m = std::max(m, sc[t]);
         delta = std::max(delta, scale * (A * kHd * std::ldexp(1.0, -24) + Ar * std::ldexp(1.0, -17) +
-                                         B * std::ldexp(1.0, -9) + (fold ? C * std::ldexp(1.0, -7) : 0.0)));
+                                         B * std::ldexp(1.0, -9) +
+                                         (fold ? C * (std::ldexp(1.0, -7) + std::ldexp(1.0, -15)) : 0.0)));
       }
       double l = 0;
       for (int t = 0; t < L; ++t) l += sc[t] = std::exp(sc[t] - m);
@@ -349,6 +362,14 @@ TEST_CASE("kv kvquant foldm kernel: calibrated LUT, key ranges and Q-Norm == sim
   calibrated_cases("kvq-foldm");
 }
 TEST_CASE("kv kvquant foldm kernel: long slot == simulated", "[gpu][kv][kvquant]") { long_cases("kvq-foldm"); }
+// KVQ_KVQ_KOUT=old (h65): the key-outlier pass's per-record anchor() in double, the path before
+// the stage-anchor composition; same cases and bound (header comment, key outliers) for both builds.
+TEST_CASE("kv kvquant fold2/foldm kernels, KVQ_KVQ_KOUT=old: outliers, long slot == simulated", "[gpu][kv][kvquant]") {
+  EnvGuard env("KVQ_KVQ_KOUT", "old");
+  basic_cases("kvq-foldm");
+  long_cases("kvq-foldm");
+  long_cases("kvq-fold2");
+}
 
 // h42's CUDA-core kernel (KVQ_KV_DECODE=kvq-fast) had its own three cases here, retired with it
 // after dfabb0b; h45's three-pass build (kvq-mma) three more and h47's one-pass build
@@ -375,6 +396,71 @@ TEST_CASE("kv kvquant kernel: the default where it fits; 3 bits, bf16, KVQ_KV_DE
     EnvGuard env("KVQ_KV_DECODE", "general");
     CHECK_FALSE(gpu.decode_uses_kvquant_kernel());
   }
+}
+
+// The default routing is what packed_cache.cpp's header says (h62 noted that only forced builds
+// were tested): unset KVQ_KV_DECODE gives kvq-fold2 at G = 1 and kvq-foldm at every G > 1, at 2
+// and 4 bits; a forced build holds at every G; general keeps the general kernel. The name comes
+// from the function decode() itself resolves the build with (packed_cache.cpp,
+// resolve_kvquant_build). Also: KVQ_KVQ_KOUT accepts old / new / unset, anything else is an
+// InvalidArgument from decode() naming the value.
+TEST_CASE("kv kvquant kernel: default build is kvq-fold2 at G = 1, kvq-foldm at G > 1", "[gpu][kv][kvquant]") {
+  RopeConfig rc;
+  rc.theta = 10000.0;
+  const std::vector<double> inv_freq = rope_inv_freq(rc, kHd);
+  for (const std::string spec : {"kvquant:bits=4", "kvquant:bits=2"})
+    for (const auto& hs : std::vector<std::pair<int, int>>{{2, 2}, {1, 1}, {2, 4}, {1, 3}, {3, 15}, {2, 8}, {1, 8}}) {
+      const codecs::KvShape ks{hs.first, kHd, hs.second};
+      auto kc = codecs::make_codec(codecs::parse_codec_spec(spec), KvSide::kKey, 0, ks);
+      auto vc = codecs::make_codec(codecs::parse_codec_spec(spec), KvSide::kValue, 0, ks);
+      cuda::PackedKvCache gpu(*kc, *vc, 1, 8, hs.second, inv_freq);
+      std::vector<float> x(static_cast<size_t>(5) * hs.first * kHd, 0.5f);
+      gpu.append_host(0, x.data(), x.data(), 5, hs.first * kHd);
+      gpu.prepare({0});
+      const int G = hs.second / hs.first;
+      INFO(spec << ", kv heads " << hs.first << ", heads " << hs.second);
+      for (const char* value : {"", static_cast<const char*>(nullptr)}) {
+        EnvGuard env("KVQ_KV_DECODE", value);
+        CHECK(gpu.kvquant_decode_build() == (G == 1 ? "kvq-fold2" : "kvq-foldm"));
+        CHECK(gpu.kvquant_decode_build(true).empty());  // bf16: the general kernel
+      }
+      for (const char* value : {"kvq-fold2", "kvq-foldm"}) {
+        EnvGuard env("KVQ_KV_DECODE", value);
+        CHECK(gpu.kvquant_decode_build() == value);
+      }
+      EnvGuard env("KVQ_KV_DECODE", "general");
+      CHECK(gpu.kvquant_decode_build().empty());
+    }
+  const codecs::KvShape ks{2, kHd, 4};
+  auto kc = codecs::make_codec(codecs::parse_codec_spec("kvquant:bits=4"), KvSide::kKey, 0, ks);
+  auto vc = codecs::make_codec(codecs::parse_codec_spec("kvquant:bits=4"), KvSide::kValue, 0, ks);
+  cuda::PackedKvCache gpu(*kc, *vc, 1, 8, 4, inv_freq);
+  std::vector<float> x(static_cast<size_t>(5) * 2 * kHd, 0.5f);
+  gpu.append_host(0, x.data(), x.data(), 5, 2 * kHd);
+  gpu.prepare({0});
+  void* dq = nullptr;
+  void* dout = nullptr;
+  REQUIRE(cudaMalloc(&dq, 4 * kHd * 2) == cudaSuccess);
+  REQUIRE(cudaMalloc(&dout, 4 * kHd * 2) == cudaSuccess);
+  REQUIRE(cudaMemset(dq, 0, 4 * kHd * 2) == cudaSuccess);
+  for (const char* value : {"old", "new", "", static_cast<const char*>(nullptr)}) {
+    EnvGuard env("KVQ_KVQ_KOUT", value);
+    CHECK_NOTHROW(gpu.decode(dq, dout));
+  }
+  for (const char* value : {"OLD", "double", "1"}) {
+    EnvGuard env("KVQ_KVQ_KOUT", value);
+    bool threw = false;
+    try {
+      gpu.decode(dq, dout);
+    } catch (const InvalidArgument& e) {
+      threw = true;
+      CHECK_THAT(std::string(e.what()), kvq_test::HasSubstr(std::string("KVQ_KVQ_KOUT=") + value));
+    }
+    CHECK(threw);
+  }
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+  cudaFree(dq);
+  cudaFree(dout);
 }
 
 // The retired kernels' KVQ_KV_DECODE values (kvq-fast: h42's CUDA-core KVQuant kernel; kvq-fold2k:
