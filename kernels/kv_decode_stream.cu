@@ -308,6 +308,13 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
   constexpr int ZN = KG ? 16 : 8;
   static_assert(CA <= 8 || KG, "rbuf holds 8 combinations");
   constexpr bool KF = FOLD && !KCH;  // folded key codes
+  // KKF (OPT bit 7; KVQ_KV_KIVI=2, h64, session 7): KG's key codes through the folded LOP3-only
+  // conversion (off(d) + c, word_pairs<BITS, true>) instead of the exact LOP3 + HFMA2 one; the
+  // tile's mma starts from -sum_d off(d) B(d, col) of the group's rebuilt B, one 8-mma chain per
+  // key group against a constant A (every row -off of the k-step's channels). Count (per warp,
+  // 16-token tile): 4 bits 8 words x (1 SHF + 4 LOP3 + 4 HFMA2) = 72 -> 8 x (2 SHF + 4 LOP3) = 48,
+  // 2 bits 4 x (1 + 8 + 8) = 68 -> 4 x (2 + 8) = 40; + 8 mma per key group (2 tiles at group 32).
+  constexpr bool KKF = KG && (OPT & 128) != 0;
   // WS (OPT bit 6; the default at G <= 4, KVQ_KV_WSM=0 for the block-wide softmax; h55,
   // session 6): the softmax per warp over the warp's own key tiles (the value pass walks the
   // same tiles), so no block barrier or block reduction in the softmax step; running sums per
@@ -588,13 +595,30 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
         }
         zmine = sel8(zq, t4);
         }
+        float kin[1][2] = {{0.f, 0.f}};  // KKF: the group's -sum_d off(d) B(d, col), cols 2 t4, 2 t4 + 1
+        if constexpr (KKF) {
+          // Every A row is the same, so every row of the result holds the column sums: row gid's
+          // (ai[0], ai[1]) are the lane's two columns. A pair p of the k-step: -off of its channels
+          // (fold_offset: both codes of a pair share it), fp16 -2^e exact.
+          float ai[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+          for (int kk = 0; kk < 8; ++kk) {
+            constexpr int NPF = 8 / BITS;
+            const uint32_t e0 = 0x8000u | static_cast<uint32_t>(8 - BITS * ((2 * kk) % NP % NPF) + 15) << 10;
+            const uint32_t e1 = 0x8000u | static_cast<uint32_t>(8 - BITS * ((2 * kk + 1) % NP % NPF) + 15) << 10;
+            const uint32_t a0 = e0 | (e0 << 16), a1 = e1 | (e1 << 16);
+            mma16816(ai, a0, a0, a1, a1, bk[0][kk][0], bk[0][kk][1]);
+          }
+          kin[0][0] = ai[0];
+          kin[0][1] = ai[1];
+        }
         for (int tt = 0; tt < tpg; ++tt) {
           const int tb = gi * tpg + tt;
           if (tb >= ntiles) break;
           uint32_t w[2][NWK];
           load_key_rows(kcb, tb, gid, RW, w);
           float dots[1][4];
-          key_tile_dot<BITS>(w, bk, dots);
+          key_tile_dot<BITS, KKF>(w, bk, dots, kin);
           // dots[0]: (row gid, cols 2t4 = hi, 2t4 + 1 = lo of head t4), (row gid + 8, same).
 #pragma unroll
           for (int rr = 0; rr < 2; ++rr) {
@@ -1672,6 +1696,13 @@ cudaError_t launch_token_staged(const PackedSide& k, const PackedSide& v, const 
   return launch_token<BITS, GM, kS>(k, v, a, max_len, sm_count, o, ml, stream);
 }
 
+// KVQ_KV_KIVI=2 (read per call; h64, session 7): KG with the folded key conversion (stream_kernel's
+// KKF) instead of the exact one. An A/B build: see notes/s7/results-h64.md.
+bool kivi_key_fold() {
+  const char* e = std::getenv("KVQ_KV_KIVI");
+  return e != nullptr && std::strcmp(e, "2") == 0;
+}
+
 template <int BITS>
 cudaError_t dispatch_stream(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len,
                             int sm_count, float* o, float* ml, cudaStream_t stream) {
@@ -1679,7 +1710,12 @@ cudaError_t dispatch_stream(const PackedSide& k, const PackedSide& v, const Pack
   const int ntk = (G * (kD / k.group) + 7) / 8, ntv = (2 * G * (kD / v.group) + 7) / 8;
   if (k.format == KvFormat::kChannelAsym) {  // KIVI (kivi_fits: G <= 2 with 2 G * 128/value group <= 16, or KG)
     // KG (h61, session 7): G = 3..4, 32-channel value groups, a value n-tile per group.
-    if (v.group == 32 && G > 2) return launch_stream<BITS, 1, 1, false, 4, true, 4>(k, v, a, max_len, sm_count, o, ml, stream);
+    if (v.group == 32 && G > 2) {
+      if (kivi_key_fold())  // KVQ_KV_KIVI=2: KG with the folded key conversion (KKF, h64)
+        return launch_stream<BITS, 1, 1, false, 4, true, 4, true, kS, 3 | 128>(k, v, a, max_len, sm_count, o, ml,
+                                                                               stream);
+      return launch_stream<BITS, 1, 1, false, 4, true, 4>(k, v, a, max_len, sm_count, o, ml, stream);
+    }
     if (v.group == 32 && G == 1) return launch_stream<BITS, 1, 1, false, 1, true, 4>(k, v, a, max_len, sm_count, o, ml, stream);
     if (v.group == 32) return launch_stream<BITS, 1, 2, false, 2, true, 4>(k, v, a, max_len, sm_count, o, ml, stream);
     if (G == 1 && ntv == 1) return launch_stream<BITS, 1, 1, false, 1, true>(k, v, a, max_len, sm_count, o, ml, stream);

@@ -157,6 +157,15 @@ bool kivi_gqa_on() {  // KVQ_KV_KIVI (kivi_gqa_on in kernels/kv_decode_stream.cu
   const char* e = std::getenv("KVQ_KV_KIVI");
   return e == nullptr || std::string(e) != "0";
 }
+// KVQ_KV_KIVI=2 (kivi_key_fold in kernels/kv_decode_stream.cu, h64): the KG build's keys through the
+// folded conversion, the mma started from -sum_d off(d) (q' s)_d by an 8-mma chain (a constant A)
+// instead of the non-KIVI keys' fp32 warp sum: that chain's rounding is bounded like the tile
+// chain's on the same terms, so the fold's A term below is 2 (1 + 1) |q_d| off(d) s_max
+// (the non-KIVI keys: 2 (1 + 1/16)). The exact conversion's kivi_term stays (q' s hi/lo).
+bool kivi_key_fold() {
+  const char* e = std::getenv("KVQ_KV_KIVI");
+  return e != nullptr && std::string(e) == "2";
+}
 bool kivi_tensor_core(const codecs::Codec& k, const codecs::Codec& v, const Shape& s) {
   if (s.hd != 128 || k.method() != "kivi" || v.method() != "kivi") return false;
   const codecs::CodecParams p = k.params();
@@ -274,6 +283,8 @@ Result run_case(const std::string& kspec, const std::string& vspec, const Shape&
   const int G = s.n_heads / s.H;
   const bool factored = tensor_core_decode(*kc, *vc, s);
   const bool kivi_tc = kivi_tensor_core(*kc, *vc, s);
+  const bool kfold = factored && (!kivi_tc || (G > 2 && kivi_key_fold()));  // folded key codes
+  const double kfold_c = kivi_tc ? 2 * (1 + 1.0) : 2 * (1 + 1.0 / 16);     // kivi_key_fold()'s comment
   const int kbits = static_cast<int>(kc->params().number("bits", 0));
   const int vbits = static_cast<int>(vc->params().number("bits", 0));
   const double scale = 1.0 / std::sqrt(static_cast<double>(s.hd));
@@ -317,8 +328,8 @@ Result run_case(const std::string& kspec, const std::string& vspec, const Shape&
           const double qv = half_to_float(qrow[i]), kv = kr[base + i];
           dot += qv * kv;
           A += factored ? 2 * std::fabs(qv) * (std::fabs(kv) + 2 * zbk) : std::fabs(qv) * std::fabs(kv);
-          if (factored && !kivi_tc)  // folded key codes (attention_tolerance_factored's comment)
-            A += 2 * (1 + 1.0 / 16) * std::fabs(qv) * fold_offset(kbits, i) * fold_smax(zbk, kbits);
+          if (kfold)  // folded key codes (attention_tolerance_factored's comment)
+            A += kfold_c * std::fabs(qv) * fold_offset(kbits, i) * fold_smax(zbk, kbits);
           // RoPE error of component i: <= 2^-17 (|a| + |b|) of its unrotated pair (a, b).
           const int partner = i < s.hd / 2 ? i + s.hd / 2 : i - s.hd / 2;
           Ar += std::fabs(qv) * (std::fabs(kd[base + i]) + std::fabs(kd[base + partner]));
@@ -629,6 +640,11 @@ TEST_CASE("kv packed: KIVI on the tensor cores at G = 3, 4 (32-channel value gro
     const EnvGuard env("KVQ_KV_KIVI", "0");
     run_all("kivi:bits=4", "kivi:bits=4", 935, nullptr, nullptr, {Shape{2, 8, 128}});
   }
+  {  // KVQ_KV_KIVI=2: KG with the folded key conversion (h64); key groups of 32 and 128 tokens
+    const EnvGuard env("KVQ_KV_KIVI", "2");
+    run_all("kivi:bits=4", "kivi:bits=4", 937, nullptr, nullptr, shapes);
+    run_all("kivi:bits=2,group=32,residual=64", "kivi:bits=2,group=32,residual=64", 938, nullptr, nullptr, shapes);
+  }
   // A 1,333-token row next to short ones (6 splits of one stage each, the last partial; several
   // stages per block, i.e. the rescale across stages: the long-context case at G = 4).
   LongCase lc;
@@ -642,6 +658,16 @@ TEST_CASE("kv packed: KIVI on the tensor cores at G = 3, 4 (32-channel value gro
                   "seed %llu\n",
                   spec, s.H, s.n_heads, r.worst_err, r.worst_ratio, static_cast<unsigned long long>(seed));
     }
+  // KVQ_KV_KIVI=2 at the fold's largest cancellation: same-sign queries x4 (sum_d q'_d s_d off(d)
+  // adds up), G = 4, several stages per block.
+  const EnvGuard env("KVQ_KV_KIVI", "2");
+  lc.qpos = true;
+  for (const char* spec : {"kivi:bits=4", "kivi:bits=2"}) {
+    const Result r = run_case(spec, spec, Shape{2, 8, 128}, seed, nullptr, nullptr, lc);
+    std::printf("kv packed KVQ_KV_KIVI=2 %s, same-sign q, kv_heads 2, heads 8, 1,333 tokens: decode max err %.3g "
+                "(%.3f of tolerance), seed %llu\n",
+                spec, r.worst_err, r.worst_ratio, static_cast<unsigned long long>(seed));
+  }
 }
 
 TEST_CASE("kv packed: KIVI channel-grouped keys + fp16 residual, per-token values", "[gpu][kv]") {
