@@ -640,7 +640,7 @@ TEST_CASE("kv packed: KIVI on the tensor cores at G = 3, 4 (32-channel value gro
     const EnvGuard env("KVQ_KV_KIVI", "0");
     run_all("kivi:bits=4", "kivi:bits=4", 935, nullptr, nullptr, {Shape{2, 8, 128}});
   }
-  {  // KVQ_KV_KIVI=2: KG with the folded key conversion (h64); key groups of 32 and 128 tokens
+  {  // KVQ_KV_KIVI=2: KG with the folded key conversion (h64); residuals 128 and 64 (key groups 32)
     const EnvGuard env("KVQ_KV_KIVI", "2");
     run_all("kivi:bits=4", "kivi:bits=4", 937, nullptr, nullptr, shapes);
     run_all("kivi:bits=2,group=32,residual=64", "kivi:bits=2,group=32,residual=64", 938, nullptr, nullptr, shapes);
