@@ -308,7 +308,8 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
   constexpr int ZN = KG ? 16 : 8;
   static_assert(CA <= 8 || KG, "rbuf holds 8 combinations");
   constexpr bool KF = FOLD && !KCH;  // folded key codes
-  // KKF (OPT bit 7; KVQ_KV_KIVI=2, h64, session 7): KG's key codes through the folded LOP3-only
+  // KKF (OPT bit 7; KG's default, KVQ_KV_KIVI=1 for the exact build; h64, session 7; 1.004-1.033x
+  // on llama3-8b, kivi_key_fold() below): KG's key codes through the folded LOP3-only
   // conversion (off(d) + c, word_pairs<BITS, true>) instead of the exact LOP3 + HFMA2 one; the
   // tile's mma starts from -sum_d off(d) B(d, col) of the group's rebuilt B, one 8-mma chain per
   // key group against a constant A (every row -off of the k-step's channels). Count (per warp,
@@ -1696,11 +1697,14 @@ cudaError_t launch_token_staged(const PackedSide& k, const PackedSide& v, const 
   return launch_token<BITS, GM, kS>(k, v, a, max_len, sm_count, o, ml, stream);
 }
 
-// KVQ_KV_KIVI=2 (read per call; h64, session 7): KG with the folded key conversion (stream_kernel's
-// KKF) instead of the exact one. An A/B build: see notes/s7/results-h64.md.
+// KG's keys through the folded conversion (stream_kernel's KKF; h64, session 7) unless
+// KVQ_KV_KIVI=1 (read per call: the exact LOP3 + HFMA2 conversion, KG as h61 left it, for A/Bs in
+// one process; 2 = the default). Measured (H100, 2026-11-23, archive of 0ed60a9, one process,
+// --ab KVQ_KV_KIVI=1,2, llama3-8b b1 / b8 x 32K / 128K x KIVI-4 / -2): KKF faster in all 8 cells,
+// 1.004-1.033x (b8 128K KIVI-4 960.5 -> 929.9 us, KIVI-2 911.2 -> 885.9; notes/s7/results-h64.md).
 bool kivi_key_fold() {
   const char* e = std::getenv("KVQ_KV_KIVI");
-  return e != nullptr && std::strcmp(e, "2") == 0;
+  return e == nullptr || std::strcmp(e, "1") != 0;
 }
 
 template <int BITS>
@@ -1711,7 +1715,7 @@ cudaError_t dispatch_stream(const PackedSide& k, const PackedSide& v, const Pack
   if (k.format == KvFormat::kChannelAsym) {  // KIVI (kivi_fits: G <= 2 with 2 G * 128/value group <= 16, or KG)
     // KG (h61, session 7): G = 3..4, 32-channel value groups, a value n-tile per group.
     if (v.group == 32 && G > 2) {
-      if (kivi_key_fold())  // KVQ_KV_KIVI=2: KG with the folded key conversion (KKF, h64)
+      if (kivi_key_fold())  // KG with the folded key conversion (KKF, h64), unless KVQ_KV_KIVI=1
         return launch_stream<BITS, 1, 1, false, 4, true, 4, true, kS, 3 | 128>(k, v, a, max_len, sm_count, o, ml,
                                                                                stream);
       return launch_stream<BITS, 1, 1, false, 4, true, 4>(k, v, a, max_len, sm_count, o, ml, stream);
@@ -1743,7 +1747,8 @@ cudaError_t dispatch_stream(const PackedSide& k, const PackedSide& v, const Pack
 }
 
 // KVQ_KV_KIVI (read per call; h61, session 7): unset or anything but "0", KIVI at G = 3..4 with
-// 32-channel value groups runs on stream_kernel's KG build; 0: those pairs are not served here
+// 32-channel value groups runs on stream_kernel's KG build (1: with the exact key conversion,
+// else the folded one, kivi_key_fold() above); 0: those pairs are not served here
 // (kv_decode_attention falls back to the CUDA-core kernels, the only path before). Measured (H100,
 // 2026-11-23, archive of 446d5c7, one process --ab KVQ_KV_KIVI=0,1, llama3-8b 32K-128K): KG 1.7-3.1x
 // faster in all 12 cells (KIVI-4 b8 128K 3029.7 -> 970.1 us, b1 32K 151.6 -> 90.0 us).

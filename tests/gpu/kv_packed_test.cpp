@@ -157,14 +157,14 @@ bool kivi_gqa_on() {  // KVQ_KV_KIVI (kivi_gqa_on in kernels/kv_decode_stream.cu
   const char* e = std::getenv("KVQ_KV_KIVI");
   return e == nullptr || std::string(e) != "0";
 }
-// KVQ_KV_KIVI=2 (kivi_key_fold in kernels/kv_decode_stream.cu, h64): the KG build's keys through the
+// KG's default unless KVQ_KV_KIVI=1 (kivi_key_fold in kernels/kv_decode_stream.cu, h64): its keys through the
 // folded conversion, the mma started from -sum_d off(d) (q' s)_d by an 8-mma chain (a constant A)
 // instead of the non-KIVI keys' fp32 warp sum: that chain's rounding is bounded like the tile
 // chain's on the same terms, so the fold's A term below is 2 (1 + 1) |q_d| off(d) s_max
 // (the non-KIVI keys: 2 (1 + 1/16)). The exact conversion's kivi_term stays (q' s hi/lo).
 bool kivi_key_fold() {
   const char* e = std::getenv("KVQ_KV_KIVI");
-  return e != nullptr && std::string(e) == "2";
+  return e == nullptr || std::string(e) != "1";
 }
 bool kivi_tensor_core(const codecs::Codec& k, const codecs::Codec& v, const Shape& s) {
   if (s.hd != 128 || k.method() != "kivi" || v.method() != "kivi") return false;
@@ -640,8 +640,9 @@ TEST_CASE("kv packed: KIVI on the tensor cores at G = 3, 4 (32-channel value gro
     const EnvGuard env("KVQ_KV_KIVI", "0");
     run_all("kivi:bits=4", "kivi:bits=4", 935, nullptr, nullptr, {Shape{2, 8, 128}});
   }
-  {  // KVQ_KV_KIVI=2: KG with the folded key conversion (h64); residuals 128 and 64 (key groups 32)
-    const EnvGuard env("KVQ_KV_KIVI", "2");
+  {  // KVQ_KV_KIVI=1: KG with the exact key conversion (the build before h64's folded default);
+     // residuals 128 and 64 (key groups 32)
+    const EnvGuard env("KVQ_KV_KIVI", "1");
     run_all("kivi:bits=4", "kivi:bits=4", 937, nullptr, nullptr, shapes);
     run_all("kivi:bits=2,group=32,residual=64", "kivi:bits=2,group=32,residual=64", 938, nullptr, nullptr, shapes);
   }
@@ -658,13 +659,12 @@ TEST_CASE("kv packed: KIVI on the tensor cores at G = 3, 4 (32-channel value gro
                   "seed %llu\n",
                   spec, s.H, s.n_heads, r.worst_err, r.worst_ratio, static_cast<unsigned long long>(seed));
     }
-  // KVQ_KV_KIVI=2 at the fold's largest cancellation: same-sign queries x4 (sum_d q'_d s_d off(d)
-  // adds up), G = 4, several stages per block.
-  const EnvGuard env("KVQ_KV_KIVI", "2");
+  // The folded keys (KG's default) at the fold's largest cancellation: same-sign queries x4
+  // (sum_d q'_d s_d off(d) adds up), G = 4, several stages per block.
   lc.qpos = true;
   for (const char* spec : {"kivi:bits=4", "kivi:bits=2"}) {
     const Result r = run_case(spec, spec, Shape{2, 8, 128}, seed, nullptr, nullptr, lc);
-    std::printf("kv packed KVQ_KV_KIVI=2 %s, same-sign q, kv_heads 2, heads 8, 1,333 tokens: decode max err %.3g "
+    std::printf("kv packed KG folded keys %s, same-sign q, kv_heads 2, heads 8, 1,333 tokens: decode max err %.3g "
                 "(%.3f of tolerance), seed %llu\n",
                 spec, r.worst_err, r.worst_ratio, static_cast<unsigned long long>(seed));
   }
