@@ -308,7 +308,7 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
   constexpr int ZN = KG ? 16 : 8;
   static_assert(CA <= 8 || KG, "rbuf holds 8 combinations");
   constexpr bool KF = FOLD && !KCH;  // folded key codes
-  // KKF (OPT bit 7; KG's default, KVQ_KV_KIVI=1 for the exact build; h64, session 7; 1.004-1.033x
+  // KKF (OPT bit 7; KG's default, KVQ_KV_KIVI=1 for the exact build; h64, session 7; 1.009-1.033x
   // on llama3-8b, kivi_key_fold() below): KG's key codes through the folded LOP3-only
   // conversion (off(d) + c, word_pairs<BITS, true>) instead of the exact LOP3 + HFMA2 one; the
   // tile's mma starts from -sum_d off(d) B(d, col) of the group's rebuilt B, one 8-mma chain per
@@ -1701,7 +1701,7 @@ cudaError_t launch_token_staged(const PackedSide& k, const PackedSide& v, const 
 // KVQ_KV_KIVI=1 (read per call: the exact LOP3 + HFMA2 conversion, KG as h61 left it, for A/Bs in
 // one process; 2 = the default). Measured (H100, 2026-11-23, archive of 0ed60a9, one process,
 // --ab KVQ_KV_KIVI=1,2, llama3-8b b1 / b8 x 32K / 128K x KIVI-4 / -2): KKF faster in all 8 cells,
-// 1.004-1.033x (b8 128K KIVI-4 960.5 -> 929.9 us, KIVI-2 911.2 -> 885.9; notes/s7/results-h64.md).
+// 1.009-1.033x (b8 128K KIVI-4 960.5 -> 929.9 us, KIVI-2 911.2 -> 885.9; notes/s7/results-h64.md).
 bool kivi_key_fold() {
   const char* e = std::getenv("KVQ_KV_KIVI");
   return e == nullptr || std::strcmp(e, "1") != 0;
