@@ -11,21 +11,21 @@
 // packed cache can be benchmarked; a codec without one prints a "skipped" line on stderr
 // and the sweep goes on.
 // The environment variable KVQ_KV_DECODE forces one decode kernel of PackedKvCache
-// (lib/cuda/packed_cache.cpp; docs/cuda.md lists the kernels and every switch): for KVQuant
-// caches kvq-fold2|kvq-foldm (default: kvq-fold2 at G = 1, kvq-foldm at G > 1; kvq-fold,
-// kvq-mma and kvq-stream retired in session 7), for the others general|fast|fast-pf|mma-stream (default: version 4 of the
-// tensor-core kernel, kernels/kv_decode_stream.cu, where it applies: uniform per-token int2/int4
-// and KIVI at G <= 2, head_dim 128; else the fast kernel where it applies, else the general
-// one); retired kernels' values are errors (notes/kv-cuda-perf.md "Retired kernels"). The header
-// line on stderr names it, so tables of different variants stay apart. The acceptance-4 table:
-// scripts/bench/kv_bench.sh.
-// --ab NAME=v1,v2,... times every packed cache once per value of the environment variable
-// NAME (set before each timing, restored after), on the same cache contents in the same
-// process, so an A/B needs no second fill or process; only variables the decode reads on
-// every call work: KVQ_KV_STAGE, KVQ_KV_COMBINE=pdl|1|0, KVQ_KV_OPT, KVQ_KV_ILP, KVQ_KV_WSM
+// (lib/cuda/packed_cache.cpp; docs/cuda.md lists the kernels and every switch): for KVQuant caches
+// kvq-fold2|kvq-foldm (default: kvq-fold2 at G = 1, kvq-foldm at G > 1; kvq-fold, kvq-mma and
+// kvq-stream retired in session 7), for the others general|fast|fast-pf|mma-stream (default:
+// version 4 of the tensor-core kernel, kernels/kv_decode_stream.cu, where it applies: uniform
+// per-token int2/int4 and KIVI at G <= 2, or G <= 4 with 32-channel value groups, head_dim 128;
+// else the fast kernel where it applies, else the general one); retired kernels' values are errors
+// (notes/kv-cuda-perf.md "Retired kernels"). The header line on stderr names it, so tables of
+// different variants stay apart. The acceptance-4 table: scripts/bench/kv_bench.sh.
+// --ab NAME=v1,v2,... times every packed cache once per value of the environment variable NAME (set
+// before each timing, restored after), on the same cache contents in the same process, so an A/B
+// needs no second fill or process; only variables the decode reads on every call work:
+// KVQ_KV_STAGE, KVQ_KV_COMBINE=pdl|1|0, KVQ_KV_OPT, KVQ_KV_ILP, KVQ_KV_WSM, KVQ_KV_KIVI=0|1
 // (kernels/kv_decode_stream.cu) and KVQ_KV_DECODE for KVQuant caches; KVQ_KV_DECODE for the other
-// codecs and KVQ_KV_FOLD are read once per process. Rows carry the setting after the codec
-// ("int2 [KVQ_KV_STAGE=512]").
+// codecs and KVQ_KV_FOLD are read once per process. Rows carry the setting after the codec ("int2
+// [KVQ_KV_STAGE=512]").
 // --base-ab NAME=v1,v2,... re-times the fp16 baseline once per value of NAME (e.g.
 // KVQ_ATTN_DECODE=old,new: the CUDA-core and tensor-core fp16 decode kernels,
 // kernels/attention_decode.cu) on the same cache in the same process, each as its own row
