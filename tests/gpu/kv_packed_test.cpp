@@ -288,84 +288,131 @@ Result run_case(const std::string& kspec, const std::string& vspec, const Shape&
   const int kbits = static_cast<int>(kc->params().number("bits", 0));
   const int vbits = static_cast<int>(vc->params().number("bits", 0));
   const double scale = 1.0 / std::sqrt(static_cast<double>(s.hd));
-  for (int r = 0; r < R; ++r) {
-    const int slot = rows[r];
-    const int L = static_cast<int>(gpu.size(slot));
-    std::vector<float> kd(static_cast<size_t>(L) * dim), vd(kd.size());
-    ck[slot]->dequantize(0, L, MatrixView{kd.data(), L, dim, dim});
-    cv[slot]->dequantize(0, L, MatrixView{vd.data(), L, dim, dim});
-    std::vector<double> kr(kd.begin(), kd.end());
-    if (pre)  // RoPE in fp64 (rotate-half), position = token index
+  // The fp64 reference below costs ~L * hd * 10 flops per (row, query head): at 10,003 tokens
+  // and 32 heads ~1e9 per call, seconds on one thread, the most of these cases' time (h66).
+  // So: each slot's dequantized (and rotated) K/V and each kv head's Zb once, not once per
+  // row and query head; the (row, query head) pairs, independent, in parallel (OpenMP) into
+  // per-element arrays; then the checks in the original order on this thread (Catch2's
+  // assertions are not thread-safe). Every element is the same sequence of fp64 operations as
+  // the serial loops before (sums over t in order t = 0..L-1 per output channel; max is exact
+  // in any order), so the figures are bit-identical to them.
+  std::vector<std::vector<float>> kd(3), vd(3);
+  std::vector<std::vector<double>> kr(3);
+  std::vector<std::vector<double>> zbk(3, std::vector<double>(s.H, 0.0)), zbv = zbk;
+  std::vector<int> slot_len(3);
+  for (int slot = 0; slot < 3; ++slot) {
+    slot_len[slot] = static_cast<int>(gpu.size(slot));
+    if (std::find(rows.begin(), rows.end(), slot) == rows.end()) continue;
+    const int L = slot_len[slot];
+    kd[slot].resize(static_cast<size_t>(L) * dim);
+    vd[slot].resize(kd[slot].size());
+    ck[slot]->dequantize(0, L, MatrixView{kd[slot].data(), L, dim, dim});
+    cv[slot]->dequantize(0, L, MatrixView{vd[slot].data(), L, dim, dim});
+    kr[slot].assign(kd[slot].begin(), kd[slot].end());
+    double* krs = kr[slot].data();
+    if (pre) {  // RoPE in fp64 (rotate-half), position = token index
+#pragma omp parallel for schedule(static)
       for (int t = 0; t < L; ++t)
         for (int h = 0; h < s.H; ++h)
           for (int i = 0; i < s.hd / 2; ++i) {
-            double* a = &kr[static_cast<size_t>(t) * dim + h * s.hd + i];
+            double* a = &krs[static_cast<size_t>(t) * dim + h * s.hd + i];
             double* b = a + s.hd / 2;
             const double ang = t * inv_freq[i], c = std::cos(ang), sn = std::sin(ang);
             const double x0 = *a, x1 = *b;
             *a = x0 * c - x1 * sn;
             *b = x1 * c + x0 * sn;
           }
-    for (int qh_i = 0; qh_i < s.n_heads; ++qh_i) {
-      const int h = qh_i / G;
-      double zbk = 0, zbv = 0;  // Zb of the factored bound: 2.01 max |x| of the head's rows
+    }
+    for (int h = 0; h < s.H; ++h)  // Zb of the factored bound: 2.01 max |x| of the head's rows
       for (int t = 0; t < L; ++t)
         for (int i = 0; i < s.hd; ++i) {
-          zbk = std::max(zbk, 2.01 * std::fabs(K[slot][static_cast<size_t>(t) * dim + h * s.hd + i]));
-          zbv = std::max(zbv, 2.01 * std::fabs(V[slot][static_cast<size_t>(t) * dim + h * s.hd + i]));
+          zbk[slot][h] = std::max(zbk[slot][h], 2.01 * std::fabs(K[slot][static_cast<size_t>(t) * dim + h * s.hd + i]));
+          zbv[slot][h] = std::max(zbv[slot][h], 2.01 * std::fabs(V[slot][static_cast<size_t>(t) * dim + h * s.hd + i]));
         }
-      const uint16_t* qrow = qh.data() + (static_cast<size_t>(r) * s.n_heads + qh_i) * s.hd;
-      double qmax = 0;
-      for (int i = 0; i < s.hd; ++i) qmax = std::max(qmax, std::fabs(static_cast<double>(half_to_float(qrow[i]))));
-      const double kivi_term =  // kivi_tensor_core() above
-          kivi_tc ? scale * s.hd * std::ldexp(1.0, -24) * qmax * (((1 << kbits) - 1) + zbk) : 0.0;
-      std::vector<double> sc(L);
-      double m = -INFINITY, delta = 0;
-      for (int t = 0; t < L; ++t) {
-        double dot = 0, A = 0, Ar = 0;
-        const size_t base = static_cast<size_t>(t) * dim + h * s.hd;
-        for (int i = 0; i < s.hd; ++i) {
-          const double qv = half_to_float(qrow[i]), kv = kr[base + i];
-          dot += qv * kv;
-          A += factored ? 2 * std::fabs(qv) * (std::fabs(kv) + 2 * zbk) : std::fabs(qv) * std::fabs(kv);
-          if (kfold)  // folded key codes (attention_tolerance_factored's comment)
-            A += kfold_c * std::fabs(qv) * fold_offset(kbits, i) * fold_smax(zbk, kbits);
-          // RoPE error of component i: <= 2^-17 (|a| + |b|) of its unrotated pair (a, b).
-          const int partner = i < s.hd / 2 ? i + s.hd / 2 : i - s.hd / 2;
-          Ar += std::fabs(qv) * (std::fabs(kd[base + i]) + std::fabs(kd[base + partner]));
-        }
-        sc[t] = dot * scale;
-        m = std::max(m, sc[t]);
-        delta = std::max(delta, scale * (A * s.hd * std::ldexp(1.0, -24) +
-                                         (pre ? Ar * std::ldexp(1.0, -17) : 0.0)) + kivi_term);
+  }
+  std::vector<double> koff(s.hd), voff(s.hd);  // fold_offset(bits, i), the same values, once
+  for (int i = 0; i < s.hd; ++i) {
+    koff[i] = kfold ? fold_offset(kbits, i) : 0.0;
+    voff[i] = factored ? fold_offset(vbits, i) : 0.0;
+  }
+  const size_t nout = static_cast<size_t>(R) * s.n_heads * s.hd;
+  std::vector<double> ref_o(nout), ref_got(nout), ref_tol(nout), ref_err(nout);
+  const int pairs = R * s.n_heads;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int pr = 0; pr < pairs; ++pr) {
+    const int r = pr / s.n_heads, qh_i = pr % s.n_heads;
+    const int slot = rows[r];
+    const int L = slot_len[slot];
+    const int h = qh_i / G;
+    const double zk = zbk[slot][h], zv = zbv[slot][h];
+    const float* kds = kd[slot].data();
+    const float* vds = vd[slot].data();
+    const double* krs = kr[slot].data();
+    const uint16_t* qrow = qh.data() + (static_cast<size_t>(r) * s.n_heads + qh_i) * s.hd;
+    double qmax = 0;
+    for (int i = 0; i < s.hd; ++i) qmax = std::max(qmax, std::fabs(static_cast<double>(half_to_float(qrow[i]))));
+    const double kivi_term =  // kivi_tensor_core() above
+        kivi_tc ? scale * s.hd * std::ldexp(1.0, -24) * qmax * (((1 << kbits) - 1) + zk) : 0.0;
+    const double ksmax = kfold ? fold_smax(zk, kbits) : 0.0;
+    std::vector<double> sc(L);
+    double m = -INFINITY, delta = 0;
+    for (int t = 0; t < L; ++t) {
+      double dot = 0, A = 0, Ar = 0;
+      const size_t base = static_cast<size_t>(t) * dim + h * s.hd;
+      for (int i = 0; i < s.hd; ++i) {
+        const double qv = half_to_float(qrow[i]), kv = krs[base + i];
+        dot += qv * kv;
+        A += factored ? 2 * std::fabs(qv) * (std::fabs(kv) + 2 * zk) : std::fabs(qv) * std::fabs(kv);
+        if (kfold)  // folded key codes (attention_tolerance_factored's comment)
+          A += kfold_c * std::fabs(qv) * koff[i] * ksmax;
+        // RoPE error of component i: <= 2^-17 (|a| + |b|) of its unrotated pair (a, b).
+        const int partner = i < s.hd / 2 ? i + s.hd / 2 : i - s.hd / 2;
+        Ar += std::fabs(qv) * (std::fabs(kds[base + i]) + std::fabs(kds[base + partner]));
       }
-      double l = 0;
-      std::vector<double> ew(L);  // exp(s_t - m), once per key (the long cases have 40K keys)
-      for (int t = 0; t < L; ++t) l += ew[t] = std::exp(sc[t] - m);
+      sc[t] = dot * scale;
+      m = std::max(m, sc[t]);
+      delta = std::max(delta, scale * (A * s.hd * std::ldexp(1.0, -24) +
+                                       (pre ? Ar * std::ldexp(1.0, -17) : 0.0)) + kivi_term);
+    }
+    double l = 0;
+    std::vector<double> ew(L);  // exp(s_t - m), once per key (the long cases have 40K keys)
+    for (int t = 0; t < L; ++t) l += ew[t] = std::exp(sc[t] - m);
+    // Token-major (contiguous channels): per channel d the same sums in the same order.
+    std::vector<double> o(s.hd, 0.0), vmax(s.hd, 0.0);
+    for (int t = 0; t < L; ++t) {
+      const float* vt = vds + static_cast<size_t>(t) * dim + h * s.hd;
       for (int d = 0; d < s.hd; ++d) {
-        double o = 0, vmax = 0;
-        for (int t = 0; t < L; ++t) {
-          const double v = vd[static_cast<size_t>(t) * dim + h * s.hd + d];
-          o += ew[t] * v;
-          vmax = std::max(vmax, std::fabs(v));
-        }
-        o /= l;
-        const double got = half_to_float(oh[(static_cast<size_t>(r) * s.n_heads + qh_i) * s.hd + d]);
+        const double v = vt[d];
+        o[d] += ew[t] * v;
+        vmax[d] = std::max(vmax[d], std::fabs(v));
+      }
+    }
+    for (int d = 0; d < s.hd; ++d) {
+      const size_t e = (static_cast<size_t>(r) * s.n_heads + qh_i) * s.hd + d;
+      const double od = o[d] / l;
+      const double got = half_to_float(oh[e]);
+      const double fold_v = factored ? voff[d] * fold_smax(zv, vbits) : 0.0;
+      ref_o[e] = od;
+      ref_got[e] = got;
+      ref_tol[e] = factored ? attention_tolerance_factored(od, delta, L, vmax[d], zv, fold_v)
+                            : attention_tolerance(od, delta, L, vmax[d]);
+      ref_err[e] = std::fabs(got - od);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int qh_i = 0; qh_i < s.n_heads; ++qh_i)
+      for (int d = 0; d < s.hd; ++d) {
+        const size_t e = (static_cast<size_t>(r) * s.n_heads + qh_i) * s.hd + d;
+        const double got = ref_got[e], tol = ref_tol[e], err = ref_err[e];
         REQUIRE(std::isfinite(got));
-        const double fold_v = factored ? fold_offset(vbits, d) * fold_smax(zbv, vbits) : 0.0;
-        const double tol = factored ? attention_tolerance_factored(o, delta, L, vmax, zbv, fold_v)
-                                    : attention_tolerance(o, delta, L, vmax);
-        const double err = std::fabs(got - o);
         if (err > tol) {
-          INFO("row " << r << " head " << qh_i << " dim " << d << ": got " << got << ", ref " << o
+          INFO("row " << r << " head " << qh_i << " dim " << d << ": got " << got << ", ref " << ref_o[e]
                       << ", tol " << tol << " (" << kspec << " / " << vspec << ")");
           REQUIRE(err <= tol);
         }
         res.worst_ratio = std::max(res.worst_ratio, err / tol);
         res.worst_err = std::max(res.worst_err, err);
       }
-    }
-  }
   return res;
 }
 
