@@ -340,52 +340,78 @@ void run_attention_case(const AttnCase& c, std::mt19937_64& rng, bool decode,
   }
   auto out = download<uint16_t>(dout, qn);
   const int group = c.heads / c.kv_heads;
+  const float scale = a.scale;
+  // The fp64 reference costs ~4 hd flops per (query, key) pair: ~1e9 for the 1,024- and
+  // 2,048-query causal cases, seconds per call on one thread, the most of the prefill and
+  // decode cases' time (h66). So the (row, query, head) triples, independent, run in parallel
+  // (OpenMP) into per-element arrays, and the checks follow in the original order on this
+  // thread (Catch2's assertions are not thread-safe). Each element is the same sequence of fp64
+  // operations as the serial loops before (the P V sums token-major, but per channel d in the
+  // same order j = lo..p; max exact in any order): the figures are bit-identical to them.
+  const size_t triples = static_cast<size_t>(c.rows) * c.n * c.heads;
+  std::vector<double> ref_v(qn), got_v(qn), tol_v(qn);
+#pragma omp parallel for schedule(dynamic, 4)
+  for (long long tr = 0; tr < static_cast<long long>(triples); ++tr) {
+    const int h = static_cast<int>(tr % c.heads), i = static_cast<int>(tr / c.heads % c.n);
+    const int r = static_cast<int>(tr / (static_cast<long long>(c.heads) * c.n));
+    const int g = h / group, p = c.pos0[r] + i;
+    const int lo = c.window > 0 ? std::max(0, p - c.window + 1) : 0;
+    const float* qi = q.f.data() + ((static_cast<size_t>(r) * c.n + i) * c.heads + h) * c.hd;
+    auto key = [&](int j) -> const float* {
+      if (c.self && j == p) return ks.f.data() + ((static_cast<size_t>(r) * c.n + i) * c.kv_heads + g) * c.hd;
+      return k.f.data() + ((static_cast<size_t>(c.slot[r]) * c.kv_heads + g) * c.max_tokens + j) * c.hd;
+    };
+    auto val = [&](int j) -> const float* {
+      if (c.self && j == p) return vs.f.data() + ((static_cast<size_t>(r) * c.n + i) * c.kv_heads + g) * c.hd;
+      return v.f.data() + ((static_cast<size_t>(c.slot[r]) * c.kv_heads + g) * c.max_tokens + j) * c.hd;
+    };
+    std::vector<double> s(static_cast<size_t>(p + 1));
+    double m = -1e300, emax = 0;
+    for (int j = lo; j <= p; ++j) {
+      const float* kj = key(j);
+      double dot = 0, mag = 0;
+      for (int d = 0; d < c.hd; ++d) {
+        dot += double(qi[d]) * kj[d];
+        mag += std::fabs(double(qi[d]) * kj[d]);
+      }
+      s[j] = dot * scale;
+      m = std::max(m, s[j]);
+      // fp32 score (exact 16-bit products, hd + 1 roundings): |error| <= (hd+1) 2^-24 sum|q k|.
+      emax = std::max(emax, (c.hd + 1) * std::ldexp(1.0, -24) * mag * scale);
+    }
+    const int nkeys = p - lo + 1;
+    double sum = 0;
+    for (int j = lo; j <= p; ++j) sum += (s[j] = std::exp(s[j] - m));
+    std::vector<double> ref(c.hd, 0.0), vmax(c.hd, 0.0);
+    for (int j = lo; j <= p; ++j) {
+      const float* vj = val(j);
+      const double w = s[j] / sum;
+      for (int d = 0; d < c.hd; ++d) {
+        ref[d] += w * vj[d];
+        vmax[d] = std::max(vmax[d], std::fabs(double(vj[d])));
+      }
+    }
+    for (int d = 0; d < c.hd; ++d) {
+      const size_t e = static_cast<size_t>(tr) * c.hd + d;
+      got_v[e] = from16(c.act, out[e]);
+      ref_v[e] = ref[d];
+      // Derived bound: the probabilities are rounded to 16 bits before P V (prefill and
+      // the tensor-core decode) or kept in fp32 (the CUDA-core decode): <= u * max|v|;
+      // the output is rounded once: u * |ref|; fp32 arithmetic: a score error e (fp32 or
+      // the mma's fp32 accumulation over head_dim / 16 steps, inside emax) moves each
+      // weight by a factor exp(+-2e), and exp2f/expf, the fp32 normaliser, the split
+      // merges and the fp32 P V accumulation add < (2 keys + 16) 2^-24.
+      const double f32 = 2 * emax + (2.0 * nkeys + 16) * std::ldexp(1.0, -24);
+      tol_v[e] = unit(c.act) * (vmax[d] + std::fabs(ref[d])) * 1.05 + f32 * vmax[d] + 1e-7;
+    }
+  }
   double worst = 0, worst_ratio = 0;
   for (int r = 0; r < c.rows; ++r)
     for (int i = 0; i < c.n; ++i)
-      for (int h = 0; h < c.heads; ++h) {
-        const int g = h / group, p = c.pos0[r] + i;
-        const int lo = c.window > 0 ? std::max(0, p - c.window + 1) : 0;
-        const float* qi = q.f.data() + ((static_cast<size_t>(r) * c.n + i) * c.heads + h) * c.hd;
-        auto key = [&](int j) -> const float* {
-          if (c.self && j == p) return ks.f.data() + ((static_cast<size_t>(r) * c.n + i) * c.kv_heads + g) * c.hd;
-          return k.f.data() + ((static_cast<size_t>(c.slot[r]) * c.kv_heads + g) * c.max_tokens + j) * c.hd;
-        };
-        auto val = [&](int j) -> const float* {
-          if (c.self && j == p) return vs.f.data() + ((static_cast<size_t>(r) * c.n + i) * c.kv_heads + g) * c.hd;
-          return v.f.data() + ((static_cast<size_t>(c.slot[r]) * c.kv_heads + g) * c.max_tokens + j) * c.hd;
-        };
-        std::vector<double> s(static_cast<size_t>(p + 1));
-        double m = -1e300, emax = 0;
-        for (int j = lo; j <= p; ++j) {
-          double dot = 0, mag = 0;
-          for (int d = 0; d < c.hd; ++d) {
-            dot += double(qi[d]) * key(j)[d];
-            mag += std::fabs(double(qi[d]) * key(j)[d]);
-          }
-          s[j] = dot * a.scale;
-          m = std::max(m, s[j]);
-          // fp32 score (exact 16-bit products, hd + 1 roundings): |error| <= (hd+1) 2^-24 sum|q k|.
-          emax = std::max(emax, (c.hd + 1) * std::ldexp(1.0, -24) * mag * a.scale);
-        }
-        const int nkeys = p - lo + 1;
-        double sum = 0;
-        for (int j = lo; j <= p; ++j) sum += (s[j] = std::exp(s[j] - m));
+      for (int h = 0; h < c.heads; ++h)
         for (int d = 0; d < c.hd; ++d) {
-          double ref = 0, vmax = 0;
-          for (int j = lo; j <= p; ++j) {
-            ref += s[j] / sum * val(j)[d];
-            vmax = std::max(vmax, std::fabs(double(val(j)[d])));
-          }
-          const double got = from16(c.act, out[((static_cast<size_t>(r) * c.n + i) * c.heads + h) * c.hd + d]);
-          // Derived bound: the probabilities are rounded to 16 bits before P V (prefill and
-          // the tensor-core decode) or kept in fp32 (the CUDA-core decode): <= u * max|v|;
-          // the output is rounded once: u * |ref|; fp32 arithmetic: a score error e (fp32 or
-          // the mma's fp32 accumulation over head_dim / 16 steps, inside emax) moves each
-          // weight by a factor exp(+-2e), and exp2f/expf, the fp32 normaliser, the split
-          // merges and the fp32 P V accumulation add < (2 keys + 16) 2^-24.
-          const double f32 = 2 * emax + (2.0 * nkeys + 16) * std::ldexp(1.0, -24);
-          const double tol = unit(c.act) * (vmax + std::fabs(ref)) * 1.05 + f32 * vmax + 1e-7;
+          const size_t e = ((static_cast<size_t>(r) * c.n + i) * c.heads + h) * c.hd + d;
+          const double got = got_v[e], ref = ref_v[e], tol = tol_v[e];
           REQUIRE(std::isfinite(got));
           const double err = std::fabs(got - ref);
           if (err > tol)
@@ -394,7 +420,6 @@ void run_attention_case(const AttnCase& c, std::mt19937_64& rng, bool decode,
           worst = std::max(worst, err);
           worst_ratio = std::max(worst_ratio, err / tol);
         }
-      }
   std::printf("%s %s hd %d heads %d/%d rows %d n %d pos0[0] %d window %d self %d: max abs err %.3g "
               "(%.2f of bound)\n",
               decode ? "decode " : label, act_name(c.act), c.hd, c.heads, c.kv_heads, c.rows, c.n,
