@@ -369,11 +369,18 @@ Result run_case(const std::string& kspec, const std::string& vspec, const Shape&
             *b = x1 * c + x0 * sn;
           }
     }
-    for (int h = 0; h < s.H; ++h)  // Zb of the factored bound: 2.01 max |x| of the head's rows
+    // Zb of the factored bound: 2.01 max |x| of the head's rows (heads in parallel: each
+    // writes its own element).
+    std::vector<double>& zk_s = zbk[slot];
+    std::vector<double>& zv_s = zbv[slot];
+    const std::vector<float>& Ks = K[slot];
+    const std::vector<float>& Vs = V[slot];
+#pragma omp parallel for schedule(static)
+    for (int h = 0; h < s.H; ++h)
       for (int t = 0; t < L; ++t)
         for (int i = 0; i < s.hd; ++i) {
-          zbk[slot][h] = std::max(zbk[slot][h], 2.01 * std::fabs(K[slot][static_cast<size_t>(t) * dim + h * s.hd + i]));
-          zbv[slot][h] = std::max(zbv[slot][h], 2.01 * std::fabs(V[slot][static_cast<size_t>(t) * dim + h * s.hd + i]));
+          zk_s[h] = std::max(zk_s[h], 2.01 * std::fabs(Ks[static_cast<size_t>(t) * dim + h * s.hd + i]));
+          zv_s[h] = std::max(zv_s[h], 2.01 * std::fabs(Vs[static_cast<size_t>(t) * dim + h * s.hd + i]));
         }
   }
   std::vector<double> koff(s.hd), voff(s.hd);  // fold_offset(bits, i), the same values, once
