@@ -34,7 +34,9 @@ using kvq_test::to16;
 using kvq_test::to_dev;
 using kvq_test::unit;
 
-// Random 16-bit values (rounded from N(0, sd)), returned as raw bits and as floats.
+// Random 16-bit values (rounded from N(0, sd)), returned as raw bits and as floats. The
+// draws in order on this thread (the generator is sequential), the roundings (pure functions
+// of each draw) in parallel: the same values as rounding each draw as it comes (h66).
 struct Rand16 {
   std::vector<uint16_t> bits;
   std::vector<float> f;
@@ -44,8 +46,10 @@ Rand16 rand16(Act a, size_t n, std::mt19937_64& rng, float sd) {
   Rand16 r;
   r.bits.resize(n);
   r.f.resize(n);
-  for (size_t i = 0; i < n; ++i) {
-    r.bits[i] = to16(a, nd(rng));
+  for (size_t i = 0; i < n; ++i) r.f[i] = nd(rng);
+#pragma omp parallel for schedule(static) if (n >= 65536)
+  for (long long i = 0; i < static_cast<long long>(n); ++i) {
+    r.bits[i] = to16(a, r.f[i]);
     r.f[i] = from16(a, r.bits[i]);
   }
   return r;
