@@ -572,8 +572,15 @@ kvquant_fold_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, i
             // R(u), u = j - j0 < 64, from sincosf of the fp32 angle u f (h65). Why: anchor()
             // per record (a double product, division and rint before sincosf) was ~19% of
             // kvq-foldm's warp samples at llama3-8b b8 32K (ncu, notes/s7/results-h62.md).
-            // Instructions per record and the error term: notes/s7/results-h65.md and
-            // tests/gpu/kv_kvquant_test.cpp's header (angle error <= 1.5 2^-18, 2^-17 in all).
+            // This drops the record's serial fp64 chain (MUFU.RCP64H, 7 DFMA, 2 DMUL, I2F.F64,
+            // FRND.F64: the division's refinement and the reduction) for an LDS.64 and 4 fp32
+            // ops; sincosf stays. Measured (H100, 2026-11-23, archive of 2518e01, one process,
+            // kvq-kvbench --ab KVQ_KVQ_KOUT=old,new): faster in all 16 cells, llama3-8b
+            // (kvq-foldm) 1.01-1.02x, llama2-7b (kvq-fold2) 1.02-1.05x (b8 128K 2 bits);
+            // thread instructions per record in a one-record-per-thread copy of the code: 80
+            // -> ~71 (ncu; notes/s7/results-h65.md). Error: |(c, s) - fp64| <= 2^-16 derived
+            // (tests/gpu/kv_kvquant_test.cpp's header), 2^-18.65 the largest of 2^20 records
+            // at llama3's theta (old: 2^-22.6).
             const int o = j - begin;
             const float2 c0 = st0[(o & ~63) + (V2 ? pair_slot(ip) : ip)];
             float cu, su;

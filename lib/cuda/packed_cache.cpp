@@ -115,8 +115,9 @@ KvqBuild resolve_kvquant_build(KvqBuild b, int n_heads, int kv_heads) {
 }
 // KVQ_KVQ_KOUT (h65, read at every call like KVQ_KV_DECODE, for `kvq-kvbench --ab`): how the
 // KVQuant builds' key-outlier pass gets R(j): "new" or unset = the stage anchor R(j0) composed
-// with an fp32 R(j - j0); "old" = anchor() per record (the angle reduced in double). Measured:
-// notes/s7/results-h65.md. Any other value is an InvalidArgument.
+// with an fp32 R(j - j0); "old" = anchor() per record (the angle reduced in double). new is the
+// default: faster in all 16 cells of one process (H100, 2026-11-23, archive of 2518e01; llama3-8b
+// 1.01-1.02x, llama2-7b 1.02-1.05x; notes/s7/results-h65.md). Any other value is an InvalidArgument.
 bool kvquant_kout_stage(const std::string& where) {
   const char* e = std::getenv("KVQ_KVQ_KOUT");
   if (!e || !*e) return true;
