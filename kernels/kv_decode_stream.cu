@@ -369,7 +369,8 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
   const uint32_t* vcg = V.codes + sh * V.max_tokens * RW;
   const uint16_t* kmg = KCH ? K.cmeta + sh * (K.max_tokens / K.group) * 2 * kD : K.meta + sh * K.max_tokens * kmpr;
   const uint16_t* vmg = V.meta + sh * V.max_tokens * vmpr;
-  // Stage starts are multiples of KS tokens, so the 2-byte shift is the block's.
+  // Stage starts are begin + j KS with begin a multiple of the plan's grain (64 or KS tokens,
+  // both even), so the 2-byte shift is the block's.
   const int koff =
       KCH ? 0 : static_cast<int>((reinterpret_cast<uintptr_t>(kmg + static_cast<int64_t>(begin) * kmpr) >> 1) & 1u);
   const int voffs = static_cast<int>((reinterpret_cast<uintptr_t>(vmg + static_cast<int64_t>(begin) * vmpr) >> 1) & 1u);
@@ -1479,49 +1480,69 @@ cudaError_t combine(const float* part_o, const float* part_ml, void* out, int n_
   return launch_status();
 }
 
-// Tokens per block (a multiple of the stage, ks tokens) and the split count for the
-// streaming kernel: the split count that minimises (waves of blocks) x (tokens per block + a
-// per-block cost of kS / 2 = 128 tokens: q set-up, partial writes, the combine's share), for
-// `resident` blocks at once on the device.
+// Tokens per block (a multiple of `grain` tokens: the stage, ks, or a finer grain, below) and
+// the split count for the streaming kernel: the split count that minimises (waves of blocks) x
+// (tokens per block + a per-block cost of kS / 2 = 128 tokens: q set-up, partial writes, the
+// combine's share), for `resident` blocks at once on the device. The split count stays <=
+// ceil(max_len / ks) whatever the grain (the partial buffers hold stream_max_splits()).
 // The search walks max_len / ks candidates (512 at 128K) and runs twice per decode call
 // (default_stage_2bit and launch_stream), on the host before the first launch, i.e. inside
 // the decode's measured latency: its last answers are kept per thread (4 entries).
-void stream_plan_search(int kv_heads, int rows, int max_len, int resident, int ks, int* span, int* splits);
-void stream_plan(int kv_heads, int rows, int max_len, int resident, int ks, int* span, int* splits) {
+void stream_plan_search(int kv_heads, int rows, int max_len, int resident, int ks, int grain, int* span, int* splits);
+void stream_plan(int kv_heads, int rows, int max_len, int resident, int ks, int* span, int* splits, int grain = 0) {
+  if (grain <= 0 || ks % grain != 0) grain = ks;
   struct Entry {
-    int kv_heads = -1, rows = 0, max_len = 0, resident = 0, ks = 0, span = 0, splits = 0;
+    int kv_heads = -1, rows = 0, max_len = 0, resident = 0, ks = 0, grain = 0, span = 0, splits = 0;
   };
   thread_local Entry memo[4];
   thread_local int next = 0;
   for (const Entry& m : memo)
-    if (m.kv_heads == kv_heads && m.rows == rows && m.max_len == max_len && m.resident == resident && m.ks == ks) {
+    if (m.kv_heads == kv_heads && m.rows == rows && m.max_len == max_len && m.resident == resident && m.ks == ks &&
+        m.grain == grain) {
       *span = m.span;
       *splits = m.splits;
       return;
     }
-  stream_plan_search(kv_heads, rows, max_len, resident, ks, span, splits);
-  memo[next] = Entry{kv_heads, rows, max_len, resident, ks, *span, *splits};
+  stream_plan_search(kv_heads, rows, max_len, resident, ks, grain, span, splits);
+  memo[next] = Entry{kv_heads, rows, max_len, resident, ks, grain, *span, *splits};
   next = (next + 1) % 4;
 }
-void stream_plan_search(int kv_heads, int rows, int max_len, int resident, int ks, int* span, int* splits) {
+void stream_plan_search(int kv_heads, int rows, int max_len, int resident, int ks, int grain, int* span, int* splits) {
   const int per_split = std::max(1, kv_heads * rows);
   const int max_splits = std::max(1, (max_len + ks - 1) / ks);
   double best = 1e300;
   int bs = 1, bspan = max_splits * ks;
   for (int sp = 1; sp <= max_splits; ++sp) {
-    const int sub = ((max_len + sp - 1) / sp + ks - 1) / ks;  // stages per block
-    const int real = (max_len + sub * ks - 1) / (sub * ks);  // splits actually used
+    const int tok = ((max_len + sp - 1) / sp + grain - 1) / grain * grain;  // tokens per block
+    const int real = (max_len + tok - 1) / tok;  // splits actually used
     if (real != sp) continue;
     const double waves = std::ceil(static_cast<double>(per_split) * sp / std::max(1, resident));
-    const double cost = waves * (static_cast<double>(sub) * ks + kS / 2);
+    const double cost = waves * (static_cast<double>(tok) + kS / 2);
     if (cost < best) {
       best = cost;
       bs = sp;
-      bspan = sub * ks;
+      bspan = tok;
     }
   }
   *span = bspan;
   *splits = bs;
+}
+
+// KVQ_KV_SPAN (read per call; h67, session 7): "64" plans blocks of whole 64-token grains
+// (4 tiles: one per warp) instead of whole stages, so a block's last stage may be partial
+// (as a row's last stage always could be: the stage loop copies and walks min(KS, left)
+// tokens, tiles past it skipped); unset or anything else: whole stages (the plan before).
+// Not for KIVI (KCH: blocks start on key groups and its tail kernel takes one more split).
+// Why (count, H100: 132 SMs): llama3-8b int4 b1 128K has 8 (row, kv head) pairs x 512 stages
+// for 3 x 132 = 396 resident blocks (62 KB of shared memory each): whole stages give 47
+// splits x 11 stages (376 blocks, 11 stage rounds of ~5.2 us at b8's 90% of copy), 64-token
+// grains 49 x 10.5 (392 blocks, 10.5 rounds); 64K 6 -> 5.25 rounds, 32K 3 -> 2.75. MHA and the
+// 2-bit G = 4 build (4 blocks per SM, 528 slots) already fill 97% of a wave with whole stages.
+// The kernels are the same (no PTX change): only span and splits differ.
+int span_grain(int ks) {
+  const char* e = std::getenv("KVQ_KV_SPAN");
+  if (e != nullptr && std::strcmp(e, "64") == 0) return 64;
+  return ks;
 }
 
 template <int BITS, int NTK, int NTV, bool KONE, int GM, bool KCH = false, int NGVT = 0, bool FOLD = true,
@@ -1544,7 +1565,8 @@ cudaError_t launch_stream(const PackedSide& k, const PackedSide& v, const Packed
     last_smem = smem;
   }
   int span = 0, splits = 0;
-  stream_plan(k.kv_heads, a.rows, max_len, std::max(1, per_sm) * std::max(1, sm_count), KS, &span, &splits);
+  stream_plan(k.kv_heads, a.rows, max_len, std::max(1, per_sm) * std::max(1, sm_count), KS, &span, &splits,
+              KCH ? KS : span_grain(KS));
   // KIVI: one more split, the tail kernel's (the last R tokens of each row).
   const int total = KCH ? splits + 1 : splits;
   kernel<<<dim3(splits, k.kv_heads, a.rows), kT, smem, stream>>>(k, v, a, span, total, part_o, part_ml);

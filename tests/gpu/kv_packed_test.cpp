@@ -514,21 +514,29 @@ TEST_CASE("kv packed: tensor-core decode (int2/int4 per token, head_dim 128) == 
 // waves x tokens per block: on the H100, 4 blocks per SM, 14 splits of 3 stages); MHA and
 // G = 4 (KIVI: G = 2 and 4), 4 and 2 bits, int-b and KIVI. (40,003 tokens, 10 stages per block,
 // passed at d52849a but took 105 s of the [kv] suite's 110, mostly the CPU reference.)
+// KVQ_KV_SPAN (read per call; h67): unset, whole-stage blocks; "64", blocks of 64-token grains
+// (int4 at G = 4, 3 blocks per SM on the H100: 16 splits of 640 tokens, so blocks start off the
+// 256-token stage grid and end on a partial stage); the int-b specs under both, KIVI (whole
+// stages always) once.
 TEST_CASE("kv packed: tensor-core decode over long contexts (several stages per block) == simulated",
           "[gpu][kv]") {
   LongCase lc;
   lc.on = true;
   lc.pieces = {{4000, 1, 2, 6000}, {129}, {7, 1, 1, 1}};
   const uint64_t seed = kvq_test::test_seed(912);
-  for (const char* spec : {"int4", "int2", "kivi:bits=4", "kivi:bits=2"}) {
-    const bool kivi = std::string(spec).rfind("kivi", 0) == 0;
-    const std::vector<Shape> shapes = kivi ? std::vector<Shape>{Shape{8, 8, 128}, Shape{8, 16, 128}, Shape{8, 32, 128}}
-                                           : std::vector<Shape>{Shape{8, 8, 128}, Shape{8, 32, 128}};
-    for (const Shape& s : shapes) {
-      const Result r = run_case(spec, spec, s, seed, nullptr, nullptr, lc);
-      std::printf("kv packed long %s, kv_heads %d, heads %d: bytes equal; decode max err %.3g (%.3f of "
-                  "tolerance), seed %llu\n",
-                  spec, s.H, s.n_heads, r.worst_err, r.worst_ratio, static_cast<unsigned long long>(seed));
+  for (const char* grain : {"stage", "64"}) {
+    const EnvGuard env("KVQ_KV_SPAN", grain);
+    for (const char* spec : {"int4", "int2", "kivi:bits=4", "kivi:bits=2"}) {
+      const bool kivi = std::string(spec).rfind("kivi", 0) == 0;
+      if (kivi && std::string(grain) != "stage") continue;
+      const std::vector<Shape> shapes = kivi ? std::vector<Shape>{Shape{8, 8, 128}, Shape{8, 16, 128}, Shape{8, 32, 128}}
+                                             : std::vector<Shape>{Shape{8, 8, 128}, Shape{8, 32, 128}};
+      for (const Shape& s : shapes) {
+        const Result r = run_case(spec, spec, s, seed, nullptr, nullptr, lc);
+        std::printf("kv packed long KVQ_KV_SPAN=%s %s, kv_heads %d, heads %d: bytes equal; decode max err %.3g (%.3f of "
+                    "tolerance), seed %llu\n",
+                    grain, spec, s.H, s.n_heads, r.worst_err, r.worst_ratio, static_cast<unsigned long long>(seed));
+      }
     }
   }
 }
