@@ -1528,21 +1528,27 @@ void stream_plan_search(int kv_heads, int rows, int max_len, int resident, int k
   *splits = bs;
 }
 
-// KVQ_KV_SPAN (read per call; h67, session 7): "64" plans blocks of whole 64-token grains
-// (4 tiles: one per warp) instead of whole stages, so a block's last stage may be partial
-// (as a row's last stage always could be: the stage loop copies and walks min(KS, left)
-// tokens, tiles past it skipped); unset or anything else: whole stages (the plan before).
-// Not for KIVI (KCH: blocks start on key groups and its tail kernel takes one more split).
-// Why (count, H100: 132 SMs): llama3-8b int4 b1 128K has 8 (row, kv head) pairs x 512 stages
-// for 3 x 132 = 396 resident blocks (62 KB of shared memory each): whole stages give 47
-// splits x 11 stages (376 blocks, 11 stage rounds of ~5.2 us at b8's 90% of copy), 64-token
-// grains 49 x 10.5 (392 blocks, 10.5 rounds); 64K 6 -> 5.25 rounds, 32K 3 -> 2.75. MHA and the
-// 2-bit G = 4 build (4 blocks per SM, 528 slots) already fill 97% of a wave with whole stages.
-// The kernels are the same (no PTX change): only span and splits differ.
+// KVQ_KV_SPAN (read per call; h67, session 7): unset or anything but "stage" (the default), the
+// plan's blocks are whole 64-token grains (4 tiles: one per warp) instead of whole stages, so a
+// block's last stage may be partial (as a row's last stage always could be: the stage loop
+// copies and walks min(KS, left) tokens, tiles past it skipped); "stage": whole stages (the
+// plan before, for A/Bs in one process). Not for KIVI (KCH: blocks start on key groups and its
+// tail kernel takes one more split). The kernels are the same (no PTX change): only span and
+// splits differ. Why (count, H100: 132 SMs): llama3-8b int4 b1 has 8 (row, kv head) pairs for
+// 3 x 132 = 396 resident blocks (62 KB of shared memory each): whole stages give 43 splits x 3
+// stages at 32K (344 blocks), 43 x 6 at 64K, 47 x 11 at 128K (376); 64-token grains 47 x 2.75
+// (376), 49 x 5.25, 49 x 10.5 (392). MHA and the 2-bit G = 4 build (4 blocks per SM, 528 slots)
+// get the same plans as before at 32K-128K (512 blocks of whole stages already).
+// Measured (H100, 2026-11-23, archive of 687337f, one process, kvq-kvbench --reps 20 --batch 1
+// --contexts 32768,65536,131072 --kv int4 --kv int2 --ab KVQ_KV_SPAN=stage,64;
+// notes/s7/results-h67.md): llama3-8b int4 b1 32K 31.9 -> 30.8 us, 64K 47.5 -> 46.2, 128K
+// 73.0 -> 71.6 (1.9-3.4% less time; the count gave 0.25 / 0.75 / 0.5 of a ~5.2 us stage round:
+// the SMs that now hold 3 blocks instead of 2 run their rounds slower); the cells whose plan is
+// unchanged moved -1.3% to +1.4% (noise); b8 128K int4 (86 -> 85.5 stages) 424.5 -> 423.2 us.
 int span_grain(int ks) {
   const char* e = std::getenv("KVQ_KV_SPAN");
-  if (e != nullptr && std::strcmp(e, "64") == 0) return 64;
-  return ks;
+  if (e != nullptr && std::strcmp(e, "stage") == 0) return ks;
+  return 64;
 }
 
 template <int BITS, int NTK, int NTV, bool KONE, int GM, bool KCH = false, int NGVT = 0, bool FOLD = true,

@@ -514,7 +514,7 @@ TEST_CASE("kv packed: tensor-core decode (int2/int4 per token, head_dim 128) == 
 // waves x tokens per block: on the H100, 4 blocks per SM, 14 splits of 3 stages); MHA and
 // G = 4 (KIVI: G = 2 and 4), 4 and 2 bits, int-b and KIVI. (40,003 tokens, 10 stages per block,
 // passed at d52849a but took 105 s of the [kv] suite's 110, mostly the CPU reference.)
-// KVQ_KV_SPAN (read per call; h67): unset, whole-stage blocks; "64", blocks of 64-token grains
+// KVQ_KV_SPAN (read per call; h67): "stage", whole-stage blocks; unset or "64", 64-token grains
 // (int4 at G = 4, 3 blocks per SM on the H100: 16 splits of 640 tokens, so blocks start off the
 // 256-token stage grid and end on a partial stage); the int-b specs under both, KIVI (whole
 // stages always) once.
