@@ -22,10 +22,10 @@
 // --ab NAME=v1,v2,... times every packed cache once per value of the environment variable NAME (set
 // before each timing, restored after), on the same cache contents in the same process, so an A/B
 // needs no second fill or process; only variables the decode reads on every call work:
-// KVQ_KV_STAGE, KVQ_KV_COMBINE=pdl|1|0, KVQ_KV_OPT, KVQ_KV_ILP, KVQ_KV_WSM, KVQ_KV_KIVI=0|1
-// (kernels/kv_decode_stream.cu) and KVQ_KV_DECODE for KVQuant caches; KVQ_KV_DECODE for the other
-// codecs and KVQ_KV_FOLD are read once per process. Rows carry the setting after the codec ("int2
-// [KVQ_KV_STAGE=512]").
+// KVQ_KV_STAGE, KVQ_KV_COMBINE=pdl|1|0, KVQ_KV_OPT, KVQ_KV_ILP, KVQ_KV_WSM, KVQ_KV_KIVI=0|1,
+// KVQ_KV_SPAN=stage (kernels/kv_decode_stream.cu) and KVQ_KV_DECODE for KVQuant caches;
+// KVQ_KV_DECODE for the other codecs and KVQ_KV_FOLD are read once per process. Rows carry the
+// setting after the codec ("int2 [KVQ_KV_STAGE=512]").
 // --base-ab NAME=v1,v2,... re-times the fp16 baseline once per value of NAME (e.g.
 // KVQ_ATTN_DECODE=old,new: the CUDA-core and tensor-core fp16 decode kernels,
 // kernels/attention_decode.cu) on the same cache in the same process, each as its own row
