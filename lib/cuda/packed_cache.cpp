@@ -698,13 +698,25 @@ double Fp16DecodeBaseline::decode_bytes() const {
   return 2.0 * 2.0 * s.rows.size() * s.kv_heads * static_cast<double>(s.len) * s.head_dim;
 }
 
-double time_device_ms(const std::function<void()>& fn, int warmup, int reps) {
+L2Scrubber::L2Scrubber(int device) {
+  const DeviceInfo info = select_device(device);
+  bytes_ = std::max<size_t>(4 * static_cast<size_t>(info.l2_bytes), size_t{256} << 20);
+  buf_ = device_alloc(bytes_, "the L2 scrub buffer");
+}
+
+void L2Scrubber::operator()() const {
+  KVQ_CUDA_CHECK(cudaMemsetAsync(buf_.get(), 0, bytes_));
+}
+
+double time_device_ms(const std::function<void()>& fn, int warmup, int reps,
+                      const std::function<void()>& before) {
   for (int i = 0; i < warmup; ++i) fn();
   cudaEvent_t a, b;
   KVQ_CUDA_CHECK(cudaEventCreate(&a));
   KVQ_CUDA_CHECK(cudaEventCreate(&b));
   std::vector<float> ms;
   for (int i = 0; i < reps; ++i) {
+    if (before) before();
     KVQ_CUDA_CHECK(cudaEventRecord(a));
     fn();
     KVQ_CUDA_CHECK(cudaEventRecord(b));

@@ -122,7 +122,27 @@ class Fp16DecodeBaseline {
   std::unique_ptr<State> st_;
 };
 
+// Evicts the device's L2 cache. A decoding model reads one layer's KV cache again only after
+// every other layer's cache and weights have streamed through L2, so a benchmark that times
+// back-to-back decodes of one cache smaller than L2 (H100: 50 MB, e.g. llama3-8b int4 at
+// batch 1 up to ~45K tokens) would time L2 rather than HBM (METHOD.md: rotate or evict).
+// Each call writes a buffer of 4x the L2 size (at least 256 MiB) with cudaMemsetAsync on the
+// default stream; enqueued before a timed region, it also keeps the host's launch latency of
+// the timed kernels out of the region (the launches are queued while the scrub runs).
+class L2Scrubber {
+ public:
+  explicit L2Scrubber(int device = 0);
+  void operator()() const;
+  size_t bytes() const { return bytes_; }
+
+ private:
+  DeviceMemory buf_;
+  size_t bytes_ = 0;
+};
+
 // Median over `reps` timed runs (device events) after `warmup` runs, in milliseconds.
-double time_device_ms(const std::function<void()>& fn, int warmup, int reps);
+// `before`, when given, runs before each timed run, outside the events (an L2Scrubber).
+double time_device_ms(const std::function<void()>& fn, int warmup, int reps,
+                      const std::function<void()>& before = {});
 
 }  // namespace kvq::cuda
