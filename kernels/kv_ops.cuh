@@ -89,6 +89,11 @@ cudaError_t kv_append(const PackedSide& p, int slot, const float* rows, int n, i
 cudaError_t kv_fill_random(float* dst, int64_t rows, int cols, uint64_t seed, float scale,
                            int period, float outlier, cudaStream_t stream);
 
+// Benchmarks: evicts L2 by reading `bytes` of buf (zeroed by the caller, a multiple of 16
+// bytes, 16-byte aligned) so the lines it leaves are clean: a later kernel's reads evict them
+// without write-backs (a memset scrub would leave up to the whole L2 dirty).
+cudaError_t kv_l2_scrub(const void* buf, size_t bytes, unsigned* sink, cudaStream_t stream);
+
 // One decode step over a packed cache, for both families of caches (kv_more.cuh's
 // MoreDecodeArgs is this struct): one new query per row, attending to its slot's first
 // len[r] tokens.

@@ -126,9 +126,10 @@ class Fp16DecodeBaseline {
 // every other layer's cache and weights have streamed through L2, so a benchmark that times
 // back-to-back decodes of one cache smaller than L2 (H100: 50 MB, e.g. llama3-8b int4 at
 // batch 1 up to ~45K tokens) would time L2 rather than HBM (METHOD.md: rotate or evict).
-// Each call writes a buffer of 4x the L2 size (at least 256 MiB) with cudaMemsetAsync on the
-// default stream; enqueued before a timed region, it also keeps the host's launch latency of
-// the timed kernels out of the region (the launches are queued while the scrub runs).
+// Each call reads a zeroed buffer of 4x the L2 size (at least 256 MiB) on the default stream
+// (kern::kv_l2_scrub: reads, so L2 is left clean; a memset would leave it dirty and the timed
+// kernel would pay the write-backs); enqueued before a timed region, it also keeps the host's
+// launch latency of the timed kernels out of the region (they are queued while it runs).
 class L2Scrubber {
  public:
   explicit L2Scrubber(int device = 0);

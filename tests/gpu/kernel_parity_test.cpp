@@ -16,6 +16,7 @@
 
 #include "formats/dtype.h"
 #include "kernels/attention_prefill_sm90.cuh"
+#include "kernels/kv_ops.cuh"
 #include "kernels/ops.cuh"
 #include "tests/catch.h"
 #include "tests/gpu/device_buffers.h"
@@ -670,4 +671,38 @@ TEST_CASE("gpu kernels: fill_uniform is deterministic, in range and not constant
   // Uniform on [-0.5, 0.5]: mean 0 (std of the mean 0.29/sqrt(n) = 9e-4), variance 1/12.
   REQUIRE(std::fabs(mean) < 5e-3);
   REQUIRE(std::fabs(sq - 1.0 / 12) < 3e-3);
+}
+
+// kvq-kvbench's L2 scrub (kern::kv_l2_scrub) must read every 16-byte word of its buffer and
+// write nothing but its sink, and that only when a thread's XOR hits the constant. One word
+// holding the constant in a zero buffer makes exactly that thread's XOR match, wherever the
+// word is: the sink shows the loads reach the first, the last and random words of a buffer
+// larger than any grid's stride; a zero buffer leaves the sink's poison.
+TEST_CASE("gpu kernels: kv_l2_scrub reads every word, writes only its sink", "[gpu]") {
+  const uint64_t seed = kvq_test::test_seed(8);
+  std::printf("kv_l2_scrub seed %llu\n", static_cast<unsigned long long>(seed));
+  std::mt19937_64 rng(seed);
+  const size_t words = (size_t{48} << 20) / 16 + 7;  // 48 MiB + 7 words: an awkward count
+  Dev buf(words * 16), sink(4);
+  CK(cudaMemset(buf.p, 0, words * 16));
+  CK(kvq::kern::kv_l2_scrub(buf.p, words * 16, sink.as<unsigned>(), nullptr));
+  REQUIRE(download<unsigned>(sink, 1)[0] == 0xFFFFFFFFu);  // no match: untouched
+  std::vector<size_t> at = {0, words - 1};
+  for (int i = 0; i < 4; ++i) at.push_back(rng() % words);
+  for (const size_t w : at) {
+    const size_t lane = rng() % 4;  // the constant in any of the word's four lanes
+    unsigned word[4] = {0, 0, 0, 0};
+    word[lane] = 0x9e3779b9u;
+    CK(cudaMemcpy(buf.as<char>() + w * 16, word, 16, cudaMemcpyHostToDevice));
+    CK(cudaMemset(sink.p, 0xFF, 4));
+    CK(kvq::kern::kv_l2_scrub(buf.p, words * 16, sink.as<unsigned>(), nullptr));
+    INFO("word " << w << " lane " << lane);
+    REQUIRE(download<unsigned>(sink, 1)[0] == 0x9e3779b9u);
+    const auto back = download<unsigned>(buf, words * 4);  // read-only: the buffer is as written
+    size_t nonzero = 0;
+    for (const unsigned u : back) nonzero += u != 0;
+    REQUIRE(nonzero == 1);
+    REQUIRE(back[w * 4 + lane] == 0x9e3779b9u);
+    CK(cudaMemset(buf.as<char>() + w * 16, 0, 16));
+  }
 }
