@@ -45,6 +45,9 @@
 // the tables before session 8) time L2 hits. The scrub is enqueued before the start event, so
 // the decode's launches are queued while it runs and the row is device time, launch latency
 // mostly hidden, as in a captured decode step. "pipelined" (--latency) stays back-to-back.
+// "floor us" is bytes over the copy bandwidth; "read us" is measured: one streaming read of
+// the row's byte count, timed like the decode (ReadProbe), so it holds the ramp and tail of a
+// launch that the division leaves out (the floor a batch-1 decode is really up against).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -217,8 +220,15 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "kvq-kvbench: %s; copy bandwidth %.0f GB/s (read+write); one layer; reps %d; "
                  "decode kernel %s; L2 %s\n", dev.c_str(), bw / 1e9, reps, variant ? variant : "default",
                  scrubber ? "cold (scrubbed before every timed decode)" : "warm (back-to-back decodes)");
-    std::printf("%-10s %5s %7s %-16s %9s %9s %8s %7s %8s %8s\n", "shape", "batch", "context", "kv",
-                "MB read", "time us", "GB/s", "%copy", "floor us", "vs fp16");
+    std::printf("%-10s %5s %7s %-16s %9s %9s %8s %7s %8s %8s %8s\n", "shape", "batch", "context", "kv",
+                "MB read", "time us", "GB/s", "%copy", "floor us", "read us", "vs fp16");
+    // "read us": one streaming read of the row's byte count, timed the same way (ReadProbe).
+    cuda::ReadProbe probe;
+    const auto read_us = [&](double bytes) {
+      const auto n = static_cast<size_t>(bytes);
+      probe.reserve(n);
+      return 1e3 * cuda::time_device_ms([&] { probe.read(n); }, 3, reps, before);
+    };
     nlohmann::json results = nlohmann::json::array();
     RopeConfig rc;
     rc.theta = 10000.0;
@@ -243,11 +253,12 @@ int main(int argc, char** argv) {
             base.prepare(slots, ctx);
             base_ms = cuda::time_device_ms([&] { base.decode(dq.get(), dout.get()); }, 3, reps, before);
             const double bytes = base.decode_bytes();
-            std::printf("%-10s %5d %7d %-16s %9.1f %9.1f %8.0f %6.0f%% %8.1f %7.2fx\n", sn.c_str(), B,
+            const double base_read_us = read_us(bytes);
+            std::printf("%-10s %5d %7d %-16s %9.1f %9.1f %8.0f %6.0f%% %8.1f %8.1f %7.2fx\n", sn.c_str(), B,
                         ctx, "fp16", bytes / 1e6, base_ms * 1e3, bytes / (base_ms * 1e-3) / 1e9,
-                        100 * bytes / (base_ms * 1e-3) / bw, bytes / bw * 1e6, 1.0);
+                        100 * bytes / (base_ms * 1e-3) / bw, bytes / bw * 1e6, base_read_us, 1.0);
             results.push_back({{"shape", sn}, {"batch", B}, {"context", ctx}, {"kv", "fp16"},
-                               {"bytes", bytes}, {"ms", base_ms}});
+                               {"bytes", bytes}, {"ms", base_ms}, {"read_ms", base_read_us * 1e-3}});
             if (latency) {
               const Latency l = measure_latency([&] { base.decode(dq.get(), dout.get()); }, reps);
               print_latency("fp16", base_ms * 1e3, l);
@@ -258,13 +269,13 @@ int main(int argc, char** argv) {
               const ScopedEnv env(base_ab_name, val);
               const std::string label = "fp16 [" + base_ab_name + "=" + val + "]";
               const double ms = cuda::time_device_ms([&] { base.decode(dq.get(), dout.get()); }, 3, reps, before);
-              std::printf("%-10s %5d %7d %-16s %9.1f %9.1f %8.0f %6.0f%% %8.1f %7.2fx\n", sn.c_str(), B, ctx,
-                          label.c_str(), bytes / 1e6, ms * 1e3, bytes / (ms * 1e-3) / 1e9,
-                          100 * bytes / (ms * 1e-3) / bw, bytes / bw * 1e6, base_ms / ms);
+              std::printf("%-10s %5d %7d %-16s %9.1f %9.1f %8.0f %6.0f%% %8.1f %8.1f %7.2fx\n", sn.c_str(), B,
+                          ctx, label.c_str(), bytes / 1e6, ms * 1e3, bytes / (ms * 1e-3) / 1e9,
+                          100 * bytes / (ms * 1e-3) / bw, bytes / bw * 1e6, base_read_us, base_ms / ms);
               std::fflush(stdout);
               results.push_back({{"shape", sn}, {"batch", B}, {"context", ctx}, {"kv", "fp16"},
                                  {"variant", base_ab_name + "=" + val}, {"bytes", bytes}, {"ms", ms},
-                                 {"speedup", base_ms / ms}});
+                                 {"speedup", base_ms / ms}, {"read_ms", base_read_us * 1e-3}});
               if (latency) {
                 const Latency l = measure_latency([&] { base.decode(dq.get(), dout.get()); }, reps);
                 print_latency(label, ms * 1e3, l);
@@ -296,6 +307,7 @@ int main(int argc, char** argv) {
                 cache->append(b, static_cast<float*>(kbuf.get()), static_cast<float*>(vbuf.get()), n, dim, {});
               }
             cache->prepare(slots);
+            const double cache_read_us = read_us(cache->decode_bytes());
             for (const std::string& val : ab_values) {
               std::string label = spec_text;
               if (!ab_name.empty()) {
@@ -305,12 +317,13 @@ int main(int argc, char** argv) {
               const double ms =
                   cuda::time_device_ms([&] { cache->decode(dq.get(), dout.get(), false, nullptr); }, 3, reps, before);
               const double bytes = cache->decode_bytes();
-              std::printf("%-10s %5d %7d %-16s %9.1f %9.1f %8.0f %6.0f%% %8.1f %7.2fx\n", sn.c_str(), B, ctx,
-                          label.c_str(), bytes / 1e6, ms * 1e3, bytes / (ms * 1e-3) / 1e9,
-                          100 * bytes / (ms * 1e-3) / bw, bytes / bw * 1e6, base_ms / ms);
+              std::printf("%-10s %5d %7d %-16s %9.1f %9.1f %8.0f %6.0f%% %8.1f %8.1f %7.2fx\n", sn.c_str(), B,
+                          ctx, label.c_str(), bytes / 1e6, ms * 1e3, bytes / (ms * 1e-3) / 1e9,
+                          100 * bytes / (ms * 1e-3) / bw, bytes / bw * 1e6, cache_read_us, base_ms / ms);
               std::fflush(stdout);
-              nlohmann::json row = {{"shape", sn}, {"batch", B},   {"context", ctx},          {"kv", kc->describe()},
-                                    {"bytes", bytes}, {"ms", ms}, {"speedup", base_ms / ms}};
+              nlohmann::json row = {{"shape", sn},    {"batch", B}, {"context", ctx},
+                                    {"kv", kc->describe()}, {"bytes", bytes}, {"ms", ms},
+                                    {"speedup", base_ms / ms}, {"read_ms", cache_read_us * 1e-3}};
               if (!ab_name.empty()) row["variant"] = ab_name + "=" + val;
               if (latency) {
                 const Latency l =

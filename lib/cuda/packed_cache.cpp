@@ -710,6 +710,23 @@ void L2Scrubber::operator()() const {
   KVQ_CUDA_CHECK(kern::kv_l2_scrub(buf_.get(), bytes_, sink, nullptr));
 }
 
+void ReadProbe::reserve(size_t bytes) {
+  if (bytes <= cap_) return;
+  buf_.reset();
+  cap_ = 0;
+  buf_ = device_alloc(bytes + 16, "the read probe");
+  KVQ_CUDA_CHECK(cudaMemset(buf_.get(), 0, bytes + 16));
+  cap_ = bytes;
+}
+
+void ReadProbe::read(size_t bytes) const {
+  if (bytes > cap_)
+    throw InvalidArgument("ReadProbe", "read of " + std::to_string(bytes) + " bytes, reserved " +
+                          std::to_string(cap_), "call reserve() first");
+  unsigned* sink = reinterpret_cast<unsigned*>(static_cast<char*>(buf_.get()) + cap_);
+  KVQ_CUDA_CHECK(kern::kv_l2_scrub(buf_.get(), bytes / 16 * 16, sink, nullptr));
+}
+
 double time_device_ms(const std::function<void()>& fn, int warmup, int reps,
                       const std::function<void()>& before) {
   for (int i = 0; i < warmup; ++i) fn();

@@ -141,6 +141,21 @@ class L2Scrubber {
   size_t bytes_ = 0;
 };
 
+// A measured floor for reading a byte count, set beside a decode that reads as many: one
+// streaming read (kern::kv_l2_scrub over a zeroed buffer: a 16-byte load per thread, nothing
+// written), timed like the decode (same L2 state, same events). Bytes over the copy bandwidth
+// leave out a launch's ramp and tail, which are most of a batch-1 decode at 32K tokens.
+class ReadProbe {
+ public:
+  void reserve(size_t bytes);     // grows the buffer (allocates and zeroes: outside timing)
+  void read(size_t bytes) const;  // the first `bytes` (rounded down to 16) of the buffer
+  size_t capacity() const { return cap_; }
+
+ private:
+  DeviceMemory buf_;
+  size_t cap_ = 0;
+};
+
 // Median over `reps` timed runs (device events) after `warmup` runs, in milliseconds.
 // `before`, when given, runs before each timed run, outside the events (an L2Scrubber).
 double time_device_ms(const std::function<void()>& fn, int warmup, int reps,
