@@ -29,6 +29,10 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#if defined(KVQ_KV_TRACE) && KVQ_KV_TRACE
+#include <cstdio>
+#include <vector>
+#endif
 
 #include "kernels/common.cuh"
 #include "kernels/decode_chunk.cuh"
@@ -55,6 +59,52 @@ namespace {
 // The lane's key columns (head, group, q sum, score row) are computed once per block
 // (the v3 SASS spent 5 of its 8.6 instructions per key element rebuilding them per tile).
 constexpr int kS = 256;  // tokens per stage
+
+// ---- KVQ_KV_TRACE=1 (a compile-time switch for device builds only; h71, session 8) ----
+// A timeline of every block of the streaming kernel and of the combine, read from %globaltimer
+// (ns, one clock for all SMs): per block of the attention grid, thread 0 stores the time at
+// entry, after the q set-up, when stage 0's keys have landed, at the end of every stage, before
+// and after the partial writes, and its %smid; per combine block, entry, after
+// griddepcontrol.wait, end. Slots of kTraceCalls calls (a host counter modulo) in a __device__
+// buffer, written to the file $KVQ_KV_TRACE_OUT (default kv_trace.bin) at process exit
+// (trace_dump(): layout there). Without the macro nothing of this is compiled: the default
+// build's PTX is unchanged (checked with nvcc -ptx against the file before it).
+#ifndef KVQ_KV_TRACE
+#define KVQ_KV_TRACE 0
+#endif
+#if KVQ_KV_TRACE
+constexpr int kTraceCalls = 32, kTraceBlocks = 1024, kTraceEv = 64, kTraceHeads = 256;
+constexpr int kTraceStages = kTraceEv - 8;  // event 8 + j: end of stage j
+__device__ unsigned long long g_trace[kTraceCalls][kTraceBlocks][kTraceEv];
+__device__ unsigned long long g_ctrace[kTraceCalls][kTraceHeads][4];
+__device__ __forceinline__ unsigned long long gtime() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+__device__ __forceinline__ unsigned smid() {
+  unsigned s;
+  asm volatile("mov.u32 %0, %%smid;" : "=r"(s));
+  return s;
+}
+// This block's event row (nullptr: not traced, i.e. not thread 0 or past kTraceBlocks).
+__device__ __forceinline__ unsigned long long* trace_row(int slot) {
+  const unsigned b = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+  return threadIdx.x == 0 && b < kTraceBlocks ? g_trace[slot][b] : nullptr;
+}
+#define KVQ_TRACE_PARAM , int trace_slot
+#define KVQ_TRACE_ARG , trace_slot
+#define KVQ_TRACE_AT(ev) \
+  do {                   \
+    if (trow) trow[ev] = gtime(); \
+  } while (0)
+#else
+#define KVQ_TRACE_PARAM
+#define KVQ_TRACE_ARG
+#define KVQ_TRACE_AT(ev) \
+  do {                   \
+  } while (0)
+#endif
 
 __device__ __forceinline__ void cp_async4(uint32_t dst, const void* src) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(dst), "l"(src) : "memory");
@@ -280,7 +330,7 @@ template <int BITS, int NTK, int NTV, bool KONE, int GM, bool KCH, int NGVT = 0,
           int OPT = 3>
 __global__ void __launch_bounds__(kT, stream_min_blocks(NTK, NTV, KS, BITS))
 stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int splits, float* part_o,
-              float* part_ml) {
+              float* part_ml KVQ_TRACE_PARAM) {
   constexpr int NP = 16 / BITS;   // fp16 pairs per code word
   constexpr int NWK = BITS;       // words per 32-code key block (a lane's share of a key row)
   constexpr int NWV = BITS / 2;   // words per 16-channel value run
@@ -324,6 +374,13 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
   constexpr bool WS = (OPT & 64) != 0;
   static_assert(!WS || (KONE && !KCH && NTV == 1), "WS: the per-token one-n-tile builds");
   extern __shared__ __align__(16) float sm[];
+#if KVQ_KV_TRACE
+  unsigned long long* const trow = trace_row(trace_slot);
+  if (trow) {
+    trow[0] = gtime();
+    trow[1] = smid();
+  }
+#endif
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   // Lets the combine, launched with programmatic stream serialization (the default, combine()
   // below), be scheduled while this grid runs; it still waits for this grid's completion and
@@ -362,6 +419,12 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
       part_ml[((head0 + threadIdx.x) * splits + s) * 2] = -INFINITY;
       part_ml[((head0 + threadIdx.x) * splits + s) * 2 + 1] = 0.f;
     }
+#if KVQ_KV_TRACE
+    if (trow) {
+      trow[5] = gtime();
+      trow[6] = 0;  // no stage
+    }
+#endif
     return;
   }
   const int64_t sh = static_cast<int64_t>(a.slot[r]) * K.kv_heads + kvh;
@@ -428,6 +491,15 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
   cp_async_commit();
   issue_b(0);
   cp_async_commit();
+  // PRE (OPT bit 8; KVQ_KV_PRE=1, h71, session 8): stage 1's keys and meta (group A_1) issued
+  // here, before the q set-up, instead of at the top of stage 0 (after it): the commit groups
+  // are the same (the stage loop commits none at j = 0), only A_1 leaves earlier. Buffer 1 of
+  // the key stages is not touched by the q set-up.
+  constexpr bool PRE = (OPT & 256) != 0;
+  if constexpr (PRE) {
+    if (nsub > 1) issue_a(1);
+    cp_async_commit();
+  }
 
   // q staged in sc (free until the first key pass), per-column sums, B fragments.
   const uint16_t* q = static_cast<const uint16_t*>(a.q) + head0 * kD;  // [G][kD] fp16 bits
@@ -483,6 +555,7 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
   uint32_t bq[NTK][8][2];
   key_q_fragments<BITS>(qf, NCK, NGK, K.group, gid, t4, bq);
   __syncthreads();  // qsum written; qf (sc) read no more
+  KVQ_TRACE_AT(2);
   // The lane's key columns, once per block.
   const bool ksym = K.format == KvFormat::kTokenSym;
   const float koffv = static_cast<float>(1 << (BITS - 1));
@@ -529,10 +602,19 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
   for (int j = 0; j < nsub; ++j) {
     const int cnt = min(KS, end - begin - j * KS);
     const int ntiles = (cnt + 15) / 16;
-    if (j + 1 < nsub) issue_a(j + 1);
-    cp_async_commit();
+    if (!PRE || j > 0) {
+      if (j + 1 < nsub) issue_a(j + 1);
+      cp_async_commit();
+    }
     cp_async_wait<2>();  // stage j's keys and value meta (group A_j) have landed
     __syncthreads();
+#if KVQ_KV_TRACE
+    if (j == 0 && trow) {
+      trow[3] = gtime();
+      trow[6] = nsub;
+      trow[7] = begin;
+    }
+#endif
 
     // ---- Keys: scores of the stage on the tensor cores. ----
     if constexpr (KCH) {
@@ -1152,6 +1234,9 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
 #pragma unroll
     for (int grp = 0; grp < VA; ++grp) pw_run[grp] = pwn[grp];
     __syncthreads();  // value codes, scores and weights of stage j read by every warp
+#if KVQ_KV_TRACE
+    if (trow && j < kTraceStages) trow[8 + j] = gtime();
+#endif
     if (j + 1 < nsub) issue_b(j + 1);
     cp_async_commit();
   }
@@ -1198,6 +1283,7 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
       rbuf[w2 * 40 + 32 + g] = mw == -INFINITY ? 0.f : expf(mw - M);
     }
     __syncthreads();
+    KVQ_TRACE_AT(4);
     for (int i = threadIdx.x; i < G * kD; i += kT) {
       const int g = i / kD, d = i % kD;
       float v = 0.f, wsum = 0.f, zs = 0.f;
@@ -1250,6 +1336,7 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
     wrun[c] *= 1.f / sel8(pw_run, KONE ? 0 : c % NGV);  // a power of two: exact
   }
   __syncthreads();
+  KVQ_TRACE_AT(4);
   for (int i = threadIdx.x; i < G * kD; i += kT) {
     const int g = i / kD, d = i % kD;
     float v = 0.f;
@@ -1264,6 +1351,7 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
     part_ml[((head0 + threadIdx.x) * splits + s) * 2 + 1] = lrun[threadIdx.x];
   }
   }  // !WS
+  KVQ_TRACE_AT(5);
 }
 
 size_t stream_smem_bytes(int bits, int G, const PackedSide& k, int vmpr, int ncv, int ks) {
@@ -1282,10 +1370,137 @@ size_t stream_smem_bytes(int bits, int G, const PackedSide& k, int vmpr, int ncv
 // a 32K context). One block per (kv head, row); writes split s_tail of the partials. Keys
 // dequantized by the reference formula fma(c, s, z) (kv_layout.h), dot products and P V in
 // fp32 as in the CUDA-core kernels.
+// The tail runs after the attention grid, so its latency adds to every decode. Its rows
+// are staged into shared memory by cp.async, kTailRows tokens at a time, every load of a
+// chunk in flight at once: the version before read the key rows and then the value ring
+// straight from global memory in dependent rounds (a thread walked the R value rows, a few
+// loads in flight, once per head), ~35-40 us per decode at batch 1 with a cold L2 (KIVI-4
+// 4K: 58.6 us on llama2-7b, 54.9 on llama3-8b, against int4's 23.6 / 16.3; H100 2026-11-23,
+// 441b43c). The arithmetic and its order are unchanged: each token's dot product in channel
+// order, each output channel's sum in token order, per head.
 // GT >= G: the heads a thread's dot products cover (2 for the G <= 2 builds, 4 for KG).
+constexpr int kTailRows = 128;  // tokens per staged chunk: 32 KB of fp16 rows
+
+size_t kivi_tail_smem_bytes(int G, int gt, int cap) {
+  return (static_cast<size_t>(G) * (kD + cap) + 2 * gt) * sizeof(float) + static_cast<size_t>(kTailRows) * kD * 2;
+}
+
 template <int BITS, int GT>
 __global__ void __launch_bounds__(kT) kivi_tail_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int splits,
                                                        int s_tail, float* part_o, float* part_ml) {
+  extern __shared__ __align__(16) float tsm[];
+  const int kvh = blockIdx.x, r = blockIdx.y;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int G = a.n_heads / K.kv_heads, cap = K.resid_cap;
+  const int len = a.len[r];
+  const int v0 = max(0, len - cap), kq = len / cap * cap, n = len - v0;
+  const int64_t sh = static_cast<int64_t>(a.slot[r]) * K.kv_heads + kvh;
+  const int64_t head0 = static_cast<int64_t>(r) * a.n_heads + kvh * G;
+  float* qs = tsm;            // [G][kD]
+  float* ps = qs + G * kD;    // [G][cap] scores, then p
+  float* st = ps + G * cap;   // [G][2] (max, sum); 2 GT floats keep `rows` 16-byte aligned
+  uint4* rows = reinterpret_cast<uint4*>(st + 2 * GT);  // [kTailRows][16]: a key row, its codes, or a value row
+  const uint32_t rows_s = smem_addr(rows);
+  const uint16_t* q = static_cast<const uint16_t*>(a.q) + head0 * kD;
+  for (int i = threadIdx.x; i < G * kD; i += kT) qs[i] = h2f(q[i]);
+  // Scores, one token per thread per chunk (kT == kTailRows): the token's fp16 key row
+  // (j >= kq) or its 4 BITS code words (j < kq) staged first.
+  for (int c = 0; c < n; c += kTailRows) {
+    const int m = min(kTailRows, n - c);
+    for (int i = threadIdx.x; i < m * 16; i += kT) {
+      const int w = i & 15, j = v0 + c + (i >> 4);
+      if (j >= kq)
+        cp_async16(rows_s + 16 * i, K.resid + (sh * cap + j % cap) * kD + 8 * w, 16);
+      else if (w < BITS)
+        cp_async16(rows_s + 16 * i, K.codes + (sh * K.max_tokens + j) * (4 * BITS) + 4 * w, 16);
+    }
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    const int t = c + static_cast<int>(threadIdx.x);
+    if (t < n) {
+      const int j = v0 + t;
+      const uint4* row = rows + threadIdx.x * 16;
+      float dot[GT];
+#pragma unroll
+      for (int g = 0; g < GT; ++g) dot[g] = 0.f;
+      if (j >= kq) {
+#pragma unroll 4
+        for (int d = 0; d < kD; d += 8) {
+          const uint4 u = row[d / 8];
+          const uint32_t wv[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+          for (int e = 0; e < 8; ++e) {
+            const float kv = h2f(static_cast<uint16_t>(wv[e >> 1] >> (16 * (e & 1))));
+            dot[0] = fmaf(qs[d + e], kv, dot[0]);
+#pragma unroll
+            for (int g = 1; g < GT; ++g)
+              if (G > g) dot[g] = fmaf(qs[g * kD + d + e], kv, dot[g]);
+          }
+        }
+      } else {
+        const uint32_t* cw = reinterpret_cast<const uint32_t*>(row);
+        const uint16_t* cm = K.cmeta + (sh * (K.max_tokens / K.group) + j / K.group) * kD * 2;
+#pragma unroll 2
+        for (int wi = 0; wi < 4 * BITS; ++wi) {
+          const uint32_t word = cw[wi];
+#pragma unroll
+          for (int e = 0; e < 32 / BITS; ++e) {
+            const int d = wi * (32 / BITS) + e;  // code d of the row (kv_layout.h bit stream)
+            const uint32_t code = (word >> (BITS * e)) & ((1u << BITS) - 1u);
+            const float kv = kvlayout::dequantize_asym(code, h2f(cm[2 * d]), h2f(cm[2 * d + 1]));
+            dot[0] = fmaf(qs[d], kv, dot[0]);
+#pragma unroll
+            for (int g = 1; g < GT; ++g)
+              if (G > g) dot[g] = fmaf(qs[g * kD + d], kv, dot[g]);
+          }
+        }
+      }
+      ps[t] = dot[0] * a.scale;
+#pragma unroll
+      for (int g = 1; g < GT; ++g)
+        if (G > g) ps[g * cap + t] = dot[g] * a.scale;
+    }
+    __syncthreads();  // the chunk's rows are read before the next chunk overwrites them
+  }
+  chunk_softmax<kW, false>(ps, cap, n, G, warp, lane, st);
+  __syncthreads();
+  // P V: one channel per thread (kT == kD), the value rows staged per chunk, every head's sum
+  // in token order.
+  const int d = threadIdx.x;
+  const uint16_t* vrows = reinterpret_cast<const uint16_t*>(rows);
+  float o[GT];
+#pragma unroll
+  for (int g = 0; g < GT; ++g) o[g] = 0.f;
+  for (int c = 0; c < n; c += kTailRows) {
+    const int m = min(kTailRows, n - c);
+    for (int i = threadIdx.x; i < m * 16; i += kT)
+      cp_async16(rows_s + 16 * i, V.resid + (sh * cap + (v0 + c + (i >> 4)) % cap) * kD + 8 * (i & 15), 16);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+#pragma unroll 8
+    for (int t = 0; t < m; ++t) {
+      const float vv = h2f(vrows[t * kD + d]);
+#pragma unroll
+      for (int g = 0; g < GT; ++g)
+        if (G > g) o[g] = fmaf(ps[g * cap + c + t], vv, o[g]);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int g = 0; g < GT; ++g)
+    if (G > g) part_o[((head0 + g) * splits + s_tail) * kD + d] = o[g];
+  if (threadIdx.x < G) {
+    part_ml[((head0 + threadIdx.x) * splits + s_tail) * 2] = st[2 * threadIdx.x];
+    part_ml[((head0 + threadIdx.x) * splits + s_tail) * 2 + 1] = st[2 * threadIdx.x + 1];
+  }
+}
+// The tail kernel before session 8 (global loads in dependent rounds), kept for one A/B in one
+// process (KVQ_KV_TAIL=old, read per call); to be removed once measured.
+template <int BITS, int GT>
+__global__ void __launch_bounds__(kT) kivi_tail_old_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int splits,
+                                                           int s_tail, float* part_o, float* part_ml) {
   extern __shared__ __align__(16) float tsm[];
   const int kvh = blockIdx.x, r = blockIdx.y;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -1362,7 +1577,7 @@ __global__ void __launch_bounds__(kT) kivi_tail_kernel(PackedSide K, PackedSide 
     part_ml[((head0 + threadIdx.x) * splits + s_tail) * 2 + 1] = st[2 * threadIdx.x + 1];
   }
 }
-static_assert(kT == kD, "kivi_tail_kernel: one thread per channel");
+static_assert(kT == kD && kT == kTailRows, "kivi_tail_kernel: one thread per channel, one token per thread per chunk");
 
 // Split-K combine for the streaming kernel's partials (same layout and formula as
 // splitk_combine_kernel in common.cuh: out = sum_s w_s o_s / sum_s w_s l_s, w_s = exp(m_s - m),
@@ -1376,15 +1591,26 @@ static_assert(kT == kD, "kivi_tail_kernel: one thread per channel");
 // thread keeps several loads in flight and walks splits / 4 of them.
 constexpr int kCT = 4 * kD;  // combine threads: 4 split phases x 128 channels
 __global__ void __launch_bounds__(kCT) stream_combine_kernel(const float* part_o, const float* part_ml,
-                                                             __half* out, int n_heads, int splits) {
+                                                             __half* out, int n_heads, int splits KVQ_TRACE_PARAM) {
   extern __shared__ float cw[];  // [splits] weights, then [4][kD] partial sums
   __shared__ float red[kCT / 32];
   __shared__ float mtot, ltot;
+#if KVQ_KV_TRACE
+  const unsigned tb = blockIdx.x + gridDim.x * blockIdx.y;
+  unsigned long long* const crow = threadIdx.x == 0 && tb < kTraceHeads ? g_ctrace[trace_slot][tb] : nullptr;
+  if (crow) {
+    crow[0] = gtime();
+    crow[3] = smid();
+  }
+#endif
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   // Launched early (programmatic stream serialization, combine() below): wait until the
   // producing grid has finished and its partials are visible (at once when launched the
   // ordinary way).
   asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+#if KVQ_KV_TRACE
+  if (crow) crow[1] = gtime();
 #endif
   const int h = blockIdx.x, r = blockIdx.y;
   const int64_t head = static_cast<int64_t>(r) * n_heads + h;
@@ -1430,6 +1656,15 @@ __global__ void __launch_bounds__(kCT) stream_combine_kernel(const float* part_o
     const float v = ((ps[d] + ps[kD + d]) + (ps[2 * kD + d] + ps[3 * kD + d])) / ltot;
     out[head * kD + d] = __float2half_rn(v);
   }
+#if KVQ_KV_TRACE
+  if (crow) crow[2] = gtime();
+#endif
+}
+
+// KVQ_KV_TAIL=old: KIVI's tail kernel before session 8 (read per call, for one A/B).
+bool kivi_tail_old() {
+  const char* e = std::getenv("KVQ_KV_TAIL");
+  return e != nullptr && std::strcmp(e, "old") == 0;
 }
 
 // KVQ_KV_COMBINE (read per call, for A/Bs in one process). Unset (or anything else): this
@@ -1460,7 +1695,7 @@ CombineMode combine_mode() {
 }
 
 cudaError_t combine(const float* part_o, const float* part_ml, void* out, int n_heads, int rows, int splits,
-                    cudaStream_t stream, CombineMode mode) {
+                    cudaStream_t stream, CombineMode mode KVQ_TRACE_PARAM) {
   if (mode == CombineMode::kShared) {
     splitk_combine_kernel<__half><<<dim3(n_heads, rows), 128, 0, stream>>>(part_o, part_ml, static_cast<__half*>(out),
                                                                           n_heads, kD, splits);
@@ -1474,9 +1709,9 @@ cudaError_t combine(const float* part_o, const float* part_ml, void* out, int n_
   }
   if (mode == CombineMode::kPdl && device_has_pdl())
     return launch_pdl(stream_combine_kernel, dim3(n_heads, rows), dim3(kCT), smem, stream, part_o, part_ml,
-                      static_cast<__half*>(out), n_heads, splits);
+                      static_cast<__half*>(out), n_heads, splits KVQ_TRACE_ARG);
   stream_combine_kernel<<<dim3(n_heads, rows), kCT, smem, stream>>>(part_o, part_ml, static_cast<__half*>(out),
-                                                                    n_heads, splits);
+                                                                    n_heads, splits KVQ_TRACE_ARG);
   return launch_status();
 }
 
@@ -1488,6 +1723,56 @@ cudaError_t combine(const float* part_o, const float* part_ml, void* out, int n_
 // The search walks max_len / ks candidates (512 at 128K) and runs twice per decode call
 // (default_stage_2bit and launch_stream), on the host before the first launch, i.e. inside
 // the decode's measured latency: its last answers are kept per thread (4 entries).
+#if KVQ_KV_TRACE
+// The trace's host side: one TraceMeta per traced call (int32 fields, in this order in the
+// file), the slot = call % kTraceCalls. trace_dump (at exit, registered after the CUDA runtime
+// has started, so it runs before the runtime's own teardown) writes the last kTraceCalls calls:
+// "KVQTRC01", int32 count, then per call its TraceMeta, min(grid blocks, kTraceBlocks) rows of
+// kTraceEv uint64 (0 entry ns, 1 smid, 2 after q set-up, 3 stage 0 landed, 4 before the partial
+// writes, 5 end, 6 stages, 7 first token, 8 + j end of stage j), then min(heads x rows,
+// kTraceHeads) combine rows of 4 uint64 (entry, after griddepcontrol.wait, end, smid).
+struct TraceMeta {
+  int32_t call, slot, gx, gy, gz, span, splits, ks, bits, g, heads, max_len;
+};
+std::vector<TraceMeta>& trace_log() {
+  static std::vector<TraceMeta> log;
+  return log;
+}
+void trace_dump() {
+  const std::vector<TraceMeta>& log = trace_log();
+  if (cudaDeviceSynchronize() != cudaSuccess) return;
+  const char* path = std::getenv("KVQ_KV_TRACE_OUT");
+  FILE* f = std::fopen(path != nullptr ? path : "kv_trace.bin", "wb");
+  if (f == nullptr) return;
+  const size_t first = log.size() > static_cast<size_t>(kTraceCalls) ? log.size() - kTraceCalls : 0;
+  const int32_t count = static_cast<int32_t>(log.size() - first);
+  std::fwrite("KVQTRC01", 1, 8, f);
+  std::fwrite(&count, sizeof count, 1, f);
+  std::vector<unsigned long long> buf;
+  for (size_t i = first; i < log.size(); ++i) {
+    const TraceMeta& m = log[i];
+    std::fwrite(&m, sizeof m, 1, f);
+    const size_t nb = std::min<size_t>(static_cast<size_t>(m.gx) * m.gy * m.gz, kTraceBlocks);
+    buf.resize(nb * kTraceEv);
+    cudaMemcpyFromSymbol(buf.data(), g_trace, buf.size() * 8, static_cast<size_t>(m.slot) * kTraceBlocks * kTraceEv * 8);
+    std::fwrite(buf.data(), 8, buf.size(), f);
+    const size_t nh = std::min<size_t>(static_cast<size_t>(m.heads), kTraceHeads);
+    buf.resize(nh * 4);
+    cudaMemcpyFromSymbol(buf.data(), g_ctrace, buf.size() * 8, static_cast<size_t>(m.slot) * kTraceHeads * 4 * 8);
+    std::fwrite(buf.data(), 8, buf.size(), f);
+  }
+  std::fclose(f);
+}
+int trace_next(TraceMeta m) {
+  std::vector<TraceMeta>& log = trace_log();
+  if (log.empty()) std::atexit(trace_dump);
+  m.call = static_cast<int32_t>(log.size());
+  m.slot = m.call % kTraceCalls;
+  log.push_back(m);
+  return m.slot;
+}
+#endif
+
 void stream_plan_search(int kv_heads, int rows, int max_len, int resident, int ks, int grain, int* span, int* splits);
 void stream_plan(int kv_heads, int rows, int max_len, int resident, int ks, int* span, int* splits, int grain = 0) {
   if (grain <= 0 || ks % grain != 0) grain = ks;
@@ -1575,15 +1860,32 @@ cudaError_t launch_stream(const PackedSide& k, const PackedSide& v, const Packed
               KCH ? KS : span_grain(KS));
   // KIVI: one more split, the tail kernel's (the last R tokens of each row).
   const int total = KCH ? splits + 1 : splits;
-  kernel<<<dim3(splits, k.kv_heads, a.rows), kT, smem, stream>>>(k, v, a, span, total, part_o, part_ml);
+#if KVQ_KV_TRACE
+  const int trace_slot =
+      trace_next({0, 0, splits, k.kv_heads, a.rows, span, total, KS, BITS, G, a.n_heads * a.rows, max_len});
+#endif
+  kernel<<<dim3(splits, k.kv_heads, a.rows), kT, smem, stream>>>(k, v, a, span, total, part_o, part_ml KVQ_TRACE_ARG);
   if ((e = launch_status()) != cudaSuccess) return e;
   if constexpr (KCH) {
-    const size_t tsmem = (static_cast<size_t>(G) * (kD + k.resid_cap) + 2 * G) * sizeof(float);
-    kivi_tail_kernel<BITS, (GM > 2 ? 4 : 2)><<<dim3(k.kv_heads, a.rows), kT, tsmem, stream>>>(k, v, a, total, splits,
-                                                                                          part_o, part_ml);
+    constexpr int GT = GM > 2 ? 4 : 2;
+    auto* tail = kivi_tail_kernel<BITS, GT>;
+    const size_t tsmem = kivi_tail_smem_bytes(G, GT, k.resid_cap);  // > 48 KB from R ~ 2,700 (G = 4)
+    static size_t tail_smem = 0;
+    if (tsmem > 48 * 1024 && tsmem > tail_smem) {
+      if ((e = cudaFuncSetAttribute(tail, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(tsmem))) !=
+          cudaSuccess)
+        return e;
+      tail_smem = tsmem;
+    }
+    if (kivi_tail_old())
+      kivi_tail_old_kernel<BITS, GT><<<dim3(k.kv_heads, a.rows), kT,
+                                       (static_cast<size_t>(G) * (kD + k.resid_cap) + 2 * G) * sizeof(float), stream>>>(
+          k, v, a, total, splits, part_o, part_ml);
+    else
+      tail<<<dim3(k.kv_heads, a.rows), kT, tsmem, stream>>>(k, v, a, total, splits, part_o, part_ml);
     if ((e = launch_status()) != cudaSuccess) return e;
   }
-  return combine(part_o, part_ml, a.out, a.n_heads, a.rows, total, stream, combine_mode());
+  return combine(part_o, part_ml, a.out, a.n_heads, a.rows, total, stream, combine_mode() KVQ_TRACE_ARG);
 }
 
 // The folded conversion (stream_kernel's FOLD) unless KVQ_KV_FOLD=0; the unfolded builds exist
@@ -1647,6 +1949,13 @@ bool warp_softmax() {
   const char* e = std::getenv("KVQ_KV_WSM");
   return e == nullptr || std::strcmp(e, "0") != 0;
 }
+// KVQ_KV_PRE (read per call; h71, session 8): "1", the 256-token per-token builds of the default
+// key pass (KVQ_KV_ILP=3) at G = 1 and G <= 4 issue stage 1's keys and meta before the q set-up
+// (stream_kernel's PRE); unset or anything else: at the top of stage 0 (the build before).
+bool prefetch_two() {
+  const char* e = std::getenv("KVQ_KV_PRE");
+  return e != nullptr && std::strcmp(e, "1") == 0;
+}
 // Default: 384-token stages where blocks are long (>= 48 stages of 256 tokens in the 256-token
 // plan at 4 blocks per SM), else 256. Measured (H100, 2026-11-23, notes/s5/results-h41.md, int2,
 // one process, same caches): llama2-7b batch 8 (64-256 stages per block) 384 is 7-10% faster
@@ -1675,6 +1984,11 @@ cudaError_t launch_token(const PackedSide& k, const PackedSide& v, const PackedD
     // KVQ_KV_ILP (read per call, default 3): two mma chains per key tile (OPT bit 5) and the
     // key tile loop unrolled by two (bit 4); 2: the chains only; 0: neither.
     const int ilp = key_ilp();
+    if (ilp == 3 && prefetch_two()) {  // KVQ_KV_PRE=1: stage 1's keys before the q set-up (PRE)
+      if constexpr (GM == 4)
+        if (warp_softmax()) return launch_stream<BITS, 1, 1, true, GM, false, 0, true, KS, O | 112 | 256>(k, v, a, max_len, sm_count, o, ml, stream);
+      return launch_stream<BITS, 1, 1, true, GM, false, 0, true, KS, O | 48 | 256>(k, v, a, max_len, sm_count, o, ml, stream);
+    }
     if (ilp == 2) return launch_stream<BITS, 1, 1, true, GM, false, 0, true, KS, O | 32>(k, v, a, max_len, sm_count, o, ml, stream);
     if (ilp == 3) {
       // G <= 4: the per-warp softmax (OPT bit 6) on this key pass unless KVQ_KV_WSM=0.
