@@ -1370,14 +1370,18 @@ size_t stream_smem_bytes(int bits, int G, const PackedSide& k, int vmpr, int ncv
 // a 32K context). One block per (kv head, row); writes split s_tail of the partials. Keys
 // dequantized by the reference formula fma(c, s, z) (kv_layout.h), dot products and P V in
 // fp32 as in the CUDA-core kernels.
-// The tail runs after the attention grid, so its latency adds to every decode. Its rows
-// are staged into shared memory by cp.async, kTailRows tokens at a time, every load of a
-// chunk in flight at once: the version before read the key rows and then the value ring
-// straight from global memory in dependent rounds (a thread walked the R value rows, a few
-// loads in flight, once per head), ~35-40 us per decode at batch 1 with a cold L2 (KIVI-4
-// 4K: 58.6 us on llama2-7b, 54.9 on llama3-8b, against int4's 23.6 / 16.3; H100 2026-11-23,
-// 441b43c). The arithmetic and its order are unchanged: each token's dot product in channel
-// order, each output channel's sum in token order, per head.
+// The tail runs after the attention grid, so its latency adds to every decode. This build
+// (KVQ_KV_TAIL=staged, opt-in) stages its rows into shared memory by cp.async, kTailRows
+// tokens at a time, every load of a chunk in flight at once; the default (kivi_tail_kernel
+// below) reads the key rows and then the value ring straight from global memory in dependent
+// rounds (a thread walks the R value rows a few loads at a time, once per head): KIVI-4 at
+// 4K, batch 1, cold L2 took 58.6 us on llama2-7b and 54.9 on llama3-8b against int4's 23.6 /
+// 16.3 (H100 2026-11-23, 441b43c), most of it, by this count, in the tail. The arithmetic and
+// its order are the same in both: each token's dot product in channel order, each output
+// channel's sum in token order, per head. Written in session 8, which had no GPU after its
+// first call: compiled, never run. Make it the default once its parity case (tests/gpu/
+// kv_packed_test.cpp, KVQ_KV_TAIL=staged) passes and an A/B (kvq-kvbench --ab
+// KVQ_KV_TAIL=default,staged) shows it faster.
 // GT >= G: the heads a thread's dot products cover (2 for the G <= 2 builds, 4 for KG).
 constexpr int kTailRows = 128;  // tokens per staged chunk: 32 KB of fp16 rows
 
@@ -1386,8 +1390,8 @@ size_t kivi_tail_smem_bytes(int G, int gt, int cap) {
 }
 
 template <int BITS, int GT>
-__global__ void __launch_bounds__(kT) kivi_tail_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int splits,
-                                                       int s_tail, float* part_o, float* part_ml) {
+__global__ void __launch_bounds__(kT) kivi_tail_staged_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a,
+                                                              int splits, int s_tail, float* part_o, float* part_ml) {
   extern __shared__ __align__(16) float tsm[];
   const int kvh = blockIdx.x, r = blockIdx.y;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -1496,11 +1500,11 @@ __global__ void __launch_bounds__(kT) kivi_tail_kernel(PackedSide K, PackedSide 
     part_ml[((head0 + threadIdx.x) * splits + s_tail) * 2 + 1] = st[2 * threadIdx.x + 1];
   }
 }
-// The tail kernel before session 8 (global loads in dependent rounds), kept for one A/B in one
-// process (KVQ_KV_TAIL=old, read per call); to be removed once measured.
+// The default tail kernel: one token per thread for the scores, one channel per thread for
+// P V, operands read from global memory (the staged build above says what that costs).
 template <int BITS, int GT>
-__global__ void __launch_bounds__(kT) kivi_tail_old_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int splits,
-                                                           int s_tail, float* part_o, float* part_ml) {
+__global__ void __launch_bounds__(kT) kivi_tail_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int splits,
+                                                       int s_tail, float* part_o, float* part_ml) {
   extern __shared__ __align__(16) float tsm[];
   const int kvh = blockIdx.x, r = blockIdx.y;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -1661,10 +1665,11 @@ __global__ void __launch_bounds__(kCT) stream_combine_kernel(const float* part_o
 #endif
 }
 
-// KVQ_KV_TAIL=old: KIVI's tail kernel before session 8 (read per call, for one A/B).
-bool kivi_tail_old() {
+// KVQ_KV_TAIL=staged: KIVI's tail through kivi_tail_staged_kernel (opt-in, read per call;
+// not yet run on a GPU). Unset or any other value: kivi_tail_kernel.
+bool kivi_tail_staged() {
   const char* e = std::getenv("KVQ_KV_TAIL");
-  return e != nullptr && std::strcmp(e, "old") == 0;
+  return e != nullptr && std::strcmp(e, "staged") == 0;
 }
 
 // KVQ_KV_COMBINE (read per call, for A/Bs in one process). Unset (or anything else): this
@@ -1868,21 +1873,20 @@ cudaError_t launch_stream(const PackedSide& k, const PackedSide& v, const Packed
   if ((e = launch_status()) != cudaSuccess) return e;
   if constexpr (KCH) {
     constexpr int GT = GM > 2 ? 4 : 2;
-    auto* tail = kivi_tail_kernel<BITS, GT>;
-    const size_t tsmem = kivi_tail_smem_bytes(G, GT, k.resid_cap);  // > 48 KB from R ~ 2,700 (G = 4)
-    static size_t tail_smem = 0;
-    if (tsmem > 48 * 1024 && tsmem > tail_smem) {
+    const bool staged = kivi_tail_staged();
+    auto* tail = staged ? kivi_tail_staged_kernel<BITS, GT> : kivi_tail_kernel<BITS, GT>;
+    const size_t tsmem = staged ? kivi_tail_smem_bytes(G, GT, k.resid_cap)
+                                : (static_cast<size_t>(G) * (kD + k.resid_cap) + 2 * G) * sizeof(float);
+    // Above 48 KB (at G = 4: R > 2,944 for the default, R > 895 staged; kivi_fits allows R up
+    // to 4,096) the launch needs the opt-in attribute, once per kernel and size.
+    static size_t tail_smem[2] = {0, 0};
+    if (tsmem > 48 * 1024 && tsmem > tail_smem[staged]) {
       if ((e = cudaFuncSetAttribute(tail, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(tsmem))) !=
           cudaSuccess)
         return e;
-      tail_smem = tsmem;
+      tail_smem[staged] = tsmem;
     }
-    if (kivi_tail_old())
-      kivi_tail_old_kernel<BITS, GT><<<dim3(k.kv_heads, a.rows), kT,
-                                       (static_cast<size_t>(G) * (kD + k.resid_cap) + 2 * G) * sizeof(float), stream>>>(
-          k, v, a, total, splits, part_o, part_ml);
-    else
-      tail<<<dim3(k.kv_heads, a.rows), kT, tsmem, stream>>>(k, v, a, total, splits, part_o, part_ml);
+    tail<<<dim3(k.kv_heads, a.rows), kT, tsmem, stream>>>(k, v, a, total, splits, part_o, part_ml);
     if ((e = launch_status()) != cudaSuccess) return e;
   }
   return combine(part_o, part_ml, a.out, a.n_heads, a.rows, total, stream, combine_mode() KVQ_TRACE_ARG);

@@ -727,10 +727,25 @@ TEST_CASE("kv packed: KIVI on the tensor cores (G <= 2, head_dim 128) == simulat
   // group 16: value groups of 16 channels, so G = 1 takes two value n-tiles and G = 2 falls
   // back to the CUDA-core kernel (2 G * 8 > 16).
   run_all("kivi:bits=4,group=16,residual=32", "kivi:bits=4,group=16,residual=32", 917, nullptr, nullptr, shapes);
-  // R = 256: the tail kernel stages its rows 128 tokens at a time (kTailRows), so the 300-token
-  // row's 256-token tail (quantized keys 44..255, residual 256..299) takes two chunks.
-  run_all("kivi:bits=2,group=32,residual=256", "kivi:bits=2,group=32,residual=256", 943, nullptr, nullptr,
-          {Shape{3, 3, 128}});
+}
+
+// KIVI's tail kernels (kernels/kv_decode_stream.cu): the staged build (KVQ_KV_TAIL=staged,
+// opt-in: rows staged by cp.async in 128-token chunks) on the same cases and bound as the
+// default, G = 1, 2 and 4; R = 256 and 1,024 put the 300-token row's tail in two and three
+// chunks (R = 1,024 at G = 4 also needs more than 48 KB of shared memory: the launch's
+// opt-in attribute); and the default kernel at R = 4,096, G = 4 (67.6 KB, the same attribute).
+TEST_CASE("kv packed: KIVI tail kernels (staged build, long residuals) == simulated", "[gpu][kv]") {
+  const std::vector<Shape> shapes = {Shape{3, 3, 128}, Shape{2, 4, 128}, Shape{2, 8, 128}};  // G = 1, 2, 4
+  {
+    const EnvGuard env("KVQ_KV_TAIL", "staged");
+    run_all("kivi:bits=4", "kivi:bits=4", 943, nullptr, nullptr, shapes);
+    run_all("kivi:bits=2,group=32,residual=64", "kivi:bits=2,group=32,residual=64", 944, nullptr, nullptr, shapes);
+    run_all("kivi:bits=4,group=32,residual=256", "kivi:bits=4,group=32,residual=256", 945, nullptr, nullptr, shapes);
+    run_all("kivi:bits=2,group=32,residual=1024", "kivi:bits=2,group=32,residual=1024", 946, nullptr, nullptr,
+            {Shape{2, 8, 128}});
+  }
+  run_all("kivi:bits=4,group=32,residual=4096", "kivi:bits=4,group=32,residual=4096", 947, nullptr, nullptr,
+          {Shape{2, 8, 128}});
 }
 
 // KIVI on GQA (G = 3 and 4, KIVI's 32-channel value groups): the KG build of the tensor-core
@@ -748,8 +763,6 @@ TEST_CASE("kv packed: KIVI on the tensor cores at G = 3, 4 (32-channel value gro
   run_all("kivi:bits=2", "kivi:bits=2", 932, nullptr, nullptr, shapes);
   run_all("kivi:bits=2,group=32,residual=64", "kivi:bits=2,group=32,residual=64", 933, nullptr, nullptr, shapes);
   run_all("kivi:bits=4,group=32,residual=64", "kivi:bits=4,group=32,residual=64", 934, nullptr, nullptr, shapes);
-  run_all("kivi:bits=4,group=32,residual=256", "kivi:bits=4,group=32,residual=256", 944, nullptr, nullptr,
-          {Shape{2, 8, 128}});  // the tail in two 128-token chunks (kTailRows), G = 4
   {
     const EnvGuard env("KVQ_KV_KIVI", "0");
     run_all("kivi:bits=4", "kivi:bits=4", 935, nullptr, nullptr, {Shape{2, 8, 128}});
