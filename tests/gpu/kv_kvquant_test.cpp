@@ -99,7 +99,27 @@ struct Case {
   const codecs::CodecParams* vg = nullptr;
   bool outlier_channel = true;
   float qscale = 1.f;
+  // > 0: value rows with this many planted outlier channels per head (every hd / n-th channel
+  // from 5, x8), as kvq-kvbench plants 4: a warp step of tokens then holds its first value
+  // records in several channels (several groups for warp_channel_add). 0: make_rows.
+  int v_planted = 0;
 };
+
+// Rows as make_rows (N(0, 1), every third token on a 1/8 grid, token 2 constant) with n planted
+// outlier channels x8 per head (channels 5 + k hd / n).
+std::vector<float> make_rows_planted(std::mt19937_64& rng, int T, int dim, int hd, int n) {
+  std::normal_distribution<float> nd(0.f, 1.f);
+  std::vector<float> x(static_cast<size_t>(T) * dim);
+  for (int t = 0; t < T; ++t)
+    for (int c = 0; c < dim; ++c) {
+      float v = nd(rng);
+      if ((c % hd) % (hd / n) == 5) v *= 8.f;
+      if (t % 3 == 1) v = std::nearbyint(v * 8.f) / 8.f;
+      if (t == 2) v = 0.75f;
+      x[static_cast<size_t>(t) * dim + c] = v;
+    }
+  return x;
+}
 
 // Returns the worst error / tolerance over every output element. kernel: the
 // KVQ_KV_DECODE value, "kvq-fold2" or "kvq-foldm" (the bound adds the fold's fp16 terms
@@ -127,7 +147,8 @@ double run_case(const Case& c, uint64_t seed, const char* kernel) {
     int T = 0;
     for (int n : c.pieces[slot]) T += n;
     K[slot] = make_rows(rng, T, dim, kHd, c.outlier_channel);
-    V[slot] = make_rows(rng, T, dim, kHd, c.outlier_channel && slot != 1);
+    V[slot] = c.v_planted > 0 ? make_rows_planted(rng, T, dim, kHd, c.v_planted)
+                              : make_rows(rng, T, dim, kHd, c.outlier_channel && slot != 1);
     ck[slot] = kc->make_cache();
     cv[slot] = vc->make_cache();
     int pos = 0;
@@ -371,6 +392,48 @@ TEST_CASE("kv kvquant fold2/foldm kernels, KVQ_KVQ_KOUT=old: outliers, long slot
   long_cases("kvq-fold2");
 }
 
+namespace {
+
+// KVQ_KVQ_VSUM=gather (h72): the value-outlier corrections' shared channels summed by one gather
+// per warp step where it takes fewer shuffle levels (warp_channel_add's VG). Each channel's sum
+// has the same terms as the butterfly's in another fp32 order (inside the bound's fp32 terms), so
+// the same bound. Data for both of its branches: basic_cases' one x8 channel puts a warp step's
+// first records in one channel (one group: the butterfly branch), its 5% outliers and the long
+// slot (no planted channel) spread them (many small groups and singletons: gather); the planted
+// cases below put them in 2, 4 or 8 channels per head, as kvq-kvbench's data does (4).
+void planted_cases(const char* kernel) {
+  const uint64_t seed = kvq_test::test_seed(4204);
+  for (const std::string spec : {"kvquant:bits=4", "kvquant:bits=2,sink=1", "kvquant:bits=4,outliers=0.03"})
+    for (int planted : {2, 4, 8})
+      for (const auto& hs : std::vector<std::pair<int, int>>{{2, 2}, {2, 4}, {1, 3}, {1, 8}}) {
+        Case c;
+        c.spec = spec;
+        c.H = hs.first;
+        c.n_heads = hs.second;
+        c.v_planted = planted;
+        c.pieces = {{300, 1, 1, 211, 64}, {129}, {33, 1}};
+        report(c, seed, run_case(c, seed, kernel), kernel);
+      }
+}
+
+}  // namespace
+
+TEST_CASE("kv kvquant fold2/foldm kernels, KVQ_KVQ_VSUM=gather: value outliers in 1..8 channels == simulated",
+          "[gpu][kv][kvquant]") {
+  EnvGuard env("KVQ_KVQ_VSUM", "gather");
+  for (const char* kernel : {"kvq-foldm", "kvq-fold2"}) {
+    basic_cases(kernel);
+    planted_cases(kernel);
+  }
+  long_cases("kvq-foldm");
+}
+// The planted data under the default (bfly), so that a failure of the case above can be told
+// apart from a property of the data.
+TEST_CASE("kv kvquant fold2/foldm kernels: value outliers in 2..8 planted channels == simulated", "[gpu][kv][kvquant]") {
+  planted_cases("kvq-foldm");
+  planted_cases("kvq-fold2");
+}
+
 // h42's CUDA-core kernel (KVQ_KV_DECODE=kvq-fast) had its own three cases here, retired with it
 // after dfabb0b; h45's three-pass build (kvq-mma) three more and h47's one-pass build
 // (kvq-stream) four more (one with KVQ_KVQ_STREAM_SPLITS=1), retired in session 7.
@@ -403,7 +466,7 @@ TEST_CASE("kv kvquant kernel: the default where it fits; 3 bits, bf16, KVQ_KV_DE
 // and 4 bits; a forced build holds at every G; general keeps the general kernel. The name comes
 // from the function decode() itself resolves the build with (packed_cache.cpp,
 // resolve_kvquant_build). Also: KVQ_KVQ_KOUT accepts old / new / unset, anything else is an
-// InvalidArgument from decode() naming the value.
+// InvalidArgument from decode() naming the value; so does KVQ_KVQ_VSUM (bfly / gather / unset).
 TEST_CASE("kv kvquant kernel: default build is kvq-fold2 at G = 1, kvq-foldm at G > 1", "[gpu][kv][kvquant]") {
   RopeConfig rc;
   rc.theta = 10000.0;
@@ -455,6 +518,21 @@ TEST_CASE("kv kvquant kernel: default build is kvq-fold2 at G = 1, kvq-foldm at 
     } catch (const InvalidArgument& e) {
       threw = true;
       CHECK_THAT(std::string(e.what()), kvq_test::HasSubstr(std::string("KVQ_KVQ_KOUT=") + value));
+    }
+    CHECK(threw);
+  }
+  for (const char* value : {"bfly", "gather", "", static_cast<const char*>(nullptr)}) {
+    EnvGuard env("KVQ_KVQ_VSUM", value);
+    CHECK_NOTHROW(gpu.decode(dq, dout));
+  }
+  for (const char* value : {"GATHER", "warp", "1"}) {
+    EnvGuard env("KVQ_KVQ_VSUM", value);
+    bool threw = false;
+    try {
+      gpu.decode(dq, dout);
+    } catch (const InvalidArgument& e) {
+      threw = true;
+      CHECK_THAT(std::string(e.what()), kvq_test::HasSubstr(std::string("KVQ_KVQ_VSUM=") + value));
     }
     CHECK(threw);
   }
