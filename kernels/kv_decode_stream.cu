@@ -1841,6 +1841,24 @@ int span_grain(int ks) {
   return 64;
 }
 
+// KVQ_KV_LAST (read per call; h71, session 8; opt-in, not yet measured): "64", a plan whose
+// blocks end on a whole stage (span % KS == 0: MHA and llama3-8b int2 at 32K-128K, batch 1)
+// takes span + 64 tokens per block instead (splits = ceil(len / span), never more than before),
+// so every block's last stage is 64 tokens. Why (a count from the cold-L2 figures of session 8,
+// H100, 441b43c: time = a + b x stage rounds fits llama2-7b int4 b1 with b = 5.94 us per round,
+// the copy-bandwidth time of a round's 17.8 MB, and a = 22.3 us; int2 b = 4.36 us, a = 15.7
+// us): the blocks of a batch-1 grid all start together and walk the same stages, so they reach
+// their last stage together, and its compute (key and value passes of 4 blocks per SM, no
+// loads left to overlap; ~a round at int2) and its value codes' load latency (issued only after
+// the previous stage's value pass) are exposed in every decode. A 64-token last stage leaves
+// about a quarter of that, for ~3% more tokens in most blocks (bandwidth-bound: the same
+// bytes). Host only: the kernels are unchanged (a block's last stage could always be partial).
+// Unset or anything else: the plan as it is.
+bool short_last_stage() {
+  const char* e = std::getenv("KVQ_KV_LAST");
+  return e != nullptr && std::strcmp(e, "64") == 0;
+}
+
 template <int BITS, int NTK, int NTV, bool KONE, int GM, bool KCH = false, int NGVT = 0, bool FOLD = true,
           int KS = kS, int OPT = 3>
 cudaError_t launch_stream(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len,
@@ -1863,6 +1881,10 @@ cudaError_t launch_stream(const PackedSide& k, const PackedSide& v, const Packed
   int span = 0, splits = 0;
   stream_plan(k.kv_heads, a.rows, max_len, std::max(1, per_sm) * std::max(1, sm_count), KS, &span, &splits,
               KCH ? KS : span_grain(KS));
+  if (!KCH && span % KS == 0 && span > KS && short_last_stage()) {  // KVQ_KV_LAST=64 (opt-in)
+    span += 64;
+    splits = (max_len + span - 1) / span;
+  }
   // KIVI: one more split, the tail kernel's (the last R tokens of each row).
   const int total = KCH ? splits + 1 : splits;
 #if KVQ_KV_TRACE

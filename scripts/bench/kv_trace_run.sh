@@ -3,9 +3,11 @@
 # (kernels/kv_decode_stream.cu) spends its time, and the A/B of the cut prepared for it
 # (h71, session 8; written when no device was lent, so never run yet).
 #  1. builds kvq-kvbench and kvq_test_gpu (sm_90), runs the long-context parity case (it covers
-#     KVQ_KV_PRE=1 since 4300ce2: "kv packed: tensor-core decode over long contexts ...");
-#  2. one-process A/B of KVQ_KV_PRE=0,1 (stage 1's keys issued before the q set-up), batch 1
-#     32K / 64K / 128K both shapes, and one batch-8 128K row per shape (unchanged expected);
+#     KVQ_KV_PRE=1 and KVQ_KV_LAST=64: "kv packed: tensor-core decode over long contexts ...");
+#  2. one-process A/Bs of KVQ_KV_PRE=0,1 (stage 1's keys issued before the q set-up) and of
+#     KVQ_KV_LAST=0,64 (plans whose blocks end on a whole stage take 64 tokens more per block, so
+#     the last stage is short), batch 1 32K / 64K / 128K both shapes, and one batch-8 128K row
+#     per shape (unchanged expected for PRE; LAST changes b8 plans too);
 #  3. rebuilds kv_decode_stream.cu with `#define KVQ_KV_TRACE 1` (only that object and the link),
 #     times the same decodes with the trace build (perturbation: traced vs plain "us" column)
 #     and writes one kv_trace.bin per (shape, codec, context) (last 32 calls: 3 warm-ups + reps),
@@ -41,6 +43,11 @@ if [ "${KV_SKIP_AB:-0}" != 1 ]; then
     --ab KVQ_KV_PRE=0,1 --json "$L/ab_b1.json" 2>&1 | tee "$L/ab_b1.txt"
   timeout 120 /tmp/kvbench-plain --reps 10 --batch 8 --contexts 131072 --kv int4 --kv int2 \
     --ab KVQ_KV_PRE=0,1 --json "$L/ab_b8.json" 2>&1 | tee "$L/ab_b8.txt"
+  echo "== A/B KVQ_KV_LAST=0,64 =="
+  timeout 240 /tmp/kvbench-plain --reps "$REPS" --batch 1 --contexts 32768,65536,131072 --kv int4 --kv int2 \
+    --ab KVQ_KV_LAST=0,64 --json "$L/ab_last_b1.json" 2>&1 | tee "$L/ab_last_b1.txt"
+  timeout 120 /tmp/kvbench-plain --reps 10 --batch 8 --contexts 131072 --kv int4 --kv int2 \
+    --ab KVQ_KV_LAST=0,64 --json "$L/ab_last_b8.json" 2>&1 | tee "$L/ab_last_b8.txt"
 fi
 echo "== trace build =="
 t1=$(date +%s)

@@ -522,17 +522,23 @@ TEST_CASE("kv packed: tensor-core decode (int2/int4 per token, head_dim 128) == 
 // KVQ_KV_PRE (read per call; h71, session 8): "1", stage 1's keys issued before the q set-up
 // (stream_kernel's PRE, the 256-token G = 1 / G <= 4 builds): the int-b specs once more with
 // 64-token grains, so blocks of one partial stage (nsub = 1: nothing to issue early) and of
-// several both run it.
+// several both run it. KVQ_KV_LAST (h71): "64", plans whose blocks end on a whole stage take
+// 64 tokens more per block (fewer splits, every block's last stage 64 tokens; here MHA and int2
+// at G = 4 with 3 rows: 20 splits of 512 -> 18 of 576, by stream_plan's count for 132 SMs).
 TEST_CASE("kv packed: tensor-core decode over long contexts (several stages per block) == simulated",
           "[gpu][kv]") {
   LongCase lc;
   lc.on = true;
   lc.pieces = {{4000, 1, 2, 6000}, {129}, {7, 1, 1, 1}};
   const uint64_t seed = kvq_test::test_seed(912);
-  const std::pair<const char*, const char*> variants[] = {{"stage", "0"}, {"64", "0"}, {"64", "1"}};
-  for (const auto& [grain, pre] : variants) {
+  struct Variant {
+    const char *grain, *pre, *last;
+  };
+  const Variant variants[] = {{"stage", "0", "0"}, {"64", "0", "0"}, {"64", "1", "0"}, {"64", "0", "64"}};
+  for (const auto& [grain, pre, last] : variants) {
     const EnvGuard env("KVQ_KV_SPAN", grain);
     const EnvGuard env_pre("KVQ_KV_PRE", pre);
+    const EnvGuard env_last("KVQ_KV_LAST", last);
     for (const char* spec : {"int4", "int2", "kivi:bits=4", "kivi:bits=2"}) {
       const bool kivi = std::string(spec).rfind("kivi", 0) == 0;
       if (kivi && std::string(grain) != "stage") continue;
@@ -540,9 +546,9 @@ TEST_CASE("kv packed: tensor-core decode over long contexts (several stages per 
                                              : std::vector<Shape>{Shape{8, 8, 128}, Shape{8, 32, 128}};
       for (const Shape& s : shapes) {
         const Result r = run_case(spec, spec, s, seed, nullptr, nullptr, lc);
-        std::printf("kv packed long KVQ_KV_SPAN=%s KVQ_KV_PRE=%s %s, kv_heads %d, heads %d: bytes equal; decode max "
-                    "err %.3g (%.3f of tolerance), seed %llu\n",
-                    grain, pre, spec, s.H, s.n_heads, r.worst_err, r.worst_ratio, static_cast<unsigned long long>(seed));
+        std::printf("kv packed long KVQ_KV_SPAN=%s KVQ_KV_PRE=%s KVQ_KV_LAST=%s %s, kv_heads %d, heads %d: bytes "
+                    "equal; decode max err %.3g (%.3f of tolerance), seed %llu\n",
+                    grain, pre, last, spec, s.H, s.n_heads, r.worst_err, r.worst_ratio, static_cast<unsigned long long>(seed));
       }
     }
   }
