@@ -1383,6 +1383,45 @@ size_t stream_smem_bytes(int bits, int G, const PackedSide& k, int vmpr, int ncv
 // kv_packed_test.cpp, KVQ_KV_TAIL=staged) passes and an A/B (kvq-kvbench --ab
 // KVQ_KV_TAIL=default,staged) shows it faster.
 // GT >= G: the heads a thread's dot products cover (2 for the G <= 2 builds, 4 for KG).
+// A tail token's dot products with the G <= GT queries qs (fp32 [G][kD]), in channel order:
+// from its fp16 key row kr, or from its 4 BITS code words cw and its key group's (scale, zero)
+// halves cm by the reference formula. Both tail kernels (operands in global or shared memory).
+template <int GT>
+__device__ __forceinline__ void tail_dot_resid(float (&dot)[GT], const uint16_t* kr, const float* qs, int G) {
+#pragma unroll 4
+  for (int d = 0; d < kD; d += 8) {
+    const uint4 u = *reinterpret_cast<const uint4*>(kr + d);
+    const uint32_t wv[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const float kv = h2f(static_cast<uint16_t>(wv[e >> 1] >> (16 * (e & 1))));
+      dot[0] = fmaf(qs[d + e], kv, dot[0]);
+#pragma unroll
+      for (int g = 1; g < GT; ++g)
+        if (G > g) dot[g] = fmaf(qs[g * kD + d + e], kv, dot[g]);
+    }
+  }
+}
+
+template <int BITS, int GT>
+__device__ __forceinline__ void tail_dot_codes(float (&dot)[GT], const uint32_t* cw, const uint16_t* cm,
+                                               const float* qs, int G) {
+#pragma unroll 2
+  for (int wi = 0; wi < 4 * BITS; ++wi) {
+    const uint32_t word = cw[wi];
+#pragma unroll
+    for (int e = 0; e < 32 / BITS; ++e) {
+      const int d = wi * (32 / BITS) + e;  // code d of the row (kv_layout.h bit stream)
+      const uint32_t c = (word >> (BITS * e)) & ((1u << BITS) - 1u);
+      const float kv = kvlayout::dequantize_asym(c, h2f(cm[2 * d]), h2f(cm[2 * d + 1]));
+      dot[0] = fmaf(qs[d], kv, dot[0]);
+#pragma unroll
+      for (int g = 1; g < GT; ++g)
+        if (G > g) dot[g] = fmaf(qs[g * kD + d], kv, dot[g]);
+    }
+  }
+}
+
 constexpr int kTailRows = 128;  // tokens per staged chunk: 32 KB of fp16 rows
 
 size_t kivi_tail_smem_bytes(int G, int gt, int cap) {
@@ -1428,38 +1467,11 @@ __global__ void __launch_bounds__(kT) kivi_tail_staged_kernel(PackedSide K, Pack
       float dot[GT];
 #pragma unroll
       for (int g = 0; g < GT; ++g) dot[g] = 0.f;
-      if (j >= kq) {
-#pragma unroll 4
-        for (int d = 0; d < kD; d += 8) {
-          const uint4 u = row[d / 8];
-          const uint32_t wv[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-          for (int e = 0; e < 8; ++e) {
-            const float kv = h2f(static_cast<uint16_t>(wv[e >> 1] >> (16 * (e & 1))));
-            dot[0] = fmaf(qs[d + e], kv, dot[0]);
-#pragma unroll
-            for (int g = 1; g < GT; ++g)
-              if (G > g) dot[g] = fmaf(qs[g * kD + d + e], kv, dot[g]);
-          }
-        }
-      } else {
-        const uint32_t* cw = reinterpret_cast<const uint32_t*>(row);
-        const uint16_t* cm = K.cmeta + (sh * (K.max_tokens / K.group) + j / K.group) * kD * 2;
-#pragma unroll 2
-        for (int wi = 0; wi < 4 * BITS; ++wi) {
-          const uint32_t word = cw[wi];
-#pragma unroll
-          for (int e = 0; e < 32 / BITS; ++e) {
-            const int d = wi * (32 / BITS) + e;  // code d of the row (kv_layout.h bit stream)
-            const uint32_t code = (word >> (BITS * e)) & ((1u << BITS) - 1u);
-            const float kv = kvlayout::dequantize_asym(code, h2f(cm[2 * d]), h2f(cm[2 * d + 1]));
-            dot[0] = fmaf(qs[d], kv, dot[0]);
-#pragma unroll
-            for (int g = 1; g < GT; ++g)
-              if (G > g) dot[g] = fmaf(qs[g * kD + d], kv, dot[g]);
-          }
-        }
-      }
+      if (j >= kq)
+        tail_dot_resid<GT>(dot, reinterpret_cast<const uint16_t*>(row), qs, G);
+      else
+        tail_dot_codes<BITS, GT>(dot, reinterpret_cast<const uint32_t*>(row),
+                                 K.cmeta + (sh * (K.max_tokens / K.group) + j / K.group) * kD * 2, qs, G);
       ps[t] = dot[0] * a.scale;
 #pragma unroll
       for (int g = 1; g < GT; ++g)
@@ -1528,39 +1540,11 @@ __global__ void __launch_bounds__(kT) kivi_tail_kernel(PackedSide K, PackedSide 
     float dot[GT];
 #pragma unroll
     for (int g = 0; g < GT; ++g) dot[g] = 0.f;
-    if (j >= kq) {
-      const uint16_t* kr = K.resid + (sh * cap + j % cap) * kD;
-#pragma unroll 4
-      for (int d = 0; d < kD; d += 8) {
-        const uint4 u = *reinterpret_cast<const uint4*>(kr + d);
-        const uint32_t wv[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-        for (int e = 0; e < 8; ++e) {
-          const float kv = h2f(static_cast<uint16_t>(wv[e >> 1] >> (16 * (e & 1))));
-          dot[0] = fmaf(qs[d + e], kv, dot[0]);
-#pragma unroll
-          for (int g = 1; g < GT; ++g)
-            if (G > g) dot[g] = fmaf(qs[g * kD + d + e], kv, dot[g]);
-        }
-      }
-    } else {
-      const uint32_t* cw = K.codes + (sh * K.max_tokens + j) * (4 * BITS);
-      const uint16_t* cm = K.cmeta + (sh * (K.max_tokens / K.group) + j / K.group) * kD * 2;
-#pragma unroll 2
-      for (int wi = 0; wi < 4 * BITS; ++wi) {
-        const uint32_t word = cw[wi];
-#pragma unroll
-        for (int e = 0; e < 32 / BITS; ++e) {
-          const int d = wi * (32 / BITS) + e;  // code d of the row (kv_layout.h bit stream)
-          const uint32_t c = (word >> (BITS * e)) & ((1u << BITS) - 1u);
-          const float kv = kvlayout::dequantize_asym(c, h2f(cm[2 * d]), h2f(cm[2 * d + 1]));
-          dot[0] = fmaf(qs[d], kv, dot[0]);
-#pragma unroll
-          for (int g = 1; g < GT; ++g)
-            if (G > g) dot[g] = fmaf(qs[g * kD + d], kv, dot[g]);
-        }
-      }
-    }
+    if (j >= kq)
+      tail_dot_resid<GT>(dot, K.resid + (sh * cap + j % cap) * kD, qs, G);
+    else
+      tail_dot_codes<BITS, GT>(dot, K.codes + (sh * K.max_tokens + j) * (4 * BITS),
+                               K.cmeta + (sh * (K.max_tokens / K.group) + j / K.group) * kD * 2, qs, G);
     ps[t] = dot[0] * a.scale;
 #pragma unroll
     for (int g = 1; g < GT; ++g)
