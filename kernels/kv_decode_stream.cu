@@ -1376,9 +1376,9 @@ size_t stream_smem_bytes(int bits, int G, const PackedSide& k, int vmpr, int ncv
 // below) reads the key rows and then the value ring straight from global memory in dependent
 // rounds (a thread walks the R value rows a few loads at a time, once per head): KIVI-4 at
 // 4K, batch 1, cold L2 took 58.6 us on llama2-7b and 54.9 on llama3-8b against int4's 23.6 /
-// 16.3 (H100 2026-11-23, 441b43c), most of it, by this count, in the tail. The arithmetic and
-// its order are the same in both: each token's dot product in channel order, each output
-// channel's sum in token order, per head. Written in session 8, which had no GPU after its
+// 16.3 (H100 2026-11-23, 441b43c); how much of that is the tail is not measured yet. The
+// arithmetic and its order are the same in both: each token's dot product in channel order,
+// each output channel's sum in token order, per head. Written in session 8, which had no GPU after its
 // first call: compiled, never run. Make it the default once its parity case (tests/gpu/
 // kv_packed_test.cpp, KVQ_KV_TAIL=staged) passes and an A/B (kvq-kvbench --ab
 // KVQ_KV_TAIL=default,staged) shows it faster.
