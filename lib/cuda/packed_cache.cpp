@@ -113,19 +113,25 @@ KvqBuild resolve_kvquant_build(KvqBuild b, int n_heads, int kv_heads) {
   if (b != KvqBuild::kDefault) return b;
   return n_heads == kv_heads ? KvqBuild::kFold2 : KvqBuild::kFoldM;
 }
+// A two-valued switch read at every call (kvq-kvbench --ab): unset or empty gives `unset`,
+// `off` false, `on` true; any other value is an InvalidArgument naming the variable.
+bool env_choice(const char* name, const char* off, const char* on, bool unset, const std::string& where,
+                const char* hint) {
+  const char* e = std::getenv(name);
+  if (!e || !*e) return unset;
+  const std::string_view v(e);
+  if (v != off && v != on)
+    throw InvalidArgument(where, std::string(name) + "=" + std::string(v) + ": not " + off + " or " + on, hint);
+  return v == on;
+}
 // KVQ_KVQ_KOUT (h65, read at every call like KVQ_KV_DECODE, for `kvq-kvbench --ab`): how the
 // KVQuant builds' key-outlier pass gets R(j): "new" or unset = the stage anchor R(j0) composed
 // with an fp32 R(j - j0); "old" = anchor() per record (the angle reduced in double). new is the
 // default: faster in all 16 cells of one process (H100, 2026-11-23, archive of 2518e01; llama3-8b
 // 1.01-1.02x, llama2-7b 1.02-1.05x; notes/s7/results-h65.md). Any other value is an InvalidArgument.
 bool kvquant_kout_stage(const std::string& where) {
-  const char* e = std::getenv("KVQ_KVQ_KOUT");
-  if (!e || !*e) return true;
-  const std::string_view v(e);
-  if (v != "old" && v != "new")
-    throw InvalidArgument(where, "KVQ_KVQ_KOUT=" + std::string(v) + ": not old or new",
-                          "unset KVQ_KVQ_KOUT (new), or old for the per-record double-precision angle");
-  return v == "new";
+  return env_choice("KVQ_KVQ_KOUT", "old", "new", true, where,
+                    "unset KVQ_KVQ_KOUT (new), or old for the per-record double-precision angle");
 }
 // KVQ_KVQ_VSUM (h72, session 8; read at every call, for `kvq-kvbench --ab`): how the KVQuant
 // builds sum the value-outlier corrections of lanes that share a channel: "bfly" or unset = a
@@ -134,13 +140,8 @@ bool kvquant_kout_stage(const std::string& where) {
 // Opt-in: not measured yet (no device was lent in session 8; notes/s8/results-h72.md has the
 // A/B to run). Any other value is an InvalidArgument.
 bool kvquant_vsum_gather(const std::string& where) {
-  const char* e = std::getenv("KVQ_KVQ_VSUM");
-  if (!e || !*e) return false;
-  const std::string_view v(e);
-  if (v != "bfly" && v != "gather")
-    throw InvalidArgument(where, "KVQ_KVQ_VSUM=" + std::string(v) + ": not bfly or gather",
-                          "unset KVQ_KVQ_VSUM (bfly), or gather for the one-step sum of shared channels");
-  return v == "gather";
+  return env_choice("KVQ_KVQ_VSUM", "bfly", "gather", false, where,
+                    "unset KVQ_KVQ_VSUM (bfly), or gather for the one-step sum of shared channels");
 }
 // Values naming retired kernels are an error rather than a silent alias, so that an A/B run
 // written for them cannot report one kernel twice: KVQ_KV_DECODE=mma|mma3|mma-hoist (version 3
