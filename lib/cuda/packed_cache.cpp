@@ -718,14 +718,10 @@ double Fp16DecodeBaseline::decode_bytes() const {
 L2Scrubber::L2Scrubber(int device) {
   const DeviceInfo info = select_device(device);
   bytes_ = std::max<size_t>(4 * static_cast<size_t>(info.l2_bytes), size_t{256} << 20);
-  buf_ = device_alloc(bytes_ + 16, "the L2 scrub buffer");
-  KVQ_CUDA_CHECK(cudaMemset(buf_.get(), 0, bytes_ + 16));
+  probe_.reserve(bytes_);
 }
 
-void L2Scrubber::operator()() const {
-  unsigned* sink = reinterpret_cast<unsigned*>(static_cast<char*>(buf_.get()) + bytes_);
-  KVQ_CUDA_CHECK(kern::kv_l2_scrub(buf_.get(), bytes_, sink, nullptr));
-}
+void L2Scrubber::operator()() const { probe_.read(bytes_); }
 
 void ReadProbe::reserve(size_t bytes) {
   if (bytes <= cap_) return;

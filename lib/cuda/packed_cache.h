@@ -122,6 +122,20 @@ class Fp16DecodeBaseline {
   std::unique_ptr<State> st_;
 };
 
+// A measured floor for reading a byte count, set beside a decode that reads as many: one
+// streaming read (kern::kv_l2_scrub over a zeroed buffer: a 16-byte load per thread, nothing
+// written), timed like the decode (same L2 state, same events). Bytes over the copy bandwidth
+// leave out a launch's ramp and tail, which are most of a batch-1 decode at 32K tokens.
+class ReadProbe {
+ public:
+  void reserve(size_t bytes);     // grows the buffer (allocates and zeroes: outside timing)
+  void read(size_t bytes) const;  // the first `bytes` (rounded down to 16) of the buffer
+
+ private:
+  DeviceMemory buf_;
+  size_t cap_ = 0;
+};
+
 // Evicts the device's L2 cache. A decoding model reads one layer's KV cache again only after
 // every other layer's cache and weights have streamed through L2, so a benchmark that times
 // back-to-back decodes of one cache smaller than L2 (H100: 50 MB, e.g. llama3-8b int4 at
@@ -134,26 +148,10 @@ class L2Scrubber {
  public:
   explicit L2Scrubber(int device = 0);
   void operator()() const;
-  size_t bytes() const { return bytes_; }
 
  private:
-  DeviceMemory buf_;
+  ReadProbe probe_;  // the read itself: a ReadProbe reserved at the scrub size
   size_t bytes_ = 0;
-};
-
-// A measured floor for reading a byte count, set beside a decode that reads as many: one
-// streaming read (kern::kv_l2_scrub over a zeroed buffer: a 16-byte load per thread, nothing
-// written), timed like the decode (same L2 state, same events). Bytes over the copy bandwidth
-// leave out a launch's ramp and tail, which are most of a batch-1 decode at 32K tokens.
-class ReadProbe {
- public:
-  void reserve(size_t bytes);     // grows the buffer (allocates and zeroes: outside timing)
-  void read(size_t bytes) const;  // the first `bytes` (rounded down to 16) of the buffer
-  size_t capacity() const { return cap_; }
-
- private:
-  DeviceMemory buf_;
-  size_t cap_ = 0;
 };
 
 // Median over `reps` timed runs (device events) after `warmup` runs, in milliseconds.
