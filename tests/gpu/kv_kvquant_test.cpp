@@ -506,35 +506,31 @@ TEST_CASE("kv kvquant kernel: default build is kvq-fold2 at G = 1, kvq-foldm at 
   REQUIRE(cudaMalloc(&dq, 4 * kHd * 2) == cudaSuccess);
   REQUIRE(cudaMalloc(&dout, 4 * kHd * 2) == cudaSuccess);
   REQUIRE(cudaMemset(dq, 0, 4 * kHd * 2) == cudaSuccess);
-  for (const char* value : {"old", "new", "", static_cast<const char*>(nullptr)}) {
-    EnvGuard env("KVQ_KVQ_KOUT", value);
-    CHECK_NOTHROW(gpu.decode(dq, dout));
-  }
-  for (const char* value : {"OLD", "double", "1"}) {
-    EnvGuard env("KVQ_KVQ_KOUT", value);
-    bool threw = false;
-    try {
-      gpu.decode(dq, dout);
-    } catch (const InvalidArgument& e) {
-      threw = true;
-      CHECK_THAT(std::string(e.what()), kvq_test::HasSubstr(std::string("KVQ_KVQ_KOUT=") + value));
+  // Each switch: its values (and unset / empty) decode, anything else is an InvalidArgument
+  // naming the variable and the value.
+  struct Switch {
+    const char* name;
+    std::vector<const char*> good, bad;
+  };
+  const std::vector<Switch> switches = {
+      {"KVQ_KVQ_KOUT", {"old", "new", "", nullptr}, {"OLD", "double", "1"}},
+      {"KVQ_KVQ_VSUM", {"bfly", "gather", "", nullptr}, {"GATHER", "warp", "1"}}};
+  for (const Switch& sw : switches) {
+    for (const char* value : sw.good) {
+      EnvGuard env(sw.name, value);
+      CHECK_NOTHROW(gpu.decode(dq, dout));
     }
-    CHECK(threw);
-  }
-  for (const char* value : {"bfly", "gather", "", static_cast<const char*>(nullptr)}) {
-    EnvGuard env("KVQ_KVQ_VSUM", value);
-    CHECK_NOTHROW(gpu.decode(dq, dout));
-  }
-  for (const char* value : {"GATHER", "warp", "1"}) {
-    EnvGuard env("KVQ_KVQ_VSUM", value);
-    bool threw = false;
-    try {
-      gpu.decode(dq, dout);
-    } catch (const InvalidArgument& e) {
-      threw = true;
-      CHECK_THAT(std::string(e.what()), kvq_test::HasSubstr(std::string("KVQ_KVQ_VSUM=") + value));
+    for (const char* value : sw.bad) {
+      EnvGuard env(sw.name, value);
+      bool threw = false;
+      try {
+        gpu.decode(dq, dout);
+      } catch (const InvalidArgument& e) {
+        threw = true;
+        CHECK_THAT(std::string(e.what()), kvq_test::HasSubstr(std::string(sw.name) + "=" + value));
+      }
+      CHECK(threw);
     }
-    CHECK(threw);
   }
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
   cudaFree(dq);
