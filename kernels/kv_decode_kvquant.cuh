@@ -28,18 +28,17 @@ size_t workspace_fold(const PackedSide& k, const PackedDecodeArgs& a, int max_le
 // KVQ_KV_DECODE=kvq-fold2): the cases of fits(), workspace_fold() bytes in `workspace`.
 // kout_stage (both builds): the key-outlier pass's R(j) composed from the stage anchor R(j0) and
 // an fp32 sincosf of (j - j0) f (h65); false: anchor() per record, the angle reduced in double
-// (packed_cache.cpp's KVQ_KVQ_KOUT=old). vsum_gather (both builds, h72): the value-outlier
-// corrections' shared channels summed by one gather per warp step where that takes fewer shuffle
-// levels than a butterfly per channel (warp_channel_add, kv_decode_kvquant_common.cuh;
-// packed_cache.cpp's KVQ_KVQ_VSUM=gather); false: the butterflies (the default).
+// (packed_cache.cpp's KVQ_KVQ_KOUT=old). Both builds sum the value-outlier corrections' shared
+// channels by one gather per warp step where that takes fewer shuffle levels than a butterfly
+// per channel (warp_channel_add, kv_decode_kvquant_common.cuh: h72, the only path since h81).
 cudaError_t run_fold2(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len,
                       int sm_count, void* workspace, size_t workspace_bytes, cudaStream_t stream,
-                      bool kout_stage = true, bool vsum_gather = false);
+                      bool kout_stage = true);
 // The same tables with the key pass transposed (h56, KVQ_KV_DECODE=kvq-foldm; packed_cache.cpp's
 // default at G > 1): tokens as the mma's M, the G query heads as its N columns, plus kvq-fold2's
 // lane-private 4-bit value table. Same cases, same workspace_fold().
 cudaError_t run_foldm(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len,
                       int sm_count, void* workspace, size_t workspace_bytes, cudaStream_t stream,
-                      bool kout_stage = true, bool vsum_gather = false);
+                      bool kout_stage = true);
 
 }  // namespace kvq::kern::kvquant_decode

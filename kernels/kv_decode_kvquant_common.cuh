@@ -101,51 +101,54 @@ __device__ __forceinline__ void load_key_codes(const uint32_t* kcodes, int j, in
 // GM = 1: the butterfly of 1ef91a2; GM > 1: the GM heads' butterflies interleaved (GM independent
 // shuffle chains per round instead of G serial ones: 1.04-1.09x faster than the serial order on
 // llama3-8b, H100, archive of ae42267, one process, notes/s7/results-h62.md).
-// VG (h72, session 8; opt-in KVQ_KVQ_VSUM=gather, packed_cache.cpp): all groups of the warp step
-// summed at once where that takes fewer shuffle levels. The butterflies cost 5 dependent shuffle
-// levels (GM shuffles each) per distinct shared channel, i.e. 5 x groups levels per warp step
-// (kvq-kvbench's 4 planted channels per head: ~4 groups in most steps, 20 levels); a gather
+// Shared channels summed by one gather (h72, session 8; the only path since h81): all groups of
+// the warp step at once where that takes fewer shuffle levels. The butterflies cost 5 dependent
+// shuffle levels (GM shuffles each) per distinct shared channel, i.e. 5 x groups levels per warp
+// step (kvq-kvbench's 4 planted channels per head: ~4 groups in most steps, 20 levels); a gather
 // costs one level per peer: every lane walks the other lanes of its own peers set (lowest
 // first), reading their products with one indexed shuffle per head per step, so a step of
 // groups g_1..g_n takes max |g_i| - 1 levels for all groups together, and each group's lowest
-// lane adds its GM sums. Taken when max |g_i| - 1 < 5 x groups (warp-uniform; one channel
-// shared by the whole warp keeps the butterfly: 1 round of 5 levels, not 31). Each sum is the
-// group's own products added in lane order: the same terms as the butterfly, in another order
-// (fp32, covered by the test's bound). Not measured: no device was lent in session 8
-// (notes/s8/results-h72.md has the counts and the A/B to run).
-template <int GM, bool VG = false>
+// lane adds its GM sums. Taken when max |g_i| - 1 < 5 x groups (warp-uniform); else (one channel
+// shared by the whole warp: 1 round of 5 levels, not 31) the butterfly per shared channel below.
+// Each sum is the group's own products added in lane order: the same terms as the butterfly, in
+// another order (fp32, covered by the test's bound). Measured against the butterfly alone (H100,
+// 2026-11-23, f0c4e67, one process, kvq-kvbench --reps 20 --batch 1,8 --contexts 32768,131072
+// --kv kvquant:bits=4 --kv kvquant:bits=2 --ab KVQ_KVQ_VSUM=bfly,gather, L2 cold, us): faster in
+// all 16 cells, llama2-7b 1.03-1.05x (b1 32K 4 bits 189.6 -> 183.6, b8 128K 4 bits 5316.7 ->
+// 5054.3), llama3-8b 1.004-1.03x (b1 32K 4 bits 82.5 -> 82.2, b8 128K 4 bits 1922.7 -> 1867.1).
+// So it is the only path (h81); the KVQ_KVQ_VSUM switch and the butterfly-only build are last in f0c4e67.
+template <int GM>
 __device__ __forceinline__ void warp_channel_add(float* buf, bool on, int ch, float delta, const float* p, int G,
                                                  int lane) {
   const unsigned peers = __match_any_sync(0xffffffffu, on ? ch : -1);
   const bool grouped = on && __popc(peers) > 1;
   if (on && !grouped)
     for (int g = 0; g < G; ++g) atomicAdd(&buf[g * kD + ch], p[g] * delta);
-  if constexpr (VG) {
-    const bool lead = grouped && (peers & ((1u << lane) - 1u)) == 0u;
-    const int groups = __popc(__ballot_sync(0xffffffffu, lead));
-    const int most = static_cast<int>(__reduce_max_sync(0xffffffffu, grouped ? __popc(peers) : 0));
-    if (most - 1 < 5 * groups) {  // warp-uniform; groups == 0 takes this branch and adds nothing
-      float own[GM], t[GM];
+  const bool lead = grouped && (peers & ((1u << lane) - 1u)) == 0u;
+  const int groups = __popc(__ballot_sync(0xffffffffu, lead));
+  const int most = static_cast<int>(__reduce_max_sync(0xffffffffu, grouped ? __popc(peers) : 0));
+  if (most - 1 < 5 * groups) {  // warp-uniform; groups == 0 takes this branch and adds nothing
+    float own[GM], t[GM];
 #pragma unroll
-      for (int g = 0; g < GM; ++g) t[g] = own[g] = grouped && g < G ? p[g] * delta : 0.f;
-      unsigned rest = grouped ? peers & ~(1u << lane) : 0u;  // the other lanes of my group
-      for (int it = 1; it < most; ++it) {                    // warp-uniform trip count
-        const bool use = rest != 0u;
-        const int src = use ? __ffs(rest) - 1 : lane;
-        rest &= rest - 1u;
+    for (int g = 0; g < GM; ++g) t[g] = own[g] = grouped && g < G ? p[g] * delta : 0.f;
+    unsigned rest = grouped ? peers & ~(1u << lane) : 0u;  // the other lanes of my group
+    for (int it = 1; it < most; ++it) {                    // warp-uniform trip count
+      const bool use = rest != 0u;
+      const int src = use ? __ffs(rest) - 1 : lane;
+      rest &= rest - 1u;
 #pragma unroll
-        for (int g = 0; g < GM; ++g) {
-          const float x = __shfl_sync(0xffffffffu, own[g], src);
-          if (use) t[g] += x;
-        }
+      for (int g = 0; g < GM; ++g) {
+        const float x = __shfl_sync(0xffffffffu, own[g], src);
+        if (use) t[g] += x;
       }
-      if (lead)
-#pragma unroll
-        for (int g = 0; g < GM; ++g)
-          if (g < G) atomicAdd(&buf[g * kD + ch], t[g]);
-      return;
     }
+    if (lead)
+#pragma unroll
+      for (int g = 0; g < GM; ++g)
+        if (g < G) atomicAdd(&buf[g * kD + ch], t[g]);
+    return;
   }
+  // A large group among few (most - 1 >= 5 x groups): the butterfly per shared channel (h62).
   unsigned todo = __ballot_sync(0xffffffffu, grouped);
   while (todo) {  // warp-uniform
     const int src = __ffs(todo) - 1;

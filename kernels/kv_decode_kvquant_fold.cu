@@ -318,9 +318,11 @@ __device__ const kvlayout::Outlier* stage_csr(const PackedSide& P, int64_t sh, i
 // kvq-foldm (h51's tables and records, pass 1 with the tokens as the mma's M and the query
 // heads as its N columns, and kvq-fold2's lane-private 4-bit value table). VAR 0 (kvq-fold,
 // h51's key pass with the heads as M) was retired in session 7 (header comment).
-// VG: the value-outlier corrections' groups summed by gather where cheaper (warp_channel_add's
-// VG, h72; opt-in KVQ_KVQ_VSUM=gather); false: the butterfly per shared channel (the default).
-template <int BITS, int GM, bool QN, int VAR, bool VG>
+// Pass 3's value-outlier corrections: warp_channel_add (kv_decode_kvquant_common.cuh), whose
+// shared channels are summed by one gather per warp step where cheaper (h72; the butterfly-only
+// build and its switch KVQ_KVQ_VSUM, 1.004-1.05x slower in all 16 cells of H100 2026-11-23, f0c4e67,
+// went in h81; figures there).
+template <int BITS, int GM, bool QN, int VAR>
 __global__ void __launch_bounds__(kT, 2)
 kvquant_fold_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, int splits, float* part_o,
                     float* part_ml, bool kout_stage) {
@@ -729,7 +731,7 @@ kvquant_fold_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, i
             if constexpr (QN) vd = fmaf(vd, V.qa, V.qb);
             delta = h2f(o.value) - vd;
           }
-          warp_channel_add<GM, VG>(corr, on, i, delta, sc + (j - begin) * GM, G, lane);
+          warp_channel_add<GM>(corr, on, i, delta, sc + (j - begin) * GM, G, lane);
         }
       }
     }
@@ -757,38 +759,37 @@ kvquant_fold_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, i
   }
 }
 
-template <int BITS, int GM, bool QN, int VAR, bool VG>
+template <int BITS, int GM, bool QN, int VAR>
 cudaError_t launch(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, const Plan& p,
                    float* part_o, float* part_ml, bool kout_stage, cudaStream_t stream) {
   const size_t smem = smem_bytes(GM, p.chunk);
-  cudaError_t e = cudaFuncSetAttribute(kvquant_fold_kernel<BITS, GM, QN, VAR, VG>,
+  cudaError_t e = cudaFuncSetAttribute(kvquant_fold_kernel<BITS, GM, QN, VAR>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (e != cudaSuccess) return e;
-  kvquant_fold_kernel<BITS, GM, QN, VAR, VG><<<dim3(p.splits, k.kv_heads, a.rows), kT, smem, stream>>>(k, v, a, p.chunk,
-                                                                                            p.splits, part_o, part_ml,
-                                                                                            kout_stage);
+  kvquant_fold_kernel<BITS, GM, QN, VAR><<<dim3(p.splits, k.kv_heads, a.rows), kT, smem, stream>>>(
+      k, v, a, p.chunk, p.splits, part_o, part_ml, kout_stage);
   if ((e = launch_status()) != cudaSuccess) return e;
   splitk_combine_kernel<__half><<<dim3(a.n_heads, a.rows), 128, 0, stream>>>(
       part_o, part_ml, static_cast<__half*>(a.out), a.n_heads, kD, p.splits);
   return launch_status();
 }
 
-template <int BITS, bool QN, int VAR, bool VG>
+template <int BITS, bool QN, int VAR>
 cudaError_t dispatch_gm(int gm, const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, const Plan& p,
                         float* o, float* ml, bool ks, cudaStream_t stream) {
   switch (gm) {
-    case 1: return launch<BITS, 1, QN, VAR, VG>(k, v, a, p, o, ml, ks, stream);
-    case 2: return launch<BITS, 2, QN, VAR, VG>(k, v, a, p, o, ml, ks, stream);
-    case 4: return launch<BITS, 4, QN, VAR, VG>(k, v, a, p, o, ml, ks, stream);
-    case 8: return launch<BITS, 8, QN, VAR, VG>(k, v, a, p, o, ml, ks, stream);
+    case 1: return launch<BITS, 1, QN, VAR>(k, v, a, p, o, ml, ks, stream);
+    case 2: return launch<BITS, 2, QN, VAR>(k, v, a, p, o, ml, ks, stream);
+    case 4: return launch<BITS, 4, QN, VAR>(k, v, a, p, o, ml, ks, stream);
+    case 8: return launch<BITS, 8, QN, VAR>(k, v, a, p, o, ml, ks, stream);
   }
   return cudaErrorInvalidValue;
 }
-template <bool QN, int VAR, bool VG>
+template <bool QN, int VAR>
 cudaError_t dispatch_bits(int bits, int gm, const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a,
                           const Plan& p, float* o, float* ml, bool ks, cudaStream_t stream) {
-  return bits == 4 ? dispatch_gm<4, QN, VAR, VG>(gm, k, v, a, p, o, ml, ks, stream)
-                   : dispatch_gm<2, QN, VAR, VG>(gm, k, v, a, p, o, ml, ks, stream);
+  return bits == 4 ? dispatch_gm<4, QN, VAR>(gm, k, v, a, p, o, ml, ks, stream)
+                   : dispatch_gm<2, QN, VAR>(gm, k, v, a, p, o, ml, ks, stream);
 }
 
 }  // namespace
@@ -802,7 +803,7 @@ size_t workspace_fold(const PackedSide& k, const PackedDecodeArgs& a, int max_le
 namespace {
 template <int VAR>
 cudaError_t run_fold_any(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len, int sm_count,
-                         void* ws, size_t ws_bytes, bool ks, bool vg, cudaStream_t stream) {
+                         void* ws, size_t ws_bytes, bool ks, cudaStream_t stream) {
   if (!fits(Act::kF16, k, v, a)) return cudaErrorInvalidValue;
   if (a.rows == 0) return cudaSuccess;
   if (max_len <= 0 || ws_bytes < workspace_fold(k, a, max_len, sm_count)) return cudaErrorInvalidValue;
@@ -811,21 +812,18 @@ cudaError_t run_fold_any(const PackedSide& k, const PackedSide& v, const PackedD
   float* part_o = static_cast<float*>(ws);
   float* part_ml = part_o + static_cast<size_t>(a.rows) * a.n_heads * p.splits * kD;
   const bool qn = k.qa != 1.f || k.qb != 0.f || v.qa != 1.f || v.qb != 0.f;
-  if (vg)
-    return qn ? dispatch_bits<true, VAR, true>(k.bits, gm, k, v, a, p, part_o, part_ml, ks, stream)
-              : dispatch_bits<false, VAR, true>(k.bits, gm, k, v, a, p, part_o, part_ml, ks, stream);
-  return qn ? dispatch_bits<true, VAR, false>(k.bits, gm, k, v, a, p, part_o, part_ml, ks, stream)
-            : dispatch_bits<false, VAR, false>(k.bits, gm, k, v, a, p, part_o, part_ml, ks, stream);
+  return qn ? dispatch_bits<true, VAR>(k.bits, gm, k, v, a, p, part_o, part_ml, ks, stream)
+            : dispatch_bits<false, VAR>(k.bits, gm, k, v, a, p, part_o, part_ml, ks, stream);
 }
 }  // namespace
 
 cudaError_t run_fold2(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len, int sm_count,
-                      void* ws, size_t ws_bytes, cudaStream_t stream, bool kout_stage, bool vsum_gather) {
-  return run_fold_any<1>(k, v, a, max_len, sm_count, ws, ws_bytes, kout_stage, vsum_gather, stream);
+                      void* ws, size_t ws_bytes, cudaStream_t stream, bool kout_stage) {
+  return run_fold_any<1>(k, v, a, max_len, sm_count, ws, ws_bytes, kout_stage, stream);
 }
 cudaError_t run_foldm(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len, int sm_count,
-                      void* ws, size_t ws_bytes, cudaStream_t stream, bool kout_stage, bool vsum_gather) {
-  return run_fold_any<2>(k, v, a, max_len, sm_count, ws, ws_bytes, kout_stage, vsum_gather, stream);
+                      void* ws, size_t ws_bytes, cudaStream_t stream, bool kout_stage) {
+  return run_fold_any<2>(k, v, a, max_len, sm_count, ws, ws_bytes, kout_stage, stream);
 }
 
 }  // namespace kvq::kern::kvquant_decode

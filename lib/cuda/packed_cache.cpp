@@ -133,16 +133,9 @@ bool kvquant_kout_stage(const std::string& where) {
   return env_choice("KVQ_KVQ_KOUT", "old", "new", true, where,
                     "unset KVQ_KVQ_KOUT (new), or old for the per-record double-precision angle");
 }
-// KVQ_KVQ_VSUM (h72, session 8; read at every call, for `kvq-kvbench --ab`): how the KVQuant
-// builds sum the value-outlier corrections of lanes that share a channel: "bfly" or unset = a
-// warp butterfly per shared channel (h62); "gather" = all groups of a warp step at once where
-// that takes fewer shuffle levels (warp_channel_add, kernels/kv_decode_kvquant_common.cuh).
-// Opt-in: not measured yet (no device was lent in session 8; notes/s8/results-h72.md has the
-// A/B to run). Any other value is an InvalidArgument.
-bool kvquant_vsum_gather(const std::string& where) {
-  return env_choice("KVQ_KVQ_VSUM", "bfly", "gather", false, where,
-                    "unset KVQ_KVQ_VSUM (bfly), or gather for the one-step sum of shared channels");
-}
+// KVQ_KVQ_VSUM (h72, bfly|gather) is no longer read: the gather sum of the value-outlier
+// corrections was faster in all 16 cells of its A/B and is the only path (h81; the switch is last
+// in f0c4e67; figures at warp_channel_add, kernels/kv_decode_kvquant_common.cuh).
 // Values naming retired kernels are an error rather than a silent alias, so that an A/B run
 // written for them cannot report one kernel twice: KVQ_KV_DECODE=mma|mma3|mma-hoist (version 3
 // of the tensor-core decode, slower than version 4 in every measured cell,
@@ -460,9 +453,8 @@ void PackedKvCache::decode(const void* q_dev, void* out_dev, bool bf16, void* st
     build = resolve_kvquant_build(build, a.n_heads, I.k.d.kv_heads);
     const auto run = build == KvqBuild::kFoldM ? kern::kvquant_decode::run_foldm : kern::kvquant_decode::run_fold2;
     const bool kout_stage = kvquant_kout_stage(I.k.where);
-    const bool vsum_gather = kvquant_vsum_gather(I.k.where);
     KVQ_CUDA_CHECK(run(I.k.d, I.v.d, a, I.max_len, I.sm_count, I.work.get(), I.work.bytes(),
-                       static_cast<cudaStream_t>(stream), kout_stage, vsum_gather));
+                       static_cast<cudaStream_t>(stream), kout_stage));
     return;
   }
   // Benchmark knob (kvq-kvbench, notes/kv-cuda-perf.md; KVQuant: kvquant_build above):
