@@ -326,6 +326,18 @@ __host__ __device__ constexpr int stream_min_blocks(int ntk, int ntv, int ks, in
 // in the 4-bit G <= 4 build, where 1: the merged reductions made llama3-8b int4 5-9% slower,
 // H100 2026-11-23 run 2: fewer SHFL (40 vs 105 static) but one long dependent butterfly of
 // 16 values instead of 12 independent trees; at G = 1 the merged tree is 5 levels as before).
+// KIVI with its tail kernel first (KVQ_KV_TAILFIRST=1, launch_stream below): the tail grid is
+// launched before this one, which is launched as its programmatic dependent (the tail allows
+// it at block start), so the two run at once; each KCH block waits here, after its partial
+// writes, for the tail grid's completion and memory, so this grid completes after the tail and
+// the combine (this grid's dependent) sees both. Launched the ordinary way (the default: the
+// tail after this grid), griddepcontrol.wait returns at once.
+__device__ __forceinline__ void tail_first_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 template <int BITS, int NTK, int NTV, bool KONE, int GM, bool KCH, int NGVT = 0, bool FOLD = true, int KS = kS,
           int OPT = 3>
 __global__ void __launch_bounds__(kT, stream_min_blocks(NTK, NTV, KS, BITS))
@@ -425,6 +437,7 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
       trow[6] = 0;  // no stage
     }
 #endif
+    if constexpr (KCH) tail_first_wait();
     return;
   }
   const int64_t sh = static_cast<int64_t>(a.slot[r]) * K.kv_heads + kvh;
@@ -487,24 +500,43 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
       stage16u<CPT>(vc_s, vcg_t + j * (KS * RW * 4), n * RW / 4);
     }
   };
+  // QF (OPT bit 8; KVQ_KV_QF=1, session 9): q's loads issued before stage 0's copies, held in
+  // registers (G <= GM halves per thread) and written to shared memory after them. Why: the h71
+  // trace (H100, 2026-11-23, f0c4e67, batch 1, L2 cold) put the end of the q set-up 8.7-9.3 us
+  // after block entry and stage 0's landing only 0.6 us later in all 8 cells (int4 / int2 x
+  // both shapes x 32K / 128K): a q load issued behind every block's stage-0 copies (4 blocks x
+  // ~34 KB per SM at int4 MHA, ~17 MB in all) waits for most of them, so the q set-up and stage
+  // 1's copies (issued at the top of stage 0) start only when stage 0 has landed. Issuing stage
+  // 1's copies before the q set-up instead (h71's KVQ_KV_PRE) was slower in 7 of 8 cells (one
+  // process, same call): it put more bytes ahead of q.
+  constexpr bool QF = (OPT & 256) != 0;
+  const uint16_t* q = static_cast<const uint16_t*>(a.q) + head0 * kD;  // [G][kD] fp16 bits
+  constexpr int QPT = QF ? GM * kD / kT : 1;
+  static_assert(!QF || GM * kD % kT == 0, "QF: whole rounds of q halves per thread");
+  uint16_t qr[QPT];
+  if constexpr (QF) {
+#pragma unroll
+    for (int i = 0; i < QPT; ++i) {
+      const int x = static_cast<int>(threadIdx.x) + i * kT;
+      qr[i] = x < G * kD ? q[x] : uint16_t{0};
+    }
+  }
   issue_a(0);
   cp_async_commit();
   issue_b(0);
   cp_async_commit();
-  // PRE (OPT bit 8; KVQ_KV_PRE=1, h71, session 8): stage 1's keys and meta (group A_1) issued
-  // here, before the q set-up, instead of at the top of stage 0 (after it): the commit groups
-  // are the same (the stage loop commits none at j = 0), only A_1 leaves earlier. Buffer 1 of
-  // the key stages is not touched by the q set-up.
-  constexpr bool PRE = (OPT & 256) != 0;
-  if constexpr (PRE) {
-    if (nsub > 1) issue_a(1);
-    cp_async_commit();
-  }
 
   // q staged in sc (free until the first key pass), per-column sums, B fragments.
-  const uint16_t* q = static_cast<const uint16_t*>(a.q) + head0 * kD;  // [G][kD] fp16 bits
   float* qf = sc;
-  for (int i = threadIdx.x; i < G * kD; i += kT) qf[i] = h2f(q[i]);
+  if constexpr (QF) {
+#pragma unroll
+    for (int i = 0; i < QPT; ++i) {
+      const int x = static_cast<int>(threadIdx.x) + i * kT;
+      if (x < G * kD) qf[x] = h2f(qr[i]);
+    }
+  } else {
+    for (int i = threadIdx.x; i < G * kD; i += kT) qf[i] = h2f(q[i]);
+  }
   if (threadIdx.x < 2 * ZN) {
     zsum[threadIdx.x] = 0.f;
     if (threadIdx.x < 8) lrun[threadIdx.x] = 0.f;
@@ -602,10 +634,8 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
   for (int j = 0; j < nsub; ++j) {
     const int cnt = min(KS, end - begin - j * KS);
     const int ntiles = (cnt + 15) / 16;
-    if (!PRE || j > 0) {
-      if (j + 1 < nsub) issue_a(j + 1);
-      cp_async_commit();
-    }
+    if (j + 1 < nsub) issue_a(j + 1);
+    cp_async_commit();
     cp_async_wait<2>();  // stage j's keys and value meta (group A_j) have landed
     __syncthreads();
 #if KVQ_KV_TRACE
@@ -1351,6 +1381,7 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
     part_ml[((head0 + threadIdx.x) * splits + s) * 2 + 1] = lrun[threadIdx.x];
   }
   }  // !WS
+  if constexpr (KCH) tail_first_wait();
   KVQ_TRACE_AT(5);
 }
 
@@ -1370,22 +1401,20 @@ size_t stream_smem_bytes(int bits, int G, const PackedSide& k, int vmpr, int ncv
 // a 32K context). One block per (kv head, row); writes split s_tail of the partials. Keys
 // dequantized by the reference formula fma(c, s, z) (kv_layout.h), dot products and P V in
 // fp32 as in the CUDA-core kernels.
-// The tail runs after the attention grid, so its latency adds to every decode. This build
-// (KVQ_KV_TAIL=staged, opt-in) stages its rows into shared memory by cp.async, kTailRows
-// tokens at a time, every load of a chunk in flight at once; the default (kivi_tail_kernel
-// below) reads the key rows and then the value ring straight from global memory in dependent
-// rounds (a thread walks the R value rows a few loads at a time, once per head): KIVI-4 at
-// 4K, batch 1, cold L2 took 58.6 us on llama2-7b and 54.9 on llama3-8b against int4's 23.6 /
-// 16.3 (H100 2026-11-23, 441b43c); how much of that is the tail is not measured yet. The
-// arithmetic and its order are the same in both: each token's dot product in channel order,
-// each output channel's sum in token order, per head. Written in session 8, which had no GPU after its
-// first call: compiled, never run. Make it the default once its parity case (tests/gpu/
-// kv_packed_test.cpp, KVQ_KV_TAIL=staged) passes and an A/B (kvq-kvbench --ab
-// KVQ_KV_TAIL=default,staged) shows it faster.
+// The tail runs after the attention grid, so its latency adds to every decode: its rows are
+// staged into shared memory by cp.async, kTailRows tokens at a time, every load of a chunk in
+// flight at once. Why (H100, 2026-11-23, f0c4e67, one process, kvq-kvbench --reps 20 --batch 1,8
+// --contexts 4096,32768,131072 --kv kivi:bits=4 --kv kivi:bits=2 --ab KVQ_KV_TAIL=default,staged,
+// L2 cold): the build before, which read the key rows and then the value ring from global memory
+// in dependent rounds (a thread walked the R value rows a few loads at a time, once per head),
+// was slower in all 24 cells, by 10.8-13.0 us per decode on llama2-7b (b1 4K KIVI-4 55.3 ->
+// 42.3 us) and 16.1-24.0 on llama3-8b (b1 4K KIVI-2 58.2 -> 35.6; b1 32K KIVI-4 83.3 -> 66.1;
+// b8 128K +34 us on llama2-7b); it was deleted. Each token's dot product is in channel order,
+// each output channel's sum in token order, per head (the same order as that build).
 // GT >= G: the heads a thread's dot products cover (2 for the G <= 2 builds, 4 for KG).
 // A tail token's dot products with the G <= GT queries qs (fp32 [G][kD]), in channel order:
 // from its fp16 key row kr, or from its 4 BITS code words cw and its key group's (scale, zero)
-// halves cm by the reference formula. Both tail kernels (operands in global or shared memory).
+// halves cm by the reference formula (operands in shared memory).
 template <int GT>
 __device__ __forceinline__ void tail_dot_resid(float (&dot)[GT], const uint16_t* kr, const float* qs, int G) {
 #pragma unroll 4
@@ -1429,9 +1458,14 @@ size_t kivi_tail_smem_bytes(int G, int gt, int cap) {
 }
 
 template <int BITS, int GT>
-__global__ void __launch_bounds__(kT) kivi_tail_staged_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a,
+__global__ void __launch_bounds__(kT) kivi_tail_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a,
                                                               int splits, int s_tail, float* part_o, float* part_ml) {
   extern __shared__ __align__(16) float tsm[];
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  // KVQ_KV_TAILFIRST=1: the attention grid, launched after this one as its programmatic
+  // dependent, starts now (tail_first_wait); otherwise the combine may (it waits for this grid).
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
   const int kvh = blockIdx.x, r = blockIdx.y;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int G = a.n_heads / K.kv_heads, cap = K.resid_cap;
@@ -1507,59 +1541,6 @@ __global__ void __launch_bounds__(kT) kivi_tail_staged_kernel(PackedSide K, Pack
 #pragma unroll
   for (int g = 0; g < GT; ++g)
     if (G > g) part_o[((head0 + g) * splits + s_tail) * kD + d] = o[g];
-  if (threadIdx.x < G) {
-    part_ml[((head0 + threadIdx.x) * splits + s_tail) * 2] = st[2 * threadIdx.x];
-    part_ml[((head0 + threadIdx.x) * splits + s_tail) * 2 + 1] = st[2 * threadIdx.x + 1];
-  }
-}
-// The default tail kernel: one token per thread for the scores, one channel per thread for
-// P V, operands read from global memory (the staged build above says what that costs).
-template <int BITS, int GT>
-__global__ void __launch_bounds__(kT) kivi_tail_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int splits,
-                                                       int s_tail, float* part_o, float* part_ml) {
-  extern __shared__ __align__(16) float tsm[];
-  const int kvh = blockIdx.x, r = blockIdx.y;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int G = a.n_heads / K.kv_heads, cap = K.resid_cap;
-  const int len = a.len[r];
-  const int v0 = max(0, len - cap), kq = len / cap * cap, n = len - v0;
-  const int64_t sh = static_cast<int64_t>(a.slot[r]) * K.kv_heads + kvh;
-  const int64_t head0 = static_cast<int64_t>(r) * a.n_heads + kvh * G;
-  float* qs = tsm;            // [G][kD]
-  float* ps = qs + G * kD;    // [G][cap] scores, then p
-  float* st = ps + G * cap;   // [G][2] (max, sum)
-  const uint16_t* q = static_cast<const uint16_t*>(a.q) + head0 * kD;
-  for (int i = threadIdx.x; i < G * kD; i += kT) qs[i] = h2f(q[i]);
-  __syncthreads();
-  // One token per thread (n <= R tokens): the first version gave a warp per token with a
-  // warp reduction after each token's loads, so a warp walked its 32 tokens one load
-  // latency at a time (KIVI llama2-7b b1 4K: 61 us against 27 us for int4, H100 2026-11-22).
-  // Here a thread's loads are independent of its sums. G <= GT (kivi_fits: G <= 4).
-  for (int t = threadIdx.x; t < n; t += kT) {
-    const int j = v0 + t;
-    float dot[GT];
-#pragma unroll
-    for (int g = 0; g < GT; ++g) dot[g] = 0.f;
-    if (j >= kq)
-      tail_dot_resid<GT>(dot, K.resid + (sh * cap + j % cap) * kD, qs, G);
-    else
-      tail_dot_codes<BITS, GT>(dot, K.codes + (sh * K.max_tokens + j) * (4 * BITS),
-                               K.cmeta + (sh * (K.max_tokens / K.group) + j / K.group) * kD * 2, qs, G);
-    ps[t] = dot[0] * a.scale;
-#pragma unroll
-    for (int g = 1; g < GT; ++g)
-      if (G > g) ps[g * cap + t] = dot[g] * a.scale;
-  }
-  __syncthreads();
-  chunk_softmax<kW, false>(ps, cap, n, G, warp, lane, st);
-  __syncthreads();
-  const int d = threadIdx.x;  // kT == kD: one channel per thread
-  for (int g = 0; g < G; ++g) {
-    float o = 0.f;
-#pragma unroll 8
-    for (int t = 0; t < n; ++t) o = fmaf(ps[g * cap + t], h2f(V.resid[(sh * cap + (v0 + t) % cap) * kD + d]), o);
-    part_o[((head0 + g) * splits + s_tail) * kD + d] = o;
-  }
   if (threadIdx.x < G) {
     part_ml[((head0 + threadIdx.x) * splits + s_tail) * 2] = st[2 * threadIdx.x];
     part_ml[((head0 + threadIdx.x) * splits + s_tail) * 2 + 1] = st[2 * threadIdx.x + 1];
@@ -1647,13 +1628,6 @@ __global__ void __launch_bounds__(kCT) stream_combine_kernel(const float* part_o
 #if KVQ_KV_TRACE
   if (crow) crow[2] = gtime();
 #endif
-}
-
-// KVQ_KV_TAIL=staged: KIVI's tail through kivi_tail_staged_kernel (opt-in, read per call;
-// not yet run on a GPU). Unset or any other value: kivi_tail_kernel.
-bool kivi_tail_staged() {
-  const char* e = std::getenv("KVQ_KV_TAIL");
-  return e != nullptr && std::strcmp(e, "staged") == 0;
 }
 
 // KVQ_KV_COMBINE (read per call, for A/Bs in one process). Unset (or anything else): this
@@ -1825,22 +1799,15 @@ int span_grain(int ks) {
   return 64;
 }
 
-// KVQ_KV_LAST (read per call; h71, session 8; opt-in, not yet measured): "64", a plan whose
-// blocks end on a whole stage (span % KS == 0: MHA and llama3-8b int2 at 32K-128K, batch 1)
-// takes span + 64 tokens per block instead (splits = ceil(len / span), never more than before),
-// so every block's last stage is 64 tokens. Why (a count from the cold-L2 figures of session 8,
-// H100, 441b43c: time = a + b x stage rounds fits llama2-7b int4 b1 with b = 5.94 us per round,
-// the copy-bandwidth time of a round's 17.8 MB, and a = 22.3 us; int2 b = 4.36 us, a = 15.7
-// us): the blocks of a batch-1 grid all start together and walk the same stages, so they reach
-// their last stage together, and its compute (key and value passes of 4 blocks per SM, no
-// loads left to overlap; ~a round at int2) and its value codes' load latency (issued only after
-// the previous stage's value pass) are exposed in every decode. A 64-token last stage leaves
-// about a quarter of that, for ~3% more tokens in most blocks (bandwidth-bound: the same
-// bytes). Host only: the kernels are unchanged (a block's last stage could always be partial).
-// Unset or anything else: the plan as it is.
-bool short_last_stage() {
-  const char* e = std::getenv("KVQ_KV_LAST");
-  return e != nullptr && std::strcmp(e, "64") == 0;
+// KVQ_KV_TAILFIRST (read per call; session 9): "1", KIVI's tail grid launched before the
+// attention grid, which runs beside it as its programmatic dependent (tail_first_wait; devices
+// of compute capability >= 9 only); unset or anything else: the tail after the attention grid.
+// Why try it: the tail is one block per (kv head, row) on CUDA cores, and after the attention
+// grid its whole latency adds to the decode: KIVI-4 at batch 1, 4K, takes 42.3 us on llama2-7b
+// and 36.5 on llama3-8b against int4's 20.7 / 15.4 (H100, 2026-11-23, f0c4e67, L2 cold).
+bool tail_first() {
+  const char* e = std::getenv("KVQ_KV_TAILFIRST");
+  return e != nullptr && std::strcmp(e, "1") == 0;
 }
 
 template <int BITS, int NTK, int NTV, bool KONE, int GM, bool KCH = false, int NGVT = 0, bool FOLD = true,
@@ -1865,34 +1832,38 @@ cudaError_t launch_stream(const PackedSide& k, const PackedSide& v, const Packed
   int span = 0, splits = 0;
   stream_plan(k.kv_heads, a.rows, max_len, std::max(1, per_sm) * std::max(1, sm_count), KS, &span, &splits,
               KCH ? KS : span_grain(KS));
-  if (!KCH && span % KS == 0 && span > KS && short_last_stage()) {  // KVQ_KV_LAST=64 (opt-in)
-    span += 64;
-    splits = (max_len + span - 1) / span;
-  }
   // KIVI: one more split, the tail kernel's (the last R tokens of each row).
   const int total = KCH ? splits + 1 : splits;
 #if KVQ_KV_TRACE
   const int trace_slot =
       trace_next({0, 0, splits, k.kv_heads, a.rows, span, total, KS, BITS, G, a.n_heads * a.rows, max_len});
 #endif
-  kernel<<<dim3(splits, k.kv_heads, a.rows), kT, smem, stream>>>(k, v, a, span, total, part_o, part_ml KVQ_TRACE_ARG);
-  if ((e = launch_status()) != cudaSuccess) return e;
+  const dim3 grid(splits, k.kv_heads, a.rows);
   if constexpr (KCH) {
     constexpr int GT = GM > 2 ? 4 : 2;
-    const bool staged = kivi_tail_staged();
-    auto* tail = staged ? kivi_tail_staged_kernel<BITS, GT> : kivi_tail_kernel<BITS, GT>;
-    const size_t tsmem = staged ? kivi_tail_smem_bytes(G, GT, k.resid_cap)
-                                : (static_cast<size_t>(G) * (kD + k.resid_cap) + 2 * G) * sizeof(float);
-    // Above 48 KB (at G = 4: R > 2,944 for the default, R > 895 staged; kivi_fits allows R up
-    // to 4,096) the launch needs the opt-in attribute, once per kernel and size.
-    static size_t tail_smem[2] = {0, 0};
-    if (tsmem > 48 * 1024 && tsmem > tail_smem[staged]) {
+    auto* tail = kivi_tail_kernel<BITS, GT>;
+    const size_t tsmem = kivi_tail_smem_bytes(G, GT, k.resid_cap);
+    // Above 48 KB (at G = 4: R > 895; kivi_fits allows R up to 4,096) the launch needs the
+    // opt-in attribute, once per build and size.
+    static size_t tail_smem = 0;
+    if (tsmem > 48 * 1024 && tsmem > tail_smem) {
       if ((e = cudaFuncSetAttribute(tail, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(tsmem))) !=
           cudaSuccess)
         return e;
-      tail_smem[staged] = tsmem;
+      tail_smem = tsmem;
+    }
+    const bool first = tail_first() && device_has_pdl();
+    if (!first) {
+      kernel<<<grid, kT, smem, stream>>>(k, v, a, span, total, part_o, part_ml KVQ_TRACE_ARG);
+      if ((e = launch_status()) != cudaSuccess) return e;
     }
     tail<<<dim3(k.kv_heads, a.rows), kT, tsmem, stream>>>(k, v, a, total, splits, part_o, part_ml);
+    if ((e = launch_status()) != cudaSuccess) return e;
+    if (first && (e = launch_pdl(kernel, grid, dim3(kT), smem, stream, k, v, a, span, total, part_o,
+                                 part_ml KVQ_TRACE_ARG)) != cudaSuccess)
+      return e;
+  } else {
+    kernel<<<grid, kT, smem, stream>>>(k, v, a, span, total, part_o, part_ml KVQ_TRACE_ARG);
     if ((e = launch_status()) != cudaSuccess) return e;
   }
   return combine(part_o, part_ml, a.out, a.n_heads, a.rows, total, stream, combine_mode() KVQ_TRACE_ARG);
@@ -1959,11 +1930,16 @@ bool warp_softmax() {
   const char* e = std::getenv("KVQ_KV_WSM");
   return e == nullptr || std::strcmp(e, "0") != 0;
 }
-// KVQ_KV_PRE (read per call; h71, session 8): "1", the 256-token per-token builds of the default
-// key pass (KVQ_KV_ILP=3) at G = 1 and G <= 4 issue stage 1's keys and meta before the q set-up
-// (stream_kernel's PRE); unset or anything else: at the top of stage 0 (the build before).
-bool prefetch_two() {
-  const char* e = std::getenv("KVQ_KV_PRE");
+// KVQ_KV_QF (read per call; session 9): "1", the 256-token per-token builds of the default key
+// pass (KVQ_KV_ILP=3) at G = 1 and G <= 4 load q before stage 0's copies (stream_kernel's QF);
+// unset or anything else: after them (the build before). h71's KVQ_KV_PRE (stage 1's copies
+// before the q set-up, the same OPT bit) and KVQ_KV_LAST (a 64-token last stage per block) were
+// both slower or within noise in one-process A/Bs (H100, 2026-11-23, f0c4e67, batch 1 and 8,
+// 32K / 128K, int4 / int2): PRE slower in 7 of 8 batch-1 cells (llama3-8b int2 32K 29.4 -> 31.0
+// us), LAST in 11 of 16 (llama3-8b int2 b1 32K 29.0 -> 32.0, llama2-7b int4 b1 32K 60.3 -> 62.6),
+// the other 5 within 0.6%; both deleted.
+bool q_first() {
+  const char* e = std::getenv("KVQ_KV_QF");
   return e != nullptr && std::strcmp(e, "1") == 0;
 }
 // Default: 384-token stages where blocks are long (>= 48 stages of 256 tokens in the 256-token
@@ -1994,7 +1970,7 @@ cudaError_t launch_token(const PackedSide& k, const PackedSide& v, const PackedD
     // KVQ_KV_ILP (read per call, default 3): two mma chains per key tile (OPT bit 5) and the
     // key tile loop unrolled by two (bit 4); 2: the chains only; 0: neither.
     const int ilp = key_ilp();
-    if (ilp == 3 && prefetch_two()) {  // KVQ_KV_PRE=1: stage 1's keys before the q set-up (PRE)
+    if (ilp == 3 && q_first()) {  // KVQ_KV_QF=1: q loaded before stage 0's copies (QF)
       if constexpr (GM == 4)
         if (warp_softmax()) return launch_stream<BITS, 1, 1, true, GM, false, 0, true, KS, O | 112 | 256>(k, v, a, max_len, sm_count, o, ml, stream);
       return launch_stream<BITS, 1, 1, true, GM, false, 0, true, KS, O | 48 | 256>(k, v, a, max_len, sm_count, o, ml, stream);

@@ -2,12 +2,11 @@
 # On the GPU machine (device tool), one call: where a batch-1 decode of version 4
 # (kernels/kv_decode_stream.cu) spends its time, and the A/B of the cut prepared for it
 # (h71, session 8; written when no device was lent, so never run yet).
-#  1. builds kvq-kvbench and kvq_test_gpu (sm_90), runs the long-context parity case (it covers
-#     KVQ_KV_PRE=1 and KVQ_KV_LAST=64: "kv packed: tensor-core decode over long contexts ...");
-#  2. one-process A/Bs of KVQ_KV_PRE=0,1 (stage 1's keys issued before the q set-up) and of
-#     KVQ_KV_LAST=0,64 (plans whose blocks end on a whole stage take 64 tokens more per block, so
-#     the last stage is short), batch 1 32K / 64K / 128K both shapes, and one batch-8 128K row
-#     per shape (unchanged expected for PRE; LAST changes b8 plans too);
+#  1. builds kvq-kvbench and kvq_test_gpu (sm_90), runs the long-context parity case ("kv
+#     packed: tensor-core decode over long contexts ...", which covers KVQ_KV_QF=1);
+#  2. a one-process A/B of KV_AB (default KVQ_KV_QF=0,1: q loaded before stage 0's copies),
+#     batch 1 32K / 64K / 128K both shapes, and one batch-8 128K row per shape (session 8's
+#     KVQ_KV_PRE / KVQ_KV_LAST A/Bs ran here on 2026-11-23 and both switches were deleted);
 #  3. rebuilds kv_decode_stream.cu with `#define KVQ_KV_TRACE 1` (only that object and the link),
 #     times the same decodes with the trace build (perturbation: traced vs plain "us" column)
 #     and writes one kv_trace.bin per (shape, codec, context) (last 32 calls: 3 warm-ups + reps),
@@ -15,7 +14,7 @@
 #  4. tars the traces and logs into $OUT/h71.tgz (the device returns at most 8 files).
 # Usage (repo root of a clean copy, e.g. git archive HEAD, carried): bash scripts/bench/kv_trace_run.sh
 # Env: KV_BUILD_DIR (default build-h71-gpu), KV_REPS (default 20 for the A/B, 10 traced),
-# KV_SKIP_AB=1 / KV_SKIP_TESTS=1 skip steps 2 / the parity case.
+# KV_AB (NAME=v1,v2 for step 2), KV_SKIP_AB=1 / KV_SKIP_TESTS=1 skip steps 2 / the parity case.
 # Budget (estimates, H100): configure + build ~100-150 s, parity ~20 s, A/B ~60 s, trace rebuild
 # ~60-100 s (kv_decode_stream.cu alone: 1m44 of nvcc on one CPU core here), traced runs ~60 s.
 set -uo pipefail
@@ -38,16 +37,12 @@ if [ "${KV_SKIP_TESTS:-0}" != 1 ]; then
     grep -E "kv packed long|passed|failed|FAILED" | tee "$L/parity.log" | tail -25
 fi
 if [ "${KV_SKIP_AB:-0}" != 1 ]; then
-  echo "== A/B KVQ_KV_PRE=0,1 =="
+  AB=${KV_AB:-KVQ_KV_QF=0,1}
+  echo "== A/B $AB =="
   timeout 240 /tmp/kvbench-plain --reps "$REPS" --batch 1 --contexts 32768,65536,131072 --kv int4 --kv int2 \
-    --ab KVQ_KV_PRE=0,1 --json "$L/ab_b1.json" 2>&1 | tee "$L/ab_b1.txt"
+    --ab "$AB" --json "$L/ab_b1.json" 2>&1 | tee "$L/ab_b1.txt"
   timeout 120 /tmp/kvbench-plain --reps 10 --batch 8 --contexts 131072 --kv int4 --kv int2 \
-    --ab KVQ_KV_PRE=0,1 --json "$L/ab_b8.json" 2>&1 | tee "$L/ab_b8.txt"
-  echo "== A/B KVQ_KV_LAST=0,64 =="
-  timeout 240 /tmp/kvbench-plain --reps "$REPS" --batch 1 --contexts 32768,65536,131072 --kv int4 --kv int2 \
-    --ab KVQ_KV_LAST=0,64 --json "$L/ab_last_b1.json" 2>&1 | tee "$L/ab_last_b1.txt"
-  timeout 120 /tmp/kvbench-plain --reps 10 --batch 8 --contexts 131072 --kv int4 --kv int2 \
-    --ab KVQ_KV_LAST=0,64 --json "$L/ab_last_b8.json" 2>&1 | tee "$L/ab_last_b8.txt"
+    --ab "$AB" --json "$L/ab_b8.json" 2>&1 | tee "$L/ab_b8.txt"
 fi
 echo "== trace build =="
 t1=$(date +%s)
