@@ -326,12 +326,12 @@ __host__ __device__ constexpr int stream_min_blocks(int ntk, int ntv, int ks, in
 // in the 4-bit G <= 4 build, where 1: the merged reductions made llama3-8b int4 5-9% slower,
 // H100 2026-11-23 run 2: fewer SHFL (40 vs 105 static) but one long dependent butterfly of
 // 16 values instead of 12 independent trees; at G = 1 the merged tree is 5 levels as before).
-// KIVI with its tail kernel first (KVQ_KV_TAILFIRST=1, launch_stream below): the tail grid is
-// launched before this one, which is launched as its programmatic dependent (the tail allows
-// it at block start), so the two run at once; each KCH block waits here, after its partial
-// writes, for the tail grid's completion and memory, so this grid completes after the tail and
-// the combine (this grid's dependent) sees both. Launched the ordinary way (the default: the
-// tail after this grid), griddepcontrol.wait returns at once.
+// KIVI with its tail kernel first (tail_first() below): the tail grid is launched before this
+// one, which is launched as its programmatic dependent (the tail allows it at block start), so
+// the two run at once; each KCH block waits here, after its partial writes, for the tail grid's
+// completion and memory, so this grid completes after the tail and the combine (this grid's
+// dependent) sees both. Launched the ordinary way (the tail after this grid), griddepcontrol.wait
+// returns at once.
 __device__ __forceinline__ void tail_first_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
@@ -500,43 +500,24 @@ stream_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int span, int spli
       stage16u<CPT>(vc_s, vcg_t + j * (KS * RW * 4), n * RW / 4);
     }
   };
-  // QF (OPT bit 8; KVQ_KV_QF=1, session 9): q's loads issued before stage 0's copies, held in
-  // registers (G <= GM halves per thread) and written to shared memory after them. Why: the h71
-  // trace (H100, 2026-11-23, f0c4e67, batch 1, L2 cold) put the end of the q set-up 8.7-9.3 us
-  // after block entry and stage 0's landing only 0.6 us later in all 8 cells (int4 / int2 x
-  // both shapes x 32K / 128K): a q load issued behind every block's stage-0 copies (4 blocks x
-  // ~34 KB per SM at int4 MHA, ~17 MB in all) waits for most of them, so the q set-up and stage
-  // 1's copies (issued at the top of stage 0) start only when stage 0 has landed. Issuing stage
-  // 1's copies before the q set-up instead (h71's KVQ_KV_PRE) was slower in 7 of 8 cells (one
-  // process, same call): it put more bytes ahead of q.
-  constexpr bool QF = (OPT & 256) != 0;
-  const uint16_t* q = static_cast<const uint16_t*>(a.q) + head0 * kD;  // [G][kD] fp16 bits
-  constexpr int QPT = QF ? GM * kD / kT : 1;
-  static_assert(!QF || GM * kD % kT == 0, "QF: whole rounds of q halves per thread");
-  uint16_t qr[QPT];
-  if constexpr (QF) {
-#pragma unroll
-    for (int i = 0; i < QPT; ++i) {
-      const int x = static_cast<int>(threadIdx.x) + i * kT;
-      qr[i] = x < G * kD ? q[x] : uint16_t{0};
-    }
-  }
   issue_a(0);
   cp_async_commit();
   issue_b(0);
   cp_async_commit();
 
   // q staged in sc (free until the first key pass), per-column sums, B fragments.
+  // The h71 trace (H100, 2026-11-23, f0c4e67, batch 1, L2 cold, int4 / int2 x both shapes x 32K /
+  // 128K) puts the end of this set-up 8.7-9.3 us after block entry and stage 0's landing 0.6 us
+  // later: the set-up waits for q behind the grid's stage-0 copies (~17 MB at int4 MHA). Three
+  // orders were timed against this one (one process each; deleted): stage 1's copies issued
+  // before the q set-up (h71's KVQ_KV_PRE) slower in 7 of 8 batch-1 cells (llama3-8b int2 32K
+  // 29.4 -> 31.0 us); q loaded into registers before stage 0's copies (session 9, KVQ_KV_QF)
+  // from 0.7% slower to 1.9% faster in 32 cells: stage 0's fill is the cost, not q's latency; a 64-token
+  // last stage per block (h71's KVQ_KV_LAST, a plan change) slower in 11 of 16 (llama3-8b int2
+  // b1 32K 29.0 -> 32.0, llama2-7b int4 b1 32K 60.3 -> 62.6).
+  const uint16_t* q = static_cast<const uint16_t*>(a.q) + head0 * kD;  // [G][kD] fp16 bits
   float* qf = sc;
-  if constexpr (QF) {
-#pragma unroll
-    for (int i = 0; i < QPT; ++i) {
-      const int x = static_cast<int>(threadIdx.x) + i * kT;
-      if (x < G * kD) qf[x] = h2f(qr[i]);
-    }
-  } else {
-    for (int i = threadIdx.x; i < G * kD; i += kT) qf[i] = h2f(q[i]);
-  }
+  for (int i = threadIdx.x; i < G * kD; i += kT) qf[i] = h2f(q[i]);
   if (threadIdx.x < 2 * ZN) {
     zsum[threadIdx.x] = 0.f;
     if (threadIdx.x < 8) lrun[threadIdx.x] = 0.f;
@@ -1462,7 +1443,7 @@ __global__ void __launch_bounds__(kT) kivi_tail_kernel(PackedSide K, PackedSide 
                                                               int splits, int s_tail, float* part_o, float* part_ml) {
   extern __shared__ __align__(16) float tsm[];
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  // KVQ_KV_TAILFIRST=1: the attention grid, launched after this one as its programmatic
+  // Tail first (tail_first()): the attention grid, launched after this one as its programmatic
   // dependent, starts now (tail_first_wait); otherwise the combine may (it waits for this grid).
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
@@ -1799,15 +1780,23 @@ int span_grain(int ks) {
   return 64;
 }
 
-// KVQ_KV_TAILFIRST (read per call; session 9): "1", KIVI's tail grid launched before the
-// attention grid, which runs beside it as its programmatic dependent (tail_first_wait; devices
-// of compute capability >= 9 only); unset or anything else: the tail after the attention grid.
-// Why try it: the tail is one block per (kv head, row) on CUDA cores, and after the attention
-// grid its whole latency adds to the decode: KIVI-4 at batch 1, 4K, takes 42.3 us on llama2-7b
-// and 36.5 on llama3-8b against int4's 20.7 / 15.4 (H100, 2026-11-23, f0c4e67, L2 cold).
-bool tail_first() {
+// KIVI's tail grid first, the attention grid beside it as its programmatic dependent
+// (tail_first_wait; devices of compute capability >= 9 only), where the tail grid (a block per
+// kv head and row) has at most one block per SM; otherwise the tail after the attention grid.
+// KVQ_KV_TAILFIRST (read per call) "1" / "0" forces one order. Why: after the attention grid
+// the tail's whole latency adds to the decode. Measured (H100, 2026-11-23, 49c8a39, one process,
+// kvq-kvbench --reps 20 --batch 1,8 --contexts 4096,32768,131072 --kv kivi:bits=4 --kv
+// kivi:bits=2 --ab KVQ_KV_TAILFIRST=0,1, L2 cold, us): tail first faster in 22 of 24 cells;
+// batch 1 llama2-7b 4K KIVI-4 42.3 -> 29.3, 32K KIVI-2 105.9 -> 95.0; llama3-8b 32K KIVI-4
+// 66.9 -> 49.4, 128K KIVI-2 139.9 -> 122.6; batch 8 llama3-8b (64 tail blocks) 0.5-6.5%
+// faster. Slower only on llama2-7b batch 8 (256 tail blocks: they take SM slots the attention
+// grid's plan counted on), KIVI-2 32K 620.2 -> 636.3 and 128K 2399.1 -> 2462.8, where KIVI-4
+// was 0.6-3.5% faster; the SM-count rule keeps that shape in the old order.
+bool tail_first(int tail_blocks, int sm_count) {
   const char* e = std::getenv("KVQ_KV_TAILFIRST");
-  return e != nullptr && std::strcmp(e, "1") == 0;
+  if (e != nullptr && std::strcmp(e, "1") == 0) return true;
+  if (e != nullptr && std::strcmp(e, "0") == 0) return false;
+  return tail_blocks <= sm_count;
 }
 
 template <int BITS, int NTK, int NTV, bool KONE, int GM, bool KCH = false, int NGVT = 0, bool FOLD = true,
@@ -1852,7 +1841,7 @@ cudaError_t launch_stream(const PackedSide& k, const PackedSide& v, const Packed
         return e;
       tail_smem = tsmem;
     }
-    const bool first = tail_first() && device_has_pdl();
+    const bool first = tail_first(k.kv_heads * a.rows, sm_count) && device_has_pdl();
     if (!first) {
       kernel<<<grid, kT, smem, stream>>>(k, v, a, span, total, part_o, part_ml KVQ_TRACE_ARG);
       if ((e = launch_status()) != cudaSuccess) return e;
@@ -1930,18 +1919,6 @@ bool warp_softmax() {
   const char* e = std::getenv("KVQ_KV_WSM");
   return e == nullptr || std::strcmp(e, "0") != 0;
 }
-// KVQ_KV_QF (read per call; session 9): "1", the 256-token per-token builds of the default key
-// pass (KVQ_KV_ILP=3) at G = 1 and G <= 4 load q before stage 0's copies (stream_kernel's QF);
-// unset or anything else: after them (the build before). h71's KVQ_KV_PRE (stage 1's copies
-// before the q set-up, the same OPT bit) and KVQ_KV_LAST (a 64-token last stage per block) were
-// both slower or within noise in one-process A/Bs (H100, 2026-11-23, f0c4e67, batch 1 and 8,
-// 32K / 128K, int4 / int2): PRE slower in 7 of 8 batch-1 cells (llama3-8b int2 32K 29.4 -> 31.0
-// us), LAST in 11 of 16 (llama3-8b int2 b1 32K 29.0 -> 32.0, llama2-7b int4 b1 32K 60.3 -> 62.6),
-// the other 5 within 0.6%; both deleted.
-bool q_first() {
-  const char* e = std::getenv("KVQ_KV_QF");
-  return e != nullptr && std::strcmp(e, "1") == 0;
-}
 // Default: 384-token stages where blocks are long (>= 48 stages of 256 tokens in the 256-token
 // plan at 4 blocks per SM), else 256. Measured (H100, 2026-11-23, notes/s5/results-h41.md, int2,
 // one process, same caches): llama2-7b batch 8 (64-256 stages per block) 384 is 7-10% faster
@@ -1970,11 +1947,6 @@ cudaError_t launch_token(const PackedSide& k, const PackedSide& v, const PackedD
     // KVQ_KV_ILP (read per call, default 3): two mma chains per key tile (OPT bit 5) and the
     // key tile loop unrolled by two (bit 4); 2: the chains only; 0: neither.
     const int ilp = key_ilp();
-    if (ilp == 3 && q_first()) {  // KVQ_KV_QF=1: q loaded before stage 0's copies (QF)
-      if constexpr (GM == 4)
-        if (warp_softmax()) return launch_stream<BITS, 1, 1, true, GM, false, 0, true, KS, O | 112 | 256>(k, v, a, max_len, sm_count, o, ml, stream);
-      return launch_stream<BITS, 1, 1, true, GM, false, 0, true, KS, O | 48 | 256>(k, v, a, max_len, sm_count, o, ml, stream);
-    }
     if (ilp == 2) return launch_stream<BITS, 1, 1, true, GM, false, 0, true, KS, O | 32>(k, v, a, max_len, sm_count, o, ml, stream);
     if (ilp == 3) {
       // G <= 4: the per-warp softmax (OPT bit 6) on this key pass unless KVQ_KV_WSM=0.

@@ -519,34 +519,24 @@ TEST_CASE("kv packed: tensor-core decode (int2/int4 per token, head_dim 128) == 
 // (int4 at G = 4, 3 blocks per SM on the H100: 16 splits of 640 tokens, so blocks start off the
 // 256-token stage grid and end on a partial stage); the int-b specs under both, KIVI (whole
 // stages always) once.
-// KVQ_KV_QF (read per call; session 9): "1", q loaded before stage 0's copies (stream_kernel's
-// QF, the 256-token G = 1 / G <= 4 builds): the int-b specs once more with 64-token grains, so
-// blocks of one partial stage and of several both run it, and at G = 3 too (the G <= 4 build
-// with q rounds past G heads masked).
 TEST_CASE("kv packed: tensor-core decode over long contexts (several stages per block) == simulated",
           "[gpu][kv]") {
   LongCase lc;
   lc.on = true;
   lc.pieces = {{4000, 1, 2, 6000}, {129}, {7, 1, 1, 1}};
   const uint64_t seed = kvq_test::test_seed(912);
-  struct Variant {
-    const char *grain, *qf;
-  };
-  const Variant variants[] = {{"stage", "0"}, {"64", "0"}, {"64", "1"}};
-  for (const auto& [grain, qf] : variants) {
+  for (const char* grain : {"stage", "64"}) {
     const EnvGuard env("KVQ_KV_SPAN", grain);
-    const EnvGuard env_qf("KVQ_KV_QF", qf);
     for (const char* spec : {"int4", "int2", "kivi:bits=4", "kivi:bits=2"}) {
       const bool kivi = std::string(spec).rfind("kivi", 0) == 0;
       if (kivi && std::string(grain) != "stage") continue;
-      std::vector<Shape> shapes = kivi ? std::vector<Shape>{Shape{8, 8, 128}, Shape{8, 16, 128}, Shape{8, 32, 128}}
-                                       : std::vector<Shape>{Shape{8, 8, 128}, Shape{8, 32, 128}};
-      if (std::string(qf) == "1") shapes.push_back(Shape{8, 24, 128});
+      const std::vector<Shape> shapes = kivi ? std::vector<Shape>{Shape{8, 8, 128}, Shape{8, 16, 128}, Shape{8, 32, 128}}
+                                             : std::vector<Shape>{Shape{8, 8, 128}, Shape{8, 32, 128}};
       for (const Shape& s : shapes) {
         const Result r = run_case(spec, spec, s, seed, nullptr, nullptr, lc);
-        std::printf("kv packed long KVQ_KV_SPAN=%s KVQ_KV_QF=%s %s, kv_heads %d, heads %d: bytes "
+        std::printf("kv packed long KVQ_KV_SPAN=%s %s, kv_heads %d, heads %d: bytes "
                     "equal; decode max err %.3g (%.3f of tolerance), seed %llu\n",
-                    grain, qf, spec, s.H, s.n_heads, r.worst_err, r.worst_ratio, static_cast<unsigned long long>(seed));
+                    grain, spec, s.H, s.n_heads, r.worst_err, r.worst_ratio, static_cast<unsigned long long>(seed));
       }
     }
   }
@@ -744,18 +734,19 @@ TEST_CASE("kv packed: KIVI on the tensor cores (G <= 2, head_dim 128) == simulat
 // chunks) on long residuals, G = 1, 2 and 4: R = 256 and 1,024 put the 300-token row's tail in
 // two and three chunks (R = 1,024 at G = 4 also needs more than 48 KB of shared memory: the
 // launch's opt-in attribute), R = 4,096 at G = 4 (99 KB). Passed on the H100 (2026-11-23,
-// f0c4e67) under both tail kernels of that commit. KVQ_KV_TAILFIRST=1 (the tail grid first,
-// the attention grid beside it as its programmatic dependent, waiting for it at its end): the
-// default residual and the 1,024 one, where the tail is the longer grid, so a combine that did
-// not wait for it would read stale partials.
-TEST_CASE("kv packed: KIVI tail kernel (long residuals, tail first) == simulated", "[gpu][kv]") {
+// f0c4e67) under both tail kernels of that commit. The launch order: these shapes (a few tail
+// blocks, fewer than the device's SMs) take the tail grid first (the attention grid beside it as its programmatic
+// dependent, waiting for it at its end), where R = 1,024 makes the tail the longer grid, so a
+// combine that did not wait for it would read stale partials; KVQ_KV_TAILFIRST=0 forces the
+// order after (the default where the tail grid has more blocks than the device has SMs).
+TEST_CASE("kv packed: KIVI tail kernel (long residuals, both launch orders) == simulated", "[gpu][kv]") {
   const std::vector<Shape> shapes = {Shape{3, 3, 128}, Shape{2, 4, 128}, Shape{2, 8, 128}};  // G = 1, 2, 4
   run_all("kivi:bits=4,group=32,residual=256", "kivi:bits=4,group=32,residual=256", 945, nullptr, nullptr, shapes);
   run_all("kivi:bits=2,group=32,residual=1024", "kivi:bits=2,group=32,residual=1024", 946, nullptr, nullptr,
           {Shape{2, 8, 128}});
   run_all("kivi:bits=4,group=32,residual=4096", "kivi:bits=4,group=32,residual=4096", 947, nullptr, nullptr,
           {Shape{2, 8, 128}});
-  const EnvGuard env("KVQ_KV_TAILFIRST", "1");
+  const EnvGuard env("KVQ_KV_TAILFIRST", "0");
   run_all("kivi:bits=4", "kivi:bits=4", 948, nullptr, nullptr, shapes);
   run_all("kivi:bits=2,group=32,residual=1024", "kivi:bits=2,group=32,residual=1024", 949, nullptr, nullptr,
           {Shape{2, 8, 128}, Shape{2, 6, 128}});
