@@ -3,10 +3,10 @@
 # (kernels/kv_decode_stream.cu) spends its time, and the A/B of the cut prepared for it
 # (h71, session 8; written when no device was lent, so never run yet).
 #  1. builds kvq-kvbench and kvq_test_gpu (sm_90), runs the long-context parity case ("kv
-#     packed: tensor-core decode over long contexts ...", which covers KVQ_KV_QF=1);
-#  2. a one-process A/B of KV_AB (default KVQ_KV_QF=0,1: q loaded before stage 0's copies),
-#     batch 1 32K / 64K / 128K both shapes, and one batch-8 128K row per shape (session 8's
-#     KVQ_KV_PRE / KVQ_KV_LAST A/Bs ran here on 2026-11-23 and both switches were deleted);
+#     packed: tensor-core decode over long contexts ...");
+#  2. when KV_AB=NAME=v1,v2 is set, a one-process A/B of it, batch 1 32K / 64K / 128K both
+#     shapes, and one batch-8 128K row per shape (session 8's KVQ_KV_PRE / KVQ_KV_LAST and
+#     session 9's KVQ_KV_QF were timed this way on 2026-11-23 and deleted);
 #  3. rebuilds kv_decode_stream.cu with `#define KVQ_KV_TRACE 1` (only that object and the link),
 #     times the same decodes with the trace build (perturbation: traced vs plain "us" column)
 #     and writes one kv_trace.bin per (shape, codec, context) (last 32 calls: 3 warm-ups + reps),
@@ -36,8 +36,8 @@ if [ "${KV_SKIP_TESTS:-0}" != 1 ]; then
   timeout 200 "$BUILD/tests/kvq_test_gpu" "kv packed: tensor-core decode over long contexts*" -s 2>&1 |
     grep -E "kv packed long|passed|failed|FAILED" | tee "$L/parity.log" | tail -25
 fi
-if [ "${KV_SKIP_AB:-0}" != 1 ]; then
-  AB=${KV_AB:-KVQ_KV_QF=0,1}
+if [ "${KV_SKIP_AB:-0}" != 1 ] && [ -n "${KV_AB:-}" ]; then
+  AB=$KV_AB
   echo "== A/B $AB =="
   timeout 240 /tmp/kvbench-plain --reps "$REPS" --batch 1 --contexts 32768,65536,131072 --kv int4 --kv int2 \
     --ab "$AB" --json "$L/ab_b1.json" 2>&1 | tee "$L/ab_b1.txt"
