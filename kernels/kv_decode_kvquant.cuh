@@ -31,14 +31,22 @@ size_t workspace_fold(const PackedSide& k, const PackedDecodeArgs& a, int max_le
 // (packed_cache.cpp's KVQ_KVQ_KOUT=old). Both builds sum the value-outlier corrections' shared
 // channels by one gather per warp step where that takes fewer shuffle levels than a butterfly
 // per channel (warp_channel_add, kv_decode_kvquant_common.cuh: h72, the only path since h81).
+// stage (both builds; h82, packed_cache.cpp's opt-in KVQ_KVQ_STAGE=1): the build whose pass 1b
+// key code words and pass 3 value tiles are copied into shared memory by cp.async ahead of use
+// (kv_decode_kvquant_fold.cu, VAR | kStage), bit-identical outputs; where stage_built() is false
+// the default build runs.
 cudaError_t run_fold2(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len,
                       int sm_count, void* workspace, size_t workspace_bytes, cudaStream_t stream,
-                      bool kout_stage = true);
+                      bool kout_stage = true, bool stage = false);
 // The same tables with the key pass transposed (h56, KVQ_KV_DECODE=kvq-foldm; packed_cache.cpp's
 // default at G > 1): tokens as the mma's M, the G query heads as its N columns, plus kvq-fold2's
 // lane-private 4-bit value table. Same cases, same workspace_fold().
 cudaError_t run_foldm(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len,
                       int sm_count, void* workspace, size_t workspace_bytes, cudaStream_t stream,
-                      bool kout_stage = true);
+                      bool kout_stage = true, bool stage = false);
+// True when run_fold2 (foldm false) / run_foldm (true) has a staged build for `bits`, G = `group`
+// query heads per kv head and Q-Norm present (qa != 1 or qb != 0 on either side) or not: only
+// kvq-kvbench's default KVQuant cells (2 and 4 bits, no Q-Norm, G = 1 / G = 3..4).
+bool stage_built(int bits, int group, bool qnorm, bool foldm);
 
 }  // namespace kvq::kern::kvquant_decode

@@ -184,6 +184,25 @@ __device__ __forceinline__ uint32_t hmul2(uint32_t a, uint32_t b) {
   return d;
 }
 
+// The staged builds' copies (VAR & kStage, h82): global -> shared without a register, so that no
+// instruction waits on them until cp.async.wait_group (sm_80+; 16 B: both addresses 16-byte
+// aligned, 4 B: 4-byte aligned).
+__device__ __forceinline__ void st_cp16(void* dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(static_cast<uint32_t>(__cvta_generic_to_shared(dst))),
+               "l"(src)
+               : "memory");
+}
+__device__ __forceinline__ void st_cp4(void* dst, const void* src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(static_cast<uint32_t>(__cvta_generic_to_shared(dst))),
+               "l"(src)
+               : "memory");
+}
+__device__ __forceinline__ void st_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void st_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
 // kvq-fold2 (h54): the 4-bit key table with one copy per lane, entry e of lane L at word
 // 32 e + L, so a warp's 32 loads hit 32 banks (kvq-fold's 4 copies: ~2.5 wavefronts per load).
 // Byte k (0..7, constant after unrolling) of the lane's low (w0) or high (w1) code words.
@@ -322,12 +341,48 @@ __device__ const kvlayout::Outlier* stage_csr(const PackedSide& P, int64_t sh, i
 // shared channels are summed by one gather per warp step where cheaper (h72; the butterfly-only
 // build and its switch KVQ_KVQ_VSUM, 1.004-1.05x slower in all 16 cells of H100 2026-11-23, f0c4e67,
 // went in h81; figures there).
+// VAR | kStage (h82, opt-in KVQ_KVQ_STAGE=1, packed_cache.cpp): the same build with the loads
+// that ncu found exposed staged (H100, 2026-11-23, 0cac4b0, llama2-7b b1 32K 4 bits, kvq-fold2:
+// long-scoreboard stalls 27.1% of the samples, 8.7% of all on the wait after pass 3's tile
+// loads, 6% in pass 1b's key-outlier loop; notes/kv-cuda-perf.md, session 9):
+//  - pass 1b: inv_freq as fp32 in klut2's space (dead after pass 1; the same static_cast<float>
+//    of the fp64 value the default build converts per record), and, where the chunk's key CSR
+//    is staged and twice its records fit the records' space, each record's key code word
+//    copied by cp.async next to the records before the sinks' scores, so the record loop reads
+//    only shared memory instead of one dependent global round trip per record (else the
+//    default loads);
+//  - pass 3: each warp's 16-token tiles of value codes and meta copied by cp.async into two
+//    buffers per warp, the copy of tile i + 2 issued once tile i is in registers (two tiles of
+//    work to land instead of one, and no registers held). Buffers in space dead in pass 3:
+//    buffer 0 of the 8 warps in klut2 (and vlut2 at 4 bits, where pass 3 reads the lane-private
+//    value table), buffer 1 in st0 where the chunk gives 2 chunk >= 8 x the buffer (4 bits:
+//    chunk >= 1024 tokens, 2 bits: >= 512), else in the records' space's last 8 buffers (the
+//    value CSR's staging capacity that much smaller: records past it are read from global
+//    memory, the same values); meta in khm's 256 words. So the shared memory per block and
+//    the plan are unchanged. Rows are placed so that each of the lanes' four reads per tile
+//    is conflict-free (tile_row_* below).
+// Same values loaded, same arithmetic in the same order: the outputs are bit-identical to the
+// default build's (tests/gpu/kv_kvquant_test.cpp requires it).
+constexpr int kStage = 4;
+// Words of one staged tile of value codes (16 tokens x 16 or 8 words).
+template <int BITS>
+constexpr int stage_tile_words() {
+  return BITS == 4 ? 256 : 128;
+}
+// Row of token tt (0..15) of a staged tile. 4 bits: bits 0 and 2 of tt swapped, and 16-byte
+// chunk c of the row stored at c ^ (tt & 2): the half-warp of a 64-bit read (lanes gid 0..3 or
+// 4..7, t4 0..3, token 2 t4 + x's offset) then covers 8 distinct 16-byte bank groups. 2 bits:
+// row (tt >> 1 & 3) + 4 (tt & 1) + (tt & 8), so the 4 tokens of a read lie in 4 rows of 8 banks.
+__device__ __forceinline__ int tile_row4(int tt) { return (tt & 10) | ((tt >> 2) & 1) | ((tt & 1) << 2); }
+__device__ __forceinline__ int tile_row2(int tt) { return ((tt >> 1) & 3) | ((tt & 1) << 2) | (tt & 8); }
+
 template <int BITS, int GM, bool QN, int VAR>
 __global__ void __launch_bounds__(kT, 2)
 kvquant_fold_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, int splits, float* part_o,
                     float* part_ml, bool kout_stage) {
-  static_assert(VAR == 1 || VAR == 2, "kvq-fold2 or kvq-foldm");
-  constexpr bool V2 = VAR == 1;
+  static_assert((VAR & ~kStage) == 1 || (VAR & ~kStage) == 2, "kvq-fold2 or kvq-foldm, staged or not");
+  constexpr bool V2 = (VAR & ~kStage) == 1;
+  constexpr bool ST = (VAR & kStage) != 0;
   // kvq-fold2's value table: 32 copies (bank = lane) in the rec space from pass 2 on, the
   // value CSR staged after it (capacity kS * 4 * kRec - kPrivWords - chunk - 4 records; more
   // are read from global memory, as when kvq-fold's staging does not fit).
@@ -550,20 +605,52 @@ kvquant_fold_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, i
   // Staging capacity: the records' space (kS * 4 * kRec words) after the offsets.
   const int rcap = kS * 4 * kRec - (chunk + 4);
   const kvlayout::Outlier* krec = nullptr;
+  float* kfreq = reinterpret_cast<float*>(klut2);  // staged builds: inv_freq as fp32 [64]
   if (K.outliers) {
     krec = stage_csr(K, sh, begin, cnt, soff, srec, rcap);
+    if constexpr (ST)
+      if (threadIdx.x < 64) kfreq[threadIdx.x] = static_cast<float>(a.inv_freq[threadIdx.x]);
     __syncthreads();
+  }
+  // Staged builds: the records' key code words [n] after the staged records, copied now and
+  // waited for after the sinks' scores (block-uniform: the records staged and 2 n <= rcap).
+  bool kst = false;
+  uint32_t* kwst = nullptr;
+  if constexpr (ST) {
+    if (K.outliers && krec == srec) {
+      const uint32_t n = soff[cnt];
+      kst = 2 * n <= static_cast<uint32_t>(rcap);
+      kwst = reinterpret_cast<uint32_t*>(srec + n);
+    }
+    if (kst) {
+      const uint32_t* kcodes = K.codes + sh * K.max_tokens * K.wpr;
+      for (int j = max(begin, K.n_sink) + static_cast<int>(threadIdx.x); j < end; j += kT) {
+        const uint32_t r0 = soff[j - begin], r1 = soff[j - begin + 1];
+        for (uint32_t rr = r0; rr < r1; ++rr) {
+          const int i = static_cast<int>(srec[rr].index) - kvh * kD;
+          st_cp4(kwst + rr, kcodes + static_cast<int64_t>(j) * K.wpr + i / (32 / BITS));
+        }
+      }
+      st_commit();
+    }
   }
   {
     sink_scores<GM>(K, a, sh, begin, end, G, qs, sc, warp, lane);
     if (K.outliers) {
+      // Each thread reads back only the words it copied itself: its own wait suffices.
+      if constexpr (ST)
+        if (kst) st_wait<0>();
       const uint32_t* kcodes = K.codes + sh * K.max_tokens * K.wpr;
       for (int j = max(begin, K.n_sink) + static_cast<int>(threadIdx.x); j < end; j += kT) {
         const uint32_t r0 = soff[j - begin], r1 = soff[j - begin + 1];
         for (uint32_t rr = r0; rr < r1; ++rr) {
           const kvlayout::Outlier o = krec[rr];
           const int i = static_cast<int>(o.index) - kvh * kD;
-          const uint32_t w = kcodes[static_cast<int64_t>(j) * K.wpr + i / (32 / BITS)];
+          uint32_t w;
+          if constexpr (ST)
+            w = kst ? kwst[rr] : kcodes[static_cast<int64_t>(j) * K.wpr + i / (32 / BITS)];
+          else
+            w = kcodes[static_cast<int64_t>(j) * K.wpr + i / (32 / BITS)];
           const uint32_t code = (w >> (BITS * (i % (32 / BITS)))) & ((1u << BITS) - 1u);
           const float4 hm = khm[pair_slot(i & 63)];
           float kd = fmaf(klut[code], i < 64 ? hm.x : hm.y, i < 64 ? hm.z : hm.w);
@@ -588,7 +675,10 @@ kvquant_fold_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, i
             const int o = j - begin;
             const float2 c0 = st0[(o & ~63) + (V2 ? pair_slot(ip) : ip)];
             float cu, su;
-            sincosf(static_cast<float>(o & 63) * static_cast<float>(a.inv_freq[ip]), &su, &cu);
+            if constexpr (ST)
+              sincosf(static_cast<float>(o & 63) * kfreq[ip], &su, &cu);
+            else
+              sincosf(static_cast<float>(o & 63) * static_cast<float>(a.inv_freq[ip]), &su, &cu);
             c = fmaf(c0.x, cu, -c0.y * su);
             sn = fmaf(c0.y, cu, c0.x * su);
           } else {
@@ -613,11 +703,22 @@ kvquant_fold_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, i
 #pragma unroll 4
     for (int l = 0; l < 32; ++l) rec[e * 32 + ((e + l) & 31)] = v;
   }
+  // Staged builds: pass 3's buffer 1 of the 8 warps in st0 where it fits, else at the end of the
+  // records' space (the value CSR's staging capacity that much smaller).
+  constexpr int kTileW = stage_tile_words<BITS>();
+  const bool buf_st0 = 2 * chunk >= kW * kTileW;
+  const int vtail = ST && !buf_st0 ? kW * kTileW : 0;
   const kvlayout::Outlier* vrec = nullptr;
-  if (V.outliers)
-    vrec = VP ? stage_csr(V, sh, begin, cnt, vsoff, reinterpret_cast<kvlayout::Outlier*>(vsoff + chunk + 4),
-                          kS * 4 * kRec - kPrivWords - (chunk + 4))
-              : stage_csr(V, sh, begin, cnt, soff, srec, rcap);
+  if (V.outliers) {
+    if constexpr (ST)
+      vrec = VP ? stage_csr(V, sh, begin, cnt, vsoff, reinterpret_cast<kvlayout::Outlier*>(vsoff + chunk + 4),
+                            kS * 4 * kRec - kPrivWords - (chunk + 4) - vtail)
+                : stage_csr(V, sh, begin, cnt, soff, srec, rcap - vtail);
+    else
+      vrec = VP ? stage_csr(V, sh, begin, cnt, vsoff, reinterpret_cast<kvlayout::Outlier*>(vsoff + chunk + 4),
+                            kS * 4 * kRec - kPrivWords - (chunk + 4))
+                : stage_csr(V, sh, begin, cnt, soff, srec, rcap);
+  }
   chunk_softmax<kW, false>(sc, 1, cnt, G, warp, lane, stat, GM);
   __syncthreads();
 
@@ -653,16 +754,72 @@ kvquant_fold_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, i
         nmv[x] = __ldg(vmeta + j);
       }
     };
-    if (warp < ntile) load_tile(warp);
+    // Staged builds: buffer b of this warp (codes and meta), b = (kt16 / kW) & 1.
+    // Rows are 64 / 32 B of a 16-byte aligned allocation (V.codes: cudaMalloc, packed_cache.cpp).
+    uint32_t* const sbuf0 = klut2 + warp * kTileW;
+    uint32_t* const sbuf1 =
+        (buf_st0 ? reinterpret_cast<uint32_t*>(st0) : rec + kS * 4 * kRec - kW * kTileW) + warp * kTileW;
+    uint32_t* smeta = reinterpret_cast<uint32_t*>(khm) + warp * 16;  // + b * kW * 16
+    // Tile kt16 into buffer b: the 16 tokens' rows (token min(tt, cnt - 1), as load_tile) and meta.
+    auto stage_tile = [&](int kt16, int b) {
+      uint32_t* dst = b ? sbuf1 : sbuf0;
+      if constexpr (BITS == 4) {
+#pragma unroll
+        for (int k = 0; k < 2; ++k) {
+          const int q = lane + 32 * k, tt = q >> 2, c = q & 3;
+          const int j = begin + min(kt16 * 16 + tt, cnt - 1);
+          st_cp16(dst + 16 * tile_row4(tt) + 4 * (c ^ (tt & 2)), vcodes + static_cast<int64_t>(j) * 16 + 4 * c);
+        }
+      } else {
+        const int tt = lane >> 1, c = lane & 1;
+        const int j = begin + min(kt16 * 16 + tt, cnt - 1);
+        st_cp16(dst + 8 * tile_row2(tt) + 4 * c, vcodes + static_cast<int64_t>(j) * 8 + 4 * c);
+      }
+      if (lane < 16) st_cp4(smeta + b * kW * 16 + lane, vmeta + begin + min(kt16 * 16 + lane, cnt - 1));
+    };
+    if constexpr (ST) {
+      // One commit group per tile slot, empty ones too, so that wait_group 1 in the loop always
+      // means "this warp's tile kt16 has landed" (groups issued: 2 + tiles done).
+      if (warp < ntile) stage_tile(warp, 0);
+      st_commit();
+      if (warp + kW < ntile) stage_tile(warp + kW, 1);
+      st_commit();
+    } else {
+      if (warp < ntile) load_tile(warp);
+    }
     for (int kt16 = warp; kt16 < ntile; kt16 += kW) {
       uint32_t w[4][2], mvs[4];
+      if constexpr (ST) {
+        const int b = (kt16 / kW) & 1;
+        st_wait<1>();
+        __syncwarp();  // the other lanes' copies of this tile landed too
+        const uint32_t* src = b ? sbuf1 : sbuf0;
 #pragma unroll
-      for (int x = 0; x < 4; ++x) {
-        w[x][0] = nw[x][0];
-        w[x][1] = nw[x][1];
-        mvs[x] = nmv[x];
+        for (int x = 0; x < 4; ++x) {
+          const int tt = 2 * t4 + (x & 1) + 8 * (x >> 1);
+          if constexpr (BITS == 4) {
+            const uint2 c2 = *reinterpret_cast<const uint2*>(src + 16 * tile_row4(tt) + 4 * ((gid >> 1) ^ (tt & 2)) +
+                                                             2 * (gid & 1));
+            w[x][0] = c2.x;
+            w[x][1] = c2.y;
+          } else {
+            w[x][0] = src[8 * tile_row2(tt) + gid];
+            w[x][1] = 0;
+          }
+          mvs[x] = smeta[b * kW * 16 + tt];
+        }
+        __syncwarp();  // buffer b read by every lane before tile kt16 + 2 kW overwrites it
+        if (kt16 + 2 * kW < ntile) stage_tile(kt16 + 2 * kW, b);
+        st_commit();
+      } else {
+#pragma unroll
+        for (int x = 0; x < 4; ++x) {
+          w[x][0] = nw[x][0];
+          w[x][1] = nw[x][1];
+          mvs[x] = nmv[x];
+        }
+        if (kt16 + kW < ntile) load_tile(kt16 + kW);
       }
-      if (kt16 + kW < ntile) load_tile(kt16 + kW);
       float pw[4];
 #pragma unroll
       for (int x = 0; x < 4; ++x) {
@@ -693,6 +850,7 @@ kvquant_fold_kernel(PackedSide K, PackedSide V, PackedDecodeArgs a, int chunk, i
                  __byte_perm(h[2], h[3], 0x5410), __byte_perm(h[2], h[3], 0x7632), b0, b1);
       }
     }
+    if constexpr (ST) st_wait<0>();  // only empty groups remain; none outlives the loop
     // sum p m of head gid: over the 4 lanes t4 of the group, then into pmid.
     pm += __shfl_xor_sync(0xffffffffu, pm, 1);
     pm += __shfl_xor_sync(0xffffffffu, pm, 2);
@@ -801,9 +959,15 @@ size_t workspace_fold(const PackedSide& k, const PackedDecodeArgs& a, int max_le
 }
 
 namespace {
+// The staged builds (VAR | kStage) exist only for kvq-kvbench's default KVQuant cells, to keep
+// the compile time down: 2 and 4 bits without Q-Norm (kvquant:bits=N's default, qnorm=0),
+// kvq-fold2 at GM = 1 (llama2-7b, G = 1) and kvq-foldm at GM = 4 (llama3-8b, G = 4; also G = 3).
+template <int VAR>
+constexpr int kStageGm = VAR == 1 ? 1 : 4;
+
 template <int VAR>
 cudaError_t run_fold_any(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len, int sm_count,
-                         void* ws, size_t ws_bytes, bool ks, cudaStream_t stream) {
+                         void* ws, size_t ws_bytes, bool ks, bool stage, cudaStream_t stream) {
   if (!fits(Act::kF16, k, v, a)) return cudaErrorInvalidValue;
   if (a.rows == 0) return cudaSuccess;
   if (max_len <= 0 || ws_bytes < workspace_fold(k, a, max_len, sm_count)) return cudaErrorInvalidValue;
@@ -812,18 +976,25 @@ cudaError_t run_fold_any(const PackedSide& k, const PackedSide& v, const PackedD
   float* part_o = static_cast<float*>(ws);
   float* part_ml = part_o + static_cast<size_t>(a.rows) * a.n_heads * p.splits * kD;
   const bool qn = k.qa != 1.f || k.qb != 0.f || v.qa != 1.f || v.qb != 0.f;
+  if (stage && !qn && gm == kStageGm<VAR>)  // same plan, same shared memory as the default build
+    return k.bits == 4 ? launch<4, kStageGm<VAR>, false, VAR | kStage>(k, v, a, p, part_o, part_ml, ks, stream)
+                       : launch<2, kStageGm<VAR>, false, VAR | kStage>(k, v, a, p, part_o, part_ml, ks, stream);
   return qn ? dispatch_bits<true, VAR>(k.bits, gm, k, v, a, p, part_o, part_ml, ks, stream)
             : dispatch_bits<false, VAR>(k.bits, gm, k, v, a, p, part_o, part_ml, ks, stream);
 }
 }  // namespace
 
+bool stage_built(int bits, int group, bool qnorm, bool foldm) {
+  return (bits == 2 || bits == 4) && !qnorm && gm_of(group) == (foldm ? kStageGm<2> : kStageGm<1>);
+}
+
 cudaError_t run_fold2(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len, int sm_count,
-                      void* ws, size_t ws_bytes, cudaStream_t stream, bool kout_stage) {
-  return run_fold_any<1>(k, v, a, max_len, sm_count, ws, ws_bytes, kout_stage, stream);
+                      void* ws, size_t ws_bytes, cudaStream_t stream, bool kout_stage, bool stage) {
+  return run_fold_any<1>(k, v, a, max_len, sm_count, ws, ws_bytes, kout_stage, stage, stream);
 }
 cudaError_t run_foldm(const PackedSide& k, const PackedSide& v, const PackedDecodeArgs& a, int max_len, int sm_count,
-                      void* ws, size_t ws_bytes, cudaStream_t stream, bool kout_stage) {
-  return run_fold_any<2>(k, v, a, max_len, sm_count, ws, ws_bytes, kout_stage, stream);
+                      void* ws, size_t ws_bytes, cudaStream_t stream, bool kout_stage, bool stage) {
+  return run_fold_any<2>(k, v, a, max_len, sm_count, ws, ws_bytes, kout_stage, stage, stream);
 }
 
 }  // namespace kvq::kern::kvquant_decode

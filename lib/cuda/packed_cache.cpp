@@ -133,6 +133,17 @@ bool kvquant_kout_stage(const std::string& where) {
   return env_choice("KVQ_KVQ_KOUT", "old", "new", true, where,
                     "unset KVQ_KVQ_KOUT (new), or old for the per-record double-precision angle");
 }
+// KVQ_KVQ_STAGE (h82, read at every call, for `kvq-kvbench --ab KVQ_KVQ_STAGE=0,1`): "1" = the
+// KVQuant builds whose pass 1b key code words and pass 3 value tiles are copied into shared
+// memory by cp.async ahead of use (the loads ncu found exposed, H100 2026-11-23: 27% long-
+// scoreboard stalls at llama2-7b b1 32K; kernels/kv_decode_kvquant_fold.cu), where such a build
+// exists (kern::kvquant_decode::stage_built: 2 / 4 bits, no Q-Norm, G = 1 or 3..4), else the
+// default one; outputs bit-identical either way. "0" or unset = the default build, as measured.
+// Not yet run on a GPU: opt-in until its A/B. Any other value is an InvalidArgument.
+bool kvquant_stage(const std::string& where) {
+  return env_choice("KVQ_KVQ_STAGE", "0", "1", false, where,
+                    "unset KVQ_KVQ_STAGE or 0 (the default build), or 1 for the staged loads");
+}
 // KVQ_KVQ_VSUM (h72, bfly|gather) is no longer read: the gather sum of the value-outlier
 // corrections was faster in all 16 cells of its A/B and is the only path (h81; the switch is last
 // in f0c4e67; figures at warp_channel_add, kernels/kv_decode_kvquant_common.cuh).
@@ -453,8 +464,9 @@ void PackedKvCache::decode(const void* q_dev, void* out_dev, bool bf16, void* st
     build = resolve_kvquant_build(build, a.n_heads, I.k.d.kv_heads);
     const auto run = build == KvqBuild::kFoldM ? kern::kvquant_decode::run_foldm : kern::kvquant_decode::run_fold2;
     const bool kout_stage = kvquant_kout_stage(I.k.where);
+    const bool stage = kvquant_stage(I.k.where);
     KVQ_CUDA_CHECK(run(I.k.d, I.v.d, a, I.max_len, I.sm_count, I.work.get(), I.work.bytes(),
-                       static_cast<cudaStream_t>(stream), kout_stage));
+                       static_cast<cudaStream_t>(stream), kout_stage, stage));
     return;
   }
   // Benchmark knob (kvq-kvbench, notes/kv-cuda-perf.md; KVQuant: kvquant_build above):

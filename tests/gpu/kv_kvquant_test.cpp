@@ -62,6 +62,9 @@
 //    above); summed over a token's outlier channels (at most one per channel and pair member):
 //    <= 2 e C = 2^-15 C, added to delta for every token. (KVQ_KVQ_KOUT=old, anchor() per record
 //    with the angle reduced in double, is <= 2^-22 per component: inside the same term.)
+//  - KVQ_KVQ_STAGE=1 (h82): the same loaded values and arithmetic (cp.async staging only), so
+//    the same bound; and bit-identical to 0 where no cross-warp fp32 atomic sum is order-
+//    dependent (its own case below).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -75,6 +78,7 @@
 
 #include "formats/dtype.h"
 #include "formats/error.h"
+#include "kernels/kv_decode_kvquant.cuh"
 #include "lib/codecs/codec.h"
 #include "lib/cuda/packed_cache.h"
 #include "lib/rope.h"
@@ -425,6 +429,161 @@ TEST_CASE("kv kvquant fold2/foldm kernels: value outliers in 2..8 planted channe
   planted_cases("kvq-fold2");
 }
 
+// KVQ_KVQ_STAGE=1 (h82): the builds whose pass 1b key code words (and inv_freq as fp32) and pass
+// 3 value tiles are copied into shared memory by cp.async (kernels/kv_decode_kvquant_fold.cu, VAR
+// | kStage). Same loaded values, same arithmetic: the same bound. Built for 2 / 4 bits without
+// Q-Norm at G = 1 (kvq-fold2) and G = 3, 4 (kvq-foldm); the other cases here (G = 2, 8; the
+// calibrated ones, which have Q-Norm) run the default build under the switch. Basic and planted
+// cases: chunks < 1024 tokens, so pass 3's second buffer sits at the end of the records' space;
+// the long slot (chunks of ~1280 tokens on an H100) puts it in st0 at 4 bits and 2 bits. The
+// 5% outlier specs put the key CSR past the word staging (records or words from global memory),
+// the 1% ones inside it.
+TEST_CASE("kv kvquant fold2/foldm kernels, KVQ_KVQ_STAGE=1: basic, long slot, planted channels == simulated",
+          "[gpu][kv][kvquant]") {
+  EnvGuard env("KVQ_KVQ_STAGE", "1");
+  std::printf("KVQ_KVQ_STAGE=1:\n");
+  for (const char* kernel : {"kvq-fold2", "kvq-foldm"}) {
+    basic_cases(kernel);
+    long_cases(kernel);
+    planted_cases(kernel);
+  }
+}
+
+namespace {
+
+// Value rows as make_rows, then per (token, head) the extreme of smaller magnitude set to minus
+// the other (a constant row: its next channel), so that every token's range is [-A, A]: the
+// codec's mid 0.5f (max + min) is exactly 0.
+std::vector<float> make_rows_centered(std::mt19937_64& rng, int T, int dim, int hd) {
+  std::vector<float> x = make_rows(rng, T, dim, hd, true);
+  for (int t = 0; t < T; ++t)
+    for (int h = 0; h < dim / hd; ++h) {
+      float* r = x.data() + static_cast<size_t>(t) * dim + h * hd;
+      const int imax = static_cast<int>(std::max_element(r, r + hd) - r);
+      const int imin = static_cast<int>(std::min_element(r, r + hd) - r);
+      if (imax == imin)
+        r[(imax + 1) % hd] = -r[imax];
+      else if (r[imax] >= -r[imin])
+        r[imin] = -r[imax];
+      else
+        r[imax] = -r[imin];
+    }
+  return x;
+}
+
+// Decodes one cache under KVQ_KVQ_STAGE=0 and 1 (kernel forced by KVQ_KV_DECODE) and returns
+// the number of fp16 outputs that differ in any bit. Key spec `kspec` (outliers, sinks), value
+// spec the same bits with no outliers and one sink, value rows centred (make_rows_centered).
+int stage_parity(int bits, const char* kspec_tail, int H, int n_heads, const std::vector<std::vector<int>>& pieces,
+                 const char* kernel, uint64_t seed) {
+  EnvGuard dec("KVQ_KV_DECODE", kernel);
+  std::mt19937_64 rng(seed);
+  const codecs::KvShape ks{H, kHd, n_heads};
+  const std::string b = "kvquant:bits=" + std::to_string(bits);
+  auto kc = codecs::make_codec(codecs::parse_codec_spec(b + kspec_tail), KvSide::kKey, 0, ks);
+  auto vc = codecs::make_codec(codecs::parse_codec_spec(b + ",outliers=0,sink=1"), KvSide::kValue, 0, ks);
+  const int dim = H * kHd;
+  const int S = static_cast<int>(pieces.size());
+  int max_tokens = 0;
+  for (const auto& ps : pieces) {
+    int T = 0;
+    for (int n : ps) T += n;
+    max_tokens = std::max(max_tokens, T);
+  }
+  RopeConfig rc;
+  rc.theta = 10000.0;
+  cuda::PackedKvCache gpu(*kc, *vc, S, max_tokens, n_heads, rope_inv_freq(rc, kHd));
+  for (int slot = 0; slot < S; ++slot) {
+    int T = 0;
+    for (int n : pieces[slot]) T += n;
+    const std::vector<float> K = make_rows(rng, T, dim, kHd, true);
+    const std::vector<float> V = make_rows_centered(rng, T, dim, kHd);
+    int pos = 0;
+    for (int n : pieces[slot]) {
+      gpu.append_host(slot, K.data() + static_cast<size_t>(pos) * dim, V.data() + static_cast<size_t>(pos) * dim, n,
+                      dim);
+      pos += n;
+    }
+  }
+  std::vector<int> rows;
+  for (int slot = 0; slot < S; ++slot) rows.push_back(slot);
+  rows.push_back(0);
+  gpu.prepare(rows);
+  REQUIRE(gpu.decode_uses_kvquant_kernel());
+  const size_t n = rows.size() * static_cast<size_t>(n_heads) * kHd;
+  std::normal_distribution<float> nd(0.f, 1.f);
+  std::vector<uint16_t> qh(n);
+  for (auto& h : qh) h = float_to_half(nd(rng));
+  void* dq = nullptr;
+  void* dout = nullptr;
+  REQUIRE(cudaMalloc(&dq, n * 2) == cudaSuccess);
+  REQUIRE(cudaMalloc(&dout, n * 2) == cudaSuccess);
+  REQUIRE(cudaMemcpy(dq, qh.data(), n * 2, cudaMemcpyHostToDevice) == cudaSuccess);
+  std::vector<uint16_t> out[2];
+  for (int st = 0; st < 2; ++st) {
+    EnvGuard env("KVQ_KVQ_STAGE", st ? "1" : "0");
+    REQUIRE(cudaMemset(dout, 0xFF, n * 2) == cudaSuccess);  // NaN poison
+    gpu.decode(dq, dout);
+    REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+    out[st].resize(n);
+    REQUIRE(cudaMemcpy(out[st].data(), dout, n * 2, cudaMemcpyDeviceToHost) == cudaSuccess);
+  }
+  cudaFree(dq);
+  cudaFree(dout);
+  int differ = 0, nan = 0;
+  for (size_t i = 0; i < n; ++i) {
+    differ += out[0][i] != out[1][i];
+    nan += !std::isfinite(half_to_float(out[1][i]));
+  }
+  CHECK(nan == 0);
+  std::printf("kvquant stage parity (%s) bits %d%s, kv_heads %d, heads %d: %d of %zu outputs differ, seed %llu\n",
+              kernel, bits, kspec_tail, H, n_heads, differ, n, static_cast<unsigned long long>(seed));
+  return differ;
+}
+
+}  // namespace
+
+// KVQ_KVQ_STAGE=1 against 0 on the same cache, bit for bit. Why they must be equal: the staged
+// build loads the same words (key code words, value codes and meta by cp.async instead of
+// global loads, inv_freq converted to fp32 by the same static_cast) and keeps every operation
+// and its order per thread, so each thread computes the same bits; the plan and grid are the
+// same. What neither build orders: fp32 shared atomics from different warps (pass 3's sum p m
+// per head, the value-outlier and multi-sink corrections), whose sum can round differently from
+// run to run in either build. So these caches make them order-free: value rows with mid
+// exactly 0 (each sum p m adds zeros), no value outliers, one sink (each correction element
+// added once). The key side keeps its outliers (1%: the code words staged; 5%: past the
+// staging, read from global memory) and its sink. Small slots (chunks < 1024: pass 3's second
+// buffer in the records' space) and a long slot (4 rows of 8 kv heads, as long_cases: chunks
+// of 1280 tokens on a 132-SM GPU, G = 1 and 4, so the buffer is in st0); both
+// KVQ_KVQ_KOUT paths; every shape here has a staged build (stage_built).
+TEST_CASE("kv kvquant fold2/foldm kernels: KVQ_KVQ_STAGE=1 bit-identical to 0", "[gpu][kv][kvquant]") {
+  const uint64_t seed = kvq_test::test_seed(4205);
+  const std::vector<std::vector<int>> small = {{300, 1, 1, 211, 64}, {129}, {33, 1}};
+  const std::vector<std::vector<int>> big = {{4096, 4096, 4096, 4096, 3616}, {3000}, {1}};
+  for (const char* kout : {"new", "old"}) {
+    EnvGuard env("KVQ_KVQ_KOUT", kout);
+    for (int bits : {4, 2})
+      for (const char* tail : {",outliers=0.01,sink=1", ",outliers=0.05,sink=1"})
+        for (const auto& hs : std::vector<std::pair<int, int>>{{2, 2}, {2, 8}, {1, 3}}) {
+          const bool foldm = hs.second != hs.first;
+          const char* kernel = foldm ? "kvq-foldm" : "kvq-fold2";
+          REQUIRE(kern::kvquant_decode::stage_built(bits, hs.second / hs.first, false, foldm));
+          INFO("KVQ_KVQ_KOUT=" << kout);
+          CHECK(stage_parity(bits, tail, hs.first, hs.second, small, kernel, seed) == 0);
+        }
+    for (int bits : {4, 2}) {
+      CHECK(stage_parity(bits, ",outliers=0.01,sink=1", 8, 8, big, "kvq-fold2", seed) == 0);
+      CHECK(stage_parity(bits, ",outliers=0.01,sink=1", 8, 32, big, "kvq-foldm", seed) == 0);
+    }
+  }
+  // Where no staged build exists the switch runs the default one (the same outputs trivially).
+  CHECK_FALSE(kern::kvquant_decode::stage_built(3, 1, false, false));
+  CHECK_FALSE(kern::kvquant_decode::stage_built(4, 1, true, false));
+  CHECK_FALSE(kern::kvquant_decode::stage_built(4, 2, false, true));
+  CHECK_FALSE(kern::kvquant_decode::stage_built(4, 8, false, true));
+  CHECK_FALSE(kern::kvquant_decode::stage_built(4, 4, false, false));
+}
+
 // h42's CUDA-core kernel (KVQ_KV_DECODE=kvq-fast) had its own three cases here, retired with it
 // after dfabb0b; h45's three-pass build (kvq-mma) three more and h47's one-pass build
 // (kvq-stream) four more (one with KVQ_KVQ_STREAM_SPLITS=1), retired in session 7.
@@ -456,8 +615,8 @@ TEST_CASE("kv kvquant kernel: the default where it fits; 3 bits, bf16, KVQ_KV_DE
 // were tested): unset KVQ_KV_DECODE gives kvq-fold2 at G = 1 and kvq-foldm at every G > 1, at 2
 // and 4 bits; a forced build holds at every G; general keeps the general kernel. The name comes
 // from the function decode() itself resolves the build with (packed_cache.cpp,
-// resolve_kvquant_build). Also: KVQ_KVQ_KOUT accepts old / new / unset, anything else is an
-// InvalidArgument from decode() naming the value.
+// resolve_kvquant_build). Also: KVQ_KVQ_KOUT accepts old / new / unset and KVQ_KVQ_STAGE 0 / 1 /
+// unset, anything else is an InvalidArgument from decode() naming the value.
 TEST_CASE("kv kvquant kernel: default build is kvq-fold2 at G = 1, kvq-foldm at G > 1", "[gpu][kv][kvquant]") {
   RopeConfig rc;
   rc.theta = 10000.0;
@@ -497,20 +656,28 @@ TEST_CASE("kv kvquant kernel: default build is kvq-fold2 at G = 1, kvq-foldm at 
   REQUIRE(cudaMalloc(&dq, 4 * kHd * 2) == cudaSuccess);
   REQUIRE(cudaMalloc(&dout, 4 * kHd * 2) == cudaSuccess);
   REQUIRE(cudaMemset(dq, 0, 4 * kHd * 2) == cudaSuccess);
-  for (const char* value : {"old", "new", "", static_cast<const char*>(nullptr)}) {
-    EnvGuard env("KVQ_KVQ_KOUT", value);
-    CHECK_NOTHROW(gpu.decode(dq, dout));
-  }
-  for (const char* value : {"OLD", "double", "1"}) {
-    EnvGuard env("KVQ_KVQ_KOUT", value);
-    bool threw = false;
-    try {
-      gpu.decode(dq, dout);
-    } catch (const InvalidArgument& e) {
-      threw = true;
-      CHECK_THAT(std::string(e.what()), kvq_test::HasSubstr(std::string("KVQ_KVQ_KOUT=") + value));
+  struct Switch {
+    const char* name;
+    std::vector<const char*> ok, bad;
+  };
+  const Switch switches[] = {{"KVQ_KVQ_KOUT", {"old", "new", "", nullptr}, {"OLD", "double", "1"}},
+                             {"KVQ_KVQ_STAGE", {"0", "1", "", nullptr}, {"2", "on", "old"}}};
+  for (const Switch& sw : switches) {
+    for (const char* value : sw.ok) {
+      EnvGuard env(sw.name, value);
+      CHECK_NOTHROW(gpu.decode(dq, dout));
     }
-    CHECK(threw);
+    for (const char* value : sw.bad) {
+      EnvGuard env(sw.name, value);
+      bool threw = false;
+      try {
+        gpu.decode(dq, dout);
+      } catch (const InvalidArgument& e) {
+        threw = true;
+        CHECK_THAT(std::string(e.what()), kvq_test::HasSubstr(std::string(sw.name) + "=" + value));
+      }
+      CHECK(threw);
+    }
   }
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
   cudaFree(dq);
