@@ -435,9 +435,9 @@ TEST_CASE("kv kvquant fold2/foldm kernels: value outliers in 2..8 planted channe
 // Q-Norm at G = 1 (kvq-fold2) and G = 3, 4 (kvq-foldm); the other cases here (G = 2, 8; the
 // calibrated ones, which have Q-Norm) run the default build under the switch. Basic and planted
 // cases: chunks < 1024 tokens, so pass 3's second buffer sits at the end of the records' space;
-// the long slot (chunks of ~1280 tokens on an H100) puts it in st0 at 4 bits and 2 bits. The
-// 5% outlier specs put the key CSR past the word staging (records or words from global memory),
-// the 1% ones inside it.
+// the long slot (chunks of ~1280 tokens on an H100) puts it in st0 at 4 bits and 2 bits. Key
+// code words: staged in all of these (2 x records <= the records' space); the parity case below
+// also takes the long slot at 5%, where they are read from global memory.
 TEST_CASE("kv kvquant fold2/foldm kernels, KVQ_KVQ_STAGE=1: basic, long slot, planted channels == simulated",
           "[gpu][kv][kvquant]") {
   EnvGuard env("KVQ_KVQ_STAGE", "1");
@@ -551,8 +551,9 @@ int stage_parity(int bits, const char* kspec_tail, int H, int n_heads, const std
 // per head, the value-outlier and multi-sink corrections), whose sum can round differently from
 // run to run in either build. So these caches make them order-free: value rows with mid
 // exactly 0 (each sum p m adds zeros), no value outliers, one sink (each correction element
-// added once). The key side keeps its outliers (1%: the code words staged; 5%: past the
-// staging, read from global memory) and its sink. Small slots (chunks < 1024: pass 3's second
+// added once). The key side keeps its outliers and its sink: 1% and, in the small slots, 5%
+// have the code words staged; the long slot at 5% (~8,200 records per 1280-token chunk, more
+// than half the records' space) reads them from global memory. Small slots (chunks < 1024: pass 3's second
 // buffer in the records' space) and a long slot (4 rows of 8 kv heads, as long_cases: chunks
 // of 1280 tokens on a 132-SM GPU, G = 1 and 4, so the buffer is in st0); both
 // KVQ_KVQ_KOUT paths; every shape here has a staged build (stage_built).
@@ -571,10 +572,11 @@ TEST_CASE("kv kvquant fold2/foldm kernels: KVQ_KVQ_STAGE=1 bit-identical to 0", 
           INFO("KVQ_KVQ_KOUT=" << kout);
           CHECK(stage_parity(bits, tail, hs.first, hs.second, small, kernel, seed) == 0);
         }
-    for (int bits : {4, 2}) {
-      CHECK(stage_parity(bits, ",outliers=0.01,sink=1", 8, 8, big, "kvq-fold2", seed) == 0);
-      CHECK(stage_parity(bits, ",outliers=0.01,sink=1", 8, 32, big, "kvq-foldm", seed) == 0);
-    }
+    for (int bits : {4, 2})
+      for (const char* tail : {",outliers=0.01,sink=1", ",outliers=0.05,sink=1"}) {
+        CHECK(stage_parity(bits, tail, 8, 8, big, "kvq-fold2", seed) == 0);
+        CHECK(stage_parity(bits, tail, 8, 32, big, "kvq-foldm", seed) == 0);
+      }
   }
   // Where no staged build exists the switch runs the default one (the same outputs trivially).
   CHECK_FALSE(kern::kvquant_decode::stage_built(3, 1, false, false));
